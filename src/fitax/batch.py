@@ -1,0 +1,249 @@
+"""``fitax.fit_batch``: thousands of small independent fits in one compiled call.
+
+Each problem is solved by exact-Hessian damped Newton (:func:`fitax._minimize.newton`) with
+its own stopping test, then gets its covariance from the exact Hessian. How the problems are
+laid over the hardware is a choice, ``vectorize``:
+
+* ``"map"`` (``lax.map``): one problem after another inside one XLA loop. Each problem stops as
+  soon as it converges. Best on CPU, where ``vmap`` buys little SIMD for these tiny linear
+  algebra kernels but makes every problem run as many iterations as the slowest one
+  (``benchmarks/batch_fit.py`` measures both).
+* ``"vmap"``: all problems in lock step, the natural form for a GPU.
+* ``"auto"``: ``"map"`` on CPU, ``"vmap"`` on accelerators.
+
+Problems are split over all visible devices when there are several (``jax.sharding``), so the
+same call spreads over GPUs, or over CPU cores started with
+``XLA_FLAGS=--xla_force_host_platform_device_count=N``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from typing import Any, Literal
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import _minimize
+from .fit import _physical_objective
+from .parameters import ParameterSpace, _is_parameter
+
+__all__ = ["fit_batch", "BatchFitResult"]
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class BatchFitResult:
+    """Results of :func:`fitax.fit_batch`, one row per problem (host NumPy arrays).
+
+    Attributes:
+        params: fitted model pytree with a leading batch axis.
+        names: dotted names of the free parameters.
+        values, errors: dicts name -> array of shape ``(n_problems,)``.
+        stat, edm: arrays ``(n_problems,)``.
+        covariance: ``(n_problems, n_free, n_free)``.
+        converged: EDM below tolerance and positive-definite Hessian.
+        status: solver status codes (see :data:`fitax._minimize.STATUS_MESSAGES`).
+        n_iterations: Newton iterations per problem.
+    """
+
+    params: Any
+    names: tuple[str, ...]
+    values: dict[str, np.ndarray]
+    errors: dict[str, np.ndarray]
+    stat: np.ndarray
+    edm: np.ndarray
+    covariance: np.ndarray
+    converged: np.ndarray
+    status: np.ndarray
+    n_iterations: np.ndarray
+
+    def __len__(self) -> int:
+        return self.stat.shape[0]
+
+    def message(self, i: int) -> str:
+        """Why problem ``i`` stopped."""
+        text = _minimize.STATUS_MESSAGES.get(int(self.status[i]), "unknown status")
+        if self.status[i] == _minimize.CONVERGED and not self.converged[i]:
+            text = "the Hessian is not positive definite at the end point: errors are undefined"
+        return text
+
+    def best(self) -> int:
+        """Index of the converged problem with the lowest statistic (for multi-start fits)."""
+        if not np.any(self.converged):
+            raise RuntimeError("no problem in the batch converged")
+        return int(np.argmin(np.where(self.converged, self.stat, np.inf)))
+
+    def to_table(self):
+        """One row per problem: ``stat``, ``converged``, then ``<name>`` and ``<name>_err`` columns."""
+        from astropy.table import Table
+
+        columns = {"stat": self.stat, "converged": self.converged, "n_iterations": self.n_iterations}
+        for name in self.names:
+            columns[name] = self.values[name]
+            columns[f"{name}_err"] = self.errors[name]
+        return Table(columns)
+
+    def __repr__(self) -> str:
+        n_ok = int(np.sum(self.converged))
+        return (
+            f"BatchFitResult({len(self)} problems, {n_ok} converged, free parameters {list(self.names)}, "
+            f"median iterations {np.median(self.n_iterations):.0f})"
+        )
+
+
+def _batch_size(tree, what: str) -> int | None:
+    leaves = jax.tree_util.tree_leaves_with_path(tree)
+    sizes = {}
+    for path, leaf in leaves:
+        shape = np.shape(leaf)
+        if not shape:
+            raise ValueError(f"{what}{jax.tree_util.keystr(path)} is a scalar; every leaf needs a leading batch axis")
+        sizes[jax.tree_util.keystr(path)] = shape[0]
+    if not sizes:
+        return None
+    distinct = set(sizes.values())
+    if len(distinct) > 1:
+        first = next(iter(sizes.items()))
+        odd = next((k, v) for k, v in sizes.items() if v != first[1])
+        raise ValueError(
+            f"inconsistent batch sizes: {what}{first[0]} has {first[1]} problems but {what}{odd[0]} has {odd[1]}"
+        )
+    return distinct.pop()
+
+
+@dataclasses.dataclass(frozen=True)
+class _WithShared:
+    """``objective(params, args, shared)`` seen as ``objective(params, (args, shared))``.
+
+    A frozen dataclass (hashable by the wrapped function) so the jit cache is reused.
+    """
+
+    objective: Callable
+
+    def __call__(self, params, args):
+        own, shared = args
+        return self.objective(params, own, shared)
+
+
+def _solve_one(objective, space: ParameterSpace, errordef, edm_tol, max_steps, shared, problem):
+    params, args = problem
+    if shared is not None:
+        args = (args, shared)
+    physical = _physical_objective(objective, space, params, errordef)
+    result = _minimize.newton(physical, space, space.values(params), args, errordef=errordef, edm_tol=edm_tol, max_steps=max_steps)
+    v = result.v
+    chol = jnp.linalg.cholesky(result.hessian)
+    positive_definite = jnp.all(jnp.isfinite(chol))
+    inv_chol = jax.scipy.linalg.solve_triangular(chol, jnp.eye(v.shape[0]), lower=True)
+    covariance = 2.0 * errordef * inv_chol.T @ inv_chol
+    return v, result.fun, result.edm, result.status, result.n_iterations, covariance, positive_definite
+
+
+def _solve_all(objective, space, params_batch, args, shared, errordef, edm_tol, max_steps, vectorize, chunk):
+    solve = functools.partial(_solve_one, objective, space, errordef, edm_tol, max_steps, shared)
+    if vectorize == "vmap":
+        return jax.vmap(solve)((params_batch, args))
+    return jax.lax.map(solve, (params_batch, args), batch_size=chunk)
+
+
+@eqx.filter_jit
+def _run_batch(objective, space, params_batch, args, shared, errordef, edm_tol, max_steps, vectorize, chunk):
+    devices = jax.devices()
+    if len(devices) == 1:
+        return _solve_all(objective, space, params_batch, args, shared, errordef, edm_tol, max_steps, vectorize, chunk)
+    # Several devices: each solves its slice of the batch (padded to a multiple of the count).
+    mesh = jax.sharding.Mesh(np.asarray(devices), ("batch",))
+    n = jax.tree_util.tree_leaves(params_batch)[0].shape[0]
+    pad = (-n) % len(devices)
+    padded = jax.tree_util.tree_map(lambda x: jnp.concatenate([x, jnp.repeat(x[-1:], pad, axis=0)]), (params_batch, args))
+    batch_spec = jax.sharding.PartitionSpec("batch")
+
+    def local(problems, shared_local):
+        return _solve_all(objective, space, *problems, shared_local, errordef, edm_tol, max_steps, vectorize, chunk)
+
+    out = jax.shard_map(
+        local,
+        mesh=mesh,
+        in_specs=(batch_spec, jax.sharding.PartitionSpec()),
+        out_specs=batch_spec,
+        check_vma=False,
+    )(padded, shared)
+    return jax.tree_util.tree_map(lambda x: x[:n], out)
+
+
+def fit_batch(
+    objective: Callable,
+    params_batch,
+    args: Any = None,
+    *,
+    shared: Any = None,
+    vectorize: Literal["auto", "map", "vmap"] = "auto",
+    chunk_size: int | None = None,
+    errordef: float = 1.0,
+    tol: float = 1e-6,
+    max_steps: int = 100,
+) -> BatchFitResult:
+    """Fit many independent problems of the same structure in one compiled call.
+
+    Args:
+        objective: ``objective(params)``, ``objective(params, args)`` or, with ``shared``,
+            ``objective(params, args, shared)`` for *one* problem.
+        params_batch: the model pytree with a leading batch axis on every Parameter value
+            (e.g. ``Parameter(jnp.array([...]))``); all problems share bounds and frozen flags.
+        args: per-problem data, every leaf with the same leading batch axis.
+        shared: data common to all problems (not batched), e.g. a PSF grid.
+        vectorize: ``"map"``, ``"vmap"`` or ``"auto"`` (see module docstring).
+        chunk_size: with ``"map"``, vectorise this many problems per loop step.
+        errordef, tol, max_steps: as in :func:`fitax.fit`.
+
+    A problem whose start point is invalid does not stop the batch: it comes back with
+    ``converged=False`` and a status saying why.
+
+    Example (multi-start):
+        >>> import jax, jax.numpy as jnp, fitax
+        >>> starts = {"x": fitax.Parameter(jnp.linspace(-3, 3, 7))}
+        >>> res = fitax.fit_batch(lambda p: (p["x"].value ** 2 - 1) ** 2, starts)
+        >>> sorted(set(jnp.round(res.values["x"], 6).tolist()))
+        [-1.0, 1.0]
+    """
+    if vectorize not in ("auto", "map", "vmap"):
+        raise ValueError(f"unknown vectorize {vectorize!r}; expected 'auto', 'map' or 'vmap'")
+    if vectorize == "auto":
+        vectorize = "map" if jax.default_backend() == "cpu" else "vmap"
+    values_tree = jax.tree_util.tree_map(lambda p: p.value, params_batch, is_leaf=_is_parameter)
+    n_params = _batch_size(values_tree, "params_batch")
+    n_args = _batch_size(args, "args") if args is not None else None
+    if n_params is None:
+        raise ValueError("params_batch has no parameters")
+    if n_args is not None and n_args != n_params:
+        raise ValueError(f"params_batch has {n_params} problems but args has {n_args}")
+    first = jax.tree_util.tree_map(lambda x: x[0], params_batch)
+    space = ParameterSpace.from_params(first)
+    if space.size == 0:
+        raise ValueError("the model has no free parameters (all are frozen or tied)")
+    space.check_start(params_batch)
+
+    wrapped = objective if shared is None else _WithShared(objective)
+    v, stat, edm, status, n_iter, cov, pd = _run_batch(
+        wrapped, space, params_batch, args, shared, float(errordef), float(tol * errordef), int(max_steps), vectorize, chunk_size
+    )
+    v, cov, pd, status = np.asarray(v), np.asarray(cov), np.asarray(pd), np.asarray(status)
+    errors = np.where(pd[:, None], np.sqrt(np.abs(np.diagonal(cov, axis1=1, axis2=2))), np.nan)
+    fitted = space.with_values(params_batch, jnp.asarray(v))
+    return BatchFitResult(
+        params=fitted,
+        names=space.names,
+        values={n: v[:, i] for i, n in enumerate(space.names)},
+        errors={n: errors[:, i] for i, n in enumerate(space.names)},
+        stat=np.asarray(stat),
+        edm=np.asarray(edm),
+        covariance=np.where(pd[:, None, None], cov, np.nan),
+        converged=(status == _minimize.CONVERGED) & pd,
+        status=status,
+        n_iterations=np.asarray(n_iter),
+    )
+

@@ -1,0 +1,271 @@
+"""Profile likelihoods: scans, confidence intervals and test statistics.
+
+Each profile point is a fit of the other free parameters with one parameter fixed; the fixed
+value is data to the compiled fit, so a scan compiles once and each point starts from the
+previous point's best fit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+from jax.scipy.special import gammaincc, ndtri
+
+from .fit import FitResult, call_objective, fit
+from .parameters import ParameterSpace, _lookup, freeze, parameters_dict, set_values
+
+__all__ = ["profile", "ProfileResult", "confidence_interval", "ConfidenceInterval", "ts", "TSResult"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ProfileResult:
+    """A likelihood profile of one parameter.
+
+    Attributes:
+        name: the scanned parameter.
+        values: scan points.
+        stat: profiled statistic at each point (other free parameters refitted).
+        delta_stat: ``stat - min(stat)``; compare with ``errordef * n_sigma**2``.
+        converged: whether each refit converged.
+        fitted: values of all parameters at each point, by dotted name.
+    """
+
+    name: str
+    values: np.ndarray
+    stat: np.ndarray
+    converged: np.ndarray
+    fitted: dict[str, np.ndarray]
+
+    @property
+    def delta_stat(self) -> np.ndarray:
+        return self.stat - np.min(self.stat)
+
+    def plot(self, ax=None, errordef: float = 1.0):
+        """Plot ``delta_stat`` against the scanned values, with the 1 sigma level."""
+        import matplotlib.pyplot as plt
+
+        ax = ax or plt.gca()
+        ax.plot(self.values, self.delta_stat, "-o", ms=3)
+        ax.axhline(errordef, color="0.5", ls="--", lw=1, label="1 sigma")
+        ax.set_xlabel(self.name)
+        ax.set_ylabel("profiled delta stat")
+        return ax
+
+
+class _FixedPoint:
+    """Fits of ``params`` with one parameter frozen at a chosen value, warm-started."""
+
+    def __init__(self, objective, params, name, args, errordef, method):
+        parameter = _lookup(params, name)
+        if parameter.frozen:
+            raise ValueError(f"parameter {name!r} is frozen; thaw it to profile it or to compute its interval")
+        if parameter.tied_to is not None:
+            raise ValueError(f"parameter {name!r} is tied to {parameter.tied_to!r}; profile {parameter.tied_to!r} instead")
+        self.objective, self.name, self.args = objective, name, args
+        self.errordef, self.method = errordef, method
+        self.lower = parameter.min if parameter.min is not None else -np.inf
+        self.upper = parameter.max if parameter.max is not None else np.inf
+        self.current = freeze(params, name)
+        self.others_free = ParameterSpace.from_params(self.current).size > 0
+
+    def __call__(self, value: float) -> tuple[float, bool, Any]:
+        model = set_values(self.current, {self.name: value})
+        if not self.others_free:
+            stat = call_objective(self.objective, model, self.args)
+            stat = stat + self.errordef * ParameterSpace.from_params(model).prior_penalty(model)
+            return float(stat), True, model
+        result = fit(self.objective, model, self.method, args=self.args, errordef=self.errordef)
+        self.current = result.params  # warm start for the next point
+        return result.stat, result.converged, result.params
+
+
+def profile(
+    objective: Callable,
+    params,
+    name: str,
+    values: Sequence[float],
+    *,
+    args: Any = None,
+    errordef: float = 1.0,
+    method: str = "auto",
+) -> ProfileResult:
+    """Profile the statistic over parameter ``name`` at the given ``values``.
+
+    Example:
+        >>> import jax.numpy as jnp, fitax
+        >>> p = {"a": fitax.Parameter(1.0), "b": fitax.Parameter(0.0)}
+        >>> f = lambda p: (p["a"].value - 2) ** 2 + (p["a"].value - p["b"].value) ** 2
+        >>> prof = fitax.profile(f, p, "a", [1.0, 2.0, 3.0])
+        >>> prof.delta_stat.round(6).tolist()
+        [1.0, 0.0, 1.0]
+    """
+    point = _FixedPoint(objective, params, name, args, errordef, method)
+    stats, converged, fitted = [], [], {n: [] for n in parameters_dict(params)}
+    for value in values:
+        stat, ok, model = point(float(value))
+        stats.append(stat)
+        converged.append(ok)
+        for n, p in parameters_dict(model).items():
+            fitted[n].append(float(np.asarray(p.value)))
+    return ProfileResult(
+        name=name,
+        values=np.asarray(values, dtype=float),
+        stat=np.asarray(stats),
+        converged=np.asarray(converged),
+        fitted={n: np.asarray(v) for n, v in fitted.items()},
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class ConfidenceInterval:
+    """A profile-likelihood interval ``[lower, upper]`` around the best fit ``value``.
+
+    ``lower_at_bound``/``upper_at_bound`` are true where the profile did not reach the
+    threshold before the parameter's bound: the interval is then open on that side and the
+    bound is reported (a one-sided limit).
+    """
+
+    name: str
+    value: float
+    lower: float
+    upper: float
+    n_sigma: float
+    lower_at_bound: bool
+    upper_at_bound: bool
+
+    @property
+    def errors(self) -> tuple[float, float]:
+        """``(value - lower, upper - value)``, the asymmetric errors."""
+        return self.value - self.lower, self.upper - self.value
+
+
+def _find_crossing(point: _FixedPoint, best: float, step: float, target: float, direction: int, max_points: int):
+    """Value on one side of ``best`` where the profiled statistic reaches ``target``."""
+    bound = point.upper if direction > 0 else point.lower
+    inner, inner_stat = best, None
+    outer = best + direction * step
+    for _ in range(max_points):
+        if direction * (outer - bound) >= 0:
+            outer = bound
+        stat, _, _ = point(outer)
+        if stat >= target:
+            break
+        if outer == bound:
+            return bound, True
+        inner, inner_stat = outer, stat
+        outer = best + 2 * (outer - best)
+    else:
+        raise RuntimeError(f"profile of {point.name!r} did not reach the threshold within {max_points} doublings")
+    outer_stat = stat
+    # Safeguarded secant/bisection on the bracket [inner, outer].
+    for _ in range(max_points):
+        if inner_stat is None:
+            inner_stat, _, _ = point(inner)
+        frac = (target - inner_stat) / (outer_stat - inner_stat) if outer_stat != inner_stat else 0.5
+        trial = inner + np.clip(frac, 0.1, 0.9) * (outer - inner)
+        stat, _, _ = point(trial)
+        if abs(stat - target) < 1e-4 * max(abs(target - inner_stat), 1e-3):
+            return trial, False
+        if stat < target:
+            inner, inner_stat = trial, stat
+        else:
+            outer, outer_stat = trial, stat
+        if abs(outer - inner) <= 1e-10 * max(abs(best), abs(step)):
+            break
+    return 0.5 * (inner + outer), False
+
+
+def confidence_interval(
+    objective: Callable,
+    params,
+    name: str,
+    *,
+    n_sigma: float = 1.0,
+    args: Any = None,
+    errordef: float = 1.0,
+    method: str = "auto",
+    result: FitResult | None = None,
+    max_points: int = 40,
+) -> ConfidenceInterval:
+    """Profile-likelihood interval of parameter ``name`` (like MINOS): where the profiled
+    statistic rises by ``errordef * n_sigma**2`` above its minimum.
+
+    Args:
+        result: the best fit, if already done (it is refitted otherwise).
+    """
+    if result is None:
+        result = fit(objective, params, method, args=args, errordef=errordef)
+    parameter = _lookup(result.params, name)
+    if parameter.frozen or parameter.tied_to is not None:
+        _FixedPoint(objective, result.params, name, args, errordef, method)  # raises the clear error
+    best = result.values[name]
+    target = result.stat + errordef * n_sigma**2
+    error = result.errors.get(name, np.nan)
+    step = n_sigma * error if np.isfinite(error) and error > 0 else max(abs(best) * 0.1, 1e-3)
+    lower, lower_open = _find_crossing(
+        _FixedPoint(objective, result.params, name, args, errordef, method), best, step, target, -1, max_points
+    )
+    upper, upper_open = _find_crossing(
+        _FixedPoint(objective, result.params, name, args, errordef, method), best, step, target, +1, max_points
+    )
+    return ConfidenceInterval(name, best, float(lower), float(upper), n_sigma, lower_open, upper_open)
+
+
+@dataclasses.dataclass(frozen=True)
+class TSResult:
+    """Test statistic of nested models, ``ts = (stat_null - stat_alt) / errordef``.
+
+    ``ts`` is in ``-2 log L`` units; ``significance`` is the Gaussian-equivalent significance
+    from Wilks' theorem with ``df`` degrees of freedom (valid away from parameter bounds).
+    """
+
+    ts: float
+    df: int
+    significance: float
+    result_alt: FitResult
+    result_null: FitResult
+
+
+def ts(
+    objective: Callable,
+    params,
+    null: dict[str, float],
+    *,
+    args: Any = None,
+    errordef: float = 1.0,
+    method: str = "auto",
+) -> TSResult:
+    """Test statistic for the null hypothesis that fixes ``null`` parameters to given values.
+
+    Example (is there a source? amplitude fixed to 0 under the null):
+        >>> import jax.numpy as jnp, fitax
+        >>> n = jnp.array([5.0, 12.0, 30.0, 11.0, 4.0])
+        >>> shape = jnp.array([0.0, 0.2, 1.0, 0.2, 0.0])
+        >>> p = {"amp": fitax.Parameter(10.0, min=0), "bkg": fitax.Parameter(5.0, min=0)}
+        >>> f = lambda p: fitax.stats.cash(n, p["bkg"].value + p["amp"].value * shape)
+        >>> round(fitax.ts(f, p, {"amp": 0.0}).ts, 1)
+        38.2
+    """
+    if not null:
+        raise ValueError("null must name at least one parameter to fix")
+    result_alt = fit(objective, params, method, args=args, errordef=errordef)
+    null_params = result_alt.params
+    for name in null:
+        parameter = _lookup(null_params, name)
+        if parameter.frozen:
+            raise ValueError(f"parameter {name!r} is already frozen; the null hypothesis must fix free parameters")
+    null_params = freeze(set_values(null_params, null), *null)
+    if ParameterSpace.from_params(null_params).size == 0:
+        stat_null = float(call_objective(objective, null_params, args))
+        result_null = dataclasses.replace(result_alt, params=null_params, stat=stat_null)
+    else:
+        result_null = fit(objective, null_params, method, args=args, errordef=errordef)
+    value = (result_null.stat - result_alt.stat) / errordef
+    df = len(null)
+    p_value = float(gammaincc(df / 2.0, max(value, 0.0) / 2.0))
+    # -ndtri(p) rather than ndtri(1 - p): keeps precision for tiny p-values.
+    significance = max(float(-ndtri(p_value)), 0.0) if p_value < 0.5 else 0.0
+    return TSResult(float(value), df, significance, result_alt, result_null)
