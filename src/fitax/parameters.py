@@ -363,7 +363,7 @@ class ParameterSpace:
 
     def _leaves(self, params) -> list:
         names, leaves, treedef = _flatten_parameters(params)
-        if treedef != self._treedef:
+        if treedef != self._treedef or tuple(_metadata(leaf) for leaf in leaves) != self._metadata:
             self._explain_mismatch(names, leaves)
         return leaves
 

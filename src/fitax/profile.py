@@ -58,14 +58,14 @@ class ProfileResult:
 class _FixedPoint:
     """Fits of ``params`` with one parameter frozen at a chosen value, warm-started."""
 
-    def __init__(self, objective, params, name, args, errordef, method):
+    def __init__(self, objective, params, name, args, errordef, method, tol):
         parameter = _lookup(params, name)
         if parameter.frozen:
             raise ValueError(f"parameter {name!r} is frozen; thaw it to profile it or to compute its interval")
         if parameter.tied_to is not None:
             raise ValueError(f"parameter {name!r} is tied to {parameter.tied_to!r}; profile {parameter.tied_to!r} instead")
         self.objective, self.name, self.args = objective, name, args
-        self.errordef, self.method = errordef, method
+        self.errordef, self.method, self.tol = errordef, method, tol
         self.lower = parameter.min if parameter.min is not None else -np.inf
         self.upper = parameter.max if parameter.max is not None else np.inf
         self.current = freeze(params, name)
@@ -77,7 +77,7 @@ class _FixedPoint:
             stat = call_objective(self.objective, model, self.args)
             stat = stat + self.errordef * ParameterSpace.from_params(model).prior_penalty(model)
             return float(stat), True, model
-        result = fit(self.objective, model, self.method, args=self.args, errordef=self.errordef)
+        result = fit(self.objective, model, self.method, args=self.args, errordef=self.errordef, tol=self.tol)
         self.current = result.params  # warm start for the next point
         return result.stat, result.converged, result.params
 
@@ -91,6 +91,7 @@ def profile(
     args: Any = None,
     errordef: float = 1.0,
     method: str = "auto",
+    tol: float = 1e-6,
 ) -> ProfileResult:
     """Profile the statistic over parameter ``name`` at the given ``values``.
 
@@ -102,7 +103,7 @@ def profile(
         >>> prof.delta_stat.round(6).tolist()
         [1.0, 0.0, 1.0]
     """
-    point = _FixedPoint(objective, params, name, args, errordef, method)
+    point = _FixedPoint(objective, params, name, args, errordef, method, tol)
     stats, converged, fitted = [], [], {n: [] for n in parameters_dict(params)}
     for value in values:
         stat, ok, model = point(float(value))
@@ -189,28 +190,30 @@ def confidence_interval(
     method: str = "auto",
     result: FitResult | None = None,
     max_points: int = 40,
+    tol: float = 1e-6,
 ) -> ConfidenceInterval:
     """Profile-likelihood interval of parameter ``name`` (like MINOS): where the profiled
     statistic rises by ``errordef * n_sigma**2`` above its minimum.
 
     Args:
         result: the best fit, if already done (it is refitted otherwise).
+        tol: EDM tolerance of every refit (as in :func:`fitax.fit`); the interval ends are
+            found to about ``1e-4`` in the statistic.
     """
     if result is None:
-        result = fit(objective, params, method, args=args, errordef=errordef)
+        result = fit(objective, params, method, args=args, errordef=errordef, tol=tol)
     parameter = _lookup(result.params, name)
     if parameter.frozen or parameter.tied_to is not None:
-        _FixedPoint(objective, result.params, name, args, errordef, method)  # raises the clear error
+        _FixedPoint(objective, result.params, name, args, errordef, method, tol)  # raises the clear error
     best = result.values[name]
     target = result.stat + errordef * n_sigma**2
     error = result.errors.get(name, np.nan)
     step = n_sigma * error if np.isfinite(error) and error > 0 else max(abs(best) * 0.1, 1e-3)
-    lower, lower_open = _find_crossing(
-        _FixedPoint(objective, result.params, name, args, errordef, method), best, step, target, -1, max_points
-    )
-    upper, upper_open = _find_crossing(
-        _FixedPoint(objective, result.params, name, args, errordef, method), best, step, target, +1, max_points
-    )
+    def side(direction):
+        point = _FixedPoint(objective, result.params, name, args, errordef, method, tol)
+        return _find_crossing(point, best, step, target, direction, max_points)
+
+    (lower, lower_open), (upper, upper_open) = side(-1), side(+1)
     return ConfidenceInterval(name, best, float(lower), float(upper), n_sigma, lower_open, upper_open)
 
 
@@ -237,6 +240,7 @@ def ts(
     args: Any = None,
     errordef: float = 1.0,
     method: str = "auto",
+    tol: float = 1e-6,
 ) -> TSResult:
     """Test statistic for the null hypothesis that fixes ``null`` parameters to given values.
 
@@ -251,7 +255,7 @@ def ts(
     """
     if not null:
         raise ValueError("null must name at least one parameter to fix")
-    result_alt = fit(objective, params, method, args=args, errordef=errordef)
+    result_alt = fit(objective, params, method, args=args, errordef=errordef, tol=tol)
     null_params = result_alt.params
     for name in null:
         parameter = _lookup(null_params, name)
@@ -262,7 +266,7 @@ def ts(
         stat_null = float(call_objective(objective, null_params, args))
         result_null = dataclasses.replace(result_alt, params=null_params, stat=stat_null)
     else:
-        result_null = fit(objective, null_params, method, args=args, errordef=errordef)
+        result_null = fit(objective, null_params, method, args=args, errordef=errordef, tol=tol)
     value = (result_null.stat - result_alt.stat) / errordef
     df = len(null)
     p_value = float(gammaincc(df / 2.0, max(value, 0.0) / 2.0))

@@ -57,16 +57,18 @@ def cash(n: Float[ArrayLike, "*bins"], mu: Float[ArrayLike, "*bins"], mask: Bool
 def wstat_mu_bkg(n_on, n_off, alpha, mu_sig) -> Array:
     """Background counts in the off region that maximise the on-off likelihood (per bin).
 
-    The closed-form profile of the Poisson on/off likelihood over an unknown background
-    (Cash 1979; the XSPEC/Gammapy "WStat"), with its limits at ``n_on = 0`` and ``n_off = 0``.
+    The positive root of the profile equation of the Poisson on/off likelihood over an
+    unknown background (Cash 1979; the XSPEC/Gammapy "WStat"). The one closed form also
+    covers ``n_on = 0`` (``n_off / (1 + alpha)``) and ``n_off = 0``
+    (``max(n_on / (1 + alpha) - mu_sig / alpha, 0)``).
     """
     n_on, n_off, alpha, mu_sig = (jnp.asarray(x, dtype=float) for x in (n_on, n_off, alpha, mu_sig))
     c = alpha * (n_on + n_off) - (1 + alpha) * mu_sig
-    d = jnp.sqrt(jnp.maximum(c**2 + 4 * alpha * (alpha + 1) * n_off * mu_sig, 0.0))
-    general = (c + d) / (2 * alpha * (alpha + 1))
-    no_off = jnp.maximum(n_on / (1 + alpha) - mu_sig, 0.0)
-    mu_bkg = jnp.where(n_off > 0, general, no_off)
-    return jnp.where(n_on > 0, mu_bkg, n_off / (1 + alpha))
+    discriminant = c**2 + 4 * alpha * (alpha + 1) * n_off * mu_sig
+    # sqrt'(0) is infinite: take the root only where the argument is positive (finite gradients).
+    positive = discriminant > 0
+    d = jnp.where(positive, jnp.sqrt(jnp.where(positive, discriminant, 1.0)), 0.0)
+    return (c + d) / (2 * alpha * (alpha + 1))
 
 
 def wstat_terms(n_on, n_off, alpha, mu_sig) -> Array:

@@ -1,0 +1,79 @@
+"""Profile likelihoods, intervals and TS against analytic results."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import optimize, stats as sps
+
+import fitax
+
+
+def _poisson_single_bin():
+    n = jnp.array([7.0])
+    params = {"mu": fitax.Parameter(3.0, min=0.0)}
+    return (lambda p: fitax.stats.cash(n, p["mu"].value)), params
+
+
+def test_poisson_interval_matches_analytic_likelihood_ratio_interval():
+    objective, params = _poisson_single_bin()
+    interval = fitax.confidence_interval(objective, params, "mu", tol=1e-12)
+    # analytic: 2 (mu - n + n log(n/mu)) = 1
+    deviance = lambda mu: 2 * (mu - 7 + 7 * np.log(7 / mu)) - 1  # noqa: E731
+    lower, upper = optimize.brentq(deviance, 1, 7), optimize.brentq(deviance, 7, 20)
+    assert interval.value == pytest.approx(7.0, rel=1e-6)
+    assert interval.lower == pytest.approx(lower, rel=1e-5) and interval.upper == pytest.approx(upper, rel=1e-5)
+    assert not interval.lower_at_bound and not interval.upper_at_bound
+    assert interval.errors[1] > interval.errors[0]  # Poisson intervals are asymmetric
+
+
+def test_profile_of_correlated_gaussian_is_the_marginal_chi2():
+    # f = chi2 of a bivariate normal with correlation 0.8: the profile over b is (a/sigma_a)^2
+    cov = np.array([[1.0, 0.8 * 2.0], [0.8 * 2.0, 4.0]])
+    inv = jnp.asarray(np.linalg.inv(cov))
+    params = {"a": fitax.Parameter(0.3), "b": fitax.Parameter(-0.2)}
+
+    def chi2(p):
+        x = jnp.stack([p["a"].value, p["b"].value])
+        return x @ inv @ x
+
+    prof = fitax.profile(chi2, params, "a", np.linspace(-2, 2, 9), tol=1e-12)
+    np.testing.assert_allclose(prof.delta_stat, np.linspace(-2, 2, 9) ** 2, atol=1e-6)
+    np.testing.assert_allclose(prof.fitted["b"], 0.8 * 2.0 * np.linspace(-2, 2, 9), atol=1e-4)
+    ci = fitax.confidence_interval(chi2, params, "b", n_sigma=2, tol=1e-12)
+    assert ci.lower == pytest.approx(-4.0, rel=1e-4) and ci.upper == pytest.approx(4.0, rel=1e-4)
+
+
+def test_interval_open_at_bound_reports_a_limit():
+    n = jnp.array([0.0])
+    params = {"mu": fitax.Parameter(1.0, min=0.0)}
+    interval = fitax.confidence_interval(lambda p: fitax.stats.cash(n, p["mu"].value), params, "mu")
+    assert interval.lower_at_bound and interval.lower == 0.0
+    assert interval.upper == pytest.approx(0.5, rel=1e-4)  # 2 mu = 1
+
+
+def test_ts_of_a_source_matches_wilks_significance_and_simulation_truth():
+    rng = np.random.default_rng(5)
+    x = np.arange(40)
+    shape = np.exp(-0.5 * ((x - 20) / 2.0) ** 2)
+    counts = jnp.asarray(rng.poisson(5.0 + 6.0 * shape).astype(float))
+    params = {"amp": fitax.Parameter(3.0, min=0.0), "bkg": fitax.Parameter(4.0, min=0.0)}
+    objective = lambda p: fitax.stats.cash(counts, p["bkg"].value + p["amp"].value * shape)  # noqa: E731
+    result = fitax.ts(objective, params, {"amp": 0.0}, tol=1e-12)
+    # null: flat background, whose MLE is the mean count
+    null_stat = float(fitax.stats.cash(counts, jnp.full(40, counts.mean())))
+    assert result.result_null.stat == pytest.approx(null_stat, abs=1e-6)
+    assert result.ts == pytest.approx(null_stat - result.result_alt.stat, abs=1e-9)
+    assert result.significance == pytest.approx(sps.norm.isf(sps.chi2.sf(result.ts, 1)), rel=1e-6)
+    fitted = result.result_alt
+    assert abs(fitted.values["amp"] - 6.0) < 3 * fitted.errors["amp"] and result.ts > 9
+
+
+def test_frozen_parameter_interval_is_refused_by_name():
+    objective, params = _poisson_single_bin()
+    params = {"mu": fitax.Parameter(3.0, min=0.0, frozen=True), "other": fitax.Parameter(1.0)}
+    with pytest.raises(ValueError, match="parameter 'mu' is frozen"):
+        fitax.confidence_interval(lambda p: (p["mu"].value - 1) ** 2 + p["other"].value ** 2, params, "mu")
+    with pytest.raises(ValueError, match="parameter 'mu' is frozen"):
+        fitax.profile(lambda p: p["other"].value ** 2, params, "mu", [1.0])
+    with pytest.raises(KeyError, match="no parameter named 'nu'"):
+        fitax.profile(lambda p: p["other"].value ** 2, params, "nu", [1.0])
