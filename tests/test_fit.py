@@ -95,13 +95,14 @@ def _rosenbrock(p):
 
 def test_rosenbrock_with_bounds_matches_iminuit():
     params = {"x": fitax.Parameter(-1.2, min=-2, max=2), "y": fitax.Parameter(1.0, min=-1, max=3)}
-    result = fitax.fit(_rosenbrock, params)
-    assert result.values["x"] == pytest.approx(1.0, abs=1e-4) and result.values["y"] == pytest.approx(1.0, abs=2e-4)
+    # the valley is so flat (sigma_x = 1) that the default EDM tolerance leaves 3e-4 in x
+    result = fitax.fit(_rosenbrock, params, tol=1e-12)
+    assert result.values["x"] == pytest.approx(1.0, abs=1e-6) and result.values["y"] == pytest.approx(1.0, abs=2e-6)
     # Values against iminuit; errors against the exact covariance 2 H^-1 at (1, 1), with
     # H = [[802, -400], [-400, 200]]: iminuit's numerical HESSE gives sigma_x = 0.946 here,
     # 5% off the exact 1.000, because its finite steps straddle the curved valley.
     _assert_matches_reference(result, params, _rosenbrock, error_rtol=None)
-    np.testing.assert_allclose(result.covariance, 2 * np.linalg.inv([[802.0, -400.0], [-400.0, 200.0]]), rtol=1e-3)
+    np.testing.assert_allclose(result.covariance, 2 * np.linalg.inv([[802.0, -400.0], [-400.0, 200.0]]), rtol=1e-5)
 
 
 def test_active_bound_is_honoured_and_reported():
@@ -127,12 +128,12 @@ def test_gaussian_prior_and_frozen_and_tied_parameters():
         return -2 * (fitax.stats.gaussian_loglike(a, p["mu_a"].value, 1.0) + fitax.stats.gaussian_loglike(b, p["mu_b"].value, p["s"].value))
 
     params = {"mu_a": fitax.Parameter(0.0), "mu_b": fitax.Parameter(0.0), "s": fitax.Parameter(1.0, frozen=True)}
-    tied = fitax.fit(nll, fitax.tie(params, "mu_b", to="mu_a"))
+    tied = fitax.fit(nll, fitax.tie(params, "mu_b", to="mu_a"), tol=1e-12)
     pooled = np.concatenate([a, b])
     assert tied.values["mu_a"] == pytest.approx(pooled.mean(), rel=1e-6) and tied.values["mu_b"] == tied.values["mu_a"]
     assert tied.errors["mu_a"] == pytest.approx(1 / np.sqrt(100), rel=1e-6) and tied.errors["s"] == 0.0
     prior = dict(params, mu_a=fitax.Parameter(0.0, prior=fitax.GaussianPrior(0.0, 0.1)))
-    with_prior = fitax.fit(nll, prior)
+    with_prior = fitax.fit(nll, prior, tol=1e-12)
     # conjugate normal: posterior mean and width for mu_a
     precision = 50 + 1 / 0.01
     assert with_prior.values["mu_a"] == pytest.approx(a.sum() / precision, rel=1e-6)
@@ -142,7 +143,7 @@ def test_gaussian_prior_and_frozen_and_tied_parameters():
 def test_errordef_half_for_negative_log_likelihood():
     n = jnp.array([3.0, 7.0, 4.0, 6.0])
     params = {"mu": fitax.Parameter(4.0, min=0)}
-    result = fitax.fit(lambda p: -fitax.stats.poisson_loglike(n, p["mu"].value), params, errordef=0.5)
+    result = fitax.fit(lambda p: -fitax.stats.poisson_loglike(n, p["mu"].value), params, errordef=0.5, tol=1e-12)
     assert result.values["mu"] == pytest.approx(5.0, rel=1e-6) and result.errors["mu"] == pytest.approx(np.sqrt(5.0 / 4), rel=1e-6)
 
 

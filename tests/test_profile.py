@@ -63,7 +63,7 @@ def test_ts_of_a_source_matches_wilks_significance_and_simulation_truth():
     null_stat = float(fitax.stats.cash(counts, jnp.full(40, counts.mean())))
     assert result.result_null.stat == pytest.approx(null_stat, abs=1e-6)
     assert result.ts == pytest.approx(null_stat - result.result_alt.stat, abs=1e-9)
-    assert result.significance == pytest.approx(sps.norm.isf(sps.chi2.sf(result.ts, 1)), rel=1e-6)
+    assert result.significance == pytest.approx(np.sqrt(result.ts), rel=1e-12)  # Gammapy's convention
     fitted = result.result_alt
     assert abs(fitted.values["amp"] - 6.0) < 3 * fitted.errors["amp"] and result.ts > 9
 
@@ -77,3 +77,14 @@ def test_frozen_parameter_interval_is_refused_by_name():
         fitax.profile(lambda p: p["other"].value ** 2, params, "mu", [1.0])
     with pytest.raises(KeyError, match="no parameter named 'nu'"):
         fitax.profile(lambda p: p["other"].value ** 2, params, "nu", [1.0])
+
+
+def test_wilks_significance_for_large_ts_and_several_dof():
+    from fitax.profile import wilks_significance
+
+    assert wilks_significance(1809.0, 1) == pytest.approx(np.sqrt(1809.0))
+    for df, value in [(1, 15.5), (2, 30.0), (4, 100.0), (3, 1200.0)]:
+        expected = sps.norm.isf(0.5 * sps.chi2.sf(value, df))  # gammapy.stats.ts_to_sigma
+        assert wilks_significance(value, df) == pytest.approx(expected, rel=2e-3)
+    # beyond double precision p-values: finite, and close to the 1-dof value
+    assert np.isfinite(wilks_significance(5000.0, 3)) and abs(wilks_significance(5000.0, 3) - np.sqrt(5000)) < 1.0

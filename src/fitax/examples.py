@@ -179,7 +179,9 @@ def moffat_stamp_model(
     dy2 = (sub - y) ** 2
     dx2 = (sub - x) ** 2
     r2 = dy2[:, None] + dx2[None, :]
-    profile = (alpha - 1) / (jnp.pi * gamma**2) * (1 + r2 / gamma**2) ** (-alpha)
+    # an integer alpha is a few multiplications instead of exp(log(.) * alpha)
+    exponent = -int(alpha) if float(alpha).is_integer() else -alpha
+    profile = (alpha - 1) / (jnp.pi * gamma**2) * (1 + r2 / gamma**2) ** exponent
     weighted = profile * w[:, None] * w[None, :]
     pixels = weighted.reshape(size, points, size, points).sum(axis=(1, 3))
     return flux * pixels + background

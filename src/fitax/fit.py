@@ -216,14 +216,14 @@ def fit(
         A :class:`FitResult`.
 
     Example:
-        >>> import jax.numpy as jnp, fitax
+        >>> import jax, jax.numpy as jnp, fitax
         >>> params = {"mu": fitax.Parameter(0.0), "sigma": fitax.Parameter(1.0, min=0)}
         >>> x = jnp.array([0.8, 1.1, 1.3, 0.9, 1.4])
         >>> def nll(p):
         ...     return -2 * jnp.sum(jax.scipy.stats.norm.logpdf(x, p["mu"].value, p["sigma"].value))
-        >>> import jax; result = fitax.fit(nll, params)
-        >>> round(result.values["mu"], 3)
-        1.1
+        >>> result = fitax.fit(nll, params)
+        >>> round(result.values["mu"], 3), round(result.errors["mu"], 3)
+        (1.1, 0.102)
     """
     if method not in ("auto", "newton", "bfgs"):
         raise ValueError(f"unknown method {method!r}; expected 'auto', 'newton' or 'bfgs'")

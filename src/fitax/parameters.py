@@ -433,14 +433,16 @@ class ParameterSpace:
         """Offsets ``a`` and slopes ``k`` of the internal transforms for start point ``v0``.
 
         The local scale of each internal coordinate is, in order of preference: the
-        parameter's own ``scale``; ``1 / sqrt(curvature)`` when ``curvature`` (the diagonal of
-        the objective's Hessian at ``v0``, divided by ``2 errordef``) is positive, i.e. an
+        parameter's own ``scale``; ``1 / sqrt(|curvature|)`` when ``curvature`` (the diagonal
+        of the objective's Hessian at ``v0``, divided by ``2 errordef``) is non-zero, i.e. an
         error estimate, so one internal unit is about one sigma; else ``|v0|`` (1 at 0).
         """
         kinds, lo, hi = self._as_arrays()
         user_scale = np.asarray([np.nan if s is None else s for s in self._scales], dtype=float)
         natural = jnp.where(jnp.abs(v0) > 0, jnp.abs(v0), 1.0)
         if curvature is not None:
+            # A negative curvature (start on the shoulder of a peak) still sets a length scale.
+            curvature = jnp.abs(curvature)
             usable = jnp.isfinite(curvature) & (curvature > 0)
             from_curvature = 1.0 / jnp.sqrt(jnp.where(usable, curvature, 1.0))
             natural = jnp.where(usable & (from_curvature > 0), from_curvature, natural)

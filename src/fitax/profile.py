@@ -12,12 +12,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-from jax.scipy.special import gammaincc, ndtri
+from jax.scipy.special import gammaincc, gammaln, ndtri
 
 from .fit import FitResult, call_objective, fit
 from .parameters import ParameterSpace, _lookup, freeze, parameters_dict, set_values
 
-__all__ = ["profile", "ProfileResult", "confidence_interval", "ConfidenceInterval", "ts", "TSResult"]
+__all__ = ["profile", "ProfileResult", "confidence_interval", "ConfidenceInterval", "ts", "TSResult", "wilks_significance"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -251,7 +251,7 @@ def ts(
         >>> p = {"amp": fitax.Parameter(10.0, min=0), "bkg": fitax.Parameter(5.0, min=0)}
         >>> f = lambda p: fitax.stats.cash(n, p["bkg"].value + p["amp"].value * shape)
         >>> round(fitax.ts(f, p, {"amp": 0.0}).ts, 1)
-        38.2
+        30.9
     """
     if not null:
         raise ValueError("null must name at least one parameter to fix")
@@ -269,7 +269,25 @@ def ts(
         result_null = fit(objective, null_params, method, args=args, errordef=errordef, tol=tol)
     value = (result_null.stat - result_alt.stat) / errordef
     df = len(null)
-    p_value = float(gammaincc(df / 2.0, max(value, 0.0) / 2.0))
-    # -ndtri(p) rather than ndtri(1 - p): keeps precision for tiny p-values.
-    significance = max(float(-ndtri(p_value)), 0.0) if p_value < 0.5 else 0.0
-    return TSResult(float(value), df, significance, result_alt, result_null)
+    return TSResult(float(value), df, wilks_significance(value, df), result_alt, result_null)
+
+
+def wilks_significance(ts_value: float, df: int) -> float:
+    """Gaussian-equivalent significance of ``ts_value`` for a chi2 with ``df`` degrees of freedom.
+
+    Gammapy's convention (``ts_to_sigma``): the one-sided Gaussian quantile of half the chi2
+    p-value, which is exactly ``sqrt(ts)`` for one degree of freedom (a source amplitude
+    bounded at 0, Chernoff's half-chi2). Where the p-value underflows (TS of hundreds or
+    more) the asymptotic chi2 tail is used.
+    """
+    ts_value = max(float(ts_value), 0.0)
+    if df == 1:
+        return float(np.sqrt(ts_value))
+    p_value = 0.5 * float(gammaincc(df / 2.0, ts_value / 2.0))
+    if p_value > 1e-300:
+        # -ndtri(p) rather than ndtri(1 - p): keeps precision for small p-values.
+        return max(float(-ndtri(p_value)), 0.0)
+    half = ts_value / 2.0
+    log_p = -half + (df / 2.0 - 1.0) * np.log(half) - float(gammaln(df / 2.0)) - np.log(2.0)
+    z2 = -2.0 * log_p
+    return float(np.sqrt(z2 - np.log(z2) - np.log(2 * np.pi)))

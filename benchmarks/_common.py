@@ -1,0 +1,39 @@
+"""Helpers shared by the benchmark scripts: machine description and tables."""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+
+
+def machine_summary() -> str:
+    import jax
+    import numpy as np
+
+    try:
+        from threadpoolctl import threadpool_info
+
+        blas = ", ".join(f"{i['internal_api']} {i['num_threads']} threads" for i in threadpool_info())
+    except ImportError:
+        blas = "threadpoolctl not installed"
+    return (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores | jax {jax.__version__} "
+        f"on {jax.default_backend()} ({jax.device_count()} device, XLA uses all cores) | numpy {np.__version__} ({blas})"
+    )
+
+
+def timed(fn, *args, **kwargs):
+    """``(result, seconds)`` of one call."""
+    start = time.perf_counter()
+    result = fn(*args, **kwargs)
+    return result, time.perf_counter() - start
+
+
+def print_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> None:
+    """Print rows as an aligned table; ``columns`` are ``(key, header, format)``."""
+    cells = [[format(row[key], fmt) if row.get(key) is not None else "-" for key, _, fmt in columns] for row in rows]
+    widths = [max(len(header), *(len(c[i]) for c in cells)) for i, (_, header, _) in enumerate(columns)]
+    print("  ".join(h.rjust(w) for (_, h, _), w in zip(columns, widths)))
+    for c in cells:
+        print("  ".join(v.rjust(w) for v, w in zip(c, widths)))

@@ -1,0 +1,48 @@
+"""File output shared by all domains: writes are atomic and never touch the inputs.
+
+A result file is first written next to its destination under a temporary name and then
+renamed over it (``os.replace`` is atomic on POSIX and Windows), so an interrupted run leaves
+either the old file or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+__all__ = ["atomic_write", "check_not_input"]
+
+
+def check_not_input(output: str | os.PathLike, inputs: Iterable[str | os.PathLike]) -> None:
+    """Raise if ``output`` is one of ``inputs`` (so a run can never overwrite its own data)."""
+    out = Path(output).resolve()
+    for item in inputs:
+        if Path(item).resolve() == out:
+            raise ValueError(f"refusing to write {output}: it is an input of this run")
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp_path)`` and move the result to ``path`` atomically.
+
+    Example:
+        >>> from fitax.io import atomic_write
+        >>> import tempfile, pathlib
+        >>> target = pathlib.Path(tempfile.mkdtemp()) / "table.txt"
+        >>> _ = atomic_write(target, lambda tmp: tmp.write_text("ok"))
+        >>> target.read_text()
+        'ok'
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        write(tmp_path)
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+    return path
