@@ -41,6 +41,17 @@ def test_blob_cube_50_sources_matches_iminuit():
     _assert_matches_reference(result, start, blob_cube_stat, data)
 
 
+@pytest.mark.parametrize("n_sources,seed", [(10, 0), (10, 1), (10, 2), pytest.param(50, 0, marks=pytest.mark.slow)])
+def test_fit_from_start_reaches_the_minimum_found_from_the_truth(n_sources, seed):
+    # (50, 0) once lost a source 50 pixels away in a worse minimum, 380 above this one,
+    # before steps were bounded by a trust region in units of the parameters' errors.
+    truth, start, data = blob_cube(n_sources, seed=seed)
+    from_start = fitax.fit(blob_cube_stat, start, args=data)
+    from_truth = fitax.fit(blob_cube_stat, truth, args=data)
+    assert from_start.converged and from_truth.converged
+    assert from_start.stat == pytest.approx(from_truth.stat, abs=1e-3)
+
+
 def test_errors_are_the_exact_curvature_errors():
     # independent of any optimiser: central finite differences of the gradient at the minimum
     truth, start, data = blob_cube(10, n_energy=10, n_pix=60, seed=3)

@@ -100,7 +100,7 @@ def _bfgs_update(hessian: Array, step: Array, grad_change: Array) -> Array:
     return jnp.where(ok, 0.5 * (updated + updated.T), hessian)
 
 
-def _internal_derivatives(to_physical: Callable, u: Array, grad_v: Array, hess_v: Array):
+def internal_derivatives(to_physical: Callable, u: Array, grad_v: Array, hess_v: Array):
     """Gradient and Hessian in internal coordinates by the chain rule (``v = T(u)`` elementwise)."""
     ones = jnp.ones_like(u)
     first = lambda x: jax.jvp(to_physical, (x,), (ones,))[1]  # noqa: E731
@@ -199,7 +199,7 @@ def newton(
         certify = ~s.exact & (s.edm < edm_tol)
         refresh = first | certify | (s.since_refresh + 1 >= hessian_every)
         to_physical = lambda u: space.to_physical(u, s.transform)  # noqa: E731
-        grad_u, hess_u = _internal_derivatives(to_physical, s.u, s.grad, s.hessian)
+        grad_u, hess_u = internal_derivatives(to_physical, s.u, s.grad, s.hessian)
         # Damping scaled by the Hessian's diagonal magnitude keeps lambda dimensionless.
         diag_scale = jnp.maximum(jnp.mean(jnp.abs(jnp.diagonal(hess_u))), 1e-12)
         chol = jnp.linalg.cholesky(hess_u + s.damping * diag_scale * eye)
@@ -260,7 +260,7 @@ def newton(
         )
         radius = jnp.clip(radius, 1e-12, 1e12)
         to_physical_now = lambda x: space.to_physical(x, transform_now)  # noqa: E731
-        g_u, h_u = _internal_derivatives(to_physical_now, u, g, h)
+        g_u, h_u = internal_derivatives(to_physical_now, u, g, h)
         edm, _ = edm_and_definiteness(g_u, h_u)
         exact = jnp.where(accept, refresh, s.exact)
         finite = jnp.isfinite(f) & jnp.all(jnp.isfinite(g)) & jnp.all(jnp.isfinite(h))

@@ -133,7 +133,7 @@ def _run_fit(objective, space: ParameterSpace, params, args, method: str, errord
     f0, g0, h0 = _minimize.value_grad_hessian(physical, v0, args)
     transform = space.transform_state(v0, jnp.diagonal(h0) / (2.0 * errordef))
     to_physical = lambda u: space.to_physical(u, transform)  # noqa: E731
-    _, hess_u = _minimize._internal_derivatives(to_physical, jnp.zeros_like(v0), g0, h0)
+    _, hess_u = _minimize.internal_derivatives(to_physical, jnp.zeros_like(v0), g0, h0)
     # Far from the minimum the Hessian is often indefinite; its absolute eigenvalues still give
     # the right metric (a standard modified-Newton choice), floored to stay invertible.
     eigenvalues, eigenvectors = jnp.linalg.eigh(hess_u / (2.0 * errordef))
