@@ -1,0 +1,60 @@
+"""FITS input and output for photometry, with errors that name the file and HDU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+from astropy.table import Table
+
+from ..io import atomic_write, check_not_input
+
+__all__ = ["read_image", "write_catalog", "write_image", "image_hdu_index"]
+
+
+def image_hdu_index(hdul, path) -> int:
+    """Index of the first HDU holding a 2-d image (plain or tile-compressed)."""
+    for i, hdu in enumerate(hdul):
+        if isinstance(hdu, (fits.PrimaryHDU, fits.ImageHDU, fits.CompImageHDU)) and hdu.header.get("NAXIS", 0) == 2:
+            return i
+    raise ValueError(f"{path}: no 2-d image HDU found (HDUs: {[h.name for h in hdul]})")
+
+
+def read_image(path: str | Path) -> tuple[np.ndarray, fits.Header]:
+    """The first 2-d image of a FITS file as float64, with its header."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        with fits.open(path) as hdul:
+            index = image_hdu_index(hdul, path)
+            data = np.asarray(hdul[index].data, dtype=np.float64)
+            header = hdul[index].header.copy()
+    except (OSError, TypeError, EOFError) as error:
+        raise ValueError(f"{path}: not a readable FITS image (truncated or corrupt?): {error}") from error
+    return data, header
+
+
+def header_float(header: fits.Header, key: str, path, default: float | None = None) -> float:
+    """A numeric header keyword, or a clear error naming the file and keyword."""
+    if key not in header:
+        if default is not None:
+            return default
+        raise ValueError(f"{path}: header keyword {key} is missing (needed: {key})")
+    try:
+        return float(header[key])
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{path}: header keyword {key} = {header[key]!r} is not a number") from error
+
+
+def write_image(path, data, header: fits.Header | None = None, inputs=()) -> Path:
+    """Write an image atomically, refusing to overwrite any of ``inputs``."""
+    check_not_input(path, inputs)
+    return atomic_write(path, lambda tmp: fits.PrimaryHDU(data, header).writeto(tmp, overwrite=True))
+
+
+def write_catalog(table: Table, path, inputs=()) -> Path:
+    """Write a catalog as FITS atomically, refusing to overwrite any of ``inputs``."""
+    check_not_input(path, inputs)
+    return atomic_write(path, lambda tmp: table.write(tmp, format="fits", overwrite=True))
