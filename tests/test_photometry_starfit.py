@@ -87,3 +87,37 @@ def test_positions_outside_the_image_are_a_clear_error():
         fit_stars(image, [10.0, 70.0], [10.0, 10.0], **PSF)
     with pytest.raises(ValueError, match="fit_shape must be an odd number"):
         forced_photometry(image, [10.0], [10.0], fit_shape=10, **PSF)
+
+
+def test_psf_shape_is_recovered_from_bright_isolated_stars():
+    from fitax.photometry.psfshape import fit_moffat_shape, select_psf_stars
+
+    image, truth = simulate_image((400, 400), 80, gamma=2.1, alpha=3.4, flux_range=(2e4, 3e5), seed=6)
+    chosen = select_psf_stars(image, truth["x"], truth["y"], n_max=25)
+    assert len(chosen) >= 10
+    shape = fit_moffat_shape(image, np.asarray(truth["x"])[chosen], np.asarray(truth["y"])[chosen], read_noise=10.0)
+    assert abs(shape.gamma - 2.1) < 4 * shape.gamma_err + 0.01
+    assert abs(shape.alpha - 3.4) < 4 * shape.alpha_err + 0.02
+    assert "FWHM" in repr(shape)
+
+
+def test_blended_pair_is_separated_by_neighbour_subtraction():
+    from fitax.photometry.starfit import render_stars
+
+    results = {}
+    for seed in range(6):
+        image, truth = simulate_image((60, 60), 1, flux_range=(5e4, 5e4 + 1), seed=seed)
+        # a second star of a third the flux, 4.5 pixels away, added with its own noise
+        x2, y2 = float(truth["x"][0]) + 3.2, float(truth["y"][0]) + 3.2
+        if not (6 < x2 < 54 and 6 < y2 < 54):
+            continue
+        extra = render_stars(image.shape, [1.7e4], [x2], [y2], gamma=2.45, alpha=3.0)
+        image = image + np.random.default_rng(seed).poisson(extra)
+        x, y = np.r_[truth["x"][0], x2], np.r_[truth["y"][0], y2]
+        for passes in (0, 6):
+            cat = fit_stars(image, x + 0.2, y - 0.2, neighbour_passes=passes, **PSF)
+            results.setdefault(passes, []).append((cat["flux"][1] - 1.7e4) / cat["flux_err"][1])
+    with_sub = np.abs(results[6])
+    without = np.nan_to_num(np.abs(results[0]), nan=np.inf)  # NaN: no covariance, flagged
+    assert len(with_sub) >= 3
+    assert np.all(with_sub < 3) and np.all(with_sub < without)
