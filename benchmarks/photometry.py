@@ -53,7 +53,7 @@ def accuracy(catalog, truth, ok):
     with np.errstate(divide="ignore", invalid="ignore"):  # photutils reports some zero errors
         pulls = (np.asarray(catalog["flux"]) - truth["flux"]) / np.asarray(catalog["flux_err"])
     row = {"median_rel": float(np.median(rel[bright])), "pull_std": robust_std(pulls[ok]), "bad": int((~ok).sum())}
-    if "x_err" in catalog.colnames or "x" in catalog.colnames and not catalog.meta.get("forced"):
+    if "x" in catalog.colnames and not catalog.meta.get("forced"):
         d2 = (np.asarray(catalog["x"]) - truth["x"]) ** 2 + (np.asarray(catalog["y"]) - truth["y"]) ** 2
         row["pos_rms"] = float(np.sqrt(np.mean(d2[bright]) / 2))
     return row
