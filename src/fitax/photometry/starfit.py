@@ -122,6 +122,22 @@ def _predicted_variance(flux, x, y, bkg, size, shape_args, read_noise):
     return np.maximum(expected, 0.0) + read_noise**2
 
 
+def _prepare(image, x, y, fit_shape, gamma, alpha, mask):
+    """Checked inputs, stamps and first estimates shared by free and forced photometry."""
+    image, x, y = _check_inputs(image, x, y)
+    size = int(fit_shape)
+    shape_args = (float(gamma), float(alpha))
+    cut = cut_stamps(image, x, y, size, mask)
+    estimates = _initial_estimates(cut[0], cut[1], size, shape_args)
+    return image, x, y, size, shape_args, cut, estimates
+
+
+def _finish_catalog(table: Table) -> Table:
+    table["flux"].unit = table["flux_err"].unit = table["local_bkg"].unit = "electron"
+    table.meta["pixel_convention"] = "0-based pixel centres; x = column, y = row"
+    return table
+
+
 def _check_inputs(image, x, y):
     image = np.asarray(image, dtype=float)
     if image.ndim != 2:
@@ -283,11 +299,9 @@ def fit_stars(
         Table with ``id, x, y, x_err, y_err, flux, flux_err, local_bkg, reduced_chi2,
         flags`` (flux in electrons).
     """
-    image, x, y = _check_inputs(image, x, y)
-    size = int(fit_shape)
-    shape_args = (float(gamma), float(alpha))
-    stamps, good, origin_x, origin_y = cut_stamps(image, x, y, size, mask)
-    bkg0, flux0 = _initial_estimates(stamps, good, size, shape_args)
+    image, x, y, size, shape_args, (stamps, good, origin_x, origin_y), (bkg0, flux0) = _prepare(
+        image, x, y, fit_shape, gamma, alpha, mask
+    )
     result = _fit_stamps(stamps, good, x - origin_x, y - origin_y, flux0, bkg0, size, shape_args, read_noise, max_shift)
     values = {k: np.array(v) for k, v in result.values.items()}
     errors = {k: np.array(v) for k, v in result.errors.items()}
@@ -355,9 +369,7 @@ def fit_stars(
         "reduced_chi2": stat / np.maximum(good.sum(axis=(1, 2)) - 4, 1),
         "flags": flags,
     })
-    table["flux"].unit = table["flux_err"].unit = table["local_bkg"].unit = "electron"
-    table.meta["pixel_convention"] = "0-based pixel centres; x = column, y = row"
-    return table
+    return _finish_catalog(table)
 
 
 @jax.jit
@@ -391,11 +403,9 @@ def forced_photometry(
     Same noise model and flags as :func:`fit_stars` (bits 2 and 8 cannot occur: nothing moves
     and nothing iterates). Columns: ``id, x, y, flux, flux_err, local_bkg, reduced_chi2, flags``.
     """
-    image, x, y = _check_inputs(image, x, y)
-    size = int(fit_shape)
-    shape_args = (float(gamma), float(alpha))
-    stamps, good, origin_x, origin_y = cut_stamps(image, x, y, size, mask)
-    bkg0, flux0 = _initial_estimates(stamps, good, size, shape_args)
+    image, x, y, size, shape_args, (stamps, good, origin_x, origin_y), (bkg0, flux0) = _prepare(
+        image, x, y, fit_shape, gamma, alpha, mask
+    )
     local_x, local_y = x - origin_x, y - origin_y
     variance = _predicted_variance(flux0, local_x, local_y, bkg0, size, shape_args, read_noise)
     prf = jnp.asarray(_prf_stamps(local_x, local_y, size, shape_args))
@@ -410,6 +420,4 @@ def forced_photometry(
         "id": np.arange(len(x)), "x": x, "y": y, "flux": flux, "flux_err": flux_err, "local_bkg": bkg,
         "reduced_chi2": stat / np.maximum(good.sum(axis=(1, 2)) - 2, 1), "flags": flags,
     })
-    table["flux"].unit = table["flux_err"].unit = table["local_bkg"].unit = "electron"
-    table.meta["pixel_convention"] = "0-based pixel centres; x = column, y = row"
-    return table
+    return _finish_catalog(table)
