@@ -2,7 +2,7 @@
 
 Each fit has 4 free parameters (flux, x, y, background) of a pixel-integrated Moffat star
 (gamma 2.45 px, alpha 3) with a chi2 using the Poisson + read-noise variance. The stamps
-come from ``fitax.examples.moffat_stamps``. The reference is what users write: a Python loop
+come from ``fitax.photometry.simulate.simulate_stamps``. The reference is what users write: a Python loop
 of ``scipy.optimize.least_squares`` (default TRF method, default 2-point Jacobian) over a
 NumPy model with the same 4x4 Gauss-Legendre pixel integration, from the same starts.
 
@@ -16,6 +16,7 @@ Run: ``python benchmarks/batch_fit.py [--n 1000]``.
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import time
@@ -25,7 +26,9 @@ import jax.numpy as jnp
 import numpy as np
 
 import fitax
-from fitax.examples import MOFFAT_ALPHA, MOFFAT_GAMMA, moffat_stamp_model, moffat_stamps
+from fitax.photometry.simulate import simulate_stamps, stamp_model
+
+GAMMA, ALPHA = 2.45, 3.0
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from _common import machine_summary, print_table, timed  # noqa: E402
@@ -39,7 +42,7 @@ def numpy_model(q, size=SIZE, points=4):
     sub = (np.arange(size)[:, None] + 0.5 * nodes[None, :]).ravel()
     w = np.tile(0.5 * weights, size)
     r2 = (sub[:, None] - y) ** 2 + (sub[None, :] - x) ** 2
-    profile = (MOFFAT_ALPHA - 1) / (np.pi * MOFFAT_GAMMA**2) * (1 + r2 / MOFFAT_GAMMA**2) ** -MOFFAT_ALPHA
+    profile = (ALPHA - 1) / (np.pi * GAMMA**2) * (1 + r2 / GAMMA**2) ** -ALPHA
     pixels = (profile * w[:, None] * w[None, :]).reshape(size, points, size, points).sum(axis=(1, 3))
     return flux * pixels + bkg
 
@@ -61,7 +64,7 @@ def run_scipy(stamps, variance, start):
 
 def chi2(p, data):
     stamp, variance = data
-    model = moffat_stamp_model(p["flux"].value, p["x"].value, p["y"].value, p["bkg"].value, SIZE)
+    model = stamp_model(p["flux"].value, p["x"].value, p["y"].value, p["bkg"].value, SIZE, GAMMA, ALPHA)
     return fitax.stats.chi2(stamp, model, jnp.sqrt(variance))
 
 
@@ -82,12 +85,12 @@ def main() -> None:
     parser.add_argument("--single-device", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.single_device:  # child process: one device, print fits/s only
-        stamps, truth, variance = moffat_stamps(args.n, SIZE, seed=0)
+        stamps, truth, variance = simulate_stamps(args.n, SIZE, seed=0)
         _, _, run, _ = run_fitax(stamps, variance, starts(truth), "map")
         print(args.n / run)
         return
     print(machine_summary())
-    stamps, truth, variance = moffat_stamps(args.n, SIZE, seed=0)
+    stamps, truth, variance = simulate_stamps(args.n, SIZE, seed=0)
     start = starts(truth)
     print(f"{args.n} stamps of {SIZE}x{SIZE} pixels, 4 free parameters each")
     reference, scipy_time = run_scipy(stamps, variance, start)
@@ -102,7 +105,7 @@ def main() -> None:
         })
     single = subprocess.run(
         [sys.executable, __file__, "--n", str(args.n), "--single-device"], capture_output=True, text=True, check=True,
-        env={**__import__("os").environ, "FITAX_CPU_DEVICES": "1"},
+        env={**os.environ, "FITAX_CPU_DEVICES": "1"},
     )
     rows.append({"method": "fitax fit_batch map (1 device)", "rate": float(single.stdout.strip().splitlines()[-1]), "compile": None, "converged": None})
     for row in rows:

@@ -65,8 +65,7 @@ def _jitted_objective(start, data):
     t0 = time.perf_counter()
     jax.block_until_ready((fun(v0), grad(v0)))
     compile_time = time.perf_counter() - t0
-    bounds = [(lo if np.isfinite(lo) else None, hi if np.isfinite(hi) else None) for lo, hi in zip(space._mins, space._maxs)]
-    return (lambda v: float(fun(v))), (lambda v: np.asarray(grad(v))), v0, bounds, compile_time, list(space.names)
+    return (lambda v: float(fun(v))), (lambda v: np.asarray(grad(v))), v0, space.bounds, compile_time, list(space.names)
 
 
 def run_iminuit(start, data):

@@ -44,8 +44,8 @@ def iminuit_reference(objective, params, args=None, errordef=1.0):
     minuit.errordef = errordef
     minuit.strategy = 2
     minuit.tol = 1e-4
-    for i, (lo, hi) in enumerate(zip(space._mins, space._maxs)):
-        minuit.limits[i] = (lo if np.isfinite(lo) else None, hi if np.isfinite(hi) else None)
+    for i, limits in enumerate(space.bounds):
+        minuit.limits[i] = limits
     for _ in range(5):
         minuit.migrad()
         if minuit.valid:

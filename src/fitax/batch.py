@@ -12,8 +12,8 @@ laid over the hardware is a choice, ``vectorize``:
 * ``"auto"``: ``"map"`` on CPU, ``"vmap"`` on accelerators.
 
 Problems are split over all visible devices when there are several (``jax.sharding``), so the
-same call spreads over GPUs, or over CPU cores started with
-``XLA_FLAGS=--xla_force_host_platform_device_count=N``.
+same call spreads over GPUs or CPU cores (fitax starts one CPU device per core). Batches are
+padded to a few sizes (:func:`padded_size`) so that a new batch size rarely recompiles.
 """
 
 from __future__ import annotations
@@ -155,24 +155,29 @@ def _run_batch(objective, space, params_batch, args, shared, errordef, edm_tol, 
     devices = jax.devices()
     if len(devices) == 1:
         return _solve_all(objective, space, params_batch, args, shared, errordef, edm_tol, max_steps, vectorize, chunk)
-    # Several devices: each solves its slice of the batch (padded to a multiple of the count).
+    # Several devices: each solves its slice of the batch (fit_batch pads to a multiple).
     mesh = jax.sharding.Mesh(np.asarray(devices), ("batch",))
-    n = jax.tree_util.tree_leaves(params_batch)[0].shape[0]
-    pad = (-n) % len(devices)
-    padded = jax.tree_util.tree_map(lambda x: jnp.concatenate([x, jnp.repeat(x[-1:], pad, axis=0)]), (params_batch, args))
     batch_spec = jax.sharding.PartitionSpec("batch")
 
     def local(problems, shared_local):
         return _solve_all(objective, space, *problems, shared_local, errordef, edm_tol, max_steps, vectorize, chunk)
 
-    out = jax.shard_map(
+    return jax.shard_map(
         local,
         mesh=mesh,
         in_specs=(batch_spec, jax.sharding.PartitionSpec()),
         out_specs=batch_spec,
         check_vma=False,
-    )(padded, shared)
-    return jax.tree_util.tree_map(lambda x: x[:n], out)
+    )((params_batch, args), shared)
+
+
+def padded_size(n: int, n_devices: int = 1) -> int:
+    """Batch size the problems are padded to: a power of two (at least 64) up to 1024, a
+    multiple of 512 above, and a multiple of the device count. Batches of different sizes
+    then share a few compiled programs, at <= 2.4% extra work for large batches of round size
+    and at most 50% just above 1024."""
+    bucket = max(64, 1 << (n - 1).bit_length()) if n <= 1024 else -(-n // 512) * 512
+    return -(-bucket // n_devices) * n_devices
 
 
 def fit_batch(
@@ -228,10 +233,14 @@ def fit_batch(
     space.check_start(params_batch)
 
     wrapped = objective if shared is None else _WithShared(objective)
-    v, stat, edm, status, n_iter, cov, pd = _run_batch(
-        wrapped, space, params_batch, args, shared, float(errordef), float(tol * errordef), int(max_steps), vectorize, chunk_size
+    # Pad by repeating the last problem, so new batch sizes rarely trigger a new compilation.
+    n_padded = padded_size(n_params, jax.device_count())
+    pad = lambda x: jnp.concatenate([x, jnp.repeat(x[-1:], n_padded - n_params, axis=0)])  # noqa: E731
+    padded = jax.tree_util.tree_map(pad, (params_batch, args))
+    outputs = _run_batch(
+        wrapped, space, *padded, shared, float(errordef), float(tol * errordef), int(max_steps), vectorize, chunk_size
     )
-    v, cov, pd, status = np.asarray(v), np.asarray(cov), np.asarray(pd), np.asarray(status)
+    v, stat, edm, status, n_iter, cov, pd = (np.asarray(a)[:n_params] for a in outputs)
     errors = np.where(pd[:, None], np.sqrt(np.abs(np.diagonal(cov, axis1=1, axis2=2))), np.nan)
     fitted = space.with_values(params_batch, jnp.asarray(v))
     return BatchFitResult(
@@ -239,11 +248,11 @@ def fit_batch(
         names=space.names,
         values={n: v[:, i] for i, n in enumerate(space.names)},
         errors={n: errors[:, i] for i, n in enumerate(space.names)},
-        stat=np.asarray(stat),
-        edm=np.asarray(edm),
+        stat=stat,
+        edm=edm,
         covariance=np.where(pd[:, None, None], cov, np.nan),
         converged=(status == _minimize.CONVERGED) & pd,
         status=status,
-        n_iterations=np.asarray(n_iter),
+        n_iterations=n_iter,
     )
 

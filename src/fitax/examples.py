@@ -17,7 +17,7 @@ from jaxtyping import Array, Float
 from .parameters import Parameter
 from .stats import cash
 
-__all__ = ["Blob", "BlobCube", "BlobCubeData", "blob_cube", "blob_cube_npred", "blob_cube_stat", "moffat_stamp_model", "moffat_stamps"]
+__all__ = ["Blob", "BlobCube", "BlobCubeData", "blob_cube", "blob_cube_npred", "blob_cube_stat"]
 
 EXPOSURE = 5e13  # cm2 s: a 1e-11 cm-2 s-1 TeV-1 source then gives ~1e3 counts
 
@@ -155,56 +155,3 @@ def blob_cube(
     data = BlobCubeData(counts=jnp.asarray(counts), background=template.background, energy_edges=template.energy_edges)
     return truth, start, data
 
-
-# ----------------------------------------------------------------------------- Moffat stamps
-MOFFAT_GAMMA = 2.45  # pixels
-MOFFAT_ALPHA = 3.0
-READ_NOISE = 10.0  # electrons
-
-
-def moffat_stamp_model(
-    flux, x, y, background, size: int, gamma: float = MOFFAT_GAMMA, alpha: float = MOFFAT_ALPHA, points: int = 4
-) -> Float[Array, "size size"]:
-    """A star on a ``size x size`` stamp: ``flux`` x pixel-integrated Moffat + ``background``.
-
-    ``x``, ``y`` are 0-based pixel-centre coordinates. Each pixel is integrated with a
-    ``points x points`` Gauss–Legendre rule (the Moffat profile has no closed-form pixel
-    integral); 4 points give < 1e-4 relative error for a 2.5-pixel FWHM.
-    """
-    nodes, weights = np.polynomial.legendre.leggauss(points)
-    offsets = 0.5 * nodes  # within [-0.5, 0.5]
-    centres = jnp.arange(size, dtype=float)
-    sub = (centres[:, None] + offsets[None, :]).reshape(-1)  # size * points sample positions
-    w = jnp.asarray(np.tile(0.5 * weights, size))
-    dy2 = (sub - y) ** 2
-    dx2 = (sub - x) ** 2
-    r2 = dy2[:, None] + dx2[None, :]
-    # an integer alpha is a few multiplications instead of exp(log(.) * alpha)
-    exponent = -int(alpha) if float(alpha).is_integer() else -alpha
-    profile = (alpha - 1) / (jnp.pi * gamma**2) * (1 + r2 / gamma**2) ** exponent
-    weighted = profile * w[:, None] * w[None, :]
-    pixels = weighted.reshape(size, points, size, points).sum(axis=(1, 3))
-    return flux * pixels + background
-
-
-def moffat_stamps(n: int, size: int = 15, seed: int = 0) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
-    """Simulate ``n`` star stamps with Poisson + read noise; returns ``(stamps, truth, variance)``.
-
-    Fluxes are log-uniform on 1e3-1e5 electrons, centres within 1 pixel of the stamp centre,
-    background 10 electrons per pixel. ``variance`` is the noise model (expected counts plus
-    read noise squared) the fits weight by.
-    """
-    rng = np.random.default_rng(seed)
-    truth = {
-        "flux": 10 ** rng.uniform(3, 5, n),
-        "x": (size - 1) / 2 + rng.uniform(-1, 1, n),
-        "y": (size - 1) / 2 + rng.uniform(-1, 1, n),
-        "bkg": np.full(n, 10.0),
-    }
-    model = jax.vmap(lambda f, x, y, b: moffat_stamp_model(f, x, y, b, size))(
-        *(jnp.asarray(truth[k]) for k in ("flux", "x", "y", "bkg"))
-    )
-    expected = np.asarray(model)
-    stamps = rng.poisson(expected) + rng.normal(0, READ_NOISE, expected.shape)
-    variance = expected + READ_NOISE**2
-    return stamps, truth, variance

@@ -445,7 +445,7 @@ class ParameterSpace:
             curvature = jnp.abs(curvature)
             usable = jnp.isfinite(curvature) & (curvature > 0)
             from_curvature = 1.0 / jnp.sqrt(jnp.where(usable, curvature, 1.0))
-            natural = jnp.where(usable & (from_curvature > 0), from_curvature, natural)
+            natural = jnp.where(usable, from_curvature, natural)
         scale = jnp.where(np.isnan(user_scale), natural, np.nan_to_num(user_scale, nan=1.0))
         lo_f = np.where(np.isfinite(lo), lo, 0.0)
         hi_f = np.where(np.isfinite(hi), hi, 0.0)
@@ -494,6 +494,11 @@ class ParameterSpace:
             jnp.log(frac) - jnp.log1p(-frac),
         )
         return (z - a) / k
+
+    @property
+    def bounds(self) -> list[tuple[float | None, float | None]]:
+        """``(min, max)`` of each free parameter, ``None`` where unbounded."""
+        return [(lo if np.isfinite(lo) else None, hi if np.isfinite(hi) else None) for lo, hi in zip(self._mins, self._maxs)]
 
     def at_bound(self, v: np.ndarray, errors: np.ndarray) -> list[str]:
         """Names of free parameters closer to a bound than 1% of their error."""

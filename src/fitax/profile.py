@@ -202,18 +202,15 @@ def confidence_interval(
     """
     if result is None:
         result = fit(objective, params, method, args=args, errordef=errordef, tol=tol)
-    parameter = _lookup(result.params, name)
-    if parameter.frozen or parameter.tied_to is not None:
-        _FixedPoint(objective, result.params, name, args, errordef, method, tol)  # raises the clear error
+    # One fixed-point fitter per side (each warm-starts along its own direction); building
+    # them first refuses frozen, tied or unknown parameters before any work.
+    below, above = (_FixedPoint(objective, result.params, name, args, errordef, method, tol) for _ in range(2))
     best = result.values[name]
     target = result.stat + errordef * n_sigma**2
     error = result.errors.get(name, np.nan)
     step = n_sigma * error if np.isfinite(error) and error > 0 else max(abs(best) * 0.1, 1e-3)
-    def side(direction):
-        point = _FixedPoint(objective, result.params, name, args, errordef, method, tol)
-        return _find_crossing(point, best, step, target, direction, max_points)
-
-    (lower, lower_open), (upper, upper_open) = side(-1), side(+1)
+    lower, lower_open = _find_crossing(below, best, step, target, -1, max_points)
+    upper, upper_open = _find_crossing(above, best, step, target, +1, max_points)
     return ConfidenceInterval(name, best, float(lower), float(upper), n_sigma, lower_open, upper_open)
 
 

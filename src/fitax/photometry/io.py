@@ -10,7 +10,7 @@ from astropy.table import Table
 
 from ..io import atomic_write, check_not_input
 
-__all__ = ["read_image", "write_catalog", "write_image", "image_hdu_index"]
+__all__ = ["read_image", "write_catalog", "image_hdu_index"]
 
 
 def image_hdu_index(hdul, path) -> int:
@@ -34,24 +34,6 @@ def read_image(path: str | Path) -> tuple[np.ndarray, fits.Header]:
     except (OSError, TypeError, EOFError) as error:
         raise ValueError(f"{path}: not a readable FITS image (truncated or corrupt?): {error}") from error
     return data, header
-
-
-def header_float(header: fits.Header, key: str, path, default: float | None = None) -> float:
-    """A numeric header keyword, or a clear error naming the file and keyword."""
-    if key not in header:
-        if default is not None:
-            return default
-        raise ValueError(f"{path}: header keyword {key} is missing (needed: {key})")
-    try:
-        return float(header[key])
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"{path}: header keyword {key} = {header[key]!r} is not a number") from error
-
-
-def write_image(path, data, header: fits.Header | None = None, inputs=()) -> Path:
-    """Write an image atomically, refusing to overwrite any of ``inputs``."""
-    check_not_input(path, inputs)
-    return atomic_write(path, lambda tmp: fits.PrimaryHDU(data, header).writeto(tmp, overwrite=True))
 
 
 def write_catalog(table: Table, path, inputs=()) -> Path:

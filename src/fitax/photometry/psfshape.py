@@ -10,15 +10,14 @@ from __future__ import annotations
 import dataclasses
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 from ..fit import FitResult, fit
 from ..parameters import Parameter
 from ..stats import chi2
-from .psf import moffat_fwhm, moffat_prf
-from .starfit import _check_inputs, _initial_estimates, _predicted_variance, cut_stamps
+from .psf import moffat_fwhm
+from .starfit import _check_inputs, _initial_estimates, _predicted_variance, _prf_boxes, _prf_stamps, cut_stamps
 
 __all__ = ["MoffatShape", "fit_moffat_shape", "select_psf_stars"]
 
@@ -61,10 +60,9 @@ class _ShapeModel(eqx.Module):
 def _joint_chi2(model: _ShapeModel, data):
     stamps, variance, good = data
     size = stamps.shape[-1]
-    grid = jnp.arange(size, dtype=float)
     field = lambda name: jnp.stack([getattr(s, name).value for s in model.stars])  # noqa: E731
     flux, x, y, bkg = field("flux"), field("x"), field("y"), field("bkg")
-    prf = jax.vmap(lambda cx, cy: moffat_prf(grid[None, :] - cx, grid[:, None] - cy, model.gamma.value, model.alpha.value))(x, y)
+    prf = _prf_boxes(x - size // 2, y - size // 2, model.gamma.value, model.alpha.value, size)
     npred = flux[:, None, None] * prf + bkg[:, None, None]
     return chi2(stamps, npred, jnp.sqrt(variance), good)
 
@@ -105,7 +103,7 @@ def fit_moffat_shape(
     stamps, good, origin_x, origin_y = cut_stamps(image, x, y, fit_shape, mask)
     bkg0, flux0 = _initial_estimates(stamps, good, fit_shape, (gamma0, alpha0))
     local_x, local_y = x - origin_x, y - origin_y
-    variance = _predicted_variance(flux0, local_x, local_y, bkg0, fit_shape, (gamma0, alpha0), read_noise)
+    variance = _predicted_variance(flux0, _prf_stamps(local_x, local_y, fit_shape, (gamma0, alpha0)), bkg0, read_noise)
     model = _ShapeModel(
         gamma=Parameter(gamma0, min=0.3, max=20.0, unit="pix"),
         alpha=Parameter(alpha0, min=1.05, max=20.0),

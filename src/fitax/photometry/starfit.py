@@ -7,7 +7,7 @@ estimates* (sky + star + read noise), held fixed during the fit: weighting by th
 counts would bias fluxes low (low pixels get more weight), and letting the variance follow the
 model inside the fit adds a ``log V`` term that biases them too.
 
-Blends are not yet treated: neighbours inside a stamp add to its background residuals.
+Blends are handled by damped iterative neighbour subtraction (see :func:`fit_stars`).
 
 Flags (bits, after photutils' ``PSFPhotometry``):
 
@@ -39,7 +39,7 @@ from ..parameters import Parameter
 from ..stats import chi2
 from .psf import moffat_prf
 
-__all__ = ["cut_stamps", "fit_stars", "forced_photometry", "FLAG_MASKED", "FLAG_OUTSIDE", "FLAG_NONPOSITIVE_FLUX",
+__all__ = ["cut_stamps", "fit_stars", "forced_photometry", "render_stars", "FLAG_MASKED", "FLAG_OUTSIDE", "FLAG_NONPOSITIVE_FLUX",
            "FLAG_NOT_CONVERGED", "FLAG_NO_COVARIANCE", "FLAG_AT_POSITION_BOUND"]
 
 FLAG_MASKED = 1
@@ -75,32 +75,18 @@ def cut_stamps(image: np.ndarray, x: np.ndarray, y: np.ndarray, size: int, mask:
     return np.where(good, values, 0.0), good, origin_x, origin_y
 
 
-def _star_model(p, shape_args, size):
-    grid = jnp.arange(size, dtype=float)
-    prf = moffat_prf(grid[None, :] - p["x"].value, grid[:, None] - p["y"].value, *shape_args)
-    return p["flux"].value * prf + p["bkg"].value
-
-
-def _star_chi2(p, data, shared):
-    stamp, variance, good = data
-    shape_args, size = shared
-    return chi2(stamp, _star_model(p, shape_args, size), jnp.sqrt(variance), good)
-
-
+@dataclasses.dataclass(frozen=True)
 class _StarObjective:
-    """``chi2`` of one star; a class so the stamp size is static and the jit cache is reused."""
+    """``chi2`` of one star on its stamp; hashable by the (static) stamp size, so every call
+    with the same size reuses the compiled fit. The PSF shape is data (``shared``)."""
 
-    def __init__(self, size: int):
-        self.size = size
+    size: int
 
     def __call__(self, p, data, shape_args):
-        return _star_chi2(p, data, (shape_args, self.size))
-
-    def __hash__(self):
-        return hash(("fitax.photometry.star", self.size))
-
-    def __eq__(self, other):
-        return isinstance(other, _StarObjective) and other.size == self.size
+        stamp, variance, good = data
+        grid = jnp.arange(self.size, dtype=float)
+        prf = moffat_prf(grid[None, :] - p["x"].value, grid[:, None] - p["y"].value, *shape_args)
+        return chi2(stamp, p["flux"].value * prf + p["bkg"].value, jnp.sqrt(variance), good)
 
 
 def _initial_estimates(stamps, good, size, shape_args):
@@ -116,9 +102,9 @@ def _initial_estimates(stamps, good, size, shape_args):
     return bkg, np.maximum(flux, 1.0)
 
 
-def _predicted_variance(flux, x, y, bkg, size, shape_args, read_noise):
+def _predicted_variance(flux, prf, bkg, read_noise):
     """Noise model from the initial estimates: expected electrons + read noise squared."""
-    expected = flux[:, None, None] * _prf_stamps(x, y, size, shape_args) + bkg[:, None, None]
+    expected = flux[:, None, None] * prf + bkg[:, None, None]
     return np.maximum(expected, 0.0) + read_noise**2
 
 
@@ -226,9 +212,10 @@ def _position_bounds(size: int, max_shift: float) -> tuple[float, float]:
     return centre - 0.5 - max_shift, centre + 0.5 + max_shift
 
 
-def _fit_stamps(stamps, good, local_x, local_y, flux0, bkg0, size, shape_args, read_noise, max_shift):
-    """One batched fit of ``flux * PRF + bkg`` to each stamp, from the given starts."""
-    variance = _predicted_variance(flux0, local_x, local_y, bkg0, size, shape_args, read_noise)
+def _fit_stamps(stamps, good, prf, local_x, local_y, flux0, bkg0, size, shape_args, read_noise, max_shift):
+    """One batched fit of ``flux * PRF + bkg`` to each stamp, from the given starts; ``prf``
+    holds the stamps' PRFs at the starts (for the noise model)."""
+    variance = _predicted_variance(flux0, prf, bkg0, read_noise)
     low, high = _position_bounds(size, max_shift)
     inside = lambda v: np.clip(v, low + 1e-3, high - 1e-3)  # noqa: E731
     params = {
@@ -238,26 +225,7 @@ def _fit_stamps(stamps, good, local_x, local_y, flux0, bkg0, size, shape_args, r
         "bkg": Parameter(bkg0),
     }
     data = (jnp.asarray(stamps), jnp.asarray(variance), jnp.asarray(good))
-    # Pad the batch (repeating the last star) to a power of two up to 1024, to a multiple of
-    # 512 above, so catalogs of other sizes and the variable number of crowded stars reuse a
-    # few compiled programs at <= 20% extra work for large catalogs.
-    n = len(stamps)
-    padded = max(64, 1 << (n - 1).bit_length()) if n <= 1024 else -(-n // 512) * 512
-    pad = lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], padded - n, axis=0)])  # noqa: E731
-    params, data = jax.tree_util.tree_map(pad, (params, data))
-    result = fit_batch(_StarObjective(size), params, data, shared=shape_args)
-    return _first_rows(result, n)
-
-
-def _first_rows(result, n: int):
-    """The first ``n`` problems of a :class:`fitax.BatchFitResult`."""
-    return dataclasses.replace(
-        result,
-        params=jax.tree_util.tree_map(lambda a: a[:n], result.params),
-        values={k: v[:n] for k, v in result.values.items()},
-        errors={k: v[:n] for k, v in result.errors.items()},
-        **{f: getattr(result, f)[:n] for f in ("stat", "edm", "covariance", "converged", "status", "n_iterations")},
-    )
+    return fit_batch(_StarObjective(size), params, data, shared=shape_args)
 
 
 def fit_stars(
@@ -280,9 +248,8 @@ def fit_stars(
     fitted models have been subtracted, ``neighbour_passes`` times (damped iterative
     neighbour subtraction; a pair 4.5 pixels apart with a 3:1 flux ratio needs ~6). We chose
     subtraction over fitting groups jointly because groups have variable sizes, which would
-    break the one-compiled-batch, static-shape design; at survey densities one pass leaves
-    the isolated majority untouched and costs only the crowded few (passes reuse one
-    compiled program).
+    break the one-compiled-batch, static-shape design; at survey densities the isolated
+    majority is fitted once and only the contaminated few are refitted.
 
     Args:
         image: calibrated image in electrons.
@@ -302,7 +269,8 @@ def fit_stars(
     image, x, y, size, shape_args, (stamps, good, origin_x, origin_y), (bkg0, flux0) = _prepare(
         image, x, y, fit_shape, gamma, alpha, mask
     )
-    result = _fit_stamps(stamps, good, x - origin_x, y - origin_y, flux0, bkg0, size, shape_args, read_noise, max_shift)
+    prf0 = _prf_stamps(x - origin_x, y - origin_y, size, shape_args)
+    result = _fit_stamps(stamps, good, prf0, x - origin_x, y - origin_y, flux0, bkg0, size, shape_args, read_noise, max_shift)
     values = {k: np.array(v) for k, v in result.values.items()}
     errors = {k: np.array(v) for k, v in result.errors.items()}
     stat, status = np.array(result.stat), np.array(result.status)
@@ -313,7 +281,12 @@ def fit_stars(
         near = lambda v: (v - low < 1e-3) | (high - v < 1e-3)  # noqa: E731
         return near(local_x) | near(local_y)
 
-    trusted = (status == 0) & ~at_bound(values["x"], values["y"]) & np.isfinite(values["flux"])
+    def trustworthy(fitted):
+        """Converged, not captured by a neighbour (centre at its bound), finite: fit to subtract."""
+        v = fitted.values
+        return (fitted.status == 0) & ~at_bound(v["x"], v["y"]) & np.isfinite(v["flux"])
+
+    trusted = trustworthy(result)
 
     refit_set, render_set = _contaminated(fx, fy, values["flux"], size, gamma, alpha)
     idx = np.flatnonzero(refit_set) if neighbour_passes else np.zeros(0, int)
@@ -328,11 +301,12 @@ def fit_stars(
         others_removed = image - render_stars(image.shape, flux[rendered], fx[rendered], fy[rendered], gamma=gamma, alpha=alpha)
         c_stamps, c_good, c_ox, c_oy = cut_stamps(others_removed, fx[idx], fy[idx], size, mask)
         local_x, local_y = fx[idx] - c_ox, fy[idx] - c_oy
-        c_stamps = c_stamps + flux[idx, None, None] * _prf_stamps(local_x, local_y, size, shape_args) * c_good
+        own_prf = _prf_stamps(local_x, local_y, size, shape_args)
+        c_stamps = c_stamps + flux[idx, None, None] * own_prf * c_good
         # untrusted stars were not subtracted (flux 0 above) and restart from their first guess
         start_flux = np.where(trusted[idx], flux[idx], flux0[idx])
         refit = _fit_stamps(
-            c_stamps, c_good, local_x, local_y, start_flux, values["bkg"][idx], size, shape_args, read_noise, max_shift
+            c_stamps, c_good, own_prf, local_x, local_y, start_flux, values["bkg"][idx], size, shape_args, read_noise, max_shift
         )
         settle = 0.05 * np.where(np.isfinite(refit.errors["flux"]), refit.errors["flux"], 0.0)
         changed = ~(np.abs(refit.values["flux"] - values["flux"][idx]) <= settle)
@@ -342,7 +316,7 @@ def fit_stars(
         stat[idx], status[idx], good[idx] = refit.stat, refit.status, c_good
         origin_x[idx], origin_y[idx] = c_ox, c_oy
         fx[idx], fy[idx] = refit.values["x"] + c_ox, refit.values["y"] + c_oy
-        trusted[idx] = (refit.status == 0) & ~at_bound(refit.values["x"], refit.values["y"]) & np.isfinite(refit.values["flux"])
+        trusted[idx] = trustworthy(refit)
         # Stars whose flux has settled (< 0.05 sigma change) leave the iteration; their
         # neighbours keep being subtracted with the settled values.
         idx = idx[changed]
@@ -374,8 +348,8 @@ def fit_stars(
 
 @jax.jit
 def _weighted_linear_fit(stamps, weights, prf):
-    """Per star: least squares of ``stamp = flux * prf + bkg`` with weights; returns
-    ``(flux, bkg, cov)``."""
+    """Per star: weighted least squares of ``stamp = flux * prf + bkg``; returns
+    ``(flux, bkg, covariance, chi2)``."""
     design = jnp.stack([prf, jnp.ones_like(prf)], axis=-1).reshape(prf.shape[0], -1, 2)
     w = weights.reshape(prf.shape[0], -1)
     d = stamps.reshape(prf.shape[0], -1)
@@ -406,11 +380,9 @@ def forced_photometry(
     image, x, y, size, shape_args, (stamps, good, origin_x, origin_y), (bkg0, flux0) = _prepare(
         image, x, y, fit_shape, gamma, alpha, mask
     )
-    local_x, local_y = x - origin_x, y - origin_y
-    variance = _predicted_variance(flux0, local_x, local_y, bkg0, size, shape_args, read_noise)
-    prf = jnp.asarray(_prf_stamps(local_x, local_y, size, shape_args))
-    weights = np.where(good, 1.0 / variance, 0.0)
-    flux, bkg, cov, stat = (np.asarray(a) for a in _weighted_linear_fit(jnp.asarray(stamps), jnp.asarray(weights), prf))
+    prf = _prf_stamps(x - origin_x, y - origin_y, size, shape_args)
+    weights = np.where(good, 1.0 / _predicted_variance(flux0, prf, bkg0, read_noise), 0.0)
+    flux, bkg, cov, stat = (np.asarray(a) for a in _weighted_linear_fit(jnp.asarray(stamps), jnp.asarray(weights), jnp.asarray(prf)))
     flux_err = np.sqrt(cov[:, 0, 0])
     flags = np.zeros(len(x), dtype=np.int32)
     flags |= np.where(~good.all(axis=(1, 2)), FLAG_MASKED, 0)
