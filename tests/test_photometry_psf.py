@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import integrate
 
-from fitax.photometry import gaussian_prf, moffat_fwhm, moffat_prf
+from fitax.photometry import gaussian_prf, moffat_fwhm, moffat_points, moffat_prf
 
 PIXELS = [(0.0, 0.0), (0.3, -0.7), (1.6, 2.2), (-3.1, 0.4)]
 
@@ -44,6 +44,19 @@ def test_moffat_prf_matches_dblquad(ellipticity, theta):
     for dx, dy in PIXELS:
         expected = _pixel_integral(density, dx, dy)
         assert float(moffat_prf(dx, dy, gamma, alpha, ellipticity, theta)) == pytest.approx(expected, rel=2e-5)
+
+
+@pytest.mark.parametrize("gamma", [0.8, 1.2, 1.7, 2.3, 3.5])
+def test_moffat_points_keep_flux_weighted_error_below_1e5(gamma):
+    # the quadrature order star fits use: the flux a PSF fit would get wrong, sum(P dP)/sum(P^2),
+    # against dblquad on the central 7x7 pixels (a star centred on a pixel corner and off-centre)
+    alpha = 3.0
+    density = lambda x, y: (alpha - 1) / (np.pi * gamma**2) * (1 + (x * x + y * y) / gamma**2) ** -alpha  # noqa: E731
+    for cx, cy in [(0.5, 0.5), (0.1, -0.3)]:
+        grid = np.arange(-3, 4, dtype=float)
+        exact = np.array([[_pixel_integral(density, gx - cx, gy - cy) for gx in grid] for gy in grid])
+        approx = np.asarray(moffat_prf(grid[None, :] - cx, grid[:, None] - cy, gamma, alpha, points=moffat_points(gamma)))
+        assert abs(np.sum(exact * (approx - exact)) / np.sum(exact**2)) < 1e-5
 
 
 def test_point_sampling_would_bias_the_flux():

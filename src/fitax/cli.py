@@ -17,8 +17,25 @@ def _build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--sources", type=int, default=10, help="number of simulated sources (default: 10)")
     demo.add_argument("--seed", type=int, default=0, help="random seed of the simulation (default: 0)")
     commands.add_parser("gamma", help="gamma-ray analyses of Gammapy datasets (not yet in this release)")
-    commands.add_parser("phot", help="survey-image calibration and PSF photometry (not yet in this release)")
+    from .photometry.cli import add_parser as add_phot_parser
+
+    add_phot_parser(commands)
     return parser
+
+
+def _enable_compilation_cache() -> None:
+    """Keep compiled XLA programs on disk between runs, so a command-line user pays the
+    compile time once per machine, not once per call (``FITAX_CACHE_DIR`` moves it; an
+    empty value turns it off)."""
+    import os
+    from pathlib import Path
+
+    import jax
+
+    location = os.environ.get("FITAX_CACHE_DIR", str(Path.home() / ".cache" / "fitax" / "xla"))
+    if location:
+        jax.config.update("jax_compilation_cache_dir", location)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    _enable_compilation_cache()
     if args.command == "demo":
         if args.sources < 1:
             parser.error("--sources must be at least 1")
@@ -34,6 +52,10 @@ def main(argv: list[str] | None = None) -> int:
 
         run_demo(args.out, n_sources=args.sources, seed=args.seed)
         return 0
+    if args.command == "phot":
+        from .photometry.cli import run as run_phot
+
+        return run_phot(args, sys.argv[1:] if argv is None else argv)
     print(f"fitax {args.command}: not available in this release yet", file=sys.stderr)
     return 2
 

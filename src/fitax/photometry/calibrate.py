@@ -44,7 +44,9 @@ class _FrameStack:
 
             path = self.frames[i]
             try:
-                hdul = fits.open(path, memmap=True)
+                # memmap=False: a memory map cannot apply BZERO (uint16 frames); .section
+                # still reads only the requested rows
+                hdul = fits.open(path, memmap=False)
             except OSError as error:
                 raise ValueError(f"cannot read {path}: {error}") from error
             self._hdus[i] = (hdul, hdul[image_hdu_index(hdul, path)])

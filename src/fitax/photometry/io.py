@@ -39,4 +39,13 @@ def read_image(path: str | Path) -> tuple[np.ndarray, fits.Header]:
 def write_catalog(table: Table, path, inputs=()) -> Path:
     """Write a catalog as FITS atomically, refusing to overwrite any of ``inputs``."""
     check_not_input(path, inputs)
-    return atomic_write(path, lambda tmp: table.write(tmp, format="fits", overwrite=True))
+    # FITS has no 'electron' unit that astropy will write; keep the units as TUNITn strings
+    units = {name: str(table[name].unit) for name in table.colnames if table[name].unit is not None}
+    plain = table.copy(copy_data=False)
+    for name in units:
+        plain[name].unit = None
+    hdu = fits.table_to_hdu(plain)
+    for i, name in enumerate(plain.colnames, start=1):
+        if name in units:
+            hdu.header[f"TUNIT{i}"] = units[name]
+    return atomic_write(path, lambda tmp: fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(tmp, overwrite=True))

@@ -19,10 +19,11 @@ from functools import lru_cache
 import jax
 import jax.numpy as jnp
 import numpy as np
+import equinox as eqx
 from jax.scipy.special import ndtr
 from jaxtyping import Array, ArrayLike, Float
 
-__all__ = ["gaussian_prf", "moffat_prf", "moffat_fwhm"]
+__all__ = ["gaussian_prf", "moffat_prf", "moffat_fwhm", "moffat_points", "MoffatPSF", "GaussianPSF"]
 
 
 @lru_cache(maxsize=16)
@@ -133,6 +134,74 @@ def moffat_prf(
     return jnp.sum(density * node_weights, axis=(0, 1))
 
 
+def moffat_points(gamma: float) -> int:
+    """Gauss–Legendre points per pixel axis that keep a Moffat PRF's flux-weighted error
+    below ~1e-5 (measured against 12 points): the error falls fast with ``gamma`` in pixels,
+    and evaluation cost grows as ``points^2`` (3 points make star fits 1.5x faster than 4)."""
+    gamma = float(gamma)
+    for smallest_gamma, points in ((2.3, 3), (1.7, 4), (1.2, 5), (0.9, 6)):
+        if gamma >= smallest_gamma:
+            return points
+    return 10
+
+
 def moffat_fwhm(gamma, alpha):
     """Full width at half maximum of a Moffat profile: ``2 gamma sqrt(2^(1/alpha) - 1)``."""
     return 2 * gamma * jnp.sqrt(2 ** (1 / jnp.asarray(alpha, dtype=float)) - 1)
+
+
+class MoffatPSF(eqx.Module):
+    """Circular Moffat PSF shape: ``gamma`` [pixels] and ``alpha``; ``points`` is the
+    quadrature order of its pixel integral (from :func:`moffat_points` by default).
+
+    Example:
+        >>> MoffatPSF(2.45, 3.0)
+        MoffatPSF(gamma=2.45, alpha=3, FWHM=2.50 px)
+    """
+
+    gamma: Float[ArrayLike, ""]
+    alpha: Float[ArrayLike, ""]
+    points: int = eqx.field(static=True)
+
+    def __init__(self, gamma, alpha, points: int | None = None):
+        self.gamma = gamma
+        self.alpha = alpha
+        self.points = moffat_points(gamma) if points is None else int(points)
+
+    def prf(self, dx, dy):
+        return moffat_prf(dx, dy, self.gamma, self.alpha, points=self.points)
+
+    @property
+    def fwhm(self) -> float:
+        return float(moffat_fwhm(self.gamma, self.alpha))
+
+    def __repr__(self) -> str:
+        return f"MoffatPSF(gamma={float(self.gamma):.4g}, alpha={float(self.alpha):.4g}, FWHM={self.fwhm:.2f} px)"
+
+
+class GaussianPSF(eqx.Module):
+    """Elliptical Gaussian PSF with full covariance: ``sigma_x``, ``sigma_y`` [pixels] and
+    correlation ``rho``.
+
+    Example:
+        >>> GaussianPSF(1.1, 1.0, 0.1)
+        GaussianPSF(sigma_x=1.1, sigma_y=1, rho=0.1, FWHM=2.47 px)
+    """
+
+    sigma_x: Float[ArrayLike, ""]
+    sigma_y: Float[ArrayLike, ""]
+    rho: Float[ArrayLike, ""] = 0.0
+
+    def prf(self, dx, dy):
+        return gaussian_prf(dx, dy, self.sigma_x, self.sigma_y, self.rho)
+
+    @property
+    def fwhm(self) -> float:
+        """FWHM of the geometric-mean width."""
+        return float(2 * np.sqrt(2 * np.log(2)) * np.sqrt(float(self.sigma_x) * float(self.sigma_y)))
+
+    def __repr__(self) -> str:
+        return (
+            f"GaussianPSF(sigma_x={float(self.sigma_x):.4g}, sigma_y={float(self.sigma_y):.4g}, "
+            f"rho={float(self.rho):.3g}, FWHM={self.fwhm:.2f} px)"
+        )

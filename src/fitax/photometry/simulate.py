@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 from astropy.table import Table
 
-from .psf import moffat_prf
+from .psf import MoffatPSF, moffat_prf
 
 __all__ = ["simulate_image", "simulate_stamps", "stamp_model"]
 
@@ -30,16 +30,21 @@ def simulate_image(
     flux_range: tuple[float, float] = (300.0, 1e7),
     flux_slope: float = 1.75,
     saturation: float | None = None,
+    cosmic_rays: int = 0,
     edge: int = 5,
     seed: int = 0,
+    psf=None,
 ) -> tuple[np.ndarray, Table]:
     """A calibrated image in electrons: Moffat stars on a flat sky, Poisson + read noise.
 
     Returns ``(image, truth)`` where ``truth`` has columns ``id``, ``x``, ``y`` (0-based
     pixel centres) and ``flux`` [e-]. Stars are drawn from ``p(F) ~ F^-flux_slope`` at
     uniform positions at least ``edge`` pixels inside the image; each is rendered over a
-    41 x 41 box (the PRF outside it is < 1e-5 of the flux). ``saturation`` clips pixels.
+    41 x 41 box (the PRF outside it is < 1e-5 of the flux). ``saturation`` clips pixels;
+    ``cosmic_rays`` short tracks (2-4 pixels of 500-5000 e-) are added after the noise;
+    ``psf`` (a :class:`MoffatPSF` or :class:`GaussianPSF`) overrides ``gamma, alpha``.
     """
+    psf = MoffatPSF(gamma, alpha) if psf is None else psf
     rng = np.random.default_rng(seed)
     ny, nx = shape
     x = rng.uniform(edge, nx - 1 - edge, n_stars)
@@ -51,7 +56,7 @@ def simulate_image(
     ix, iy = np.round(x).astype(int), np.round(y).astype(int)
     cols = ix[:, None, None] + offsets[None, None, :]
     rows = iy[:, None, None] + offsets[None, :, None]
-    prf = jax.vmap(lambda cx, cy: moffat_prf(offsets[None, :] - cx, offsets[:, None] - cy, gamma, alpha))(
+    prf = jax.vmap(lambda cx, cy: psf.prf(offsets[None, :] - cx, offsets[:, None] - cy))(
         jnp.asarray(x - ix), jnp.asarray(y - iy)
     )
     contribution = flux[:, None, None] * np.asarray(prf)
@@ -61,6 +66,12 @@ def simulate_image(
     np.add.at(expected, (rows_b[inside], cols_b[inside]), contribution[inside])
 
     image = rng.poisson(expected).astype(float) + rng.normal(0.0, read_noise, shape)
+    for _ in range(cosmic_rays):
+        row, col = rng.integers(0, ny), rng.integers(0, nx)
+        length, vertical = rng.integers(2, 5), rng.random() < 0.5
+        rr = np.clip(row + (np.arange(length) if vertical else 0), 0, ny - 1)
+        cc = np.clip(col + (0 if vertical else np.arange(length)), 0, nx - 1)
+        image[rr, cc] += rng.uniform(500, 5000, length)
     if saturation is not None:
         image = np.minimum(image, saturation)
     truth = Table({"id": np.arange(n_stars), "x": x, "y": y, "flux": flux})

@@ -20,6 +20,10 @@ Flags (bits, after photutils' ``PSFPhotometry``):
 16    no covariance: the Hessian is not positive definite, errors are NaN
 32    the fitted centre is at its bound, ``max_shift`` pixels from the input position
       (typically a faint star captured by a bright neighbour)
+64    outlier pixels (e.g. cosmic rays) were rejected and the star fitted without them;
+      informational: the measurement stands (not part of ``FAILURE_FLAGS``)
+128   the star is the fainter of a pair closer than one PSF FWHM in the input catalog:
+      unresolvable with free positions; its brighter neighbour's flux includes it
 ====  =============================================================================
 """
 
@@ -34,13 +38,13 @@ import numpy as np
 from astropy.table import Table
 from jaxtyping import Array, Float
 
-from ..batch import fit_batch
+from ..batch import fit_batch, padded_size
 from ..parameters import Parameter
 from ..stats import chi2
-from .psf import moffat_prf
+from .psf import GaussianPSF, MoffatPSF
 
 __all__ = ["cut_stamps", "fit_stars", "forced_photometry", "render_stars", "FLAG_MASKED", "FLAG_OUTSIDE", "FLAG_NONPOSITIVE_FLUX",
-           "FLAG_NOT_CONVERGED", "FLAG_NO_COVARIANCE", "FLAG_AT_POSITION_BOUND"]
+           "FLAG_NOT_CONVERGED", "FLAG_NO_COVARIANCE", "FLAG_AT_POSITION_BOUND", "FLAG_OUTLIER_PIXELS", "FLAG_UNRESOLVED", "FAILURE_FLAGS"]
 
 FLAG_MASKED = 1
 FLAG_OUTSIDE = 2
@@ -48,6 +52,12 @@ FLAG_NONPOSITIVE_FLUX = 4
 FLAG_NOT_CONVERGED = 8
 FLAG_NO_COVARIANCE = 16
 FLAG_AT_POSITION_BOUND = 32
+FLAG_OUTLIER_PIXELS = 64
+FLAG_UNRESOLVED = 128
+FAILURE_FLAGS = (
+    FLAG_MASKED | FLAG_OUTSIDE | FLAG_NONPOSITIVE_FLUX | FLAG_NOT_CONVERGED | FLAG_NO_COVARIANCE | FLAG_AT_POSITION_BOUND
+    | FLAG_UNRESOLVED
+)
 
 
 def cut_stamps(image: np.ndarray, x: np.ndarray, y: np.ndarray, size: int, mask: np.ndarray | None = None):
@@ -78,18 +88,18 @@ def cut_stamps(image: np.ndarray, x: np.ndarray, y: np.ndarray, size: int, mask:
 @dataclasses.dataclass(frozen=True)
 class _StarObjective:
     """``chi2`` of one star on its stamp; hashable by the (static) stamp size, so every call
-    with the same size reuses the compiled fit. The PSF shape is data (``shared``)."""
+    with the same size reuses the compiled fit. The PSF is data (``shared``)."""
 
     size: int
 
-    def __call__(self, p, data, shape_args):
+    def __call__(self, p, data, psf):
         stamp, variance, good = data
         grid = jnp.arange(self.size, dtype=float)
-        prf = moffat_prf(grid[None, :] - p["x"].value, grid[:, None] - p["y"].value, *shape_args)
+        prf = psf.prf(grid[None, :] - p["x"].value, grid[:, None] - p["y"].value)
         return chi2(stamp, p["flux"].value * prf + p["bkg"].value, jnp.sqrt(variance), good)
 
 
-def _initial_estimates(stamps, good, size, shape_args):
+def _initial_estimates(stamps, good, size, psf):
     """Local background (median of the stamp border) and flux (background-subtracted sum)."""
     border = np.zeros((size, size), dtype=bool)
     border[[0, -1], :] = border[:, [0, -1]] = True
@@ -97,7 +107,7 @@ def _initial_estimates(stamps, good, size, shape_args):
     bkg = np.nanmedian(border_values.reshape(len(stamps), -1), axis=1)
     bkg = np.where(np.isfinite(bkg), bkg, 0.0)
     grid = np.arange(size) - size // 2
-    enclosed = float(np.asarray(moffat_prf(grid[None, :], grid[:, None], *shape_args)).sum())
+    enclosed = float(np.asarray(psf.prf(grid[None, :], grid[:, None])).sum())
     flux = np.sum(np.where(good, stamps - bkg[:, None, None], 0.0), axis=(1, 2)) / enclosed
     return bkg, np.maximum(flux, 1.0)
 
@@ -108,19 +118,20 @@ def _predicted_variance(flux, prf, bkg, read_noise):
     return np.maximum(expected, 0.0) + read_noise**2
 
 
-def _prepare(image, x, y, fit_shape, gamma, alpha, mask):
+def _prepare(image, x, y, fit_shape, psf, mask):
     """Checked inputs, stamps and first estimates shared by free and forced photometry."""
     image, x, y = _check_inputs(image, x, y)
+    if not isinstance(psf, (MoffatPSF, GaussianPSF)):
+        raise TypeError(f"psf must be a MoffatPSF or GaussianPSF, got {type(psf).__name__}")
     size = int(fit_shape)
-    shape_args = (float(gamma), float(alpha))
     cut = cut_stamps(image, x, y, size, mask)
-    estimates = _initial_estimates(cut[0], cut[1], size, shape_args)
-    return image, x, y, size, shape_args, cut, estimates
+    estimates = _initial_estimates(cut[0], cut[1], size, psf)
+    return image, x, y, size, cut, estimates
 
 
 def _finish_catalog(table: Table) -> Table:
     table["flux"].unit = table["flux_err"].unit = table["local_bkg"].unit = "electron"
-    table.meta["pixel_convention"] = "0-based pixel centres; x = column, y = row"
+    table.meta["PIXCONV"] = "0-based pixel centres; x = column, y = row"
     return table
 
 
@@ -143,17 +154,17 @@ def _check_inputs(image, x, y):
 
 
 @functools.partial(jax.jit, static_argnames="size")
-def _prf_boxes(frac_x, frac_y, gamma, alpha, size):
+def _prf_boxes(frac_x, frac_y, psf, size):
     offsets = jnp.arange(size, dtype=float) - size // 2
-    return jax.vmap(lambda cx, cy: moffat_prf(offsets[None, :] - cx, offsets[:, None] - cy, gamma, alpha))(frac_x, frac_y)
+    return jax.vmap(lambda cx, cy: psf.prf(offsets[None, :] - cx, offsets[:, None] - cy))(frac_x, frac_y)
 
 
-def render_stars(shape, flux, x, y, *, gamma: float, alpha: float, half: int = 15) -> np.ndarray:
+def render_stars(shape, flux, x, y, *, psf, half: int = 15) -> np.ndarray:
     """Image of the given stars (no background): each PRF rendered over a ``2 half + 1`` box."""
     flux, x, y = (np.asarray(a, dtype=float) for a in (flux, x, y))
     offsets = np.arange(-half, half + 1)
     ix, iy = np.round(x).astype(int), np.round(y).astype(int)
-    prf = _prf_boxes(jnp.asarray(x - ix), jnp.asarray(y - iy), float(gamma), float(alpha), 2 * half + 1)
+    prf = _prf_boxes(jnp.asarray(x - ix), jnp.asarray(y - iy), psf, 2 * half + 1)
     rows, cols = np.broadcast_arrays(iy[:, None, None] + offsets[None, :, None], ix[:, None, None] + offsets[None, None, :])
     inside = (rows >= 0) & (rows < shape[0]) & (cols >= 0) & (cols < shape[1])
     flat_index = rows[inside] * shape[1] + cols[inside]
@@ -178,31 +189,38 @@ def _close_pairs(x, y, radius) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(first, dtype=int), np.asarray(second, dtype=int)
 
 
-def _contaminated(x, y, flux, size, gamma, alpha, threshold=1e-3):
-    """Stars whose neighbours put more than ``threshold`` of the star's own flux into its
-    stamp, and the neighbours that do it (which must be subtracted).
+@functools.partial(jax.jit, static_argnames=("size", "n_stamps"))
+def _pair_light(target, source, weight, origin_x, origin_y, x, y, psf, size, n_stamps):
+    """Sum over pairs of ``weight * PRF`` of star ``source`` on the stamp of star ``target``."""
+    grid = jnp.arange(size, dtype=float)
 
-    The light of neighbour ``j`` in the stamp of ``i`` is bounded by ``flux_j`` times the
-    Moffat density at their separation times the stamp area.
-    """
-    i, j = _close_pairs(x, y, 1.5 * size)
-    if i.size == 0:
-        return np.zeros(len(x), bool), np.zeros(len(x), bool)
-    distance2 = (x[i] - x[j]) ** 2 + (y[i] - y[j]) ** 2
-    density = (alpha - 1) / (np.pi * gamma**2) * (1 + distance2 / gamma**2) ** -alpha
-    light = np.where(np.isfinite(flux[j]), np.maximum(flux[j], 0.0), 0.0) * density * size**2
-    significant = light > threshold * np.maximum(np.where(np.isfinite(flux[i]), flux[i], 0.0), 1.0)
-    refit = np.zeros(len(x), bool)
-    refit[i[significant]] = True
-    render = refit.copy()
-    render[j[significant]] = True
-    return refit, render
+    def one(t, s, w):
+        return w * psf.prf(grid[None, :] + origin_x[t] - x[s], grid[:, None] + origin_y[t] - y[s])
+
+    return jax.ops.segment_sum(jax.vmap(one)(target, source, weight), target, num_segments=n_stamps)
 
 
-def _prf_stamps(local_x, local_y, size, shape_args) -> np.ndarray:
+def _neighbour_light(pairs, flux, origin_x, origin_y, x, y, size, psf) -> np.ndarray:
+    """Light of each star's neighbours in its stamp, ``(n, size, size)``: evaluated pair by
+    pair on the stamps only (no full-image rendering), with arrays padded to a few sizes so
+    different star counts share compiled programs."""
+    target, source = pairs
+    n = len(x)
+    n_pad, m_pad = padded_size(n), padded_size(max(len(target), 1))
+    pad = lambda a, size, fill=0: np.concatenate([a, np.full(size - len(a), fill, dtype=np.asarray(a).dtype)])  # noqa: E731
+    weight = np.where(np.isfinite(flux[source]), flux[source], 0.0)
+    light = _pair_light(
+        jnp.asarray(pad(target, m_pad)), jnp.asarray(pad(source, m_pad)), jnp.asarray(pad(weight, m_pad)),
+        jnp.asarray(pad(origin_x.astype(float), n_pad)), jnp.asarray(pad(origin_y.astype(float), n_pad)),
+        jnp.asarray(pad(x, n_pad)), jnp.asarray(pad(y, n_pad)), psf, size, n_pad,
+    )
+    return np.asarray(light)[:n]
+
+
+def _prf_stamps(local_x, local_y, size, psf) -> np.ndarray:
     """PRFs on ``size x size`` stamps for stamp-local centres."""
     centre = size // 2
-    return np.asarray(_prf_boxes(jnp.asarray(local_x) - centre, jnp.asarray(local_y) - centre, *shape_args, size))
+    return np.asarray(_prf_boxes(jnp.asarray(local_x) - centre, jnp.asarray(local_y) - centre, psf, size))
 
 
 def _position_bounds(size: int, max_shift: float) -> tuple[float, float]:
@@ -212,7 +230,7 @@ def _position_bounds(size: int, max_shift: float) -> tuple[float, float]:
     return centre - 0.5 - max_shift, centre + 0.5 + max_shift
 
 
-def _fit_stamps(stamps, good, prf, local_x, local_y, flux0, bkg0, size, shape_args, read_noise, max_shift):
+def _fit_stamps(stamps, good, prf, local_x, local_y, flux0, bkg0, *, size, psf, read_noise, max_shift):
     """One batched fit of ``flux * PRF + bkg`` to each stamp, from the given starts; ``prf``
     holds the stamps' PRFs at the starts (for the noise model)."""
     variance = _predicted_variance(flux0, prf, bkg0, read_noise)
@@ -225,7 +243,17 @@ def _fit_stamps(stamps, good, prf, local_x, local_y, flux0, bkg0, size, shape_ar
         "bkg": Parameter(bkg0),
     }
     data = (jnp.asarray(stamps), jnp.asarray(variance), jnp.asarray(good))
-    return fit_batch(_StarObjective(size), params, data, shared=shape_args)
+    return fit_batch(_StarObjective(size), params, data, shared=psf)
+
+
+def _sharp_outliers(residual, noise, threshold: float, sharpness: float = 2.5):
+    """Pixels ``threshold`` sigma above the model *and* ``sharpness`` times brighter than the
+    mean residual of their four neighbours: sharper than any star (a PSF-wide mismatch, such
+    as an imperfectly subtracted blend, has neighbours nearly as bright), i.e. cosmic rays and
+    hot pixels. Masking those keeps an unconverged blend from losing its core pixels."""
+    padded = np.pad(residual, ((0, 0), (1, 1), (1, 1)))
+    around = 0.25 * (padded[:, :-2, 1:-1] + padded[:, 2:, 1:-1] + padded[:, 1:-1, :-2] + padded[:, 1:-1, 2:])
+    return (residual > threshold * noise) & (residual > sharpness * np.maximum(around, 0.0))
 
 
 def fit_stars(
@@ -233,13 +261,13 @@ def fit_stars(
     x: Float[np.ndarray, " n"],
     y: Float[np.ndarray, " n"],
     *,
-    gamma: float,
-    alpha: float,
+    psf: MoffatPSF | GaussianPSF,
     read_noise: float,
     fit_shape: int = 11,
     mask: np.ndarray | None = None,
     max_shift: float = 1.5,
     neighbour_passes: int = 6,
+    outlier_sigma: float = 6.0,
 ) -> Table:
     """Fit flux, position and local background of every star in one compiled batch.
 
@@ -251,89 +279,116 @@ def fit_stars(
     break the one-compiled-batch, static-shape design; at survey densities the isolated
     majority is fitted once and only the contaminated few are refitted.
 
+    Outliers: pixels more than ``outlier_sigma`` above the final model and sharper than a star
+    (cosmic rays, which a star fit would otherwise chase) are masked and their stars fitted
+    again from the start; those rows get flag 64.
+
     Args:
         image: calibrated image in electrons.
         x, y: initial positions (0-based pixel centres).
-        gamma, alpha: Moffat PSF shape [pixels, -].
+        psf: the PSF (:class:`MoffatPSF` or :class:`GaussianPSF`), e.g. from
+            :func:`fitax.photometry.fit_psf_shape`.
         read_noise: read noise [electrons] for the noise model.
         fit_shape: stamp size (odd).
         mask: boolean image, True where pixels must be ignored (saturated, bad columns, ...).
         max_shift: how far [pixels] a centre may move from its input position; stars that
             reach it are flagged (32) and left out of the neighbour models.
         neighbour_passes: passes of neighbour subtraction (0: none).
+        outlier_sigma: threshold of the outlier-pixel rejection (``inf``: none).
 
     Returns:
         Table with ``id, x, y, x_err, y_err, flux, flux_err, local_bkg, reduced_chi2,
         flags`` (flux in electrons).
     """
-    image, x, y, size, shape_args, (stamps, good, origin_x, origin_y), (bkg0, flux0) = _prepare(
-        image, x, y, fit_shape, gamma, alpha, mask
-    )
-    prf0 = _prf_stamps(x - origin_x, y - origin_y, size, shape_args)
-    result = _fit_stamps(stamps, good, prf0, x - origin_x, y - origin_y, flux0, bkg0, size, shape_args, read_noise, max_shift)
+    image, x, y, size, (stamps, good, origin_x, origin_y), (bkg0, flux0) = _prepare(image, x, y, fit_shape, psf, mask)
+    start_x, start_y = x - origin_x, y - origin_y
+    prf0 = _prf_stamps(start_x, start_y, size, psf)
+    fit = functools.partial(_fit_stamps, size=size, psf=psf, read_noise=read_noise, max_shift=max_shift)
+    result = fit(stamps, good, prf0, start_x, start_y, flux0, bkg0)
     values = {k: np.array(v) for k, v in result.values.items()}
     errors = {k: np.array(v) for k, v in result.errors.items()}
     stat, status = np.array(result.stat), np.array(result.status)
-    fx, fy = values["x"] + origin_x, values["y"] + origin_y
     low, high = _position_bounds(size, max_shift)
 
     def at_bound(local_x, local_y):
         near = lambda v: (v - low < 1e-3) | (high - v < 1e-3)  # noqa: E731
         return near(local_x) | near(local_y)
 
-    def trustworthy(fitted):
-        """Converged, not captured by a neighbour (centre at its bound), finite: fit to subtract."""
-        v = fitted.values
-        return (fitted.status == 0) & ~at_bound(v["x"], v["y"]) & np.isfinite(v["flux"])
+    # The fainter star of a pair closer than one FWHM cannot be separated with free
+    # positions (the pair trades light and position freely): it is flagged, and neither
+    # subtracted nor refitted, so its brighter neighbour measures the blend (photutils flags
+    # such stars too).
+    close_i, close_j = _close_pairs(x, y, psf.fwhm)
+    fitted = np.where(np.isfinite(values["flux"]), values["flux"], -np.inf)
+    unresolved = np.zeros(len(x), bool)
+    unresolved[close_i[fitted[close_i] < fitted[close_j]]] = True
 
-    trusted = trustworthy(result)
+    def trusted_flux():
+        """Fluxes of the fits fit to subtract: converged, not captured by a neighbour (centre
+        at its bound), resolved, finite; 0 for the others."""
+        ok = (status == 0) & ~at_bound(values["x"], values["y"]) & np.isfinite(values["flux"]) & ~unresolved
+        return np.where(ok, values["flux"], 0.0)
 
-    refit_set, render_set = _contaminated(fx, fy, values["flux"], size, gamma, alpha)
-    idx = np.flatnonzero(refit_set) if neighbour_passes else np.zeros(0, int)
-    rendered = np.flatnonzero(render_set)
-    previous = np.where(trusted, values["flux"], 0.0)
+    def refit(idx, cleaned, good_idx, from_start):
+        """Fit stars ``idx`` again on ``cleaned`` stamps; untrusted stars and ``from_start``
+        restart from the first estimates."""
+        restart = from_start | (trusted_flux()[idx] == 0)
+        start = lambda k, first: np.where(restart, first[idx], values[k][idx])  # noqa: E731
+        local_x, local_y = start("x", start_x), start("y", start_y)
+        redone = fit(cleaned, good_idx, _prf_stamps(local_x, local_y, size, psf), local_x, local_y,
+                     start("flux", flux0), start("bkg", bkg0))
+        change = np.abs(redone.values["flux"] - values["flux"][idx])
+        for k in values:
+            values[k][idx], errors[k][idx] = redone.values[k], redone.errors[k]
+        stat[idx], status[idx], good[idx] = redone.stat, redone.status, good_idx
+        return change, redone.errors["flux"]
+
+    def light(flux):
+        return _neighbour_light(pairs, flux, origin_x, origin_y, values["x"] + origin_x, values["y"] + origin_y, size, psf)
+
+    pairs = _close_pairs(values["x"] + origin_x, values["y"] + origin_y, 1.5 * size)
+    # Contamination is judged from all fits, trusted or not: a neighbour captured by this star
+    # (at its bound) is not subtracted yet but will be once its refit is trusted.
+    fitted_flux = np.where(np.isfinite(values["flux"]), np.maximum(values["flux"], 0.0), 0.0)
+    contaminated = np.sum(light(fitted_flux) * good, axis=(1, 2)) > 1e-3 * np.maximum(fitted_flux, 1.0)
+    idx = np.flatnonzero(contaminated & ~unresolved) if neighbour_passes else np.zeros(0, int)
+    previous = trusted_flux()
     for _ in range(neighbour_passes if idx.size else 0):
         # Subtracting each star's latest flux is a Jacobi iteration, which oscillates for
         # overlapping pairs (each star alternately takes and gives back the shared light);
         # averaging with the previous estimate (under-relaxation) damps that.
-        flux = 0.5 * (np.where(trusted, values["flux"], 0.0) + previous)
-        previous = np.where(trusted, values["flux"], 0.0)
-        others_removed = image - render_stars(image.shape, flux[rendered], fx[rendered], fy[rendered], gamma=gamma, alpha=alpha)
-        c_stamps, c_good, c_ox, c_oy = cut_stamps(others_removed, fx[idx], fy[idx], size, mask)
-        local_x, local_y = fx[idx] - c_ox, fy[idx] - c_oy
-        own_prf = _prf_stamps(local_x, local_y, size, shape_args)
-        c_stamps = c_stamps + flux[idx, None, None] * own_prf * c_good
-        # untrusted stars were not subtracted (flux 0 above) and restart from their first guess
-        start_flux = np.where(trusted[idx], flux[idx], flux0[idx])
-        refit = _fit_stamps(
-            c_stamps, c_good, own_prf, local_x, local_y, start_flux, values["bkg"][idx], size, shape_args, read_noise, max_shift
-        )
-        settle = 0.05 * np.where(np.isfinite(refit.errors["flux"]), refit.errors["flux"], 0.0)
-        changed = ~(np.abs(refit.values["flux"] - values["flux"][idx]) <= settle)
-        for k in values:
-            values[k][idx] = refit.values[k]
-            errors[k][idx] = refit.errors[k]
-        stat[idx], status[idx], good[idx] = refit.stat, refit.status, c_good
-        origin_x[idx], origin_y[idx] = c_ox, c_oy
-        fx[idx], fy[idx] = refit.values["x"] + c_ox, refit.values["y"] + c_oy
-        trusted[idx] = trustworthy(refit)
+        current = trusted_flux()
+        neighbours = light(0.5 * (current + previous))
+        previous = current
+        change, flux_err = refit(idx, stamps[idx] - neighbours[idx] * good[idx], good[idx], False)
         # Stars whose flux has settled (< 0.05 sigma change) leave the iteration; their
         # neighbours keep being subtracted with the settled values.
-        idx = idx[changed]
+        idx = idx[~(change <= 0.05 * np.where(np.isfinite(flux_err), flux_err, 0.0))]
         if idx.size == 0:
             break
+
+    neighbours = light(trusted_flux())
+    model = values["flux"][:, None, None] * _prf_stamps(values["x"], values["y"], size, psf) + values["bkg"][:, None, None]
+    noise = np.sqrt(_predicted_variance(flux0, prf0, bkg0, read_noise))
+    outliers = _sharp_outliers(np.where(good, stamps - neighbours - model, 0.0), noise, outlier_sigma)
+    has_outliers = outliers.any(axis=(1, 2))
+    if has_outliers.any():
+        idx = np.flatnonzero(has_outliers)
+        refit(idx, (stamps[idx] - neighbours[idx]) * ~outliers[idx], good[idx] & ~outliers[idx], True)
 
     bounded = at_bound(values["x"], values["y"])
     values["x"] += origin_x
     values["y"] += origin_y
     ny, nx = image.shape
     flags = np.zeros(len(x), dtype=np.int32)
-    flags |= np.where(~good.all(axis=(1, 2)), FLAG_MASKED, 0)
+    flags |= np.where(~(good | outliers).all(axis=(1, 2)), FLAG_MASKED, 0)
     flags |= np.where((values["x"] < -0.5) | (values["x"] > nx - 0.5) | (values["y"] < -0.5) | (values["y"] > ny - 0.5), FLAG_OUTSIDE, 0)
     flags |= np.where(values["flux"] <= 1e-6 * np.maximum(errors["flux"], 1.0), FLAG_NONPOSITIVE_FLUX, 0)
     flags |= np.where(status != 0, FLAG_NOT_CONVERGED, 0)
     flags |= np.where(~np.isfinite(errors["flux"]), FLAG_NO_COVARIANCE, 0)
     flags |= np.where(bounded, FLAG_AT_POSITION_BOUND, 0)
+    flags |= np.where(has_outliers, FLAG_OUTLIER_PIXELS, 0)
+    flags |= np.where(unresolved, FLAG_UNRESOLVED, 0)
     table = Table({
         "id": np.arange(len(x)),
         "x": values["x"], "y": values["y"],
@@ -366,8 +421,7 @@ def forced_photometry(
     x: Float[np.ndarray, " n"],
     y: Float[np.ndarray, " n"],
     *,
-    gamma: float,
-    alpha: float,
+    psf: MoffatPSF | GaussianPSF,
     read_noise: float,
     fit_shape: int = 11,
     mask: np.ndarray | None = None,
@@ -377,10 +431,8 @@ def forced_photometry(
     Same noise model and flags as :func:`fit_stars` (bits 2 and 8 cannot occur: nothing moves
     and nothing iterates). Columns: ``id, x, y, flux, flux_err, local_bkg, reduced_chi2, flags``.
     """
-    image, x, y, size, shape_args, (stamps, good, origin_x, origin_y), (bkg0, flux0) = _prepare(
-        image, x, y, fit_shape, gamma, alpha, mask
-    )
-    prf = _prf_stamps(x - origin_x, y - origin_y, size, shape_args)
+    image, x, y, size, (stamps, good, origin_x, origin_y), (bkg0, flux0) = _prepare(image, x, y, fit_shape, psf, mask)
+    prf = _prf_stamps(x - origin_x, y - origin_y, size, psf)
     weights = np.where(good, 1.0 / _predicted_variance(flux0, prf, bkg0, read_noise), 0.0)
     flux, bkg, cov, stat = (np.asarray(a) for a in _weighted_linear_fit(jnp.asarray(stamps), jnp.asarray(weights), jnp.asarray(prf)))
     flux_err = np.sqrt(cov[:, 0, 0])

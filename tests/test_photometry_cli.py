@@ -1,0 +1,117 @@
+"""``fitax phot calibrate`` and ``fitax phot run`` end to end on simulated raw frames."""
+
+import numpy as np
+import pytest
+from astropy.io import fits
+from astropy.table import Table
+
+from fitax.cli import main
+from fitax.photometry import simulate_image
+
+GAIN, READ_NOISE, BIAS_LEVEL = 6.2, 10.0, 1000.0
+SHAPE = (300, 320)
+
+
+def _write(path, data, **header):
+    hdu = fits.PrimaryHDU(np.asarray(data, dtype=np.float32))
+    hdu.header.update(header)
+    hdu.writeto(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def frames(tmp_path_factory):
+    """Raw science frame (with WCS and MAGZP), 5 biases and 5 flats, and the truth."""
+    folder = tmp_path_factory.mktemp("raw")
+    rng = np.random.default_rng(5)
+    columns = BIAS_LEVEL + 3.0 * np.sin(np.arange(SHAPE[1]) / 7.0)
+    yy, xx = np.mgrid[: SHAPE[0], : SHAPE[1]]
+    flat = 1.0 - 0.1 * (((xx - 160) / 300) ** 2 + ((yy - 150) / 300) ** 2) + rng.normal(0, 0.005, SHAPE)
+    biases = [_write(folder / f"bias{i}.fits", columns + rng.normal(0, READ_NOISE / GAIN, SHAPE)) for i in range(5)]
+    flats = [
+        _write(folder / f"flat{i}.fits", columns + rng.poisson(30000 * flat) / GAIN + rng.normal(0, READ_NOISE / GAIN, SHAPE))
+        for i in range(5)
+    ]
+    image, truth = simulate_image(SHAPE, 60, flux_range=(2e3, 5e5), cosmic_rays=5, seed=9)
+    wcs = {"CTYPE1": "RA---TAN", "CTYPE2": "DEC--TAN", "CRPIX1": 160.0, "CRPIX2": 150.0, "CRVAL1": 150.0, "CRVAL2": 2.0,
+           "CDELT1": -0.000281, "CDELT2": 0.000281}
+    raw = columns + image * flat / GAIN
+    science = _write(folder / "sci.fits", raw, GAIN=GAIN, READNOI=READ_NOISE, SATURATE=65535.0, MAGZP=26.0, **wcs)
+    # a master flat is normalised to median 1, so calibrated fluxes are in units of the
+    # median pixel's response: the truth scaled by the flat's median
+    truth["flux"] *= np.median(flat)
+    return folder, science, biases, flats, truth
+
+
+def test_calibrate_then_run_recovers_the_truth(frames, tmp_path):
+    folder, science, biases, flats, truth = frames
+    calibrated = tmp_path / "cal.fits"
+    # the documented form: the raw frame follows the --flat list
+    assert main(["phot", "calibrate", "--bias", *biases, "--flat", *flats, science, "-o", str(calibrated)]) == 0
+    with fits.open(calibrated) as hdul:
+        assert hdul[0].header["BUNIT"] == "electron" and hdul[0].header["GAIN"] == 1.0
+        assert hdul["MASK"].data.shape == SHAPE
+    catalog_path = tmp_path / "cat.fits"
+    assert main(["phot", "run", str(calibrated), "--psf", "moffat", "-o", str(catalog_path), "--residual"]) == 0
+    catalog = Table.read(catalog_path)
+    assert {"id", "x", "y", "ra", "dec", "flux", "flux_err", "local_bkg", "reduced_chi2", "flags", "mag", "mag_err"} <= set(catalog.colnames)
+    assert (tmp_path / "cat_residual.fits").exists()
+    # match detections to the truth
+    distance = np.hypot(np.asarray(catalog["x"])[:, None] - truth["x"][None], np.asarray(catalog["y"])[:, None] - truth["y"][None])
+    nearest = distance.argmin(axis=1)
+    matched = distance.min(axis=1) < 0.5
+    assert matched.sum() >= 50
+    true_flux = np.asarray(truth["flux"])[nearest]
+    good = matched & ((catalog["flags"] & 63) == 0) & (true_flux > 1e4)
+    relative = (np.asarray(catalog["flux"]) - true_flux)[good] / true_flux[good]
+    assert good.sum() >= 10 and abs(np.median(relative)) < 0.01  # through bias, flat, gain and detection
+    np.testing.assert_allclose(catalog["mag"][good], 26.0 - 2.5 * np.log10(catalog["flux"][good]))
+    # ra/dec use the 0-based pixel convention: the reference pixel (1-based CRPIX) is (159, 149)
+    from astropy.wcs import WCS
+
+    ra, dec = WCS(fits.getheader(science)).all_pix2world(catalog["x"], catalog["y"], 0)
+    np.testing.assert_allclose(catalog["ra"], ra, atol=1e-9)
+    np.testing.assert_allclose(catalog["dec"], dec, atol=1e-9)
+
+
+def test_run_with_a_catalog_and_a_gaussian_psf_on_many_images(frames, tmp_path):
+    folder, science, biases, flats, truth = frames
+    out = tmp_path / "cal"
+    out.mkdir()
+    assert main(["phot", "calibrate", science, science, "--bias", *biases, "--flat", *flats, "-o", str(out)]) != 0  # names collide
+    first = tmp_path / "a.fits"
+    assert main(["phot", "calibrate", science, "--bias", *biases, "--flat", *flats, "-o", str(first)]) == 0
+    second = tmp_path / "b.fits"
+    second.write_bytes(first.read_bytes())
+    positions = tmp_path / "positions.fits"
+    Table({"x": truth["x"], "y": truth["y"]}).write(positions)
+    catalogs = tmp_path / "catalogs"
+    catalogs.mkdir()
+    assert main(["phot", "run", str(first), str(second), "--catalog", str(positions), "--psf", "gaussian", "-o", str(catalogs)]) == 0
+    for name in ("a_cat.fits", "b_cat.fits"):
+        catalog = Table.read(catalogs / name)
+        assert len(catalog) == len(truth) and catalog.meta["PSFKIND"] == "gaussian"
+
+
+def test_bad_inputs_are_clear_errors(frames, tmp_path, capsys):
+    folder, science, biases, flats, truth = frames
+    truncated = tmp_path / "truncated.fits"
+    truncated.write_bytes(open(science, "rb").read()[:5000])
+    assert main(["phot", "calibrate", str(truncated), "--bias", *biases, "--flat", *flats, "-o", str(tmp_path / "x.fits")]) == 2
+    assert "truncated.fits" in capsys.readouterr().err
+    # the output may never be one of the inputs
+    assert main(["phot", "calibrate", science, "--bias", *biases, "--flat", *flats, "-o", science]) == 2
+    assert "refusing to write" in capsys.readouterr().err
+    calibrated = tmp_path / "cal.fits"
+    assert main(["phot", "calibrate", science, "--bias", *biases, "--flat", *flats, "-o", str(calibrated)]) == 0
+    bad_catalog = tmp_path / "bad.fits"
+    Table({"ra": [1.0], "dec": [2.0]}).write(bad_catalog)
+    assert main(["phot", "run", str(calibrated), "--catalog", str(bad_catalog), "-o", str(tmp_path / "c.fits")]) == 2
+    assert "missing column(s) ['x', 'y']" in capsys.readouterr().err
+    outside = tmp_path / "outside.fits"
+    Table({"x": [10.0, 5000.0, 50.0, 80.0], "y": [10.0, 20.0, 60.0, 90.0]}).write(outside)
+    assert main(["phot", "run", str(calibrated), "--catalog", str(outside), "-o", str(tmp_path / "d.fits")]) == 2
+    assert "outside the 320x300 image" in capsys.readouterr().err
+    # a raw (uncalibrated) frame given to 'run'
+    assert main(["phot", "run", science, "-o", str(tmp_path / "e.fits")]) == 2
+    assert "run 'fitax phot calibrate' first" in capsys.readouterr().err
