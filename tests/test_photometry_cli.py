@@ -87,7 +87,8 @@ def test_run_with_a_catalog_and_a_gaussian_psf_on_many_images(frames, tmp_path):
     Table({"x": truth["x"], "y": truth["y"]}).write(positions)
     catalogs = tmp_path / "catalogs"
     catalogs.mkdir()
-    assert main(["phot", "run", str(first), str(second), "--catalog", str(positions), "--psf", "gaussian", "-o", str(catalogs)]) == 0
+    args = ["phot", "run", str(first), str(second), "--catalog", str(positions), "--psf", "gaussian", "-o", str(catalogs)]
+    assert main([*args, "--workers", "2"]) == 0  # two spawned processes, one image each
     for name in ("a_cat.fits", "b_cat.fits"):
         catalog = Table.read(catalogs / name)
         assert len(catalog) == len(truth) and catalog.meta["PSFKIND"] == "gaussian"

@@ -8,7 +8,7 @@ from conftest import shared_data
 from fitax.photometry.calibrate import calibrate
 from fitax.photometry.io import read_image
 from fitax.photometry.psfshape import fit_psf_shape, select_psf_stars
-from fitax.photometry.starfit import fit_stars, forced_photometry
+from fitax.photometry.starfit import FAILURE_FLAGS, fit_stars, forced_photometry
 
 
 @pytest.mark.slow
