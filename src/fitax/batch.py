@@ -172,11 +172,12 @@ def _run_batch(objective, space, params_batch, args, shared, errordef, edm_tol, 
 
 
 def padded_size(n: int, n_devices: int = 1) -> int:
-    """Batch size the problems are padded to: a power of two (at least 64) up to 1024, a
+    """Batch size the problems are padded to: a power of two (at least 16) up to 1024, a
     multiple of 512 above, and a multiple of the device count. Batches of different sizes
     then share a few compiled programs, at <= 2.4% extra work for large batches of round size
-    and at most 50% just above 1024."""
-    bucket = max(64, 1 << (n - 1).bit_length()) if n <= 1024 else -(-n // 512) * 512
+    and at most 50% just above 1024; the floor of 16 keeps the small refit batches of
+    iterative schemes (a few stars) cheap."""
+    bucket = max(16, 1 << (n - 1).bit_length()) if n <= 1024 else -(-n // 512) * 512
     return -(-bucket // n_devices) * n_devices
 
 
