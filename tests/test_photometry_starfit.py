@@ -181,3 +181,17 @@ def test_detection_finds_the_stars_above_threshold():
     bright = np.asarray(truth["flux"]) > 3e3
     recovered = distance.min(axis=0) < 1.0
     assert recovered[bright & _isolated(truth, 6.0)].all()
+
+
+def test_fully_masked_star_is_a_flagged_row_not_a_crash():
+    image, truth = simulate_image((120, 120), 6, flux_range=(2e4, 5e4), seed=3)
+    x, y = np.asarray(truth["x"]), np.asarray(truth["y"])
+    mask = np.zeros(image.shape, dtype=bool)
+    r, c = int(round(y[2])), int(round(x[2]))
+    mask[r - 8 : r + 9, c - 8 : c + 9] = True  # e.g. a saturated star: its whole stamp
+    for fit in (fit_stars, forced_photometry):
+        catalog = fit(image, x, y, mask=mask, **PSF)
+        assert catalog["flags"][2] & FLAG_MASKED
+        others = np.arange(len(x)) != 2
+        assert np.all(np.isfinite(catalog["flux"][others]))  # the rest of the batch is unaffected
+        assert np.all((catalog["flags"][others] & FAILURE_FLAGS & ~FLAG_MASKED) == 0)

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -106,7 +107,9 @@ def _initial_estimates(stamps, good, size, psf):
     border = np.zeros((size, size), dtype=bool)
     border[[0, -1], :] = border[:, [0, -1]] = True
     border_values = np.where(good & border, stamps, np.nan)
-    bkg = np.nanmedian(border_values.reshape(len(stamps), -1), axis=1)
+    with warnings.catch_warnings():  # a fully masked stamp has no border: flagged later
+        warnings.simplefilter("ignore", RuntimeWarning)
+        bkg = np.nanmedian(border_values.reshape(len(stamps), -1), axis=1)
     bkg = np.where(np.isfinite(bkg), bkg, 0.0)
     grid = np.arange(size) - size // 2
     enclosed = float(np.asarray(psf.prf(grid[None, :], grid[:, None])).sum())
