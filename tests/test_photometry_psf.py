@@ -84,3 +84,16 @@ def test_correlation_gradient_at_zero_is_not_lost():
     step = 1e-4
     numeric = (float(gaussian_prf(1.0, 1.0, 1.0, 1.0, step)) - float(gaussian_prf(1.0, 1.0, 1.0, 1.0, -step))) / (2 * step)
     assert float(grad_at_zero) == pytest.approx(numeric, rel=1e-5) and numeric > 0
+
+
+def test_psf_objects_match_the_kernels():
+    from fitax.photometry import GaussianPSF, MoffatPSF
+
+    yy, xx = np.mgrid[-5:6, -5:6]
+    dx, dy = xx - 0.3, yy + 0.2
+    circular = MoffatPSF(2.45, 3.0)
+    np.testing.assert_allclose(circular.prf(dx, dy), moffat_prf(dx, dy, 2.45, 3.0, points=circular.points), rtol=1e-12)
+    elliptical = MoffatPSF(2.45, 3.0, ellipticity=0.2, theta=0.5)
+    np.testing.assert_allclose(elliptical.prf(dx, dy), moffat_prf(dx, dy, 2.45, 3.0, 0.2, 0.5, points=elliptical.points), rtol=1e-12)
+    assert not np.allclose(elliptical.prf(dx, dy), circular.prf(dx, dy), atol=1e-4)
+    np.testing.assert_allclose(GaussianPSF(1.2, 0.9, 0.3).prf(dx, dy), gaussian_prf(dx, dy, 1.2, 0.9, 0.3), rtol=1e-12)

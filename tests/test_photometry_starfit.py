@@ -195,3 +195,20 @@ def test_fully_masked_star_is_a_flagged_row_not_a_crash():
         others = np.arange(len(x)) != 2
         assert np.all(np.isfinite(catalog["flux"][others]))  # the rest of the batch is unaffected
         assert np.all((catalog["flags"][others] & FAILURE_FLAGS & ~FLAG_MASKED) == 0)
+
+
+def test_empirical_image_psf_gives_the_same_photometry(scene):
+    # a x4 oversampled table of the true PRF, as a survey's PSF model would provide
+    from fitax.photometry import ImagePSF
+
+    image, truth, x0, y0 = scene
+    fine = (np.arange(161) - 80) / 4
+    table = np.asarray(PSF["psf"].prf(fine[None, :], fine[:, None]))
+    catalog = fit_stars(image, x0, y0, psf=ImagePSF(table, oversampling=4), read_noise=10.0)
+    reference = fit_stars(image, x0, y0, **PSF)
+    ok = _isolated(truth) & ((catalog["flags"] & FAILURE_FLAGS) == 0) & (np.asarray(truth["flux"]) > 1e4)
+    relative = (np.asarray(catalog["flux"]) - truth["flux"])[ok] / np.asarray(truth["flux"])[ok]
+    assert ok.sum() > 20 and abs(np.median(relative)) < 0.002
+    # interpolating the table moves fluxes by far less than their errors
+    difference = (catalog["flux"] - reference["flux"])[ok] / reference["flux_err"][ok]
+    assert np.max(np.abs(difference)) < 0.2

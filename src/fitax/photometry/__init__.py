@@ -8,14 +8,14 @@ pixel ``(row i, column j)`` covers ``[j - 0.5, j + 0.5] x [i - 0.5, i + 0.5]``.
 from .calibrate import calibrate, master_bias, master_flat
 from .detect import detect_stars
 from .pipeline import process_image
-from .psf import GaussianPSF, MoffatPSF, gaussian_prf, moffat_fwhm, moffat_points, moffat_prf
+from .psf import GaussianPSF, ImagePSF, MoffatPSF, gaussian_prf, moffat_fwhm, moffat_points, moffat_prf
 from .psfshape import PSFShape, fit_psf_shape, select_psf_stars
 from .simulate import simulate_image
 from .starfit import FAILURE_FLAGS, fit_stars, forced_photometry, render_stars
 
 __all__ = [
     "calibrate", "master_bias", "master_flat", "detect_stars", "process_image",
-    "GaussianPSF", "MoffatPSF", "gaussian_prf", "moffat_fwhm", "moffat_points", "moffat_prf",
+    "GaussianPSF", "ImagePSF", "MoffatPSF", "gaussian_prf", "moffat_fwhm", "moffat_points", "moffat_prf",
     "PSFShape", "fit_psf_shape", "select_psf_stars", "simulate_image",
     "FAILURE_FLAGS", "fit_stars", "forced_photometry", "render_stars",
 ]

@@ -42,7 +42,7 @@ from jaxtyping import Array, Float
 from ..batch import fit_batch, padded_size
 from ..parameters import Parameter
 from ..stats import chi2
-from .psf import GaussianPSF, MoffatPSF
+from .psf import GaussianPSF, ImagePSF, MoffatPSF
 
 __all__ = ["cut_stamps", "fit_stars", "forced_photometry", "render_stars", "FLAG_MASKED", "FLAG_OUTSIDE", "FLAG_NONPOSITIVE_FLUX",
            "FLAG_NOT_CONVERGED", "FLAG_NO_COVARIANCE", "FLAG_AT_POSITION_BOUND", "FLAG_OUTLIER_PIXELS", "FLAG_UNRESOLVED", "FAILURE_FLAGS"]
@@ -126,8 +126,8 @@ def _predicted_variance(flux, prf, bkg, read_noise):
 def _prepare(image, x, y, fit_shape, psf, mask):
     """Checked inputs, stamps and first estimates shared by free and forced photometry."""
     image, x, y = _check_inputs(image, x, y)
-    if not isinstance(psf, (MoffatPSF, GaussianPSF)):
-        raise TypeError(f"psf must be a MoffatPSF or GaussianPSF, got {type(psf).__name__}")
+    if not isinstance(psf, (MoffatPSF, GaussianPSF, ImagePSF)):
+        raise TypeError(f"psf must be a MoffatPSF, GaussianPSF or ImagePSF, got {type(psf).__name__}")
     size = int(fit_shape)
     cut = cut_stamps(image, x, y, size, mask)
     estimates = _initial_estimates(cut[0], cut[1], size, psf)
@@ -265,7 +265,7 @@ def fit_stars(
     x: Float[np.ndarray, " n"],
     y: Float[np.ndarray, " n"],
     *,
-    psf: MoffatPSF | GaussianPSF,
+    psf: MoffatPSF | GaussianPSF | ImagePSF,
     read_noise: float,
     fit_shape: int = 11,
     mask: np.ndarray | None = None,
@@ -290,8 +290,8 @@ def fit_stars(
     Args:
         image: calibrated image in electrons.
         x, y: initial positions (0-based pixel centres).
-        psf: the PSF (:class:`MoffatPSF` or :class:`GaussianPSF`), e.g. from
-            :func:`fitax.photometry.fit_psf_shape`.
+        psf: the PSF (:class:`MoffatPSF`, :class:`GaussianPSF` or an empirical
+            :class:`ImagePSF`), e.g. from :func:`fitax.photometry.fit_psf_shape`.
         read_noise: read noise [electrons] for the noise model.
         fit_shape: stamp size (odd).
         mask: boolean image, True where pixels must be ignored (saturated, bad columns, ...).
@@ -439,7 +439,7 @@ def forced_photometry(
     x: Float[np.ndarray, " n"],
     y: Float[np.ndarray, " n"],
     *,
-    psf: MoffatPSF | GaussianPSF,
+    psf: MoffatPSF | GaussianPSF | ImagePSF,
     read_noise: float,
     fit_shape: int = 11,
     mask: np.ndarray | None = None,
