@@ -1,6 +1,10 @@
-"""Gamma-ray astronomy on the fitax core, in Gammapy's vocabulary (work in progress: spectral
-models so far)."""
+"""Gamma-ray astronomy on the fitax core, in Gammapy's vocabulary.
 
+Work in progress: spectral and spatial models (checked against Gammapy 2.1) so far; sky
+models, datasets, npred, I/O and the ``fitax gamma`` command are still to come.
+"""
+
+from .spatial import ConstantSpatialModel, DiskSpatialModel, GaussianSpatialModel, ShellSpatialModel
 from .spectral import (
     BrokenPowerLawSpectralModel,
     ConstantSpectralModel,
@@ -14,4 +18,5 @@ from .spectral import (
 __all__ = [
     "BrokenPowerLawSpectralModel", "ConstantSpectralModel", "ExpCutoffPowerLawSpectralModel", "LogParabolaSpectralModel",
     "PowerLaw2SpectralModel", "PowerLawSpectralModel", "SmoothBrokenPowerLawSpectralModel",
+    "ConstantSpatialModel", "DiskSpatialModel", "GaussianSpatialModel", "ShellSpatialModel",
 ]

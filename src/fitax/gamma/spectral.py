@@ -22,6 +22,7 @@ from jaxtyping import Array, ArrayLike, Float
 
 from ..integrate import gauss_legendre
 from ..parameters import Parameter
+from ._common import parameter
 
 __all__ = [
     "PowerLawSpectralModel", "PowerLaw2SpectralModel", "LogParabolaSpectralModel", "ExpCutoffPowerLawSpectralModel",
@@ -65,9 +66,9 @@ class PowerLawSpectralModel(_SpectralModel):
     reference: Parameter
 
     def __init__(self, index=2.0, amplitude=1e-12, reference=1.0):
-        self.index = _param(index, "")
-        self.amplitude = _param(amplitude, FLUX_UNIT)
-        self.reference = _param(reference, "TeV", frozen=True)
+        self.index = parameter(index, "")
+        self.amplitude = parameter(amplitude, FLUX_UNIT)
+        self.reference = parameter(reference, "TeV", frozen=True)
 
     def __call__(self, energy):
         return self.amplitude.value * (jnp.asarray(energy, float) / self.reference.value) ** -self.index.value
@@ -87,10 +88,10 @@ class PowerLaw2SpectralModel(_SpectralModel):
     emax: Parameter
 
     def __init__(self, amplitude=1e-12, index=2.0, emin=0.1, emax=100.0):
-        self.amplitude = _param(amplitude, "cm-2 s-1")
-        self.index = _param(index, "")
-        self.emin = _param(emin, "TeV", frozen=True)
-        self.emax = _param(emax, "TeV", frozen=True)
+        self.amplitude = parameter(amplitude, "cm-2 s-1")
+        self.index = parameter(index, "")
+        self.emin = parameter(emin, "TeV", frozen=True)
+        self.emax = parameter(emax, "TeV", frozen=True)
 
     def _norm(self):
         return self.amplitude.value / _power_law_integral(1.0, self.index.value, 1.0, self.emin.value, self.emax.value)
@@ -112,10 +113,10 @@ class LogParabolaSpectralModel(_SpectralModel):
     beta: Parameter
 
     def __init__(self, amplitude=1e-12, reference=10.0, alpha=2.0, beta=1.0):
-        self.amplitude = _param(amplitude, FLUX_UNIT)
-        self.reference = _param(reference, "TeV", frozen=True)
-        self.alpha = _param(alpha, "")
-        self.beta = _param(beta, "")
+        self.amplitude = parameter(amplitude, FLUX_UNIT)
+        self.reference = parameter(reference, "TeV", frozen=True)
+        self.alpha = parameter(alpha, "")
+        self.beta = parameter(beta, "")
 
     def __call__(self, energy):
         x = jnp.asarray(energy, float) / self.reference.value
@@ -132,11 +133,11 @@ class ExpCutoffPowerLawSpectralModel(_SpectralModel):
     alpha: Parameter
 
     def __init__(self, index=1.5, amplitude=1e-12, reference=1.0, lambda_=0.1, alpha=1.0):
-        self.index = _param(index, "")
-        self.amplitude = _param(amplitude, FLUX_UNIT)
-        self.reference = _param(reference, "TeV", frozen=True)
-        self.lambda_ = _param(lambda_, "TeV-1")
-        self.alpha = _param(alpha, "", frozen=True)
+        self.index = parameter(index, "")
+        self.amplitude = parameter(amplitude, FLUX_UNIT)
+        self.reference = parameter(reference, "TeV", frozen=True)
+        self.lambda_ = parameter(lambda_, "TeV-1")
+        self.alpha = parameter(alpha, "", frozen=True)
 
     def __call__(self, energy):
         energy = jnp.asarray(energy, float)
@@ -154,10 +155,10 @@ class BrokenPowerLawSpectralModel(_SpectralModel):
     ebreak: Parameter
 
     def __init__(self, index1=2.0, index2=2.0, amplitude=1e-12, ebreak=1.0):
-        self.index1 = _param(index1, "")
-        self.index2 = _param(index2, "")
-        self.amplitude = _param(amplitude, FLUX_UNIT)
-        self.ebreak = _param(ebreak, "TeV")
+        self.index1 = parameter(index1, "")
+        self.index2 = parameter(index2, "")
+        self.amplitude = parameter(amplitude, FLUX_UNIT)
+        self.ebreak = parameter(ebreak, "TeV")
 
     def __call__(self, energy):
         x = jnp.asarray(energy, float) / self.ebreak.value
@@ -182,12 +183,12 @@ class SmoothBrokenPowerLawSpectralModel(_SpectralModel):
     beta: Parameter
 
     def __init__(self, index1=2.0, index2=2.0, amplitude=1e-12, ebreak=1.0, reference=1.0, beta=1.0):
-        self.index1 = _param(index1, "")
-        self.index2 = _param(index2, "")
-        self.amplitude = _param(amplitude, FLUX_UNIT)
-        self.ebreak = _param(ebreak, "TeV")
-        self.reference = _param(reference, "TeV", frozen=True)
-        self.beta = _param(beta, "", frozen=True)
+        self.index1 = parameter(index1, "")
+        self.index2 = parameter(index2, "")
+        self.amplitude = parameter(amplitude, FLUX_UNIT)
+        self.ebreak = parameter(ebreak, "TeV")
+        self.reference = parameter(reference, "TeV", frozen=True)
+        self.beta = parameter(beta, "", frozen=True)
 
     def __call__(self, energy):
         energy = jnp.asarray(energy, float)
@@ -202,7 +203,7 @@ class ConstantSpectralModel(_SpectralModel):
     const: Parameter
 
     def __init__(self, const=1e-12):
-        self.const = _param(const, FLUX_UNIT)
+        self.const = parameter(const, FLUX_UNIT)
 
     def __call__(self, energy):
         return jnp.full(jnp.shape(energy), 1.0) * self.const.value
@@ -210,9 +211,3 @@ class ConstantSpectralModel(_SpectralModel):
     def integral(self, energy_min, energy_max, order: int = 8):
         return self.const.value * (jnp.asarray(energy_max, float) - jnp.asarray(energy_min, float))
 
-
-def _param(value, unit: str, frozen: bool = False) -> Parameter:
-    """A Parameter from a number or an existing Parameter (kept as given, e.g. with bounds)."""
-    if isinstance(value, Parameter):
-        return value
-    return Parameter(float(value), unit=unit or None, frozen=frozen)
