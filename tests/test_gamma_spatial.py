@@ -47,3 +47,38 @@ def test_normalised_on_the_sphere_and_differentiable():
     for key in ("lon_0", "lat_0", "sigma"):
         shifted = lambda d: float(spatial.GaussianSpatialModel(**{"lon_0": 0.2, "lat_0": 0.1, "sigma": 0.2, key: getattr(gauss, key).value + d}).evaluate(0.3, 0.15))  # noqa: E731
         assert float(getattr(grads, key).value) == pytest.approx((shifted(step) - shifted(-step)) / (2 * step), rel=1e-5)
+
+
+@pytest.mark.parametrize("oversampling", [1, 4])
+def test_pixel_integration_matches_gammapy_integrate_geom(oversampling):
+    pytest.importorskip("gammapy", reason="Gammapy (test extra) not installed")
+    import astropy.units as u
+    from gammapy.maps import WcsGeom
+    from gammapy.modeling import models
+
+    from fitax.gamma.geometry import SkyGrid, integrate_spatial
+
+    geom = WcsGeom.create(skydir=(0, 0), frame="galactic", binsz=0.02, width=(1.6, 1.2))
+    theirs = models.GaussianSpatialModel(lon_0=0.2 * u.deg, lat_0=0.1 * u.deg, sigma=0.03 * u.deg, frame="galactic")
+    expected = theirs.integrate_geom(geom, oversampling_factor=oversampling).data
+    grid = SkyGrid.from_wcs(geom.wcs, geom.data_shape, oversampling)
+    ours = np.asarray(integrate_spatial(spatial.GaussianSpatialModel(0.2, 0.1, 0.03, frame="galactic"), grid))
+    np.testing.assert_allclose(ours, expected, rtol=0, atol=1e-5 * expected.max())
+
+
+def test_oversampling_converges_for_a_source_smaller_than_a_pixel():
+    from astropy.wcs import WCS
+
+    from fitax.gamma.geometry import SkyGrid, integrate_spatial
+
+    wcs = WCS(naxis=2)
+    wcs.wcs.ctype = ["GLON-CAR", "GLAT-CAR"]
+    wcs.wcs.cdelt = [-0.02, 0.02]
+    wcs.wcs.crpix = [20.5, 20.5]
+    model = spatial.GaussianSpatialModel(0.004, -0.003, 0.006, frame="galactic")  # sigma = 0.3 pixel
+    exact = np.asarray(integrate_spatial(model, SkyGrid.from_wcs(wcs, (40, 40), 40)))
+    coarse = np.asarray(integrate_spatial(model, SkyGrid.from_wcs(wcs, (40, 40), 1)))
+    fine = np.asarray(integrate_spatial(model, SkyGrid.from_wcs(wcs, (40, 40), 10)))
+    assert np.abs(coarse - exact).max() > 0.05 * exact.max()  # why oversampling is needed
+    assert np.abs(fine - exact).max() < 5e-3 * exact.max()
+    assert exact.sum() == pytest.approx(1.0, abs=1e-4)
