@@ -1,0 +1,159 @@
+"""Reading Gammapy's ``MapDataset`` FITS files without Gammapy (the I/O edge of fitax.gamma).
+
+Gammapy writes one HDU per map (``COUNTS``, ``EXPOSURE``, ``BACKGROUND``, ``MASK_SAFE``,
+``PSF``, ``EDISP``, ...) and, for each, a ``<NAME>_BANDS`` table with its non-spatial axes
+(reco energy ``E_MIN/E_MAX``, true energy ``ENERGY_TRUE_MIN/MAX``, PSF offsets ``RAD``).
+:func:`read_map_dataset` returns plain NumPy arrays and an astropy WCS, after checking that
+the pieces fit together; every error names the file and the HDU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+from astropy.table import Table
+from astropy.wcs import WCS
+
+__all__ = ["MapDatasetFile", "read_map_dataset"]
+
+
+@dataclasses.dataclass(frozen=True)
+class MapDatasetFile:
+    """The contents of a Gammapy MapDataset file as arrays (shapes ``(energy, y, x)``).
+
+    ``energy_edges`` [TeV] belong to ``counts``/``background``/``mask_safe``,
+    ``energy_true_edges`` [TeV] to ``exposure`` [m2 s], the PSF and the energy dispersion.
+    ``psf`` is ``(energy_true, rad, py, px)`` [deg-2] on its own coarse sky grid
+    ``psf_wcs`` with offsets ``psf_rad`` [deg]; ``edisp`` is ``(energy_true, energy, ey,
+    ex)`` (the probability of each reco bin) on ``edisp_wcs``. Missing optional maps are
+    ``None``.
+    """
+
+    name: str
+    counts: np.ndarray
+    exposure: np.ndarray
+    background: np.ndarray | None
+    mask_safe: np.ndarray | None
+    energy_edges: np.ndarray
+    energy_true_edges: np.ndarray
+    wcs: WCS
+    psf: np.ndarray | None
+    psf_rad: np.ndarray | None
+    psf_wcs: WCS | None
+    edisp: np.ndarray | None
+    edisp_wcs: WCS | None
+    livetime: float | None
+
+    def __repr__(self) -> str:
+        ne, ny, nx = self.counts.shape
+        parts = [f"{ne} reco x {len(self.energy_true_edges) - 1} true energies, {ny}x{nx} pixels",
+                 f"counts {self.counts.sum():.0f}", "PSF" if self.psf is not None else "no PSF",
+                 "EDISP" if self.edisp is not None else "no EDISP"]
+        return f"MapDatasetFile({self.name!r}: {', '.join(parts)})"
+
+
+def _edges(table: Table, low: str, high: str, where: str) -> np.ndarray:
+    if low not in table.colnames or high not in table.colnames:
+        raise ValueError(f"{where}: expected columns {low} and {high}, found {table.colnames}")
+    lo = np.asarray(table[low].quantity.to_value("TeV") if table[low].unit else table[low], float)
+    hi = np.asarray(table[high].quantity.to_value("TeV") if table[high].unit else table[high], float)
+    lo, index = np.unique(lo, return_index=True)
+    hi = hi[index]
+    if not (np.all(np.diff(lo) > 0) and np.allclose(lo[1:], hi[:-1], rtol=1e-9)):
+        raise ValueError(f"{where}: energy bins are not contiguous and increasing")
+    return np.r_[lo, hi[-1]]
+
+
+def read_map_dataset(path) -> MapDatasetFile:
+    """Read a MapDataset written by Gammapy (``MapDataset.write``), checking shapes, units
+    and values.
+
+    Example:
+        >>> from fitax.gamma.io import read_map_dataset
+        >>> read_map_dataset("../shared/data/gamma/sim/obs000.fits.gz")  # doctest: +SKIP
+        MapDatasetFile('obs000.fits.gz': 15 reco x 25 true energies, 100x100 pixels, counts ..., PSF, EDISP)
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        hdul = fits.open(path)
+        hdul.verify("exception")
+    except (OSError, fits.VerifyError, TypeError, EOFError) as error:
+        raise ValueError(f"{path}: not a readable FITS file (truncated or corrupt?): {error}") from error
+    with hdul:
+        names = [h.name for h in hdul]
+
+        def image(name: str, required: bool = True):
+            if name not in names:
+                if required:
+                    raise ValueError(f"{path}: missing HDU {name} (HDUs present: {names})")
+                return None
+            try:
+                return np.asarray(hdul[name].data, dtype=float)
+            except (OSError, TypeError, ValueError) as error:
+                raise ValueError(f"{path}[{name}]: cannot read the data (truncated file?): {error}") from error
+
+        def bands(name: str) -> Table:
+            if f"{name}_BANDS" not in names:
+                raise ValueError(f"{path}: missing HDU {name}_BANDS describing the axes of {name}")
+            return Table.read(hdul[f"{name}_BANDS"])
+
+        counts = image("COUNTS")
+        exposure = image("EXPOSURE")
+        background = image("BACKGROUND", required=False)
+        mask_safe = image("MASK_SAFE", required=False)
+        energy_edges = _edges(bands("COUNTS"), "E_MIN", "E_MAX", f"{path}[COUNTS_BANDS]")
+        energy_true_edges = _edges(bands("EXPOSURE"), "ENERGY_TRUE_MIN", "ENERGY_TRUE_MAX", f"{path}[EXPOSURE_BANDS]")
+        wcs = WCS(hdul["COUNTS"].header).celestial
+        exposure_wcs = WCS(hdul["EXPOSURE"].header).celestial
+        unit = hdul["EXPOSURE"].header.get("BUNIT", "m2 s")
+
+        if counts.ndim != 3 or counts.shape[0] != len(energy_edges) - 1:
+            raise ValueError(f"{path}[COUNTS]: shape {counts.shape} does not match {len(energy_edges) - 1} energy bins in COUNTS_BANDS")
+        if exposure.ndim != 3 or exposure.shape[0] != len(energy_true_edges) - 1:
+            raise ValueError(f"{path}[EXPOSURE]: shape {exposure.shape} does not match {len(energy_true_edges) - 1} true-energy bins")
+        if exposure.shape[1:] != counts.shape[1:] or not np.allclose(exposure_wcs.wcs.cdelt, wcs.wcs.cdelt) or not np.allclose(
+            exposure_wcs.wcs.crval, wcs.wcs.crval
+        ) or not np.allclose(exposure_wcs.wcs.crpix, wcs.wcs.crpix):
+            raise ValueError(f"{path}[EXPOSURE]: sky geometry {exposure.shape[1:]} differs from COUNTS {counts.shape[1:]} (shape or WCS)")
+        if not np.all(np.isfinite(exposure)) or np.any(exposure < 0):
+            bad = int(np.sum(~np.isfinite(exposure) | (exposure < 0)))
+            raise ValueError(f"{path}[EXPOSURE]: {bad} pixels are NaN or negative; exposure must be finite and >= 0")
+        if str(unit).replace(" ", "") not in ("m2s", "cm2s", "m2.s", "cm2.s"):
+            raise ValueError(f"{path}[EXPOSURE]: unit {unit!r}; expected 'm2 s' or 'cm2 s'")
+        if "cm2" in str(unit):
+            exposure = exposure * 1e-4
+        for name, array in (("BACKGROUND", background), ("MASK_SAFE", mask_safe)):
+            if array is not None and array.shape != counts.shape:
+                raise ValueError(f"{path}[{name}]: shape {array.shape} differs from COUNTS {counts.shape}")
+        if background is not None and (not np.all(np.isfinite(background)) or np.any(background < 0)):
+            raise ValueError(f"{path}[BACKGROUND]: background must be finite and >= 0")
+
+        psf = image("PSF", required=False)
+        psf_rad = psf_wcs = None
+        if psf is not None:
+            psf_bands = bands("PSF")
+            psf_rad = np.unique(np.asarray(psf_bands["RAD"].quantity.to_value("deg")))
+            if psf.ndim != 4 or psf.shape[:2] != (len(energy_true_edges) - 1, len(psf_rad)):
+                raise ValueError(f"{path}[PSF]: shape {psf.shape}; expected ({len(energy_true_edges) - 1}, {len(psf_rad)}, y, x)")
+            psf_wcs = WCS(hdul["PSF"].header).celestial
+        edisp = image("EDISP", required=False)
+        edisp_wcs = None
+        if edisp is not None:
+            if edisp.ndim != 4 or edisp.shape[:2] != (len(energy_true_edges) - 1, len(energy_edges) - 1):
+                raise ValueError(f"{path}[EDISP]: shape {edisp.shape}; expected ({len(energy_true_edges) - 1}, {len(energy_edges) - 1}, y, x)")
+            edisp_wcs = WCS(hdul["EDISP"].header).celestial
+        livetime = None
+        if "GTI" in names:
+            gti = Table.read(hdul["GTI"])
+            livetime = float(np.sum(gti["STOP"].quantity.to_value("s") - gti["START"].quantity.to_value("s")))
+    return MapDatasetFile(
+        name=path.name, counts=counts, exposure=exposure, background=background,
+        mask_safe=None if mask_safe is None else mask_safe.astype(bool), energy_edges=energy_edges,
+        energy_true_edges=energy_true_edges, wcs=wcs, psf=psf, psf_rad=psf_rad, psf_wcs=psf_wcs, edisp=edisp,
+        edisp_wcs=edisp_wcs, livetime=livetime,
+    )
