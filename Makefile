@@ -17,6 +17,7 @@ install-test: $(BIN)/python
 
 demo: install
 	$(BIN)/fitax demo --out results
+	$(BIN)/fitax phot demo --out results/photometry
 
 test: install-test
 	$(BIN)/python -m pytest -q -rs
@@ -24,6 +25,7 @@ test: install-test
 bench: install-test
 	$(BIN)/python benchmarks/core_fit.py
 	$(BIN)/python benchmarks/batch_fit.py
+	$(BIN)/python benchmarks/photometry.py
 
 clean:
 	rm -rf $(VENV) results build src/*.egg-info

@@ -6,41 +6,17 @@ from astropy.io import fits
 from astropy.table import Table
 
 from fitax.cli import main
-from fitax.photometry import simulate_image
+from fitax.photometry.simulate import simulate_raw_frames
 
-GAIN, READ_NOISE, BIAS_LEVEL = 6.2, 10.0, 1000.0
 SHAPE = (300, 320)
-
-
-def _write(path, data, **header):
-    hdu = fits.PrimaryHDU(np.asarray(data, dtype=np.float32))
-    hdu.header.update(header)
-    hdu.writeto(path)
-    return str(path)
 
 
 @pytest.fixture(scope="module")
 def frames(tmp_path_factory):
     """Raw science frame (with WCS and MAGZP), 5 biases and 5 flats, and the truth."""
     folder = tmp_path_factory.mktemp("raw")
-    rng = np.random.default_rng(5)
-    columns = BIAS_LEVEL + 3.0 * np.sin(np.arange(SHAPE[1]) / 7.0)
-    yy, xx = np.mgrid[: SHAPE[0], : SHAPE[1]]
-    flat = 1.0 - 0.1 * (((xx - 160) / 300) ** 2 + ((yy - 150) / 300) ** 2) + rng.normal(0, 0.005, SHAPE)
-    biases = [_write(folder / f"bias{i}.fits", columns + rng.normal(0, READ_NOISE / GAIN, SHAPE)) for i in range(5)]
-    flats = [
-        _write(folder / f"flat{i}.fits", columns + rng.poisson(30000 * flat) / GAIN + rng.normal(0, READ_NOISE / GAIN, SHAPE))
-        for i in range(5)
-    ]
-    image, truth = simulate_image(SHAPE, 60, flux_range=(2e3, 5e5), cosmic_rays=5, seed=9)
-    wcs = {"CTYPE1": "RA---TAN", "CTYPE2": "DEC--TAN", "CRPIX1": 160.0, "CRPIX2": 150.0, "CRVAL1": 150.0, "CRVAL2": 2.0,
-           "CDELT1": -0.000281, "CDELT2": 0.000281}
-    raw = columns + image * flat / GAIN
-    science = _write(folder / "sci.fits", raw, GAIN=GAIN, READNOI=READ_NOISE, SATURATE=65535.0, MAGZP=26.0, **wcs)
-    # a master flat is normalised to median 1, so calibrated fluxes are in units of the
-    # median pixel's response: the truth scaled by the flat's median
-    truth["flux"] *= np.median(flat)
-    return folder, science, biases, flats, truth
+    raw = simulate_raw_frames(folder, SHAPE, 60, cosmic_rays=5, flux_range=(2e3, 5e5), seed=9)
+    return folder, str(raw["science"]), [str(p) for p in raw["bias"]], [str(p) for p in raw["flat"]], raw["truth"]
 
 
 def test_calibrate_then_run_recovers_the_truth(frames, tmp_path):
@@ -52,10 +28,13 @@ def test_calibrate_then_run_recovers_the_truth(frames, tmp_path):
         assert hdul[0].header["BUNIT"] == "electron" and hdul[0].header["GAIN"] == 1.0
         assert hdul["MASK"].data.shape == SHAPE
     catalog_path = tmp_path / "cat.fits"
-    assert main(["phot", "run", str(calibrated), "--psf", "moffat", "-o", str(catalog_path), "--residual"]) == 0
+    assert main(["phot", "run", str(calibrated), "--psf", "moffat", "-o", str(catalog_path), "--residual", "--model"]) == 0
     catalog = Table.read(catalog_path)
     assert {"id", "x", "y", "ra", "dec", "flux", "flux_err", "local_bkg", "reduced_chi2", "flags", "mag", "mag_err"} <= set(catalog.colnames)
-    assert (tmp_path / "cat_residual.fits").exists()
+    image = fits.getdata(calibrated)
+    residual, model = fits.getdata(tmp_path / "cat_residual.fits"), fits.getdata(tmp_path / "cat_model.fits")
+    np.testing.assert_allclose(residual + model, image, atol=1e-2)
+    assert model.max() > 1e3 and np.abs(residual).max() < image.max()
     # match detections to the truth
     distance = np.hypot(np.asarray(catalog["x"])[:, None] - truth["x"][None], np.asarray(catalog["y"])[:, None] - truth["y"][None])
     nearest = distance.argmin(axis=1)
@@ -116,3 +95,12 @@ def test_bad_inputs_are_clear_errors(frames, tmp_path, capsys):
     # a raw (uncalibrated) frame given to 'run'
     assert main(["phot", "run", science, "-o", str(tmp_path / "e.fits")]) == 2
     assert "run 'fitax phot calibrate' first" in capsys.readouterr().err
+
+
+def test_demo_writes_a_catalog_and_plots(tmp_path):
+    out = tmp_path / "demo"
+    assert main(["phot", "demo", "--out", str(out), "--stars", "300", "--seed", "3"]) == 0
+    catalog = Table.read(out / "catalog.fits")
+    assert len(catalog) > 100 and {"ra", "dec", "mag"} <= set(catalog.colnames)
+    for name in ("phot_images.png", "phot_fluxes.png"):
+        assert (out / name).stat().st_size > 10_000

@@ -42,7 +42,12 @@ def add_parser(commands) -> None:
     run_p.add_argument("--fit-shape", type=int, default=11, help="stamp size [pixels, odd] (default: 11)")
     run_p.add_argument("--read-noise", type=float, help="e- (default: header READNOI)")
     run_p.add_argument("--residual", action="store_true", help="also write <catalog>_residual.fits (image minus stars)")
+    run_p.add_argument("--model", action="store_true", help="also write <catalog>_model.fits (the fitted stars)")
     run_p.add_argument("--workers", type=int, default=1, help="processes for many images (default: 1)")
+    demo = sub.add_parser("demo", help="simulate raw frames, calibrate, detect, fit; write a catalog and plots")
+    demo.add_argument("--out", default="results/photometry", help="output folder (default: results/photometry)")
+    demo.add_argument("--stars", type=int, default=2000, help="number of simulated stars (default: 2000)")
+    demo.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
 
 
 def _outputs(inputs: list[str], out: str, suffix: str) -> list[Path]:
@@ -134,10 +139,12 @@ def _run_one(image_path: str, out: str, options: dict) -> str:
     data = read_calibrated(image_path, options["read_noise"])
     catalog, shape = process_image(data, positions=options["positions"], psf=options["psf"], fit_shape=options["fit_shape"], threshold=options["threshold"])
     write_catalog(catalog, out, inputs=[image_path])
-    if options["residual"]:
-        residual = residual_image(data, catalog, shape.psf).astype(np.float32)
-        atomic_write(Path(out).with_name(Path(out).stem + "_residual.fits"),
-                     lambda tmp: fits.PrimaryHDU(residual, data.header).writeto(tmp, overwrite=True))
+    if options["residual"] or options["model"]:
+        residual = residual_image(data, catalog, shape.psf)
+        for wanted, suffix, image in ((options["residual"], "_residual", residual), (options["model"], "_model", data.image - residual)):
+            if wanted:
+                hdu = fits.PrimaryHDU(image.astype(np.float32), data.header)
+                atomic_write(Path(out).with_name(Path(out).stem + suffix + ".fits"), lambda tmp, hdu=hdu: hdu.writeto(tmp, overwrite=True))
     n_bad = int(np.sum(np.asarray(catalog["flags"]) != 0))
     return f"{Path(image_path).name}: {len(catalog)} stars ({n_bad} flagged), FWHM {shape.fwhm:.2f} px"
 
@@ -160,7 +167,7 @@ def _run(args) -> int:
         raise ValueError(f"--workers must be >= 1, got {args.workers}")
     outputs = _outputs(args.images, args.out, "_cat.fits")
     options = dict(positions=_read_positions(args.catalog) if args.catalog else None, psf=args.psf, fit_shape=args.fit_shape,
-                   threshold=args.threshold, read_noise=args.read_noise, residual=args.residual)
+                   threshold=args.threshold, read_noise=args.read_noise, residual=args.residual, model=args.model)
     start = time.perf_counter()
     if args.workers == 1 or len(args.images) == 1:
         for i, (image, out) in enumerate(zip(args.images, outputs)):
@@ -181,6 +188,11 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         if args.phot_command == "calibrate":
             _split_trailing_raw(args, argv)
             return _calibrate(args)
+        if args.phot_command == "demo":
+            from .demo import run_phot_demo
+
+            run_phot_demo(args.out, n_stars=args.stars, seed=args.seed)
+            return 0
         return _run(args)
     except (ValueError, FileNotFoundError, RuntimeError) as error:
         print(f"fitax phot {args.phot_command}: error: {error}", file=sys.stderr)
