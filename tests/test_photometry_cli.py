@@ -43,7 +43,9 @@ def test_calibrate_then_run_recovers_the_truth(frames, tmp_path):
     true_flux = np.asarray(truth["flux"])[nearest]
     good = matched & ((catalog["flags"] & 63) == 0) & (true_flux > 1e4)
     relative = (np.asarray(catalog["flux"]) - true_flux)[good] / true_flux[good]
-    assert good.sum() >= 10 and abs(np.median(relative)) < 0.01  # through bias, flat, gain and detection
+    # through bias, flat, gain and detection; ~20 stars with ~1.2% scatter each give a median
+    # uncertain by ~0.3%, so 1% is a 3-sigma bound (measured -0.47%)
+    assert good.sum() >= 10 and abs(np.median(relative)) < 0.01
     np.testing.assert_allclose(catalog["mag"][good], 26.0 - 2.5 * np.log10(catalog["flux"][good]))
     # ra/dec use the 0-based pixel convention: the reference pixel (1-based CRPIX) is (159, 149)
     from astropy.wcs import WCS
@@ -71,6 +73,8 @@ def test_run_with_a_catalog_and_a_gaussian_psf_on_many_images(frames, tmp_path):
     for name in ("a_cat.fits", "b_cat.fits"):
         catalog = Table.read(catalogs / name)
         assert len(catalog) == len(truth) and catalog.meta["PSFKIND"] == "gaussian"
+        # the fitted shape is recorded, each parameter under its own keyword
+        assert {"PSFSIGX", "PSFSIGY", "PSFRHO"} <= set(catalog.meta)
 
 
 def test_bad_inputs_are_clear_errors(frames, tmp_path, capsys):

@@ -102,8 +102,8 @@ def test_psf_shape_is_recovered_from_bright_isolated_stars():
     chosen = select_psf_stars(image, truth["x"], truth["y"], n_max=25)
     assert len(chosen) >= 10
     shape = fit_psf_shape(image, np.asarray(truth["x"])[chosen], np.asarray(truth["y"])[chosen], read_noise=10.0)
-    assert abs(shape.values["gamma"] - 2.1) < 4 * shape.errors["gamma"] + 0.01
-    assert abs(shape.values["alpha"] - 3.4) < 4 * shape.errors["alpha"] + 0.02
+    assert abs(shape.values["gamma"] - 2.1) < 4 * shape.errors["gamma"]
+    assert abs(shape.values["alpha"] - 3.4) < 4 * shape.errors["alpha"]
     assert "FWHM" in repr(shape)
 
 
@@ -159,7 +159,7 @@ def test_gaussian_psf_shape_and_fluxes_with_full_covariance():
     chosen = select_psf_stars(image, x, y, n_max=25)
     shape = fit_psf_shape(image, x[chosen], y[chosen], read_noise=10.0, kind="gaussian")
     for name, value in (("sigma_x", 1.25), ("sigma_y", 0.95), ("rho", 0.3)):
-        assert abs(shape.values[name] - value) < 4 * shape.errors[name] + 2e-3, name
+        assert abs(shape.values[name] - value) < 4 * shape.errors[name], name
     catalog = fit_stars(image, x + 0.2, y - 0.2, psf=shape.psf, read_noise=10.0)
     ok = _isolated(truth) & ((catalog["flags"] & FAILURE_FLAGS) == 0) & (np.asarray(truth["flux"]) > 1e4)
     relative = (np.asarray(catalog["flux"]) - truth["flux"])[ok] / np.asarray(truth["flux"])[ok]

@@ -81,7 +81,6 @@ def read_map_dataset(path) -> MapDatasetFile:
         raise FileNotFoundError(f"{path}: no such file")
     try:
         hdul = fits.open(path)
-        hdul.verify("exception")
     except (OSError, fits.VerifyError, TypeError, EOFError) as error:
         raise ValueError(f"{path}: not a readable FITS file (truncated or corrupt?): {error}") from error
     with hdul:

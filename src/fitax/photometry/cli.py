@@ -68,7 +68,7 @@ def _progress(i: int, n: int, text: str, start: float) -> None:
           end="\n" if i == n else "", file=sys.stderr, flush=True)
 
 
-def _master(paths: list[str], build, what: str):
+def _master(paths: list[str], build):
     from .io import read_image
 
     if len(paths) == 1:
@@ -99,8 +99,8 @@ def _calibrate(args) -> int:
     outputs = _outputs(args.raw, args.out, "_cal.fits")
     for path in outputs:
         check_not_input(path, inputs)
-    bias = _master(args.bias, lambda p: master_bias(p, sigma_clip=args.sigma_clip), "bias")
-    flat = _master(args.flat, lambda p: master_flat(p, bias, sigma_clip=args.sigma_clip), "flat")
+    bias = _master(args.bias, lambda p: master_bias(p, sigma_clip=args.sigma_clip))
+    flat = _master(args.flat, lambda p: master_flat(p, bias, sigma_clip=args.sigma_clip))
     start = time.perf_counter()
     for i, (raw_path, out) in enumerate(zip(args.raw, outputs)):
         raw, header = read_image(raw_path)

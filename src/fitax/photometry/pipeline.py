@@ -21,6 +21,8 @@ from .starfit import fit_stars, render_stars
 __all__ = ["ImageData", "read_calibrated", "process_image", "photometry_columns"]
 
 POGSON = 2.5 / np.log(10)
+# FITS keywords (<= 8 characters, distinct) for the fitted PSF shape in catalog headers
+_PSF_KEYWORDS = {"gamma": "PSFGAMMA", "alpha": "PSFALPHA", "sigma_x": "PSFSIGX", "sigma_y": "PSFSIGY", "rho": "PSFRHO"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,7 +113,7 @@ def process_image(
     catalog = photometry_columns(catalog, data.header)
     catalog.meta.update(
         {"IMAGE": Path(data.name).name, "PSFKIND": psf, "PSFFWHM": round(shape.fwhm, 4),
-         **{f"PSF_{k[:4].upper()}": v for k, v in shape.values.items()},
+         **{_PSF_KEYWORDS[name]: value for name, value in shape.values.items()},
          "DETECT": "catalog" if positions is not None else f"matched filter, {threshold} sigma"}
     )
     return catalog, shape

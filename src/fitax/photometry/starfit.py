@@ -45,20 +45,20 @@ from ..stats import chi2
 from .psf import GaussianPSF, ImagePSF, MoffatPSF
 
 __all__ = ["cut_stamps", "fit_stars", "forced_photometry", "render_stars", "FLAG_MASKED", "FLAG_OUTSIDE", "FLAG_NONPOSITIVE_FLUX",
-           "FLAG_NOT_CONVERGED", "FLAG_NO_COVARIANCE", "FLAG_AT_POSITION_BOUND", "FLAG_OUTLIER_PIXELS", "FLAG_UNRESOLVED", "FAILURE_FLAGS"]
+           "FLAG_NOT_CONVERGED", "FLAG_NO_COVARIANCE", "FLAG_MOVED", "FLAG_OUTLIER_PIXELS", "FLAG_UNRESOLVED", "FAILURE_FLAGS"]
 
 FLAG_MASKED = 1
 FLAG_OUTSIDE = 2
 FLAG_NONPOSITIVE_FLUX = 4
 FLAG_NOT_CONVERGED = 8
 FLAG_NO_COVARIANCE = 16
-FLAG_AT_POSITION_BOUND = 32
+FLAG_MOVED = 32
 FLAG_OUTLIER_PIXELS = 64
 FLAG_UNRESOLVED = 128
 CONTAMINATION_SIGMA = 0.05
 """Neighbours that would move a star's flux by more than this many sigma trigger its refits."""
 FAILURE_FLAGS = (
-    FLAG_MASKED | FLAG_OUTSIDE | FLAG_NONPOSITIVE_FLUX | FLAG_NOT_CONVERGED | FLAG_NO_COVARIANCE | FLAG_AT_POSITION_BOUND
+    FLAG_MASKED | FLAG_OUTSIDE | FLAG_NONPOSITIVE_FLUX | FLAG_NOT_CONVERGED | FLAG_NO_COVARIANCE | FLAG_MOVED
     | FLAG_UNRESOLVED
 )
 
@@ -212,7 +212,7 @@ def _neighbour_light(pairs, flux, origin_x, origin_y, x, y, size, psf) -> np.nda
     target, source = pairs
     n = len(x)
     n_pad, m_pad = padded_size(n), padded_size(max(len(target), 1))
-    pad = lambda a, size, fill=0: np.concatenate([a, np.full(size - len(a), fill, dtype=np.asarray(a).dtype)])  # noqa: E731
+    pad = lambda a, length: np.concatenate([a, np.zeros(length - len(a), dtype=np.asarray(a).dtype)])  # noqa: E731
     weight = np.where(np.isfinite(flux[source]), flux[source], 0.0)
     light = _pair_light(
         jnp.asarray(pad(target, m_pad)), jnp.asarray(pad(source, m_pad)), jnp.asarray(pad(weight, m_pad)),
@@ -312,7 +312,7 @@ def fit_stars(
     values = {k: np.array(v) for k, v in result.values.items()}
     errors = {k: np.array(v) for k, v in result.errors.items()}
     stat, status = np.array(result.stat), np.array(result.status)
-    def at_bound(local_x, local_y):
+    def moved_too_far(local_x, local_y):
         """Centres more than ``max_shift`` from their input (a faint star captured by a
         neighbour, or lost in the noise)."""
         return (np.abs(local_x - start_x) > max_shift) | (np.abs(local_y - start_y) > max_shift) | ~np.isfinite(local_x + local_y)
@@ -328,8 +328,8 @@ def fit_stars(
 
     def trusted_flux():
         """Fluxes of the fits fit to subtract: converged, not captured by a neighbour (centre
-        at its bound), resolved, finite; 0 for the others."""
-        ok = (status == 0) & ~at_bound(values["x"], values["y"]) & np.isfinite(values["flux"]) & ~unresolved
+        moved too far), resolved, finite; 0 for the others."""
+        ok = (status == 0) & ~moved_too_far(values["x"], values["y"]) & np.isfinite(values["flux"]) & ~unresolved
         return np.where(ok, values["flux"], 0.0)
 
     def refit(idx, cleaned, good_idx, from_start):
@@ -351,12 +351,13 @@ def fit_stars(
 
     pairs = _close_pairs(values["x"] + origin_x, values["y"] + origin_y, 1.5 * size)
     # Contamination is judged from all fits, trusted or not: a neighbour captured by this star
-    # (at its bound) is not subtracted yet but will be once its refit is trusted.
+    # (moved too far) is not subtracted yet but will be once its refit is trusted.
     # A star needs the neighbour passes when its neighbours' light would move its fitted flux
     # by more than 0.05 sigma: the flux part of a weighted linear fit of that light with the
     # star's own PRF and a background (cheap, exact to first order).
     fitted_flux = np.where(np.isfinite(values["flux"]), np.maximum(values["flux"], 0.0), 0.0)
-    weights = np.where(good, 1.0 / _predicted_variance(flux0, prf0, bkg0, read_noise), 0.0)
+    variance0 = _predicted_variance(flux0, prf0, bkg0, read_noise)  # the first fit's noise model
+    weights = np.where(good, 1.0 / variance0, 0.0)
     flux_shift, _, shift_cov, _ = (np.asarray(a) for a in _weighted_linear_fit(
         jnp.asarray(light(fitted_flux)), jnp.asarray(weights), jnp.asarray(_prf_stamps(values["x"], values["y"], size, psf))))
     contaminated = ~(np.abs(flux_shift) <= CONTAMINATION_SIGMA * np.sqrt(np.abs(shift_cov[:, 0, 0])))
@@ -387,14 +388,13 @@ def fit_stars(
         refit(bright, stamps[bright] - neighbours[bright] * good[bright], good[bright], False)
         neighbours = light(trusted_flux())
     model = values["flux"][:, None, None] * _prf_stamps(values["x"], values["y"], size, psf) + values["bkg"][:, None, None]
-    noise = np.sqrt(_predicted_variance(flux0, prf0, bkg0, read_noise))
-    outliers = _sharp_outliers(np.where(good, stamps - neighbours - model, 0.0), noise, outlier_sigma)
+    outliers = _sharp_outliers(np.where(good, stamps - neighbours - model, 0.0), np.sqrt(variance0), outlier_sigma)
     has_outliers = outliers.any(axis=(1, 2))
     if has_outliers.any():
         idx = np.flatnonzero(has_outliers)
         refit(idx, (stamps[idx] - neighbours[idx]) * ~outliers[idx], good[idx] & ~outliers[idx], True)
 
-    bounded = at_bound(values["x"], values["y"])
+    moved = moved_too_far(values["x"], values["y"])
     values["x"] += origin_x
     values["y"] += origin_y
     ny, nx = image.shape
@@ -404,7 +404,7 @@ def fit_stars(
     flags |= np.where(~(values["flux"] > 0), FLAG_NONPOSITIVE_FLUX, 0)
     flags |= np.where(status != 0, FLAG_NOT_CONVERGED, 0)
     flags |= np.where(~np.isfinite(errors["flux"]), FLAG_NO_COVARIANCE, 0)
-    flags |= np.where(bounded, FLAG_AT_POSITION_BOUND, 0)
+    flags |= np.where(moved, FLAG_MOVED, 0)
     flags |= np.where(has_outliers, FLAG_OUTLIER_PIXELS, 0)
     flags |= np.where(unresolved, FLAG_UNRESOLVED, 0)
     table = Table({
