@@ -1,12 +1,14 @@
 """Gamma-ray astronomy on the fitax core, in Gammapy's vocabulary.
 
-Work in progress: spectral and spatial models and their pixel integration (checked against
-Gammapy 2.1) so far; sky
-models, datasets, npred, I/O and the ``fitax gamma`` command are still to come.
+Datasets (:class:`MapDataset`, :class:`Datasets`) read from Gammapy's files; sky models
+(spectral x spatial, :class:`SkyModel`) and background models in a :class:`Models`
+collection; npred and Cash ``stat_sum`` as Gammapy computes them, as pure JAX functions.
 """
 
+from .datasets import Datasets, MapDataset
 from .geometry import SkyGrid, integrate_spatial
-from .spatial import ConstantSpatialModel, DiskSpatialModel, GaussianSpatialModel, ShellSpatialModel
+from .models import FoVBackgroundModel, Models, SkyModel
+from .spatial import ConstantSpatialModel, DiskSpatialModel, GaussianSpatialModel, PointSpatialModel, ShellSpatialModel
 from .spectral import (
     BrokenPowerLawSpectralModel,
     ConstantSpectralModel,
@@ -20,5 +22,6 @@ from .spectral import (
 __all__ = [
     "BrokenPowerLawSpectralModel", "ConstantSpectralModel", "ExpCutoffPowerLawSpectralModel", "LogParabolaSpectralModel",
     "PowerLaw2SpectralModel", "PowerLawSpectralModel", "SmoothBrokenPowerLawSpectralModel",
+    "Datasets", "MapDataset", "FoVBackgroundModel", "Models", "SkyModel", "PointSpatialModel",
     "ConstantSpatialModel", "DiskSpatialModel", "GaussianSpatialModel", "ShellSpatialModel", "SkyGrid", "integrate_spatial",
 ]

@@ -13,6 +13,7 @@ import dataclasses
 from pathlib import Path
 
 import numpy as np
+import astropy.units as u
 from astropy.io import fits
 from astropy.table import Table
 from astropy.wcs import WCS
@@ -25,11 +26,14 @@ class MapDatasetFile:
     """The contents of a Gammapy MapDataset file as arrays (shapes ``(energy, y, x)``).
 
     ``energy_edges`` [TeV] belong to ``counts``/``background``/``mask_safe``,
-    ``energy_true_edges`` [TeV] to ``exposure`` [m2 s], the PSF and the energy dispersion.
-    ``psf`` is ``(energy_true, rad, py, px)`` [deg-2] on its own coarse sky grid
-    ``psf_wcs`` with offsets ``psf_rad`` [deg]; ``edisp`` is ``(energy_true, energy, ey,
-    ex)`` (the probability of each reco bin) on ``edisp_wcs``. Missing optional maps are
-    ``None``.
+    ``energy_true_edges`` [TeV] to ``exposure`` [m2 s] and the energy dispersion.
+    ``psf`` is ``(psf_energy_true, rad, py, px)`` [deg-2] at true energies
+    ``psf_energy_true`` [TeV] (Fermi-LAT files have their own PSF energy nodes) and offsets
+    ``psf_rad`` [deg] (bin edges ``psf_rad_edges``), on its own coarse sky grid
+    ``psf_wcs``; ``edisp`` is ``(energy_true, energy, ey, ex)`` (the probability of each
+    reco bin) on ``edisp_wcs``. A PSF or EDISP stored as a table for one sky region (as
+    Gammapy writes them for Fermi-LAT) has ``py = px = 1`` and ``psf_wcs``/``edisp_wcs``
+    ``None``: it holds everywhere. Missing optional maps are ``None``.
     """
 
     name: str
@@ -42,6 +46,8 @@ class MapDatasetFile:
     wcs: WCS
     psf: np.ndarray | None
     psf_rad: np.ndarray | None
+    psf_rad_edges: np.ndarray | None
+    psf_energy_true: np.ndarray | None
     psf_wcs: WCS | None
     edisp: np.ndarray | None
     edisp_wcs: WCS | None
@@ -65,6 +71,49 @@ def _edges(table: Table, low: str, high: str, where: str) -> np.ndarray:
     if not (np.all(np.diff(lo) > 0) and np.allclose(lo[1:], hi[:-1], rtol=1e-9)):
         raise ValueError(f"{where}: energy bins are not contiguous and increasing")
     return np.r_[lo, hi[-1]]
+
+
+def _column(table: Table, name: str, unit: str, where: str) -> np.ndarray:
+    """The distinct values of a BANDS column in ``unit`` (one per bin of that axis)."""
+    if name not in table.colnames:
+        raise ValueError(f"{where}: expected a column {name}, found {table.colnames}")
+    column = table[name]
+    values = column.quantity.to_value(unit) if column.unit else np.asarray(column, float)
+    return np.unique(np.asarray(values, float))
+
+
+def _to_per_deg2(hdu, path) -> float:
+    unit = hdu.header.get("BUNIT")
+    if unit is None and isinstance(hdu, fits.BinTableHDU):
+        unit = hdu.columns["DATA"].unit
+    try:
+        return float(u.Unit(unit or "deg-2").to("deg-2"))
+    except (ValueError, u.UnitConversionError) as error:
+        raise ValueError(f"{path}[PSF]: unit {unit!r} is not a surface density (expected deg-2 or sr-1)") from error
+
+
+def _irf_map(hdul, name, band_table: Table, axes: tuple[str, str], path, image):
+    """An IRF map ``(axis0, axis1, y, x)`` and its sky WCS, from an image HDU or from the
+    one-region table form (one row per bin, the axes' values in the BANDS table)."""
+    hdu = hdul[name]
+    if not isinstance(hdu, fits.BinTableHDU):
+        data = image(name)
+        if data.ndim != 4:
+            raise ValueError(f"{path}[{name}]: expected a 4-d map, got shape {data.shape}")
+        return data, WCS(hdu.header).celestial
+    where = f"{path}[{name}_BANDS]"
+    indices = []
+    for axis in axes:
+        if axis not in band_table.colnames:
+            raise ValueError(f"{where}: expected a column {axis}, found {band_table.colnames}")
+        values = np.asarray(band_table[axis], float)
+        indices.append(np.searchsorted(np.unique(values), values))
+    table = Table.read(hdu)
+    if len(table) != len(band_table) or "DATA" not in table.colnames:
+        raise ValueError(f"{path}[{name}]: expected a DATA column with one row per row of {name}_BANDS")
+    data = np.zeros((indices[0].max() + 1, indices[1].max() + 1, 1, 1))
+    data[indices[0], indices[1], 0, 0] = np.asarray(table["DATA"], float)
+    return data, None
 
 
 def read_map_dataset(path) -> MapDatasetFile:
@@ -132,20 +181,25 @@ def read_map_dataset(path) -> MapDatasetFile:
         if background is not None and (not np.all(np.isfinite(background)) or np.any(background < 0)):
             raise ValueError(f"{path}[BACKGROUND]: background must be finite and >= 0")
 
-        psf = image("PSF", required=False)
-        psf_rad = psf_wcs = None
-        if psf is not None:
+        n_true, n_reco = len(energy_true_edges) - 1, len(energy_edges) - 1
+        psf = psf_rad = psf_rad_edges = psf_energy_true = psf_wcs = None
+        if "PSF" in names:
             psf_bands = bands("PSF")
-            psf_rad = np.unique(np.asarray(psf_bands["RAD"].quantity.to_value("deg")))
-            if psf.ndim != 4 or psf.shape[:2] != (len(energy_true_edges) - 1, len(psf_rad)):
-                raise ValueError(f"{path}[PSF]: shape {psf.shape}; expected ({len(energy_true_edges) - 1}, {len(psf_rad)}, y, x)")
-            psf_wcs = WCS(hdul["PSF"].header).celestial
-        edisp = image("EDISP", required=False)
-        edisp_wcs = None
-        if edisp is not None:
-            if edisp.ndim != 4 or edisp.shape[:2] != (len(energy_true_edges) - 1, len(energy_edges) - 1):
-                raise ValueError(f"{path}[EDISP]: shape {edisp.shape}; expected ({len(energy_true_edges) - 1}, {len(energy_edges) - 1}, y, x)")
-            edisp_wcs = WCS(hdul["EDISP"].header).celestial
+            where = f"{path}[PSF_BANDS]"
+            psf_rad = _column(psf_bands, "RAD", "deg", where)
+            psf_rad_edges = np.r_[_column(psf_bands, "RAD_MIN", "deg", where), _column(psf_bands, "RAD_MAX", "deg", where)[-1]]
+            psf_energy_true = _column(psf_bands, "ENERGY_TRUE", "TeV", where)
+            psf, psf_wcs = _irf_map(hdul, "PSF", psf_bands, ("ENERGY_TRUE", "RAD"), path, image)
+            psf = psf * _to_per_deg2(hdul["PSF"], path)
+            if psf.shape[:2] != (len(psf_energy_true), len(psf_rad)):
+                raise ValueError(f"{path}[PSF]: shape {psf.shape}; expected ({len(psf_energy_true)}, {len(psf_rad)}, y, x) from PSF_BANDS")
+            if not np.all(np.isfinite(psf)) or np.any(psf < 0):
+                raise ValueError(f"{path}[PSF]: PSF values must be finite and >= 0")
+        edisp = edisp_wcs = None
+        if "EDISP" in names:
+            edisp, edisp_wcs = _irf_map(hdul, "EDISP", bands("EDISP"), ("ENERGY_TRUE", "ENERGY"), path, image)
+            if edisp.shape[:2] != (n_true, n_reco):
+                raise ValueError(f"{path}[EDISP]: shape {edisp.shape}; expected ({n_true}, {n_reco}, y, x)")
         livetime = None
         if "GTI" in names:
             gti = Table.read(hdul["GTI"])
@@ -153,6 +207,7 @@ def read_map_dataset(path) -> MapDatasetFile:
     return MapDatasetFile(
         name=path.name, counts=counts, exposure=exposure, background=background,
         mask_safe=None if mask_safe is None else mask_safe.astype(bool), energy_edges=energy_edges,
-        energy_true_edges=energy_true_edges, wcs=wcs, psf=psf, psf_rad=psf_rad, psf_wcs=psf_wcs, edisp=edisp,
+        energy_true_edges=energy_true_edges, wcs=wcs, psf=psf, psf_rad=psf_rad, psf_rad_edges=psf_rad_edges,
+        psf_energy_true=psf_energy_true, psf_wcs=psf_wcs, edisp=edisp,
         edisp_wcs=edisp_wcs, livetime=livetime,
     )

@@ -23,7 +23,7 @@ from ..parameters import Parameter
 from ._common import parameter
 
 __all__ = [
-    "angular_separation", "position_angle", "GaussianSpatialModel", "DiskSpatialModel", "ShellSpatialModel",
+    "angular_separation", "position_angle", "point_weights", "PointSpatialModel", "GaussianSpatialModel", "DiskSpatialModel", "ShellSpatialModel",
     "ConstantSpatialModel",
 ]
 
@@ -63,6 +63,47 @@ def _effective_radius(lon0, lat0, lon, lat, phi, major, e):
 class _SpatialModel(eqx.Module):
     def evaluate(self, lon: Float[ArrayLike, "*pix"], lat: Float[ArrayLike, "*pix"]) -> Float[Array, "*pix"]:
         raise NotImplementedError
+
+    def evaluation_bin_size_min(self) -> float | None:
+        """Pixel size [deg] fine enough to integrate the model by its pixel-centre values
+        (Gammapy's criterion; ``None``: any pixel size will do)."""
+        return None
+
+    @property
+    def position(self):
+        """The model's centre as an astropy ``SkyCoord`` (host side)."""
+        from astropy.coordinates import SkyCoord
+
+        return SkyCoord(float(self.lon_0.value), float(self.lat_0.value), unit="deg", frame=self.frame)
+
+
+class PointSpatialModel(_SpatialModel):
+    """A point source at ``lon_0``, ``lat_0``: its flux is shared between the four nearest
+    pixels with bilinear weights that preserve the centroid (Gammapy's sub-pixel
+    weighting), which keeps npred a continuous, differentiable function of the position.
+    """
+
+    lon_0: Parameter
+    lat_0: Parameter
+    frame: str = eqx.field(static=True)
+
+    def __init__(self, lon_0=0.0, lat_0=0.0, frame="icrs"):
+        self.lon_0 = parameter(lon_0, "deg")
+        self.lat_0 = parameter(lat_0, "deg", min=-90, max=90)
+        self.frame = frame
+
+    def evaluate(self, lon, lat):
+        raise TypeError("a point source has no surface brightness; npred uses its pixel weights (fitax.gamma.point_weights)")
+
+
+def point_weights(x0, y0, shape: tuple[int, int]) -> Float[Array, "ny nx"]:
+    """Bilinear pixel weights of a point at pixel coordinates ``(x0, y0)`` (0-based,
+    pixel centres at integers) on an ``(ny, nx)`` image: ``(1 - |dx|)(1 - |dy|)`` on the
+    four nearest pixels, summing to 1 inside the image."""
+    ny, nx = shape
+    wx = jnp.maximum(1.0 - jnp.abs(jnp.arange(nx) - x0), 0.0)
+    wy = jnp.maximum(1.0 - jnp.abs(jnp.arange(ny) - y0), 0.0)
+    return wy[:, None] * wx[None, :]
 
 
 class GaussianSpatialModel(_SpatialModel):
@@ -107,6 +148,9 @@ class GaussianSpatialModel(_SpatialModel):
         )
         return norm * jnp.exp(-0.5 * (1 - jnp.cos(sep)) / a)
 
+    def evaluation_bin_size_min(self):
+        return float(self.sigma.value) / 3.0
+
 
 class DiskSpatialModel(_SpatialModel):
     """Uniform disk of radius ``r_0`` (elongated by ``e``, ``phi``) with a smooth edge: the
@@ -145,6 +189,9 @@ class DiskSpatialModel(_SpatialModel):
         inside = 0.5 * (1 - erf((sep - sigma_eff) / (sigma_eff * self.edge_width.value) * _EDGE_WIDTH_95))
         return self._norm(r_0, e) * inside
 
+    def evaluation_bin_size_min(self):
+        return float(self.r_0.value) * (1 - float(self.edge_width.value)) / 10.0
+
 
 class ShellSpatialModel(_SpatialModel):
     """Projected uniform spherical shell between ``radius`` and ``radius + width``."""
@@ -171,6 +218,9 @@ class ShellSpatialModel(_SpatialModel):
         through_inner = jnp.sqrt(jnp.maximum(radius**2 - sep**2, 0.0))
         return norm * jnp.where(sep > outer, 0.0, through_outer - jnp.where(sep < radius, through_inner, 0.0))
 
+    def evaluation_bin_size_min(self):
+        return float(self.width.value)
+
 
 class ConstantSpatialModel(_SpatialModel):
     """The same brightness ``value`` [sr-1] everywhere (an isotropic diffuse component)."""
@@ -184,4 +234,8 @@ class ConstantSpatialModel(_SpatialModel):
 
     def evaluate(self, lon, lat):
         return jnp.full(jnp.broadcast_shapes(jnp.shape(lon), jnp.shape(lat)), 1.0) * self.value.value
+
+    @property
+    def position(self):
+        return None
 

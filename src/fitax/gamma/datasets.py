@@ -1,0 +1,469 @@
+"""Map datasets, their predicted counts (npred) and Cash statistic, in Gammapy's terms.
+
+A :class:`MapDataset` holds one observation's arrays on the host. To evaluate models,
+:func:`bind` turns a list of datasets and the current models into
+``_DatasetGroup`` pytrees: datasets with the same shapes and energy axes are stacked along a
+leading axis, together with each source's IRFs at its position (PSF kernels as Fourier
+transforms, energy-dispersion matrices) and the sky grids its spatial model needs. The
+likelihood of a group is then one ``vmap`` over its datasets, so a joint fit of N datasets
+compiles once, whatever N.
+
+npred follows Gammapy's ``MapEvaluator`` in 'global' mode (every source on the whole map;
+no cut-out can truncate a source as it grows or moves):
+
+    npred_true(E_true) = exposure x integral of the spectrum over the E_true bin
+                         x (spatial model integrated over pixels, convolved with the PSF at E_true)
+    npred = sum over sources of edisp(E_true -> E) applied to npred_true
+            + background x norm (E / E_ref)^-tilt
+
+The convolution is an FFT (zero-padded, the same linear convolution as Gammapy's
+``fftconvolve(mode='same')``): for 100x100 maps and ~20x20 kernels at 25 energies it is
+an order of magnitude cheaper than direct summation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Sequence
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from astropy.coordinates import SkyCoord
+from astropy.wcs import WCS
+from jaxtyping import Array, Bool, Complex, Float
+
+from ..stats import cash_terms
+from . import irf
+from .geometry import SkyGrid
+from .io import MapDatasetFile, read_map_dataset
+from .models import FoVBackgroundModel, Models, SkyModel
+from .spatial import PointSpatialModel, point_weights
+
+__all__ = ["MapDataset", "Datasets", "bind", "npred_groups", "stat_sum_groups"]
+
+_MAX_OVERSAMPLING = 200
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class MapDataset:
+    """One observation: counts, exposure, background and IRFs as host arrays.
+
+    Shapes are ``(energy, ny, nx)`` for ``counts``, ``background`` and ``mask`` (the
+    bins used by the fit: ``mask_safe & mask_fit``) and ``(energy_true, ny, nx)`` for
+    ``exposure`` [cm2 s]. ``irfs`` is the file's PSF and energy-dispersion maps.
+    """
+
+    name: str
+    counts: np.ndarray
+    exposure: np.ndarray
+    background: np.ndarray
+    mask: np.ndarray
+    energy_edges: np.ndarray
+    energy_true_edges: np.ndarray
+    wcs: WCS
+    irfs: MapDatasetFile
+
+    @classmethod
+    def read(cls, path, name: str | None = None) -> "MapDataset":
+        """Read a Gammapy ``MapDataset`` FITS file (no Gammapy needed)."""
+        contents = read_map_dataset(path)
+        return cls.from_file_contents(contents, name)
+
+    @classmethod
+    def from_file_contents(cls, contents: MapDatasetFile, name: str | None = None) -> "MapDataset":
+        mask = np.ones(contents.counts.shape, bool)
+        if contents.mask_safe is not None:
+            mask &= contents.mask_safe
+        if getattr(contents, "mask_fit", None) is not None:
+            mask &= contents.mask_fit
+        background = contents.background if contents.background is not None else np.zeros_like(contents.counts)
+        return cls(
+            name=name or contents.name.split(".")[0], counts=contents.counts, exposure=contents.exposure * 1e4,
+            background=background, mask=mask, energy_edges=contents.energy_edges,
+            energy_true_edges=contents.energy_true_edges, wcs=contents.wcs, irfs=contents,
+        )
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.counts.shape[1:]
+
+    @property
+    def energy_centres(self) -> np.ndarray:
+        return np.sqrt(self.energy_edges[1:] * self.energy_edges[:-1])
+
+    @property
+    def energy_true_centres(self) -> np.ndarray:
+        return np.sqrt(self.energy_true_edges[1:] * self.energy_true_edges[:-1])
+
+    def contains(self, position: SkyCoord) -> bool:
+        x, y = self.wcs.world_to_pixel(position)
+        ny, nx = self.shape
+        return bool(-0.5 <= x <= nx - 0.5 and -0.5 <= y <= ny - 0.5)
+
+    def npred(self, models: Models) -> np.ndarray:
+        """Predicted counts ``(energy, ny, nx)`` of ``models`` (those that apply here)."""
+        return Datasets([self]).npred(models)[0]
+
+    def stat_sum(self, models: Models) -> float:
+        """Cash statistic over the fit mask, ``sum 2 (npred - n log npred)`` as Gammapy."""
+        return Datasets([self]).stat_sum(models)
+
+    def __repr__(self) -> str:
+        ne, ny, nx = self.counts.shape
+        return (f"MapDataset({self.name!r}: {ne} x {len(self.energy_true_edges) - 1} (true) energies, {ny}x{nx} pixels, "
+                f"{self.counts[self.mask].sum():.0f} counts in the fit mask)")
+
+
+class Datasets(Sequence):
+    """Datasets fitted jointly: their Cash statistics add up.
+
+    Example:
+        >>> from fitax.gamma import Datasets
+        >>> datasets = Datasets.read("../shared/data/gamma/sim/datasets_n1.yaml")  # doctest: +SKIP
+    """
+
+    def __init__(self, datasets: Iterable[MapDataset]):
+        self._datasets = list(datasets)
+        names = [d.name for d in self._datasets]
+        if len(set(names)) != len(names):
+            raise ValueError(f"dataset names must be unique, got {names}")
+
+    @classmethod
+    def read(cls, path) -> "Datasets":
+        """Read a Gammapy ``datasets.yaml`` and the dataset files it lists."""
+        from .modelio import read_datasets
+
+        return read_datasets(path)
+
+    def __getitem__(self, index):
+        if isinstance(index, str):
+            for dataset in self._datasets:
+                if dataset.name == index:
+                    return dataset
+            raise KeyError(f"no dataset named {index!r}; datasets: {self.names}")
+        return self._datasets[index]
+
+    def __len__(self) -> int:
+        return len(self._datasets)
+
+    @property
+    def names(self) -> list[str]:
+        return [d.name for d in self._datasets]
+
+    def npred(self, models: Models) -> list[np.ndarray]:
+        """Predicted counts of every dataset (host arrays, in order)."""
+        groups = bind(self, models)
+        by_name = {}
+        for group, npred in zip(groups, _npred_jit(models, groups)):
+            for name, values in zip(group.names, np.asarray(npred)):
+                by_name[name] = values
+        return [by_name[name] for name in self.names]
+
+    def stat_sum(self, models: Models) -> float:
+        """Total Cash statistic in Gammapy's convention, ``sum 2 (mu - n log mu)``."""
+        groups = bind(self, models)
+        return float(_stat_jit(models, groups)) + sum(g.data_constant for g in groups)
+
+    def __repr__(self) -> str:
+        return "Datasets([\n" + "".join(f"  {d!r},\n" for d in self._datasets) + "])"
+
+
+# ----------------------------------------------------------------------------------- binding
+class _SourceArrays(eqx.Module):
+    """One source's per-dataset inputs (leading axis: datasets of the group)."""
+
+    applies: Float[Array, " n"]
+    edisp: Float[Array, "n et e"]
+    psf_fft: Complex[Array, "n et fy fxh"] | None
+    pixel: Float[Array, "n 2"] | None            # point source: pixel of the reference position
+    pixel_jacobian: Float[Array, "n 2 2"] | None  # d(x, y) / d(lon, lat) there [pix / deg]
+    reference: Float[Array, "n 2"] | None         # the reference (lon, lat) [deg]
+    grid_lon: Float[Array, "n fy fx"] | None      # extended source: fine pixel centres in its frame
+    grid_lat: Float[Array, "n fy fx"] | None
+    oversampling: int = eqx.field(static=True)
+    is_point: bool = eqx.field(static=True)
+
+
+class _DatasetGroup(eqx.Module):
+    """Datasets of identical shapes and energy axes, stacked along a leading axis."""
+
+    counts: Float[Array, "n e y x"]
+    mask: Bool[Array, "n e y x"]
+    background: Float[Array, "n e y x"]
+    exposure: Float[Array, "n et y x"]
+    solid_angle: Float[Array, "n y x"]
+    energy_true_edges: Float[Array, " et1"]
+    energy_centres: Float[Array, " e"]
+    sources: tuple[_SourceArrays, ...]
+    names: tuple[str, ...] = eqx.field(static=True)
+    source_names: tuple[str, ...] = eqx.field(static=True)
+    kernel_size: int = eqx.field(static=True)
+    fft_shape: tuple[int, int] = eqx.field(static=True)
+    data_constant: float = eqx.field(static=True)
+    positions: tuple = eqx.field(static=True)  # (lon, lat, frame) of each source at binding
+
+
+def _group_key(dataset: MapDataset) -> tuple:
+    return (dataset.counts.shape, dataset.exposure.shape, tuple(np.round(dataset.energy_true_edges, 12)),
+            tuple(np.round(dataset.energy_edges, 12)))
+
+
+def _diagonal_edisp(energy_true_edges: np.ndarray, energy_edges: np.ndarray) -> np.ndarray:
+    """Perfect energy resolution: each true-energy bin goes to the reco bin holding its centre."""
+    centres = np.sqrt(energy_true_edges[1:] * energy_true_edges[:-1])
+    index = np.searchsorted(energy_edges, centres) - 1
+    matrix = np.zeros((len(centres), len(energy_edges) - 1))
+    inside = (index >= 0) & (index < len(energy_edges) - 1)
+    matrix[np.nonzero(inside)[0], index[inside]] = 1.0
+    return matrix
+
+
+def _next_fast_size(n: int) -> int:
+    """Smallest 2^a 3^b 5^c >= n (sizes the FFT handles fastest)."""
+    best = 1 << (n - 1).bit_length()
+    for p3 in (1, 3, 9, 27, 81):
+        for p5 in (1, 5, 25, 125):
+            base = p3 * p5
+            if base >= best:
+                continue
+            size = base * (1 << max(0, int(np.ceil(np.log2(n / base)))))
+            best = min(best, size) if size >= n else best
+    return best
+
+
+def _pixel_linearisation(wcs: WCS, lon: float, lat: float, frame: str) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel coordinates of (lon, lat) in ``frame`` and their derivatives per degree."""
+    step = 1e-4
+
+    def pixel(dlon, dlat):
+        x, y = wcs.world_to_pixel(SkyCoord(lon + dlon, lat + dlat, unit="deg", frame=frame))
+        return np.array([float(x), float(y)])
+
+    centre = pixel(0.0, 0.0)
+    jacobian = np.stack([(pixel(step, 0) - pixel(-step, 0)) / (2 * step), (pixel(0, step) - pixel(0, -step)) / (2 * step)], axis=1)
+    return centre, jacobian
+
+
+def _oversampling(model: SkyModel, wcs: WCS) -> int:
+    size = model.spatial.evaluation_bin_size_min()
+    if size is None:
+        return 1
+    scale = irf.pixel_scale(wcs)
+    return int(min(np.ceil(scale / size), _MAX_OVERSAMPLING)) if size > 0 else _MAX_OVERSAMPLING
+
+
+def _check_parameters(models: Models) -> None:
+    for name, parameter in models.parameters.items():
+        value = np.asarray(parameter.value)
+        if not np.all(np.isfinite(value)):
+            raise ValueError(f"parameter {name} is {value}; parameters must be finite")
+
+
+def bind(datasets: Sequence[MapDataset], models: Models) -> tuple[_DatasetGroup, ...]:
+    """Stack ``datasets`` into groups and attach each source's IRFs and sky grids at its
+    current position (host side; positions, sizes and frames are read from ``models``)."""
+    if not isinstance(models, Models):
+        models = Models(models)
+    _check_parameters(models)
+    sources = models.sky_models
+    for source in sources:
+        position = source.spatial.position
+        if position is not None and not any(d.contains(position) for d in datasets if source.applies_to(d.name)):
+            raise ValueError(
+                f"model {source.name!r} at {position.to_string('decimal')} ({source.spatial.frame}) lies outside "
+                f"every dataset map it applies to ({[d.name for d in datasets if source.applies_to(d.name)]})"
+            )
+    known = {d.name for d in datasets}
+    for model in models:
+        if isinstance(model, FoVBackgroundModel) and model.dataset_name not in known:
+            raise ValueError(f"background model {model.name!r} refers to dataset {model.dataset_name!r}, not among {sorted(known)}")
+    keys: dict[tuple, list[MapDataset]] = {}
+    for dataset in datasets:
+        keys.setdefault(_group_key(dataset), []).append(dataset)
+    return tuple(_bind_group(members, sources) for members in keys.values())
+
+
+def _bind_group(members: list[MapDataset], sources: list[SkyModel]) -> _DatasetGroup:
+    first = members[0]
+    ny, nx = first.shape
+    energy_true = first.energy_true_centres
+    kernels: dict[tuple[int, int], np.ndarray] = {}
+    for j, source in enumerate(sources):
+        position = source.spatial.position
+        for i, dataset in enumerate(members):
+            contents = dataset.irfs
+            if contents.psf is not None and position is not None:
+                kernels[i, j] = irf.psf_kernel(
+                    contents.psf, contents.psf_wcs, contents.psf_energy_true, contents.psf_rad, contents.psf_rad_edges,
+                    position, energy_true, dataset.wcs, dataset.shape,
+                )
+    size = max([k.shape[-1] for k in kernels.values()], default=1)
+    fft_shape = (_next_fast_size(ny + size - 1), _next_fast_size(nx + size - 1))
+
+    def padded_fft(kernel):
+        full = np.zeros((len(energy_true), size, size))
+        start = (size - kernel.shape[-1]) // 2
+        full[:, start:start + kernel.shape[-1], start:start + kernel.shape[-1]] = kernel
+        return np.fft.rfft2(full, s=fft_shape)
+
+    source_arrays = []
+    for j, source in enumerate(sources):
+        spatial = source.spatial
+        position = spatial.position
+        edisp = []
+        for dataset in members:
+            contents = dataset.irfs
+            if contents.edisp is not None and position is not None:
+                edisp.append(irf.edisp_matrix(contents.edisp, contents.edisp_wcs, position))
+            elif contents.edisp is not None:
+                edisp.append(irf.edisp_matrix(contents.edisp, contents.edisp_wcs, irf.map_centre(dataset.wcs, dataset.shape)))
+            else:
+                edisp.append(_diagonal_edisp(dataset.energy_true_edges, dataset.energy_edges))
+        psf_fft = None
+        if any((i, j) in kernels for i in range(len(members))):
+            identity = np.zeros((len(energy_true), 1, 1)) + 1.0
+            psf_fft = jnp.asarray(np.stack([padded_fft(kernels.get((i, j), identity)) for i in range(len(members))]))
+        is_point = isinstance(spatial, PointSpatialModel)
+        pixel = jacobian = reference = grid_lon = grid_lat = None
+        oversampling = 1
+        if is_point:
+            lon, lat = float(spatial.lon_0.value), float(spatial.lat_0.value)
+            linear = [_pixel_linearisation(d.wcs, lon, lat, spatial.frame) for d in members]
+            pixel = jnp.asarray(np.stack([p for p, _ in linear]))
+            jacobian = jnp.asarray(np.stack([jac for _, jac in linear]))
+            reference = jnp.asarray([[lon, lat]] * len(members))
+        else:
+            oversampling = max(_oversampling(source, d.wcs) for d in members)
+            grids = [_grid_in_frame(d, oversampling, spatial.frame) for d in members]
+            grid_lon = jnp.asarray(np.stack([g[0] for g in grids]))
+            grid_lat = jnp.asarray(np.stack([g[1] for g in grids]))
+        source_arrays.append(_SourceArrays(
+            applies=jnp.asarray([float(source.applies_to(d.name)) for d in members]), edisp=jnp.asarray(np.stack(edisp)),
+            psf_fft=psf_fft, pixel=pixel, pixel_jacobian=jacobian, reference=reference, grid_lon=grid_lon,
+            grid_lat=grid_lat, oversampling=oversampling, is_point=is_point,
+        ))
+    counts = np.stack([d.counts for d in members])
+    mask = np.stack([d.mask for d in members])
+    positive = counts > 0
+    n_log_n = np.where(positive, counts * np.log(np.where(positive, counts, 1.0)), 0.0)
+    # Gammapy's 2 (mu - n log mu) is the deviance minus 2 (n log n - n)
+    data_constant = float(np.sum(np.where(mask, -2 * (n_log_n - counts), 0.0)))
+    return _DatasetGroup(
+        counts=jnp.asarray(counts), mask=jnp.asarray(mask), background=jnp.asarray(np.stack([d.background for d in members])),
+        exposure=jnp.asarray(np.stack([d.exposure for d in members])),
+        solid_angle=jnp.asarray(np.stack([np.asarray(SkyGrid.from_wcs(d.wcs, d.shape).solid_angle) for d in members])),
+        energy_true_edges=jnp.asarray(first.energy_true_edges), energy_centres=jnp.asarray(first.energy_centres),
+        sources=tuple(source_arrays), names=tuple(d.name for d in members), source_names=tuple(s.name for s in sources),
+        kernel_size=size, fft_shape=fft_shape, data_constant=data_constant,
+        positions=tuple(_position_key(s) for s in sources),
+    )
+
+
+def _position_key(source: SkyModel):
+    spatial = source.spatial
+    if spatial.position is None:
+        return None
+    return (float(spatial.lon_0.value), float(spatial.lat_0.value), spatial.frame, _oversampling_key(spatial))
+
+
+def _oversampling_key(spatial) -> float | None:
+    return spatial.evaluation_bin_size_min()
+
+
+def _grid_in_frame(dataset: MapDataset, oversampling: int, frame: str) -> tuple[np.ndarray, np.ndarray]:
+    grid = SkyGrid.from_wcs(dataset.wcs, dataset.shape, oversampling)
+    lon, lat = np.asarray(grid.lon), np.asarray(grid.lat)
+    map_frame = _wcs_frame(dataset.wcs)
+    if map_frame != frame:
+        coords = SkyCoord(lon, lat, unit="deg", frame=map_frame).transform_to(frame)
+        lon, lat = coords.spherical.lon.deg, coords.spherical.lat.deg
+    return lon, lat
+
+
+def _wcs_frame(wcs: WCS) -> str:
+    from astropy.wcs.utils import wcs_to_celestial_frame
+
+    return wcs_to_celestial_frame(wcs.celestial).name
+
+
+# ----------------------------------------------------------------------------- npred kernels
+def _source_image(spatial, arrays: _SourceArrays, solid_angle, shape) -> Float[Array, "y x"]:
+    """Fraction of the source's flux in each pixel, before the PSF."""
+    if arrays.is_point:
+        offset = jnp.stack([spatial.lon_0.value - arrays.reference[0], spatial.lat_0.value - arrays.reference[1]])
+        offset = offset.at[0].set((offset[0] + 180.0) % 360.0 - 180.0)
+        x, y = arrays.pixel + arrays.pixel_jacobian @ offset
+        return point_weights(x, y, shape)
+    k = arrays.oversampling
+    values = spatial.evaluate(arrays.grid_lon, arrays.grid_lat)
+    ny, nx = shape
+    return values.reshape(ny, k, nx, k).mean(axis=(1, 3)) * solid_angle
+
+
+def _convolve(image: Float[Array, "y x"], kernel_fft: Complex[Array, "et fy fxh"], size: int, fft_shape) -> Float[Array, "et y x"]:
+    """Linear convolution with each (odd, ``size`` wide) kernel, cropped to the image."""
+    ny, nx = image.shape
+    full = jnp.fft.irfft2(jnp.fft.rfft2(image, s=fft_shape)[None] * kernel_fft, s=fft_shape)
+    half = (size - 1) // 2
+    return full[:, half:half + ny, half:half + nx]
+
+
+class _OneDataset(eqx.Module):
+    """The arrays of a group that have a dataset axis (what ``vmap`` maps over)."""
+
+    background: Array
+    exposure: Array
+    solid_angle: Array
+    sources: tuple[_SourceArrays, ...]
+
+
+def _dataset_npred(sources: Sequence[SkyModel], group: _DatasetGroup, one: _OneDataset, norm, tilt, reference):
+    """npred of one dataset of ``group``; ``one`` holds that dataset's arrays."""
+    shape = one.background.shape[1:]
+    edges = group.energy_true_edges
+    npred = one.background * (norm * (group.energy_centres / reference) ** -tilt)[:, None, None]
+    for source, arrays in zip(sources, one.sources):
+        flux = source.spectral.integral(edges[:-1], edges[1:])
+        image = _source_image(source.spatial, arrays, one.solid_angle, shape)
+        spread = image[None] if arrays.psf_fft is None else _convolve(image, arrays.psf_fft, group.kernel_size, group.fft_shape)
+        true_counts = spread * one.exposure * flux[:, None, None]
+        npred = npred + arrays.applies * jnp.einsum("tyx,te->eyx", true_counts, arrays.edisp)
+    return npred
+
+
+def _background_parameters(models: Models, names: Sequence[str]):
+    """Stacked ``norm``, ``tilt``, ``reference`` of the datasets' background models
+    (1, 0, 1 TeV for a dataset without one: its background template as it is)."""
+    values = []
+    for name in names:
+        model = models.background_model(name)
+        values.append((1.0, 0.0, 1.0) if model is None else (model.norm.value, model.tilt.value, model.reference.value))
+    return tuple(jnp.stack([jnp.asarray(v[i], float) for v in values]) for i in range(3))
+
+
+def _group_npred(models: Models, group: _DatasetGroup) -> Float[Array, "n e y x"]:
+    sources = [models[name] for name in group.source_names]
+    per_dataset = _OneDataset(background=group.background, exposure=group.exposure, solid_angle=group.solid_angle,
+                              sources=group.sources)
+    return jax.vmap(lambda one, *background: _dataset_npred(sources, group, one, *background))(
+        per_dataset, *_background_parameters(models, group.names))
+
+
+def npred_groups(models: Models, groups: Sequence[_DatasetGroup]) -> list[Array]:
+    """npred ``(n, energy, y, x)`` of each group (jit-able)."""
+    return [_group_npred(models, group) for group in groups]
+
+
+def stat_sum_groups(models: Models, groups: Sequence[_DatasetGroup]) -> Array:
+    """Cash deviance over the fit masks of all groups (jit-able; add each group's
+    ``data_constant`` for Gammapy's ``-2 log L`` convention)."""
+    total = 0.0
+    for group, npred in zip(groups, npred_groups(models, groups)):
+        total = total + jnp.sum(jnp.where(group.mask, cash_terms(group.counts, npred), 0.0))
+    return total
+
+
+_npred_jit = jax.jit(npred_groups)
+_stat_jit = jax.jit(stat_sum_groups)

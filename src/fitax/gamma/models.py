@@ -1,0 +1,167 @@
+"""Sky models, background models and the ``Models`` collection that a fit varies.
+
+``Models`` is a pytree keyed by model name, so the parameter names of a fit read like
+Gammapy's: ``pointsrc.spectral.index``, ``gauss.spatial.sigma``, ``obs000-bkg.norm``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, ArrayLike, Float
+
+from ..parameters import Parameter, parameters_dict
+from ._common import parameter
+
+__all__ = ["SkyModel", "FoVBackgroundModel", "Models"]
+
+
+class SkyModel(eqx.Module):
+    """A source: ``spectral(E) x spatial(lon, lat)`` [cm-2 s-1 TeV-1 sr-1].
+
+    ``datasets_names`` restricts the model to some datasets of a joint fit (``None``: all).
+
+    Example:
+        >>> from fitax.gamma import SkyModel, PowerLawSpectralModel, PointSpatialModel
+        >>> SkyModel(PowerLawSpectralModel(index=2.3, amplitude=2e-11),
+        ...          PointSpatialModel(0.2, 0.1, frame="galactic"), name="pointsrc")
+        SkyModel('pointsrc': PowerLawSpectralModel x PointSpatialModel, 5 parameters, 4 free)
+    """
+
+    spectral: eqx.Module
+    spatial: eqx.Module
+    name: str = eqx.field(static=True)
+    datasets_names: tuple[str, ...] | None = eqx.field(static=True)
+
+    def __init__(self, spectral_model, spatial_model, name: str, datasets_names: Iterable[str] | None = None):
+        if spatial_model is None:
+            raise ValueError(f"SkyModel {name!r}: a spatial model is needed to predict counts in a map")
+        self.spectral = spectral_model
+        self.spatial = spatial_model
+        self.name = str(name)
+        self.datasets_names = None if datasets_names is None else tuple(datasets_names)
+
+    @property
+    def spectral_model(self):
+        return self.spectral
+
+    @property
+    def spatial_model(self):
+        return self.spatial
+
+    def applies_to(self, dataset_name: str) -> bool:
+        return self.datasets_names is None or dataset_name in self.datasets_names
+
+    def __repr__(self) -> str:
+        parameters = parameters_dict(self)
+        free = sum(p.is_free for p in parameters.values())
+        return (f"SkyModel({self.name!r}: {type(self.spectral).__name__} x {type(self.spatial).__name__}, "
+                f"{len(parameters)} parameters, {free} free)")
+
+
+class FoVBackgroundModel(eqx.Module):
+    """Scales a dataset's background template: ``norm (E / reference)^-tilt`` at the
+    reconstructed-energy bin centres (Gammapy's ``FoVBackgroundModel`` with its default
+    ``PowerLawNormSpectralModel``)."""
+
+    norm: Parameter
+    tilt: Parameter
+    reference: Parameter
+    dataset_name: str = eqx.field(static=True)
+
+    def __init__(self, dataset_name: str, norm=1.0, tilt=0.0, reference=1.0):
+        self.norm = parameter(norm, "")
+        self.tilt = parameter(tilt, "", frozen=True)
+        self.reference = parameter(reference, "TeV", frozen=True)
+        self.dataset_name = str(dataset_name)
+
+    @property
+    def name(self) -> str:
+        return f"{self.dataset_name}-bkg"
+
+    def __call__(self, energy: Float[ArrayLike, "*e"]) -> Float[Array, "*e"]:
+        return self.norm.value * (jnp.asarray(energy, float) / self.reference.value) ** -self.tilt.value
+
+    def __repr__(self) -> str:
+        return f"FoVBackgroundModel({self.dataset_name!r}: norm={float(self.norm.value):.4g}, tilt={float(self.tilt.value):.4g})"
+
+
+@jax.tree_util.register_pytree_with_keys_class
+class Models:
+    """An ordered collection of named models; a pytree whose keys are the model names.
+
+    Example:
+        >>> from fitax.gamma import Models, FoVBackgroundModel
+        >>> models = Models([FoVBackgroundModel("obs000")])
+        >>> models.names, models["obs000-bkg"].norm.value.item()
+        (['obs000-bkg'], 1.0)
+    """
+
+    def __init__(self, models: Iterable = ()):
+        models = list(models)
+        names = [m.name for m in models]
+        duplicated = sorted({n for n in names if names.count(n) > 1})
+        if duplicated:
+            raise ValueError(f"model names must be unique; repeated: {duplicated}")
+        self._models = dict(zip(names, models))
+
+    def tree_flatten_with_keys(self):
+        return [(jax.tree_util.DictKey(name), model) for name, model in self._models.items()], tuple(self._models)
+
+    def tree_flatten(self):
+        return list(self._models.values()), tuple(self._models)
+
+    @classmethod
+    def tree_unflatten(cls, names, children):
+        new = object.__new__(cls)
+        new._models = dict(zip(names, children))
+        return new
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._models)
+
+    def __getitem__(self, name: str):
+        try:
+            return self._models[name]
+        except KeyError:
+            raise KeyError(f"no model named {name!r}; models: {self.names}") from None
+
+    def __iter__(self) -> Iterator:
+        return iter(self._models.values())
+
+    def __len__(self) -> int:
+        return len(self._models)
+
+    def __add__(self, other: "Models | Iterable") -> "Models":
+        return Models([*self, *other])
+
+    def without(self, name: str) -> "Models":
+        """The collection without model ``name`` (e.g. the null hypothesis of a TS)."""
+        self[name]
+        return Models([m for n, m in self._models.items() if n != name])
+
+    def replace(self, model) -> "Models":
+        """The collection with the model of the same name replaced by ``model``."""
+        self[model.name]
+        return Models([model if n == model.name else m for n, m in self._models.items()])
+
+    @property
+    def sky_models(self) -> list[SkyModel]:
+        return [m for m in self if isinstance(m, SkyModel)]
+
+    def background_model(self, dataset_name: str) -> FoVBackgroundModel | None:
+        found = [m for m in self if isinstance(m, FoVBackgroundModel) and m.dataset_name == dataset_name]
+        return found[0] if found else None
+
+    @property
+    def parameters(self) -> dict[str, Parameter]:
+        """All parameters by dotted name."""
+        return parameters_dict(self)
+
+    def __repr__(self) -> str:
+        lines = [f"Models ({len(self)}):"] + [f"  {model!r}" for model in self]
+        return "\n".join(lines)
