@@ -120,17 +120,18 @@ def _physical_objective(objective, space: ParameterSpace, params, errordef: floa
 
 
 @eqx.filter_jit
-def _run_fit(objective, space: ParameterSpace, params, args, method: str, errordef, edm_tol, max_steps, hessian_every):
+def _run_fit(objective, space: ParameterSpace, params, args, method: str, errordef, edm_tol, max_steps, hessian_every, coloring):
     v0 = space.values(params)
     physical = _physical_objective(objective, space, params, errordef)
     if method != "bfgs":
         return _minimize.newton(
-            physical, space, v0, args, errordef=errordef, edm_tol=edm_tol, max_steps=max_steps, hessian_every=hessian_every
+            physical, space, v0, args, errordef=errordef, edm_tol=edm_tol, max_steps=max_steps, hessian_every=hessian_every,
+            coloring=coloring,
         ), 0
     # BFGS from the start point, in coordinates whitened by the exact Hessian there (so its
     # first step is a Newton step and it knows the correlations from the outset), then Newton
     # to converge and to certify convergence.
-    f0, g0, h0 = _minimize.value_grad_hessian(physical, v0, args)
+    f0, g0, h0 = _minimize.value_grad_hessian(physical, v0, args, coloring)
     transform = space.transform_state(v0, jnp.diagonal(h0) / (2.0 * errordef))
     to_physical = lambda u: space.to_physical(u, transform)  # noqa: E731
     _, hess_u = _minimize.internal_derivatives(to_physical, jnp.zeros_like(v0), g0, h0)
@@ -152,7 +153,8 @@ def _run_fit(objective, space: ParameterSpace, params, args, method: str, errord
     )
     u0 = unwhiten @ w
     result = _minimize.newton(
-        physical, space, v0, args, errordef=errordef, transform=transform, u0=u0, edm_tol=edm_tol, max_steps=max_steps
+        physical, space, v0, args, errordef=errordef, transform=transform, u0=u0, edm_tol=edm_tol, max_steps=max_steps,
+        coloring=coloring,
     )
     result = eqx.tree_at(lambda r: (r.start_fun, r.start_grad), result, (f0, g0))
     return result, n_bfgs
@@ -192,6 +194,7 @@ def fit(
     tol: float = 1e-6,
     max_steps: int = 500,
     hessian_every: int | None = None,
+    hessian_sparsity=None,
 ) -> FitResult:
     """Minimise ``objective`` over the free parameters of ``params``.
 
@@ -211,6 +214,11 @@ def fit(
         hessian_every: Newton recomputes the exact Hessian every this many steps and uses
             BFGS updates in between; default 1 (pure Newton) up to
             :data:`NEWTON_MAX_PARAMETERS` free parameters, :data:`HESSIAN_EVERY_LARGE` above.
+        hessian_sparsity: optional ``n_free x n_free`` booleans (order of the free
+            parameters), false where the Hessian is known to vanish, e.g. between the
+            nuisance parameters of different datasets of a joint fit. The exact Hessian is
+            then built from fewer Hessian-vector products (a column coloring; see
+            :func:`fitax._minimize.hessian_coloring`).
 
     Returns:
         A :class:`FitResult`.
@@ -236,8 +244,15 @@ def fit(
     resolved = "newton" if method == "auto" else method
     if hessian_every is None:
         hessian_every = 1 if space.size <= NEWTON_MAX_PARAMETERS else HESSIAN_EVERY_LARGE
+    coloring = None
+    if hessian_sparsity is not None:
+        pattern = np.asarray(hessian_sparsity, bool)
+        if pattern.shape != (space.size, space.size):
+            raise ValueError(f"hessian_sparsity has shape {pattern.shape}; expected ({space.size}, {space.size}) for the free parameters")
+        coloring = _minimize.hessian_coloring(pattern)
     result, n_bfgs = _run_fit(
-        objective, space, params, args, resolved, float(errordef), float(tol * errordef), int(max_steps), int(hessian_every)
+        objective, space, params, args, resolved, float(errordef), float(tol * errordef), int(max_steps), int(hessian_every),
+        coloring,
     )
     _raise_for_bad_start(space, params, result)
     return _make_result(space, params, result, int(n_bfgs), errordef, resolved)

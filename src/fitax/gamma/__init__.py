@@ -6,6 +6,8 @@ collection; npred and Cash ``stat_sum`` as Gammapy computes them, as pure JAX fu
 """
 
 from .datasets import Datasets, MapDataset
+from .fit import fit, ts
+from .modelio import read_datasets, read_models, write_models, write_results
 from .geometry import SkyGrid, integrate_spatial
 from .models import FoVBackgroundModel, Models, SkyModel
 from .spatial import ConstantSpatialModel, DiskSpatialModel, GaussianSpatialModel, PointSpatialModel, ShellSpatialModel
@@ -22,6 +24,6 @@ from .spectral import (
 __all__ = [
     "BrokenPowerLawSpectralModel", "ConstantSpectralModel", "ExpCutoffPowerLawSpectralModel", "LogParabolaSpectralModel",
     "PowerLaw2SpectralModel", "PowerLawSpectralModel", "SmoothBrokenPowerLawSpectralModel",
-    "Datasets", "MapDataset", "FoVBackgroundModel", "Models", "SkyModel", "PointSpatialModel",
+    "Datasets", "MapDataset", "fit", "ts", "read_datasets", "read_models", "write_models", "write_results", "FoVBackgroundModel", "Models", "SkyModel", "PointSpatialModel",
     "ConstantSpatialModel", "DiskSpatialModel", "GaussianSpatialModel", "ShellSpatialModel", "SkyGrid", "integrate_spatial",
 ]

@@ -23,7 +23,7 @@ from ..parameters import Parameter
 from ._common import parameter
 
 __all__ = [
-    "angular_separation", "position_angle", "point_weights", "PointSpatialModel", "GaussianSpatialModel", "DiskSpatialModel", "ShellSpatialModel",
+    "angular_separation", "unit_vectors", "point_weights", "PointSpatialModel", "GaussianSpatialModel", "DiskSpatialModel", "ShellSpatialModel",
     "ConstantSpatialModel",
 ]
 
@@ -40,28 +40,58 @@ def angular_separation(lon1, lat1, lon2, lat2):
     return jnp.arctan2(jnp.hypot(num1, num2), slat1 * slat2 + clat1 * clat2 * cdlon)
 
 
-def position_angle(lon1, lat1, lon2, lat2):
-    """Position angle [rad] of point 2 seen from point 1 (east of north), inputs in radians."""
-    dlon = lon2 - lon1
-    y = jnp.sin(dlon) * jnp.cos(lat2)
-    x = jnp.cos(lat1) * jnp.sin(lat2) - jnp.sin(lat1) * jnp.cos(lat2) * jnp.cos(dlon)
-    return jnp.arctan2(y, x)
+def unit_vectors(lon, lat) -> Float[Array, "3 *pix"]:
+    """Cartesian unit vectors of sky positions given in degrees."""
+    lon, lat = jnp.deg2rad(jnp.asarray(lon, float)), jnp.deg2rad(jnp.asarray(lat, float))
+    return jnp.stack([jnp.cos(lat) * jnp.cos(lon), jnp.cos(lat) * jnp.sin(lon), jnp.sin(lat)])
 
 
-def _radians(*values):
-    return tuple(jnp.deg2rad(jnp.asarray(v, dtype=float)) for v in values)
+class _Offsets(eqx.Module):
+    """Where sky points lie as seen from a model's centre, computed from unit vectors
+    with products and square roots only (no trigonometry per pixel): ``chord2`` is the
+    squared chord ``|v - v0|^2 = 2 (1 - cos sep)`` (exact even for tiny separations),
+    ``east``/``north`` the components along the centre's tangent-plane axes, whose angle
+    is the position angle."""
 
+    chord2: Array
+    east: Array
+    north: Array
 
-def _effective_radius(lon0, lat0, lon, lat, phi, major, e):
-    """Radius of the ellipse (semi-major ``major``, eccentricity ``e``, position angle
-    ``phi``) in the direction of each point; also returns the semi-minor axis."""
-    d_phi = phi - position_angle(lon0, lat0, lon, lat)
-    minor = major * jnp.sqrt(1 - e**2)
-    return minor, major * minor / jnp.sqrt((major * jnp.sin(d_phi)) ** 2 + (minor * jnp.cos(d_phi)) ** 2)
+    @classmethod
+    def of(cls, xyz, lon0_deg, lat0_deg) -> "_Offsets":
+        lon0, lat0 = jnp.deg2rad(lon0_deg), jnp.deg2rad(lat0_deg)
+        c_lon, s_lon, c_lat, s_lat = jnp.cos(lon0), jnp.sin(lon0), jnp.cos(lat0), jnp.sin(lat0)
+        x, y, z = xyz[0], xyz[1], xyz[2]
+        dx, dy, dz = x - c_lat * c_lon, y - c_lat * s_lon, z - s_lat
+        return cls(chord2=dx * dx + dy * dy + dz * dz, east=-s_lon * x + c_lon * y,
+                   north=-s_lat * (c_lon * x + s_lon * y) + c_lat * z)
+
+    @property
+    def separation(self) -> Array:
+        """Angular distance [rad]."""
+        return 2.0 * jnp.arcsin(jnp.minimum(0.5 * jnp.sqrt(self.chord2), 1.0))
+
+    def effective_radius(self, phi, major, e) -> tuple[Array, Array]:
+        """Radius of the ellipse (semi-major ``major`` [rad], eccentricity ``e``, position
+        angle ``phi`` [rad]) towards each point (Gammapy's convention), and the semi-minor
+        axis. At the centre itself the direction is taken along the major axis."""
+        minor = major * jnp.sqrt(1 - e**2)
+        rho2 = self.east**2 + self.north**2
+        safe = rho2 > 0
+        rho = jnp.sqrt(jnp.where(safe, rho2, 1.0))
+        sin_pa, cos_pa = jnp.where(safe, self.east / rho, 0.0), jnp.where(safe, self.north / rho, 1.0)
+        sin_d = jnp.sin(phi) * cos_pa - jnp.cos(phi) * sin_pa
+        cos_d = jnp.cos(phi) * cos_pa + jnp.sin(phi) * sin_pa
+        return minor, major * minor / jnp.sqrt((major * sin_d) ** 2 + (minor * cos_d) ** 2)
 
 
 class _SpatialModel(eqx.Module):
     def evaluate(self, lon: Float[ArrayLike, "*pix"], lat: Float[ArrayLike, "*pix"]) -> Float[Array, "*pix"]:
+        """Surface brightness [sr-1] at ``lon``, ``lat`` [deg] in the model's frame."""
+        return self.evaluate_xyz(unit_vectors(lon, lat))
+
+    def evaluate_xyz(self, xyz: Float[Array, "3 *pix"]) -> Float[Array, "*pix"]:
+        """Surface brightness [sr-1] at the sky points with unit vectors ``xyz``."""
         raise NotImplementedError
 
     def evaluation_bin_size_min(self) -> float | None:
@@ -92,7 +122,7 @@ class PointSpatialModel(_SpatialModel):
         self.lat_0 = parameter(lat_0, "deg", min=-90, max=90)
         self.frame = frame
 
-    def evaluate(self, lon, lat):
+    def evaluate_xyz(self, xyz):
         raise TypeError("a point source has no surface brightness; npred uses its pixel weights (fitax.gamma.point_weights)")
 
 
@@ -132,11 +162,11 @@ class GaussianSpatialModel(_SpatialModel):
         self.phi = parameter(phi, "deg", frozen=True)
         self.frame = frame
 
-    def evaluate(self, lon, lat):
-        lon, lat, lon0, lat0, sigma, phi = _radians(lon, lat, self.lon_0.value, self.lat_0.value, self.sigma.value, self.phi.value)
+    def evaluate_xyz(self, xyz):
+        sigma, phi = jnp.deg2rad(self.sigma.value), jnp.deg2rad(self.phi.value)
         e = jnp.asarray(self.e.value, dtype=float)
-        sep = angular_separation(lon, lat, lon0, lat0)
-        minor, sigma_eff = _effective_radius(lon0, lat0, lon, lat, phi, sigma, e)
+        offsets = _Offsets.of(xyz, self.lon_0.value, self.lat_0.value)
+        minor, sigma_eff = offsets.effective_radius(phi, sigma, e)
         circular = e == 0
         sigma_eff = jnp.where(circular, sigma, sigma_eff)
         a = 1.0 - jnp.cos(sigma_eff)
@@ -146,7 +176,7 @@ class GaussianSpatialModel(_SpatialModel):
             1 / (4 * jnp.pi * a_circular * (1.0 - jnp.exp(-1.0 / a_circular))),
             1 / (2 * jnp.pi * sigma * jnp.where(circular, 1.0, minor)),
         )
-        return norm * jnp.exp(-0.5 * (1 - jnp.cos(sep)) / a)
+        return norm * jnp.exp(-0.25 * offsets.chord2 / a)
 
     def evaluation_bin_size_min(self):
         return float(self.sigma.value) / 3.0
@@ -181,12 +211,12 @@ class DiskSpatialModel(_SpatialModel):
         integrand = 1 - jnp.sqrt(1 - 1 / (inv_b + (inv_a - inv_b) * jnp.cos(x) ** 2))
         return 1 / (2 * 0.5 * np.pi * jnp.sum(weights * integrand))
 
-    def evaluate(self, lon, lat):
-        lon, lat, lon0, lat0, r_0, phi = _radians(lon, lat, self.lon_0.value, self.lat_0.value, self.r_0.value, self.phi.value)
+    def evaluate_xyz(self, xyz):
+        r_0, phi = jnp.deg2rad(self.r_0.value), jnp.deg2rad(self.phi.value)
         e = jnp.asarray(self.e.value, dtype=float)
-        sep = angular_separation(lon, lat, lon0, lat0)
-        sigma_eff = jnp.where(e == 0, r_0, _effective_radius(lon0, lat0, lon, lat, phi, r_0, e)[1])
-        inside = 0.5 * (1 - erf((sep - sigma_eff) / (sigma_eff * self.edge_width.value) * _EDGE_WIDTH_95))
+        offsets = _Offsets.of(xyz, self.lon_0.value, self.lat_0.value)
+        sigma_eff = jnp.where(e == 0, r_0, offsets.effective_radius(phi, r_0, e)[1])
+        inside = 0.5 * (1 - erf((offsets.separation - sigma_eff) / (sigma_eff * self.edge_width.value) * _EDGE_WIDTH_95))
         return self._norm(r_0, e) * inside
 
     def evaluation_bin_size_min(self):
@@ -209,9 +239,9 @@ class ShellSpatialModel(_SpatialModel):
         self.width = parameter(width, "deg", min=0)
         self.frame = frame
 
-    def evaluate(self, lon, lat):
-        lon, lat, lon0, lat0, radius, width = _radians(lon, lat, self.lon_0.value, self.lat_0.value, self.radius.value, self.width.value)
-        sep = angular_separation(lon, lat, lon0, lat0)
+    def evaluate_xyz(self, xyz):
+        radius, width = jnp.deg2rad(self.radius.value), jnp.deg2rad(self.width.value)
+        sep = _Offsets.of(xyz, self.lon_0.value, self.lat_0.value).separation
         outer = radius + width
         norm = 3 / (2 * jnp.pi * (outer**3 - radius**3))
         through_outer = jnp.sqrt(jnp.maximum(outer**2 - sep**2, 0.0))
@@ -232,8 +262,8 @@ class ConstantSpatialModel(_SpatialModel):
         self.value = parameter(value, "sr-1", frozen=True)
         self.frame = frame
 
-    def evaluate(self, lon, lat):
-        return jnp.full(jnp.broadcast_shapes(jnp.shape(lon), jnp.shape(lat)), 1.0) * self.value.value
+    def evaluate_xyz(self, xyz):
+        return jnp.full(jnp.shape(xyz)[1:], 1.0) * self.value.value
 
     @property
     def position(self):

@@ -1,0 +1,126 @@
+"""Fitting sky models to datasets through the fitax core.
+
+Each source's PSF kernel, energy dispersion and pixel mapping are taken at its position
+when the datasets are bound to the models (:func:`fitax.gamma.datasets.bind`), as
+Gammapy does. A fit that moves a source by more than 0.1 deg (Gammapy's threshold for
+looking up IRFs again in its 'local' mode; IRF maps are tabulated on coarser grids), or
+shrinks an extended source below the resolution its integration grid was chosen for, is
+bound again at the new values and refitted from there, so the result does not depend on
+where the fit started. The compiled likelihood is reused across these rounds (only data
+change).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+from astropy.coordinates import SkyCoord
+
+from ..fit import fit as _core_fit
+from ..fit import FitResult
+from ..parameters import ParameterSpace
+from ..profile import TSResult, wilks_significance
+from .datasets import Datasets, MapDataset, _DatasetGroup, _oversampling_key, bind, stat_sum_groups
+from .models import Models, SkyModel
+
+__all__ = ["fit", "ts", "hessian_sparsity"]
+
+_REBIND_DISTANCE = 0.1  # deg
+_MAX_ROUNDS = 4
+# Exact Hessians at the start and to certify convergence, BFGS updates in between: one
+# gradient per step instead of one Hessian (measured 0.28 s instead of 0.52 s for the N=1
+# simulated fit, with the same minimum).
+_HESSIAN_EVERY = 100
+
+
+def _as_datasets(datasets) -> Datasets:
+    if isinstance(datasets, Datasets):
+        return datasets
+    if isinstance(datasets, MapDataset):
+        return Datasets([datasets])
+    return Datasets(datasets)
+
+
+def _needs_rebinding(groups: Sequence[_DatasetGroup], datasets: Datasets, models: Models) -> bool:
+    """True when a source moved by more than 0.1 deg or needs a finer grid."""
+    for group in groups:
+        pixel = min(_pixel_size(datasets[name]) for name in group.names)
+        for name, bound in zip(group.source_names, group.positions):
+            if bound is None:
+                continue
+            spatial = models[name].spatial
+            lon, lat, frame, bin_size = bound
+            moved = SkyCoord(lon, lat, unit="deg", frame=frame).separation(spatial.position).deg
+            now = _oversampling_key(spatial)
+            if moved > _REBIND_DISTANCE or (now is not None and bin_size is not None and now < bin_size and np.ceil(
+                    pixel / now) > np.ceil(pixel / bin_size)):
+                return True
+    return False
+
+
+def _pixel_size(dataset: MapDataset) -> float:
+    from .irf import pixel_scale
+
+    return pixel_scale(dataset.wcs)
+
+
+def _touched_datasets(model, dataset_names: list[str]) -> set[str]:
+    if isinstance(model, SkyModel):
+        return {name for name in dataset_names if model.applies_to(name)}
+    return {model.dataset_name}
+
+
+def hessian_sparsity(datasets: Datasets, models: Models) -> np.ndarray:
+    """Which second derivatives of a joint Cash statistic can be non-zero: those of two
+    parameters that enter a common dataset (a source's parameters enter all datasets it
+    applies to, a background model's only its own). Parameters tied to another count for
+    it."""
+    space = ParameterSpace.from_params(models)
+    dataset_names = datasets.names
+    touched_by_leaf = {}
+    for leaf_name in space._all_names:
+        owner = next((m for m in models if leaf_name.startswith(f"{m.name}.")), None)
+        touched_by_leaf[leaf_name] = _touched_datasets(owner, dataset_names) if owner is not None else set(dataset_names)
+    for tied, source in space._tie_positions:
+        touched_by_leaf[space._all_names[source]] |= touched_by_leaf[space._all_names[tied]]
+    touched = [touched_by_leaf[name] for name in space.names]
+    return np.array([[bool(a & b) for b in touched] for a in touched])
+
+
+def fit(datasets, models: Models, *, tol: float = 1e-6, max_steps: int = 500) -> FitResult:
+    """Fit ``models`` to ``datasets`` (one, or several jointly) by minimising Cash.
+
+    Returns a :class:`fitax.FitResult` whose ``params`` are the fitted :class:`Models` and
+    whose ``stat`` is the total Cash statistic in Gammapy's convention.
+
+    Example:
+        >>> from fitax.gamma import Datasets, read_models, fit
+        >>> datasets = Datasets.read("../shared/data/gamma/sim/datasets_n1.yaml")  # doctest: +SKIP
+        >>> result = fit(datasets, read_models("../shared/data/gamma/sim/models_start_n1.yaml"))  # doctest: +SKIP
+    """
+    datasets = _as_datasets(datasets)
+    current = models if isinstance(models, Models) else Models(models)
+    result = None
+    for _ in range(_MAX_ROUNDS):
+        groups = bind(datasets, current)
+        result = _core_fit(stat_sum_groups, current, args=groups, tol=tol, max_steps=max_steps,
+                           hessian_every=_HESSIAN_EVERY, hessian_sparsity=hessian_sparsity(datasets, current))
+        current = result.params
+        if not _needs_rebinding(groups, datasets, current):
+            break
+    constant = sum(g.data_constant for g in groups)
+    return dataclasses.replace(result, stat=result.stat + constant)
+
+
+def ts(datasets, models: Models, source: str, *, tol: float = 1e-6) -> TSResult:
+    """Test statistic of source ``source``: twice the log-likelihood gain of the fit with
+    it over the fit without it (the other models refitted in both), with its Gaussian
+    significance for as many degrees of freedom as the source has free parameters."""
+    models = models if isinstance(models, Models) else Models(models)
+    with_source = fit(datasets, models, tol=tol)
+    without = fit(datasets, models.without(source), tol=tol)
+    value = without.stat - with_source.stat
+    df = sum(p.is_free for p in Models([models[source]]).parameters.values())
+    return TSResult(float(value), df, wilks_significance(value, df), with_source, without)

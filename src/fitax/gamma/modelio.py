@@ -1,0 +1,258 @@
+"""Gammapy's YAML files (``models.yaml``, ``datasets.yaml``) and the results table.
+
+Reading needs no Gammapy. Parameters are converted from the units in the file to the
+models' fixed units with astropy; anything fitax cannot represent (an unknown model
+type, a unit of the wrong dimension, a parameter the model does not have) is an error
+naming the file, the model and the parameter. A parameter without ``frozen``/``min``/``max``
+takes the model's default, as in Gammapy. Parameters sharing a ``link`` label are tied.
+Written files are Gammapy-readable and are written atomically, never over an input.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import astropy.units as u
+import numpy as np
+import yaml
+
+from ..fit import FitResult
+from ..io import atomic_write
+from ..parameters import Parameter, parameters_dict, tie
+from . import spatial as spatial_models
+from . import spectral as spectral_models
+from .datasets import Datasets, MapDataset
+from .models import FoVBackgroundModel, Models, SkyModel
+
+__all__ = ["read_models", "write_models", "read_datasets", "write_results", "SPECTRAL_TAGS", "SPATIAL_TAGS"]
+
+SPECTRAL_TAGS = {
+    ("PowerLawSpectralModel", "pl"): spectral_models.PowerLawSpectralModel,
+    ("PowerLaw2SpectralModel", "pl-2"): spectral_models.PowerLaw2SpectralModel,
+    ("LogParabolaSpectralModel", "lp"): spectral_models.LogParabolaSpectralModel,
+    ("ExpCutoffPowerLawSpectralModel", "ecpl"): spectral_models.ExpCutoffPowerLawSpectralModel,
+    ("BrokenPowerLawSpectralModel", "bpl"): spectral_models.BrokenPowerLawSpectralModel,
+    ("SmoothBrokenPowerLawSpectralModel", "sbpl"): spectral_models.SmoothBrokenPowerLawSpectralModel,
+    ("ConstantSpectralModel", "const"): spectral_models.ConstantSpectralModel,
+}
+SPATIAL_TAGS = {
+    ("PointSpatialModel", "point"): spatial_models.PointSpatialModel,
+    ("GaussianSpatialModel", "gauss"): spatial_models.GaussianSpatialModel,
+    ("DiskSpatialModel", "disk"): spatial_models.DiskSpatialModel,
+    ("ShellSpatialModel", "shell"): spatial_models.ShellSpatialModel,
+    ("ConstantSpatialModel", "const"): spatial_models.ConstantSpatialModel,
+}
+_BACKGROUND_SPECTRAL = ("PowerLawNormSpectralModel", "pl-norm")
+_UNIT_ALIASES = {"": u.dimensionless_unscaled}
+
+
+def _lookup_class(tags: dict, tag: str, where: str):
+    for names, cls in tags.items():
+        if tag in names:
+            return cls
+    known = sorted(name for names in tags for name in names[:1])
+    raise ValueError(f"{where}: unknown model type {tag!r}; fitax knows {known}")
+
+
+def _load_yaml(path: Path) -> dict:
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        content = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ValueError(f"{path}: not valid YAML: {error}") from error
+    if not isinstance(content, dict):
+        raise ValueError(f"{path}: expected a mapping at the top level, got {type(content).__name__}")
+    return content
+
+
+def _convert(value, unit: str | None, target: str | None, where: str) -> float:
+    source = u.Unit(unit) if unit else u.dimensionless_unscaled
+    try:
+        return float((value * source).to_value(u.Unit(target) if target else u.dimensionless_unscaled))
+    except u.UnitConversionError as error:
+        raise ValueError(f"{where}: unit {unit!r} cannot be converted to {target or 'dimensionless'!r}") from error
+
+
+def _build(cls, entries: list, where: str, frame: str | None = None, links: dict | None = None, prefix: str = ""):
+    """An instance of ``cls`` with the parameters listed in ``entries`` (the rest default)."""
+    defaults = cls() if frame is None else cls(frame=frame)
+    kwargs = {}
+    for entry in entries or []:
+        name = entry.get("name")
+        default = getattr(defaults, name, None) if name else None
+        if not isinstance(default, Parameter):
+            known = list(parameters_dict(defaults))
+            raise ValueError(f"{where}: {cls.__name__} has no parameter {name!r} (parameters: {known})")
+        here = f"{where}, parameter {name!r}"
+        unit = entry.get("unit") or None
+        try:
+            u.Unit(unit or "")
+        except ValueError as error:
+            raise ValueError(f"{here}: unknown unit {unit!r}") from error
+        value = entry.get("value")
+        if not isinstance(value, (int, float)) or not np.isfinite(value):
+            raise ValueError(f"{here}: value must be a finite number, got {value!r}")
+        bound = {}
+        for key in ("min", "max"):
+            given = entry.get(key)
+            if given is not None and np.isfinite(given):
+                bound[key] = _convert(given, unit, default.unit, here)
+            else:
+                bound[key] = getattr(default, key)
+        kwargs[name] = Parameter(
+            _convert(value, unit, default.unit, here), min=bound["min"], max=bound["max"],
+            frozen=bool(entry.get("frozen", default.frozen)), unit=default.unit,
+        )
+        if links is not None and entry.get("link"):
+            links.setdefault(entry["link"], []).append(f"{prefix}.{name}")
+    if frame is not None:
+        kwargs["frame"] = frame
+    try:
+        return cls(**kwargs)
+    except ValueError as error:
+        raise ValueError(f"{where}: {error}") from error
+
+
+def read_models(path) -> Models:
+    """Read a Gammapy ``models.yaml`` into :class:`Models`.
+
+    Example:
+        >>> from fitax.gamma import read_models
+        >>> read_models("../shared/data/gamma/sim/models_start_n1.yaml")  # doctest: +SKIP
+        Models (3): ...
+    """
+    path = Path(path)
+    content = _load_yaml(path)
+    components = content.get("components")
+    if not isinstance(components, list):
+        raise ValueError(f"{path}: expected a list under 'components'")
+    models, links = [], {}
+    for index, component in enumerate(components):
+        tag = component.get("type")
+        name = component.get("name")
+        where = f"{path}: component {name or index!r}"
+        if tag == "SkyModel":
+            if not name:
+                raise ValueError(f"{where}: a SkyModel needs a name")
+            if "spectral" not in component or "spatial" not in component:
+                raise ValueError(f"{where}: fitax needs both a 'spectral' and a 'spatial' model for map datasets")
+            spectral_part, spatial_part = component["spectral"], component["spatial"]
+            spectral = _build(_lookup_class(SPECTRAL_TAGS, spectral_part.get("type"), where),
+                              spectral_part.get("parameters"), f"{where} spectral", links=links, prefix=f"{name}.spectral")
+            frame = spatial_part.get("frame", "icrs")
+            spatial = _build(_lookup_class(SPATIAL_TAGS, spatial_part.get("type"), where), spatial_part.get("parameters"),
+                             f"{where} spatial", frame=frame, links=links, prefix=f"{name}.spatial")
+            models.append(SkyModel(spectral, spatial, name=name, datasets_names=component.get("datasets_names")))
+        elif tag == "FoVBackgroundModel":
+            names = component.get("datasets_names") or []
+            if len(names) != 1:
+                raise ValueError(f"{where}: a FoVBackgroundModel needs exactly one entry in datasets_names, got {names}")
+            spectral_part = component.get("spectral", {"type": _BACKGROUND_SPECTRAL[0], "parameters": []})
+            if spectral_part.get("type") not in _BACKGROUND_SPECTRAL:
+                raise ValueError(f"{where}: background spectral model {spectral_part.get('type')!r}; fitax supports "
+                                 f"{_BACKGROUND_SPECTRAL[0]}")
+            background = _build(_BackgroundDefaults, spectral_part.get("parameters"), f"{where} spectral", links=links,
+                                prefix=f"{names[0]}-bkg")
+            models.append(FoVBackgroundModel(names[0], norm=background.norm, tilt=background.tilt, reference=background.reference))
+        else:
+            raise ValueError(f"{where}: unknown component type {tag!r}; fitax reads SkyModel and FoVBackgroundModel")
+    result = Models(models)
+    for label, names in links.items():
+        for name in names[1:]:
+            result = tie(result, name, names[0])
+    return result
+
+
+class _BackgroundDefaults:
+    """The parameters of Gammapy's PowerLawNormSpectralModel with their defaults."""
+
+    def __init__(self, norm=None, tilt=None, reference=None):
+        default = FoVBackgroundModel("_")
+        self.norm = norm if norm is not None else default.norm
+        self.tilt = tilt if tilt is not None else default.tilt
+        self.reference = reference if reference is not None else default.reference
+
+
+def _tag(model) -> str:
+    return type(model).__name__
+
+
+def _parameter_entries(model, errors: dict[str, float], prefix: str) -> list[dict]:
+    entries = []
+    for name, parameter in parameters_dict(model).items():
+        entry = {"name": name, "value": float(parameter.value)}
+        if parameter.unit:
+            entry["unit"] = parameter.unit
+        error = errors.get(f"{prefix}.{name}")
+        if error is not None and not parameter.frozen:
+            entry["error"] = float(error)
+        if parameter.min is not None:
+            entry["min"] = parameter.min
+        if parameter.max is not None:
+            entry["max"] = parameter.max
+        entry["frozen"] = bool(parameter.frozen)
+        if parameter.tied_to is not None:
+            entry["link"] = parameter.tied_to
+        entries.append(entry)
+    return entries
+
+
+def models_to_dict(models: Models, errors: dict[str, float] | None = None) -> dict:
+    """The Gammapy YAML structure of ``models`` (with fitted ``errors`` by dotted name)."""
+    errors = errors or {}
+    components = []
+    for model in models:
+        if isinstance(model, SkyModel):
+            component = {"name": model.name, "type": "SkyModel",
+                         "spectral": {"type": _tag(model.spectral),
+                                      "parameters": _parameter_entries(model.spectral, errors, f"{model.name}.spectral")},
+                         "spatial": {"type": _tag(model.spatial), "frame": model.spatial.frame,
+                                     "parameters": _parameter_entries(model.spatial, errors, f"{model.name}.spatial")}}
+            if model.datasets_names is not None:
+                component["datasets_names"] = list(model.datasets_names)
+        else:
+            component = {"type": "FoVBackgroundModel", "datasets_names": [model.dataset_name],
+                         "spectral": {"type": _BACKGROUND_SPECTRAL[0],
+                                      "parameters": _parameter_entries(model, errors, model.name)}}
+        components.append(component)
+    return {"components": components}
+
+
+def write_models(models: Models, path, errors: dict[str, float] | None = None) -> Path:
+    """Write ``models`` as a Gammapy-readable ``models.yaml`` (atomically)."""
+    text = yaml.safe_dump(models_to_dict(models, errors), sort_keys=False)
+    return atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def write_results(result: FitResult, path) -> Path:
+    """Write a fit's parameters as an ECSV table (name, value, error, unit, frozen), with
+    the free parameters' names, covariance, statistic and convergence in its metadata."""
+    table = result.to_table()
+    table.meta.update({
+        "stat_sum": float(result.stat), "converged": bool(result.converged), "message": result.message,
+        "free_parameters": list(result.free_names), "covariance": np.asarray(result.covariance).tolist(),
+    })
+    return atomic_write(path, lambda tmp: table.write(tmp, format="ascii.ecsv", overwrite=True))
+
+
+def read_datasets(path) -> Datasets:
+    """Read a Gammapy ``datasets.yaml``: each entry's ``filename`` relative to the file."""
+    path = Path(path)
+    content = _load_yaml(path)
+    entries = content.get("datasets")
+    if not isinstance(entries, list) or not entries:
+        raise ValueError(f"{path}: expected a non-empty list under 'datasets'")
+    datasets = []
+    for index, entry in enumerate(entries):
+        where = f"{path}: dataset {entry.get('name', index)!r}"
+        kind = entry.get("type", "MapDataset")
+        if kind != "MapDataset":
+            raise ValueError(f"{where}: dataset type {kind!r}; fitax reads MapDataset entries")
+        if "filename" not in entry:
+            raise ValueError(f"{where}: no 'filename'")
+        filename = Path(entry["filename"])
+        if not filename.is_absolute():
+            filename = path.parent / filename
+        datasets.append(MapDataset.read(filename, name=entry.get("name")))
+    return Datasets(datasets)
