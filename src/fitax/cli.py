@@ -16,9 +16,10 @@ def _build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="results", help="output folder (default: results)")
     demo.add_argument("--sources", type=int, default=10, help="number of simulated sources (default: 10)")
     demo.add_argument("--seed", type=int, default=0, help="random seed of the simulation (default: 0)")
-    commands.add_parser("gamma", help="gamma-ray analyses of Gammapy datasets (not yet in this release)")
+    from .gamma.cli import add_parser as add_gamma_parser
     from .photometry.cli import add_parser as add_phot_parser
 
+    add_gamma_parser(commands)
     add_phot_parser(commands)
     return parser
 
@@ -52,11 +53,15 @@ def main(argv: list[str] | None = None) -> int:
 
         run_demo(args.out, n_sources=args.sources, seed=args.seed)
         return 0
+    if args.command == "gamma":
+        from .gamma.cli import run as run_gamma
+
+        return run_gamma(args)
     if args.command == "phot":
         from .photometry.cli import run as run_phot
 
         return run_phot(args, sys.argv[1:] if argv is None else argv)
-    print(f"fitax {args.command}: not available in this release yet", file=sys.stderr)
+    parser.error(f"unknown command {args.command}")
     return 2
 
 

@@ -37,6 +37,7 @@ class MapDatasetFile:
     """
 
     name: str
+    path: Path | None
     counts: np.ndarray
     exposure: np.ndarray
     background: np.ndarray | None
@@ -205,7 +206,7 @@ def read_map_dataset(path) -> MapDatasetFile:
             gti = Table.read(hdul["GTI"])
             livetime = float(np.sum(gti["STOP"].quantity.to_value("s") - gti["START"].quantity.to_value("s")))
     return MapDatasetFile(
-        name=path.name, counts=counts, exposure=exposure, background=background,
+        name=path.name, path=path, counts=counts, exposure=exposure, background=background,
         mask_safe=None if mask_safe is None else mask_safe.astype(bool), energy_edges=energy_edges,
         energy_true_edges=energy_true_edges, wcs=wcs, psf=psf, psf_rad=psf_rad, psf_rad_edges=psf_rad_edges,
         psf_energy_true=psf_energy_true, psf_wcs=psf_wcs, edisp=edisp,

@@ -236,14 +236,19 @@ def write_results(result: FitResult, path) -> Path:
     return atomic_write(path, lambda tmp: table.write(tmp, format="ascii.ecsv", overwrite=True))
 
 
-def read_datasets(path) -> Datasets:
-    """Read a Gammapy ``datasets.yaml``: each entry's ``filename`` relative to the file."""
+def read_datasets(path, progress: bool = False) -> Datasets:
+    """Read a Gammapy ``datasets.yaml``: each entry's ``filename`` relative to the file
+    (``progress``: show a progress bar over the files)."""
     path = Path(path)
     content = _load_yaml(path)
     entries = content.get("datasets")
     if not isinstance(entries, list) or not entries:
         raise ValueError(f"{path}: expected a non-empty list under 'datasets'")
     datasets = []
+    if progress:
+        from tqdm import tqdm
+
+        entries = tqdm(entries, desc="reading datasets", unit="file", leave=False)
     for index, entry in enumerate(entries):
         where = f"{path}: dataset {entry.get('name', index)!r}"
         kind = entry.get("type", "MapDataset")

@@ -1,0 +1,78 @@
+"""``fitax gamma fit`` and ``fitax gamma demo``: Gammapy-style 3D fits from the shell."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(commands) -> None:
+    gamma = commands.add_parser("gamma", help="gamma-ray likelihood fits of Gammapy datasets and models")
+    sub = gamma.add_subparsers(dest="gamma_command", metavar="STEP", required=True)
+    fit = sub.add_parser("fit", help="fit models.yaml to the datasets of datasets.yaml (jointly)")
+    fit.add_argument("--datasets", required=True, help="Gammapy datasets.yaml (MapDataset FITS files)")
+    fit.add_argument("--models", required=True, help="Gammapy models.yaml with the start values")
+    fit.add_argument("--out", required=True, help="output folder: models.yaml, results.ecsv, maps.png, spectrum.png")
+    fit.add_argument("--ts", nargs="*", default=[], metavar="SOURCE", help="also compute the TS of these sources")
+    fit.add_argument("--no-plots", action="store_true", help="skip the plots")
+    demo = sub.add_parser("demo", help="simulate datasets, fit them, write the results and plots")
+    demo.add_argument("--out", default="results/gamma", help="output folder (default: results/gamma)")
+    demo.add_argument("--datasets", type=int, default=3, help="number of simulated observations (default: 3)")
+    demo.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+
+
+def _fit(args: argparse.Namespace) -> int:
+    from ..io import check_not_input
+    from .fit import fit, ts
+    from .modelio import read_datasets, read_models, write_models, write_results
+
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out}: exists and is not a folder")
+    outputs = {name: out / name for name in ("models.yaml", "results.ecsv", "maps.png", "spectrum.png")}
+    datasets = read_datasets(args.datasets, progress=True)
+    inputs = [args.datasets, args.models] + [d.irfs.path for d in datasets if d.irfs.path is not None]
+    for path in outputs.values():
+        check_not_input(path, inputs)
+    models = read_models(args.models)
+    free = sum(p.is_free for p in models.parameters.values())
+    print(f"Fitting {free} free parameters of {len(models)} models to {len(datasets)} dataset(s) "
+          "(the first fit on this machine compiles the likelihood; the compiled code is cached)...", flush=True)
+    start = time.perf_counter()
+    result = fit(datasets, models)
+    print(f"Fit done in {time.perf_counter() - start:.1f} s: {result.n_iterations} steps, {result.n_hessians} exact Hessians.")
+    print(result)
+    write_models(result.params, outputs["models.yaml"], errors=result.errors)
+    write_results(result, outputs["results.ecsv"])
+    written = [outputs["models.yaml"], outputs["results.ecsv"]]
+    for source in args.ts:
+        test = ts(datasets, models, source)
+        print(f"TS of {source}: {test.ts:.1f} ({test.significance:.1f} sigma for {test.df} degrees of freedom)")
+    if not args.no_plots:
+        from .plots import plot_maps, plot_spectrum
+
+        written += [plot_maps(datasets, result.params, outputs["maps.png"]),
+                    plot_spectrum(datasets, result.params, result, outputs["spectrum.png"])]
+    print("Wrote " + ", ".join(str(p) for p in written))
+    if not result.converged:
+        print(f"fitax gamma fit: the fit did not converge: {result.message}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        if args.gamma_command == "demo":
+            from .demo import run_gamma_demo
+
+            run_gamma_demo(args.out, n_datasets=args.datasets, seed=args.seed)
+            return 0
+        return _fit(args)
+    except (ValueError, FileNotFoundError, KeyError) as error:
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"fitax gamma {args.gamma_command}: error: {message}", file=sys.stderr)
+        return 2

@@ -1,0 +1,143 @@
+"""Plots of a gamma-ray fit: counts, npred and residual maps; counts spectrum and SEDs.
+
+Host-side (matplotlib, Agg); every plot is written atomically.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..fit import FitResult
+from ..io import atomic_write
+from ..parameters import ParameterSpace
+from .datasets import Datasets
+from .models import Models, SkyModel
+
+__all__ = ["plot_maps", "plot_spectrum", "sed_band"]
+
+
+def _save(figure, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    atomic_write(path, lambda tmp: figure.savefig(tmp, dpi=110, format="png"))
+    plt.close(figure)
+    return path
+
+
+def _smooth(image: np.ndarray, sigma: float) -> np.ndarray:
+    """Separable Gaussian smoothing (zero outside the image)."""
+    half = int(np.ceil(4 * sigma))
+    weights = np.exp(-0.5 * (np.arange(-half, half + 1) / sigma) ** 2)
+    weights /= weights.sum()
+    rows = np.apply_along_axis(lambda r: np.convolve(r, weights, mode="same"), 1, image)
+    return np.apply_along_axis(lambda c: np.convolve(c, weights, mode="same"), 0, rows)
+
+
+def plot_maps(datasets: Datasets, models: Models, path, smoothing: float = 2.0) -> Path:
+    """Counts, npred and the residual significance, summed over energy (inside the fit
+    mask) and over the datasets that share the first one's sky grid. The residual is
+    ``(n - mu) / sqrt(var)`` after Gaussian smoothing of ``smoothing`` pixels (for Poisson
+    counts smoothed with weights w, ``var = sum w^2 mu``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import PowerNorm
+
+    npreds = datasets.npred(models)
+    first = datasets[0]
+    same = [i for i, d in enumerate(datasets) if d.shape == first.shape and np.allclose(d.wcs.wcs.crval, first.wcs.wcs.crval)]
+    counts = sum(np.where(datasets[i].mask, datasets[i].counts, 0).sum(axis=0) for i in same)
+    npred = sum(np.where(datasets[i].mask, npreds[i], 0).sum(axis=0) for i in same)
+    half = int(np.ceil(4 * smoothing))
+    weights = np.exp(-0.5 * (np.arange(-half, half + 1) / smoothing) ** 2)
+    squared_norm = float((weights / weights.sum()) @ (weights / weights.sum()))
+    # w^2 of the 2-d weights is a Gaussian of width sigma/sqrt(2) times (sum of 1-d w^2)^2
+    variance = _smooth(npred, smoothing / np.sqrt(2)) * squared_norm**2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        residual = np.where(variance > 0, (_smooth(counts, smoothing) - _smooth(npred, smoothing)) / np.sqrt(variance), 0.0)
+    figure, axes = plt.subplots(1, 3, figsize=(15, 4.6), subplot_kw={"projection": first.wcs.celestial})
+    limit = max(np.percentile(np.abs(residual), 99.5), 3.0)
+    for ax, image, title, options in (
+        (axes[0], counts, "counts", {"cmap": "viridis", "norm": PowerNorm(0.5)}),
+        (axes[1], npred, "npred (fitted models + background)", {"cmap": "viridis", "norm": PowerNorm(0.5)}),
+        (axes[2], residual, f"residual significance (smoothed, {smoothing:g} px)", {"cmap": "RdBu_r", "vmin": -limit, "vmax": limit}),
+    ):
+        shown = ax.imshow(image, origin="lower", **options)
+        ax.set_title(title)
+        ax.coords[0].set_axislabel("lon")
+        ax.coords[1].set_axislabel("lat")
+        figure.colorbar(shown, ax=ax, fraction=0.046)
+    for model in models.sky_models:
+        position = model.spatial.position
+        if position is not None:
+            axes[0].scatter(position.spherical.lon.deg, position.spherical.lat.deg, transform=axes[0].get_transform(
+                position.frame.name), marker="+", color="white", s=60)
+            axes[0].text(position.spherical.lon.deg, position.spherical.lat.deg, f" {model.name}", color="white",
+                         transform=axes[0].get_transform(position.frame.name), fontsize=8)
+    figure.suptitle(f"{len(same)} dataset(s) summed over energy")
+    figure.tight_layout()
+    return _save(figure, Path(path))
+
+
+def sed_band(model: SkyModel, result: FitResult, energy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``E^2 dN/dE`` [TeV cm-2 s-1] of a fitted source and its 1-sigma error, propagated
+    from the fit covariance through the exact Jacobian of ``log dN/dE``."""
+    prefix = f"{model.name}.spectral."
+    free = [i for i, name in enumerate(result.free_names) if name.startswith(prefix)]
+    values = np.asarray(model.spectral(jnp.asarray(energy)))
+    if not free:
+        return energy**2 * values, np.zeros_like(values)
+    space = ParameterSpace.from_params(model.spectral)
+    start = space.values(model.spectral)
+    log_dnde = lambda v: jnp.log(space.with_values(model.spectral, v)(jnp.asarray(energy)))  # noqa: E731
+    jacobian = np.asarray(jax.jacfwd(log_dnde)(start))
+    names = [prefix + name for name in space.names]
+    index = [result.free_names.index(name) for name in names]
+    covariance = np.asarray(result.covariance)[np.ix_(index, index)]
+    sigma = np.sqrt(np.einsum("ei,ij,ej->e", jacobian, covariance, jacobian))
+    return energy**2 * values, energy**2 * values * sigma
+
+
+def plot_spectrum(datasets: Datasets, models: Models, result: FitResult, path) -> Path:
+    """Counts per reconstructed-energy bin (all datasets, fit mask) with npred of the
+    background and of each source, and the fitted SEDs with their 1-sigma bands."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    total = datasets.npred(models)
+    edges = datasets[0].energy_edges
+    same_axis = [i for i, d in enumerate(datasets) if np.allclose(d.energy_edges, edges)]
+
+    def spectrum(arrays):
+        return sum(np.where(datasets[i].mask, arrays[i], 0).sum(axis=(1, 2)) for i in same_axis)
+
+    counts = spectrum([d.counts for d in datasets])
+    figure, (ax_counts, ax_sed) = plt.subplots(1, 2, figsize=(13, 4.8))
+    centres = np.sqrt(edges[1:] * edges[:-1])
+    ax_counts.errorbar(centres, counts, yerr=np.sqrt(counts), fmt="o", color="black", label="counts")
+    ax_counts.stairs(spectrum(total), edges, label="npred (total)", color="C3", linewidth=2)
+    for model in models.sky_models:
+        without = datasets.npred(models.without(model.name))
+        ax_counts.stairs(spectrum(total) - spectrum(without), edges, label=f"npred {model.name}")
+    sources_removed = Models([m for m in models if not isinstance(m, SkyModel)])
+    ax_counts.stairs(spectrum(datasets.npred(sources_removed)), edges, label="npred background", linestyle="--")
+    ax_counts.set(xscale="log", yscale="log", xlabel="reconstructed energy [TeV]", ylabel="counts per bin",
+                  title="counts spectrum (fit mask, all datasets)")
+    ax_counts.legend(fontsize=8)
+    energy = np.geomspace(edges[0], edges[-1], 100)
+    for model in models.sky_models:
+        sed, error = sed_band(model, result, energy)
+        ax_sed.plot(energy, sed, label=model.name)
+        ax_sed.fill_between(energy, sed - error, sed + error, alpha=0.3)
+    ax_sed.set(xscale="log", yscale="log", xlabel="true energy [TeV]", ylabel="E² dN/dE [TeV cm⁻² s⁻¹]",
+               title="fitted spectra (1σ bands from the covariance)")
+    ax_sed.legend(fontsize=8)
+    figure.tight_layout()
+    return _save(figure, Path(path))
