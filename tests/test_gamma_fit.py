@@ -1,0 +1,140 @@
+"""Fits of fitax.gamma: the true minimum, agreement with Gammapy + iminuit, gradients, TS."""
+
+import jax
+import numpy as np
+import pytest
+from conftest import shared_data
+
+import fitax.gamma as fg
+from fitax.gamma.datasets import bind, stat_sum_groups
+from fitax.parameters import ParameterSpace
+
+# Gammapy 2.1 + iminuit in 'global' mode on obs000 from models_start_n1.yaml (shared README;
+# reproduced by benchmarks/gamma_fit.py): stat 12431.835, background norm 1.004 +- 0.049.
+# Its default 'local' mode stops at stat 12523.3 with background norm 1.21.
+GLOBAL_STAT = 12431.835
+
+
+@pytest.fixture(scope="module")
+def single():
+    datasets = fg.read_datasets(shared_data("gamma", "sim", "datasets_n1.yaml"))
+    models = fg.read_models(shared_data("gamma", "sim", "models_start_n1.yaml"))
+    return datasets, models, fg.fit(datasets, models)
+
+
+def test_fit_reaches_the_true_minimum(single):
+    """The failure mode of Gammapy's 'local' evaluation (a Gaussian's cut-out shrunk while
+    sigma was small and never regrown) ends 91 above the minimum with the background norm
+    at 1.21; fitax evaluates every source on the whole map and must reach the minimum."""
+    _, _, result = single
+    assert result.converged
+    assert result.stat == pytest.approx(GLOBAL_STAT, abs=0.01)
+    norm, error = result.values["obs000-bkg.norm"], result.errors["obs000-bkg.norm"]
+    assert abs(norm - 1.004) < 0.05 * error
+    assert result.values["gauss.spatial.sigma"] == pytest.approx(0.1977, abs=0.05 * result.errors["gauss.spatial.sigma"])
+
+
+def test_fit_recovers_the_simulated_truth(single):
+    """The simulation's truth lies within 3 sigma of every fitted value."""
+    _, _, result = single
+    truth = fg.read_models(shared_data("gamma", "sim", "models_true_n1.yaml")).parameters
+    for name in result.free_names:
+        pull = (result.values[name] - float(truth[name].value)) / result.errors[name]
+        assert abs(pull) < 3, f"{name}: pull {pull:.2f}"
+
+
+def test_gradient_of_joint_stat_matches_finite_differences():
+    datasets = fg.Datasets([fg.MapDataset.read(shared_data("gamma", "sim", f"obs00{i}.fits.gz")) for i in range(2)])
+    models = fg.read_models(shared_data("gamma", "sim", "models_true_n10.yaml"))
+    models = fg.Models([m for m in models if getattr(m, "dataset_name", "obs000") in ("obs000", "obs001")])
+    groups = bind(datasets, models)
+    space = ParameterSpace.from_params(models)
+    values = np.asarray(space.values(models))
+
+    def stat(v):
+        return stat_sum_groups(space.with_values(models, v), groups)
+
+    gradient = np.asarray(jax.jit(jax.grad(stat))(values))
+    stat_jit = jax.jit(stat)
+    for i, name in enumerate(space.names):
+        # steps of ~1e-4 of a typical error: the Cash sum (~2.5e4) keeps ~1e-12 relative precision
+        step = 1e-6 * max(abs(values[i]), 1e-2) if "amplitude" not in name else 1e-4 * abs(values[i])
+        up, down = values.copy(), values.copy()
+        up[i] += step
+        down[i] -= step
+        numeric = (float(stat_jit(up)) - float(stat_jit(down))) / (2 * step)
+        assert gradient[i] == pytest.approx(numeric, rel=1e-5, abs=1e-7 / step), name
+
+
+def test_ts_of_the_gaussian_source(single):
+    datasets, models, _ = single
+    result = fg.ts(datasets, models, "gauss")
+    assert result.df == 5
+    assert result.ts > 1000
+    assert result.ts == pytest.approx(result.result_null.stat - result.result_alt.stat)
+
+
+@pytest.mark.slow
+def test_fit_matches_gammapy_iminuit(single, monkeypatch):
+    """Values within 0.05 sigma and errors within 3% of Gammapy + iminuit (global mode).
+
+    One exception, measured: iminuit's HESSE gives the point source's lon_0 an error 3.7%
+    below what a finite-difference Hessian of Gammapy's own likelihood gives (0.00123 vs
+    0.00127 deg); fitax's exact Hessian agrees with the latter. So errors are compared with
+    that finite-difference Hessian (1%) as well as with HESSE (3%, lon_0 at 5%).
+    """
+    pytest.importorskip("gammapy", reason="Gammapy (test extra) not installed")
+    import gammapy.datasets.map as gammapy_map
+    from gammapy.datasets import Datasets
+    from gammapy.modeling import Fit
+    from gammapy.modeling.models import Models
+
+    monkeypatch.setattr(gammapy_map, "EVALUATION_MODE", "global")
+    theirs = Datasets.read(shared_data("gamma", "sim", "datasets_n1.yaml"))
+    theirs.models = Models.read(shared_data("gamma", "sim", "models_start_n1.yaml"))
+    fit_result = Fit().run(theirs)
+    assert fit_result.success
+    _, _, ours = single
+    assert ours.stat == pytest.approx(fit_result.total_stat, abs=1e-2)
+    parameters = {}
+    for model in theirs.models:
+        parts = [("", model.spectral_model)] if model.name.endswith("-bkg") else [
+            (".spectral", model.spectral_model), (".spatial", model.spatial_model)]
+        for suffix, component in parts:
+            for parameter in component.parameters:
+                if not parameter.frozen:
+                    parameters[f"{model.name}{suffix}.{parameter.name}"] = parameter
+    assert set(parameters) == set(ours.free_names)
+    for name, parameter in parameters.items():
+        assert abs(ours.values[name] - parameter.value) < 0.05 * parameter.error, name
+        tolerance = 0.05 if name == "pointsrc.spatial.lon_0" else 0.03
+        assert ours.errors[name] == pytest.approx(parameter.error, rel=tolerance), name
+
+    names = list(parameters)
+    best = np.array([parameters[n].value for n in names])
+    errors = np.array([parameters[n].error for n in names])
+
+    def stat(x):
+        for name, value in zip(names, x):
+            parameters[name].value = value
+        return theirs.stat_sum()
+
+    step = 0.1 * errors
+    hessian = np.zeros((len(names), len(names)))
+    centre = stat(best)
+    for i in range(len(names)):
+        for j in range(i, len(names)):
+            def shifted(a, b):
+                x = best.copy()
+                x[i] += a * step[i]
+                x[j] += b * step[j]
+                return stat(x)
+
+            if i == j:
+                hessian[i, i] = (shifted(1, 0) - 2 * centre + shifted(-1, 0)) / step[i] ** 2
+            else:
+                hessian[i, j] = hessian[j, i] = (shifted(1, 1) - shifted(1, -1) - shifted(-1, 1) + shifted(-1, -1)) / (
+                    4 * step[i] * step[j])
+    finite_difference_errors = np.sqrt(np.diag(2 * np.linalg.inv(hessian)))
+    for name, error in zip(names, finite_difference_errors):
+        assert ours.errors[name] == pytest.approx(error, rel=0.01), name
