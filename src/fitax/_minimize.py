@@ -166,13 +166,23 @@ def edm_and_definiteness(grad: Array, hessian: Array) -> tuple[Array, Array]:
 
 
 def _bfgs_update(hessian: Array, step: Array, grad_change: Array) -> Array:
-    """BFGS update of a Hessian approximation; skipped when the curvature condition fails."""
+    """BFGS update of a Hessian approximation; skipped when the curvature condition fails.
+
+    The update is made in coordinates scaled by the Hessian's diagonal (BFGS is invariant
+    under such scaling in exact arithmetic): physical parameters differ in scale by up to
+    ~1e11 (a flux amplitude next to a spectral index), and the unscaled update loses
+    positive definiteness to rounding.
+    """
+    scale = 1.0 / jnp.sqrt(jnp.maximum(jnp.abs(jnp.diagonal(hessian)), 1e-300))
+    scaled = hessian * jnp.outer(scale, scale)
+    step, grad_change = step / scale, grad_change * scale
     sy = step @ grad_change
-    hs = hessian @ step
+    hs = scaled @ step
     shs = step @ hs
     ok = (sy > 1e-12 * jnp.sqrt(jnp.sum(step**2) * jnp.sum(grad_change**2))) & (shs > 0)
-    updated = hessian + jnp.outer(grad_change, grad_change) / jnp.where(ok, sy, 1.0) - jnp.outer(hs, hs) / jnp.where(ok, shs, 1.0)
-    return jnp.where(ok, 0.5 * (updated + updated.T), hessian)
+    updated = scaled + jnp.outer(grad_change, grad_change) / jnp.where(ok, sy, 1.0) - jnp.outer(hs, hs) / jnp.where(ok, shs, 1.0)
+    updated = 0.5 * (updated + updated.T) / jnp.outer(scale, scale)
+    return jnp.where(ok, updated, hessian)
 
 
 def internal_derivatives(to_physical: Callable, u: Array, grad_v: Array, hess_v: Array):
@@ -304,7 +314,10 @@ def newton(
             )
         finite_trial = jnp.isfinite(f_trial) & jnp.all(jnp.isfinite(g_trial)) & jnp.all(jnp.isfinite(h_trial))
         actual = s.fun - f_trial
-        accept = first | (certify & finite_trial) | (solvable & finite_trial & (actual > 0))
+        # An exact Hessian computed where a quasi-Newton one gave no usable step (or to certify
+        # convergence) is new information at the same point: keep it.
+        reevaluate = certify | (refresh & ~solvable & ~s.exact)
+        accept = first | (reevaluate & finite_trial) | (solvable & finite_trial & (actual > 0))
 
         # After the first evaluation, fix the internal scaling from the Hessian at v0.
         curvature = jnp.diagonal(h_trial) / (2.0 * errordef)
@@ -315,7 +328,7 @@ def newton(
         u, f, g, h = pick(u_trial, s.u), pick(f_trial, s.fun), pick(g_trial, s.grad), pick(h_trial, s.hessian)
         ratio = actual / jnp.maximum(predicted, 1e-300)
         damping = jnp.where(
-            first | certify,
+            first | reevaluate,
             s.damping,
             jnp.where(
                 accept,
@@ -325,7 +338,7 @@ def newton(
         )
         damping = jnp.clip(damping, 1e-12, 1e20)
         radius = jnp.where(
-            first | certify,
+            first | reevaluate,
             s.radius,
             jnp.where(
                 accept,

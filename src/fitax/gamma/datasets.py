@@ -197,7 +197,7 @@ class _DatasetGroup(eqx.Module):
     energy_true_edges: Float[Array, " et1"]
     energy_centres: Float[Array, " e"]
     sources: tuple[_SourceArrays, ...]
-    names: tuple[str, ...] = eqx.field(static=True)
+    names: tuple[str, ...] = eqx.field(static=True)  # "" for padding
     source_names: tuple[str, ...] = eqx.field(static=True)
     kernel_size: int = eqx.field(static=True)
     fft_shape: tuple[int, int] = eqx.field(static=True)
@@ -286,6 +286,11 @@ def bind(datasets: Sequence[MapDataset], models: Models) -> tuple[_DatasetGroup,
 
 
 def _bind_group(members: list[MapDataset], sources: list[SkyModel]) -> _DatasetGroup:
+    # Several datasets are split over the devices (one per core on CPU): pad the group to a
+    # multiple of their number with copies whose fit mask is empty.
+    n_real = len(members)
+    multiple = jax.device_count() if n_real > 1 else 1
+    members = members + [members[-1]] * (-(-n_real // multiple) * multiple - n_real)
     first = members[0]
     ny, nx = first.shape
     energy_true = first.energy_true_centres
@@ -349,7 +354,7 @@ def _bind_group(members: list[MapDataset], sources: list[SkyModel]) -> _DatasetG
             grid_xyz=grid_xyz, oversampling=oversampling, is_point=is_point,
         ))
     counts = np.stack([d.counts for d in members])
-    mask = np.stack([d.mask for d in members])
+    mask = np.stack([d.mask if i < n_real else np.zeros_like(d.mask) for i, d in enumerate(members)])
     positive = counts > 0
     n_log_n = np.where(positive, counts * np.log(np.where(positive, counts, 1.0)), 0.0)
     # Gammapy's 2 (mu - n log mu) is the deviance minus 2 (n log n - n)
@@ -359,7 +364,7 @@ def _bind_group(members: list[MapDataset], sources: list[SkyModel]) -> _DatasetG
         exposure=jnp.asarray(np.stack([d.exposure for d in members])),
         solid_angle=jnp.asarray(np.stack([np.asarray(SkyGrid.from_wcs(d.wcs, d.shape).solid_angle) for d in members])),
         energy_true_edges=jnp.asarray(first.energy_true_edges), energy_centres=jnp.asarray(first.energy_centres),
-        sources=tuple(source_arrays), names=tuple(d.name for d in members), source_names=tuple(s.name for s in sources),
+        sources=tuple(source_arrays), names=tuple(d.name if i < n_real else "" for i, d in enumerate(members)), source_names=tuple(s.name for s in sources),
         kernel_size=size, fft_shape=fft_shape, data_constant=data_constant,
         positions=tuple(_position_key(s) for s in sources),
     )
@@ -448,26 +453,31 @@ def _convolve(image: Float[Array, "y x"], kernel_fft: Complex[Array, "et fy fxh"
 
 
 class _OneDataset(eqx.Module):
-    """The arrays of a group that have a dataset axis (what ``vmap`` maps over)."""
+    """The arrays of a group that have a dataset axis (what is mapped over)."""
 
+    counts: Array
+    mask: Array
     background: Array
     exposure: Array
-    padded_exposure: Array
     solid_angle: Array
     sources: tuple[_SourceArrays, ...]
+    norm: Array
+    tilt: Array
+    reference: Array
 
 
-def _dataset_npred(sources: Sequence[SkyModel], group: _DatasetGroup, one: _OneDataset, norm, tilt, reference):
+def _dataset_npred(sources: Sequence[SkyModel], group: _DatasetGroup, one: _OneDataset):
     """npred of one dataset of ``group``; ``one`` holds that dataset's arrays."""
     _, ny, nx = one.background.shape
     margin = group.kernel_size + 1
     edges = group.energy_true_edges
-    npred = one.background * (norm * (group.energy_centres / reference) ** -tilt)[:, None, None]
+    npred = one.background * (one.norm * (group.energy_centres / one.reference) ** -one.tilt)[:, None, None]
+    padded_exposure = jnp.pad(one.exposure, ((0, 0), (margin, margin), (margin, margin)))
     points = jnp.zeros((npred.shape[0], ny + 2 * margin, nx + 2 * margin))
     for source, arrays in zip(sources, one.sources):
         flux = source.spectral.integral(edges[:-1], edges[1:])
         if arrays.is_point:
-            points = _add_point_source(points, source.spatial, arrays, one.padded_exposure, flux, margin)
+            points = _add_point_source(points, source.spatial, arrays, padded_exposure, flux, margin)
             continue
         image = _extended_image(source.spatial, arrays, one.solid_angle, (ny, nx))
         spread = image[None] if arrays.psf_fft is None else _convolve(image, arrays.psf_fft, group.kernel_size, group.fft_shape)
@@ -486,15 +496,49 @@ def _background_parameters(models: Models, names: Sequence[str]):
     return tuple(jnp.stack([jnp.asarray(v[i], float) for v in values]) for i in range(3))
 
 
+def _per_dataset(models: Models, group: _DatasetGroup) -> _OneDataset:
+    norm, tilt, reference = _background_parameters(models, group.names)
+    return _OneDataset(counts=group.counts, mask=group.mask, background=group.background, exposure=group.exposure,
+                       solid_angle=group.solid_angle, sources=group.sources, norm=norm, tilt=tilt, reference=reference)
+
+
+def _map_datasets(function, per_dataset: _OneDataset):
+    """``function`` of each dataset's arrays, stacked. On CPU one dataset after the other
+    (``lax.map``: each dataset's intermediates stay in cache; measured 1.3x faster than
+    ``vmap`` for 10 datasets of 15x100x100 bins), on accelerators all at once (``vmap``)."""
+    if jax.default_backend() == "cpu":
+        return jax.lax.map(function, per_dataset)
+    return jax.vmap(function)(per_dataset)
+
+
+def _sharded_sum(function, models: Models, per_dataset: _OneDataset) -> Array:
+    """``sum over datasets of function(models, dataset)``, the datasets split over the
+    devices (a joint fit of N datasets then runs N / n_devices datasets per core)."""
+    devices = jax.devices()
+    n = per_dataset.counts.shape[0]
+    if len(devices) == 1 or n % len(devices) or n == 1:
+        return jnp.sum(_map_datasets(lambda one: function(models, one), per_dataset))
+    mesh = jax.sharding.Mesh(np.asarray(devices), ("datasets",))
+    spec = jax.sharding.PartitionSpec("datasets")
+
+    def local(models_local, shard):
+        return jax.lax.psum(jnp.sum(_map_datasets(lambda one: function(models_local, one), shard)), "datasets")
+
+    return jax.shard_map(local, mesh=mesh, in_specs=(jax.sharding.PartitionSpec(), spec), out_specs=jax.sharding.PartitionSpec(),
+                         check_vma=False)(models, per_dataset)
+
+
 def _group_npred(models: Models, group: _DatasetGroup) -> Float[Array, "n e y x"]:
     sources = [models[name] for name in group.source_names]
-    margin = group.kernel_size + 1
-    padded_exposure = jnp.pad(group.exposure, ((0, 0), (0, 0), (margin, margin), (margin, margin)))
-    per_dataset = _OneDataset(background=group.background, exposure=group.exposure, padded_exposure=padded_exposure,
-                              solid_angle=group.solid_angle,
-                              sources=group.sources)
-    return jax.vmap(lambda one, *background: _dataset_npred(sources, group, one, *background))(
-        per_dataset, *_background_parameters(models, group.names))
+    return _map_datasets(lambda one: _dataset_npred(sources, group, one), _per_dataset(models, group))
+
+
+def _group_stat(models: Models, group: _DatasetGroup) -> Float[Array, ""]:
+    def stat(models_here: Models, one: _OneDataset):
+        npred = _dataset_npred([models_here[name] for name in group.source_names], group, one)
+        return jnp.sum(jnp.where(one.mask, cash_terms(one.counts, npred), 0.0))
+
+    return _sharded_sum(stat, models, _per_dataset(models, group))
 
 
 def npred_groups(models: Models, groups: Sequence[_DatasetGroup]) -> list[Array]:
@@ -505,10 +549,7 @@ def npred_groups(models: Models, groups: Sequence[_DatasetGroup]) -> list[Array]
 def stat_sum_groups(models: Models, groups: Sequence[_DatasetGroup]) -> Array:
     """Cash deviance over the fit masks of all groups (jit-able; add each group's
     ``data_constant`` for Gammapy's ``-2 log L`` convention)."""
-    total = 0.0
-    for group, npred in zip(groups, npred_groups(models, groups)):
-        total = total + jnp.sum(jnp.where(group.mask, cash_terms(group.counts, npred), 0.0))
-    return total
+    return sum(_group_stat(models, group) for group in groups)
 
 
 _npred_jit = jax.jit(npred_groups)
