@@ -16,7 +16,7 @@ install-test: $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 
 demo: install
-	$(BIN)/fitax demo --out results
+	$(BIN)/fitax gamma demo --out results/gamma
 	$(BIN)/fitax phot demo --out results/photometry
 
 test: install-test
@@ -26,6 +26,7 @@ bench: install-test
 	$(BIN)/python benchmarks/core_fit.py
 	$(BIN)/python benchmarks/batch_fit.py
 	$(BIN)/python benchmarks/photometry.py
+	$(BIN)/python benchmarks/gamma_fit.py
 
 clean:
 	rm -rf $(VENV) results build src/*.egg-info

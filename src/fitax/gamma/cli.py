@@ -25,20 +25,22 @@ def add_parser(commands) -> None:
     demo.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
 
 
-def _fit(args: argparse.Namespace) -> int:
+def fit_files(datasets_path, models_path, out, ts_sources=(), plots: bool = True):
+    """What ``fitax gamma fit`` does: read, fit, write ``out/models.yaml``,
+    ``out/results.ecsv`` and the plots; returns the :class:`fitax.FitResult`."""
     from ..io import check_not_input
     from .fit import fit, ts
     from .modelio import read_datasets, read_models, write_models, write_results
 
-    out = Path(args.out)
+    out = Path(out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out}: exists and is not a folder")
     outputs = {name: out / name for name in ("models.yaml", "results.ecsv", "maps.png", "spectrum.png")}
-    datasets = read_datasets(args.datasets, progress=True)
-    inputs = [args.datasets, args.models] + [d.irfs.path for d in datasets if d.irfs.path is not None]
+    datasets = read_datasets(datasets_path, progress=True)
+    inputs = [datasets_path, models_path] + [d.irfs.path for d in datasets if d.irfs.path is not None]
     for path in outputs.values():
         check_not_input(path, inputs)
-    models = read_models(args.models)
+    models = read_models(models_path)
     free = sum(p.is_free for p in models.parameters.values())
     print(f"Fitting {free} free parameters of {len(models)} models to {len(datasets)} dataset(s) "
           "(the first fit on this machine compiles the likelihood; the compiled code is cached)...", flush=True)
@@ -49,15 +51,20 @@ def _fit(args: argparse.Namespace) -> int:
     write_models(result.params, outputs["models.yaml"], errors=result.errors)
     write_results(result, outputs["results.ecsv"])
     written = [outputs["models.yaml"], outputs["results.ecsv"]]
-    for source in args.ts:
-        test = ts(datasets, models, source)
+    for source in ts_sources:
+        test = ts(datasets, result.params, source, fitted=result)
         print(f"TS of {source}: {test.ts:.1f} ({test.significance:.1f} sigma for {test.df} degrees of freedom)")
-    if not args.no_plots:
+    if plots:
         from .plots import plot_maps, plot_spectrum
 
         written += [plot_maps(datasets, result.params, outputs["maps.png"]),
                     plot_spectrum(datasets, result.params, result, outputs["spectrum.png"])]
     print("Wrote " + ", ".join(str(p) for p in written))
+    return result
+
+
+def _fit(args: argparse.Namespace) -> int:
+    result = fit_files(args.datasets, args.models, args.out, args.ts, plots=not args.no_plots)
     if not result.converged:
         print(f"fitax gamma fit: the fit did not converge: {result.message}", file=sys.stderr)
         return 1

@@ -275,10 +275,6 @@ def bind(datasets: Sequence[MapDataset], models: Models) -> tuple[_DatasetGroup,
                 f"model {source.name!r} at {position.to_string('decimal')} ({source.spatial.frame}) lies outside "
                 f"every dataset map it applies to ({[d.name for d in datasets if source.applies_to(d.name)]})"
             )
-    known = {d.name for d in datasets}
-    for model in models:
-        if isinstance(model, FoVBackgroundModel) and model.dataset_name not in known:
-            raise ValueError(f"background model {model.name!r} refers to dataset {model.dataset_name!r}, not among {sorted(known)}")
     keys: dict[tuple, list[MapDataset]] = {}
     for dataset in datasets:
         keys.setdefault(_group_key(dataset), []).append(dataset)

@@ -23,7 +23,7 @@ from ..fit import FitResult
 from ..parameters import ParameterSpace
 from ..profile import TSResult, wilks_significance
 from .datasets import Datasets, MapDataset, _DatasetGroup, _oversampling_key, bind, stat_sum_groups
-from .models import Models, SkyModel
+from .models import FoVBackgroundModel, Models, SkyModel
 
 __all__ = ["fit", "ts", "hessian_sparsity"]
 
@@ -89,6 +89,17 @@ def hessian_sparsity(datasets: Datasets, models: Models) -> np.ndarray:
     return np.array([[bool(a & b) for b in touched] for a in touched])
 
 
+def _check_models_fit_datasets(datasets: Datasets, models: Models) -> None:
+    """Every model must act on some dataset, or its parameters are unconstrained."""
+    known = set(datasets.names)
+    for model in models:
+        if isinstance(model, FoVBackgroundModel) and model.dataset_name not in known:
+            raise ValueError(f"background model {model.name!r} refers to dataset {model.dataset_name!r}, not among {sorted(known)}")
+        if isinstance(model, SkyModel) and not any(model.applies_to(name) for name in known):
+            raise ValueError(f"model {model.name!r} applies to datasets {list(model.datasets_names)}, none of which is fitted "
+                             f"({sorted(known)})")
+
+
 def fit(datasets, models: Models, *, tol: float = 1e-6, max_steps: int = 500) -> FitResult:
     """Fit ``models`` to ``datasets`` (one, or several jointly) by minimising Cash.
 
@@ -102,6 +113,7 @@ def fit(datasets, models: Models, *, tol: float = 1e-6, max_steps: int = 500) ->
     """
     datasets = _as_datasets(datasets)
     current = models if isinstance(models, Models) else Models(models)
+    _check_models_fit_datasets(datasets, current)
     result = None
     for _ in range(_MAX_ROUNDS):
         groups = bind(datasets, current)
@@ -114,12 +126,13 @@ def fit(datasets, models: Models, *, tol: float = 1e-6, max_steps: int = 500) ->
     return dataclasses.replace(result, stat=result.stat + constant)
 
 
-def ts(datasets, models: Models, source: str, *, tol: float = 1e-6) -> TSResult:
+def ts(datasets, models: Models, source: str, *, tol: float = 1e-6, fitted: FitResult | None = None) -> TSResult:
     """Test statistic of source ``source``: twice the log-likelihood gain of the fit with
     it over the fit without it (the other models refitted in both), with its Gaussian
-    significance for as many degrees of freedom as the source has free parameters."""
+    significance for as many degrees of freedom as the source has free parameters.
+    ``fitted``: the fit with the source, when already done."""
     models = models if isinstance(models, Models) else Models(models)
-    with_source = fit(datasets, models, tol=tol)
+    with_source = fitted if fitted is not None else fit(datasets, models, tol=tol)
     without = fit(datasets, models.without(source), tol=tol)
     value = without.stat - with_source.stat
     df = sum(p.is_free for p in Models([models[source]]).parameters.values())

@@ -18,7 +18,7 @@ from astropy.io import fits
 from astropy.table import Table
 from astropy.wcs import WCS
 
-__all__ = ["MapDatasetFile", "read_map_dataset"]
+__all__ = ["MapDatasetFile", "read_map_dataset", "write_map_dataset"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +42,7 @@ class MapDatasetFile:
     exposure: np.ndarray
     background: np.ndarray | None
     mask_safe: np.ndarray | None
+    mask_fit: np.ndarray | None
     energy_edges: np.ndarray
     energy_true_edges: np.ndarray
     wcs: WCS
@@ -155,6 +156,7 @@ def read_map_dataset(path) -> MapDatasetFile:
         exposure = image("EXPOSURE")
         background = image("BACKGROUND", required=False)
         mask_safe = image("MASK_SAFE", required=False)
+        mask_fit = image("MASK_FIT", required=False)
         energy_edges = _edges(bands("COUNTS"), "E_MIN", "E_MAX", f"{path}[COUNTS_BANDS]")
         energy_true_edges = _edges(bands("EXPOSURE"), "ENERGY_TRUE_MIN", "ENERGY_TRUE_MAX", f"{path}[EXPOSURE_BANDS]")
         wcs = WCS(hdul["COUNTS"].header).celestial
@@ -176,7 +178,7 @@ def read_map_dataset(path) -> MapDatasetFile:
             raise ValueError(f"{path}[EXPOSURE]: unit {unit!r}; expected 'm2 s' or 'cm2 s'")
         if "cm2" in str(unit):
             exposure = exposure * 1e-4
-        for name, array in (("BACKGROUND", background), ("MASK_SAFE", mask_safe)):
+        for name, array in (("BACKGROUND", background), ("MASK_SAFE", mask_safe), ("MASK_FIT", mask_fit)):
             if array is not None and array.shape != counts.shape:
                 raise ValueError(f"{path}[{name}]: shape {array.shape} differs from COUNTS {counts.shape}")
         if background is not None and (not np.all(np.isfinite(background)) or np.any(background < 0)):
@@ -207,8 +209,84 @@ def read_map_dataset(path) -> MapDatasetFile:
             livetime = float(np.sum(gti["STOP"].quantity.to_value("s") - gti["START"].quantity.to_value("s")))
     return MapDatasetFile(
         name=path.name, path=path, counts=counts, exposure=exposure, background=background,
-        mask_safe=None if mask_safe is None else mask_safe.astype(bool), energy_edges=energy_edges,
+        mask_safe=None if mask_safe is None else mask_safe.astype(bool),
+        mask_fit=None if mask_fit is None else mask_fit.astype(bool), energy_edges=energy_edges,
         energy_true_edges=energy_true_edges, wcs=wcs, psf=psf, psf_rad=psf_rad, psf_rad_edges=psf_rad_edges,
         psf_energy_true=psf_energy_true, psf_wcs=psf_wcs, edisp=edisp,
         edisp_wcs=edisp_wcs, livetime=livetime,
     )
+
+
+def _bands(name: str, axes: list[tuple[str, np.ndarray, str]]) -> fits.BinTableHDU:
+    """A ``<NAME>_BANDS`` table: one row per bin of the non-spatial axes (first axis
+    fastest), with the centre and edges of each; ``axes`` are ``(column, edges, interp)``."""
+    grids = np.meshgrid(*[np.arange(len(edges) - 1) for _, edges, _ in axes], indexing="ij")
+    index = [g.T.ravel() for g in grids]  # first axis varies fastest
+    columns = {"CHANNEL": np.arange(index[0].size)}
+    header = fits.Header()
+    for number, ((column, edges, interp), rows) in enumerate(zip(axes, index), start=1):
+        low, high = (column + "_MIN", column + "_MAX") if column != "ENERGY" else ("E_MIN", "E_MAX")
+        centre = np.sqrt(edges[:-1] * edges[1:]) if interp == "log" else 0.5 * (edges[:-1] + edges[1:])
+        columns[column] = centre[rows]
+        columns[low] = edges[:-1][rows]
+        columns[high] = edges[1:][rows]
+        header[f"AXCOLS{number}"] = f"{low},{high}"
+        header[f"INTERP{number}"] = interp
+    table = Table(columns)
+    for key in columns:
+        if key != "CHANNEL":
+            table[key].unit = "deg" if key.startswith("RAD") else "TeV"
+    hdu = fits.table_to_hdu(table)
+    hdu.header.update(header)
+    hdu.name = f"{name}_BANDS"
+    return hdu
+
+
+def _image(name: str, data: np.ndarray, wcs: WCS, bands: fits.BinTableHDU, unit: str = "") -> fits.ImageHDU:
+    header = wcs.celestial.to_header()
+    for key in ("AXCOLS1", "INTERP1", "AXCOLS2", "INTERP2"):
+        if key in bands.header:
+            header[key] = bands.header[key]
+    header["WCSSHAPE"] = "(" + ",".join(str(n) for n in data.shape[::-1]) + ")"
+    header["BANDSHDU"] = bands.name
+    header["BUNIT"] = unit
+    return fits.ImageHDU(data, header=header, name=name)
+
+
+def write_map_dataset(contents: MapDatasetFile, path) -> Path:
+    """Write a MapDataset file in Gammapy's format (readable by ``MapDataset.read`` and by
+    :func:`read_map_dataset`), atomically. PSF and energy dispersion must be maps with a
+    sky grid (``psf_wcs``/``edisp_wcs``)."""
+    from ..io import atomic_write
+
+    reco = [("ENERGY", contents.energy_edges, "log")]
+    true = [("ENERGY_TRUE", contents.energy_true_edges, "log")]
+    hdus = [fits.PrimaryHDU(header=fits.Header([("NAME", contents.name), ("CREATOR", "fitax")]))]
+
+    def add(name, data, wcs, axes, unit=""):
+        bands = _bands(name, axes)
+        hdus.extend([_image(name, data, wcs, bands, unit), bands])
+
+    add("COUNTS", contents.counts, contents.wcs, reco)
+    add("EXPOSURE", contents.exposure, contents.wcs, true, "m2 s")
+    if contents.background is not None:
+        add("BACKGROUND", contents.background, contents.wcs, reco)
+    if contents.edisp is not None:
+        add("EDISP", contents.edisp, contents.edisp_wcs, reco + true)
+    if contents.psf is not None:
+        psf_true = [("ENERGY_TRUE", contents.energy_true_edges, "log")]
+        if len(contents.psf_energy_true) != len(contents.energy_true_edges) - 1:
+            raise ValueError("write_map_dataset: the PSF must be tabulated at the exposure's true energies")
+        add("PSF", contents.psf, contents.psf_wcs, [("RAD", contents.psf_rad_edges, "lin")] + psf_true, "deg-2")
+    for name, mask in (("MASK_SAFE", contents.mask_safe), ("MASK_FIT", contents.mask_fit)):
+        if mask is not None:
+            add(name, mask.astype(np.int64), contents.wcs, reco)
+    if contents.livetime is not None:
+        gti = Table({"START": [0.0], "STOP": [contents.livetime]}, units={"START": "s", "STOP": "s"})
+        gti_hdu = fits.table_to_hdu(gti)
+        gti_hdu.name = "GTI"
+        gti_hdu.header.update({"MJDREFI": 51910, "MJDREFF": 7.428703703703703e-4, "TIMESYS": "TT", "TIMEUNIT": "s",
+                               "TIMEREF": "LOCAL"})
+        hdus.append(gti_hdu)
+    hdulist = fits.HDUList(hdus)
+    return atomic_write(path, lambda tmp: hdulist.writeto(tmp, overwrite=True))
