@@ -159,8 +159,10 @@ def read_models(path) -> Models:
             raise ValueError(f"{where}: unknown component type {tag!r}; fitax reads SkyModel and FoVBackgroundModel")
     result = Models(models)
     for label, names in links.items():
-        for name in names[1:]:
-            result = tie(result, name, names[0])
+        source = label if label in names else names[0]
+        for name in names:
+            if name != source:
+                result = tie(result, name, source)
     return result
 
 
@@ -178,7 +180,9 @@ def _tag(model) -> str:
     return type(model).__name__
 
 
-def _parameter_entries(model, errors: dict[str, float], prefix: str) -> list[dict]:
+def _parameter_entries(model, errors: dict[str, float], prefix: str, link_sources: set[str]) -> list[dict]:
+    """YAML entries of ``model``'s parameters; a tied parameter and the one it is tied to
+    share a ``link`` label (the latter's dotted name)."""
     entries = []
     for name, parameter in parameters_dict(model).items():
         entry = {"name": name, "value": float(parameter.value)}
@@ -194,6 +198,8 @@ def _parameter_entries(model, errors: dict[str, float], prefix: str) -> list[dic
         entry["frozen"] = bool(parameter.frozen)
         if parameter.tied_to is not None:
             entry["link"] = parameter.tied_to
+        elif f"{prefix}.{name}" in link_sources:
+            entry["link"] = f"{prefix}.{name}"
         entries.append(entry)
     return entries
 
@@ -201,20 +207,21 @@ def _parameter_entries(model, errors: dict[str, float], prefix: str) -> list[dic
 def models_to_dict(models: Models, errors: dict[str, float] | None = None) -> dict:
     """The Gammapy YAML structure of ``models`` (with fitted ``errors`` by dotted name)."""
     errors = errors or {}
+    link_sources = {p.tied_to for p in models.parameters.values() if p.tied_to is not None}
     components = []
     for model in models:
         if isinstance(model, SkyModel):
             component = {"name": model.name, "type": "SkyModel",
                          "spectral": {"type": _tag(model.spectral),
-                                      "parameters": _parameter_entries(model.spectral, errors, f"{model.name}.spectral")},
+                                      "parameters": _parameter_entries(model.spectral, errors, f"{model.name}.spectral", link_sources)},
                          "spatial": {"type": _tag(model.spatial), "frame": model.spatial.frame,
-                                     "parameters": _parameter_entries(model.spatial, errors, f"{model.name}.spatial")}}
+                                     "parameters": _parameter_entries(model.spatial, errors, f"{model.name}.spatial", link_sources)}}
             if model.datasets_names is not None:
                 component["datasets_names"] = list(model.datasets_names)
         else:
             component = {"type": "FoVBackgroundModel", "datasets_names": [model.dataset_name],
                          "spectral": {"type": _BACKGROUND_SPECTRAL[0],
-                                      "parameters": _parameter_entries(model, errors, model.name)}}
+                                      "parameters": _parameter_entries(model, errors, model.name, link_sources)}}
         components.append(component)
     return {"components": components}
 
