@@ -37,7 +37,7 @@ def fit_files(datasets_path, models_path, out, ts_sources=(), plots: bool = True
         raise ValueError(f"--out {out}: exists and is not a folder")
     outputs = {name: out / name for name in ("models.yaml", "results.ecsv", "maps.png", "spectrum.png")}
     datasets = read_datasets(datasets_path, progress=True)
-    inputs = [datasets_path, models_path] + [d.irfs.path for d in datasets if d.irfs.path is not None]
+    inputs = [datasets_path, models_path] + [path for d in datasets for path in d.source_files]
     for path in outputs.values():
         check_not_input(path, inputs)
     models = read_models(models_path)
@@ -55,10 +55,13 @@ def fit_files(datasets_path, models_path, out, ts_sources=(), plots: bool = True
         test = ts(datasets, result.params, source, fitted=result)
         print(f"TS of {source}: {test.ts:.1f} ({test.significance:.1f} sigma for {test.df} degrees of freedom)")
     if plots:
+        from .datasets import MapDataset
         from .plots import plot_maps, plot_spectrum
 
-        written += [plot_maps(datasets, result.params, outputs["maps.png"]),
-                    plot_spectrum(datasets, result.params, result, outputs["spectrum.png"])]
+        maps = [d for d in datasets if isinstance(d, MapDataset)]
+        if maps:
+            written.append(plot_maps(type(datasets)(maps), result.params, outputs["maps.png"]))
+        written.append(plot_spectrum(datasets, result.params, result, outputs["spectrum.png"]))
     print("Wrote " + ", ".join(str(p) for p in written))
     return result
 

@@ -90,6 +90,11 @@ class MapDataset:
         return self.counts.shape[1:]
 
     @property
+    def source_files(self) -> tuple:
+        """The file(s) the dataset was read from."""
+        return () if self.irfs.path is None else (self.irfs.path,)
+
+    @property
     def energy_centres(self) -> np.ndarray:
         return np.sqrt(self.energy_edges[1:] * self.energy_edges[:-1])
 
@@ -153,7 +158,8 @@ class Datasets(Sequence):
         return [d.name for d in self._datasets]
 
     def npred(self, models: Models) -> list[np.ndarray]:
-        """Predicted counts of every dataset (host arrays, in order)."""
+        """Predicted counts of every dataset (host arrays, in order; for on-off spectra
+        the signal counts, ``npred_signal``)."""
         groups = bind(self, models)
         by_name = {}
         for group, npred in zip(groups, _npred_jit(models, groups)):
@@ -268,17 +274,30 @@ def bind(datasets: Sequence[MapDataset], models: Models) -> tuple[_DatasetGroup,
         models = Models(models)
     _check_parameters(models)
     sources = models.sky_models
+    maps = [d for d in datasets if isinstance(d, MapDataset)]
     for source in sources:
+        if source.spatial is None:
+            if any(source.applies_to(d.name) for d in maps):
+                raise ValueError(f"model {source.name!r} has no spatial model, so it cannot predict counts in map datasets "
+                                 f"({[d.name for d in maps if source.applies_to(d.name)]}); give it one or restrict its datasets_names")
+            continue
         position = source.spatial.position
-        if position is not None and not any(d.contains(position) for d in datasets if source.applies_to(d.name)):
+        applies = [d for d in maps if source.applies_to(d.name)]
+        if position is not None and applies and not any(d.contains(position) for d in applies):
             raise ValueError(
                 f"model {source.name!r} at {position.to_string('decimal')} ({source.spatial.frame}) lies outside "
-                f"every dataset map it applies to ({[d.name for d in datasets if source.applies_to(d.name)]})"
+                f"every dataset map it applies to ({[d.name for d in applies]})"
             )
-    keys: dict[tuple, list[MapDataset]] = {}
+    from .spectrum import SpectrumDatasetOnOff, bind_spectra, spectrum_key
+
+    keys: dict[tuple, list] = {}
     for dataset in datasets:
-        keys.setdefault(_group_key(dataset), []).append(dataset)
-    return tuple(_bind_group(members, sources) for members in keys.values())
+        key = spectrum_key(dataset) if isinstance(dataset, SpectrumDatasetOnOff) else _group_key(dataset)
+        keys.setdefault(key, []).append(dataset)
+    return tuple(
+        bind_spectra(members, sources) if key[0] == "spectrum" else _bind_group(members, [s for s in sources if s.spatial is not None])
+        for key, members in keys.items()
+    )
 
 
 def _bind_group(members: list[MapDataset], sources: list[SkyModel]) -> _DatasetGroup:
@@ -539,13 +558,13 @@ def _group_stat(models: Models, group: _DatasetGroup) -> Float[Array, ""]:
 
 def npred_groups(models: Models, groups: Sequence[_DatasetGroup]) -> list[Array]:
     """npred ``(n, energy, y, x)`` of each group (jit-able)."""
-    return [_group_npred(models, group) for group in groups]
+    return [_group_npred(models, group) if isinstance(group, _DatasetGroup) else group.npred(models) for group in groups]
 
 
 def stat_sum_groups(models: Models, groups: Sequence[_DatasetGroup]) -> Array:
     """Cash deviance over the fit masks of all groups (jit-able; add each group's
     ``data_constant`` for Gammapy's ``-2 log L`` convention)."""
-    return sum(_group_stat(models, group) for group in groups)
+    return sum(_group_stat(models, group) if isinstance(group, _DatasetGroup) else group.stat(models) for group in groups)
 
 
 _npred_jit = jax.jit(npred_groups)

@@ -46,6 +46,8 @@ def _as_datasets(datasets) -> Datasets:
 def _needs_rebinding(groups: Sequence[_DatasetGroup], datasets: Datasets, models: Models) -> bool:
     """True when a source moved by more than 0.1 deg or needs a finer grid."""
     for group in groups:
+        if not isinstance(group, _DatasetGroup):
+            continue
         pixel = min(_pixel_size(datasets[name]) for name in group.names if name)
         for name, bound in zip(group.source_names, group.positions):
             if bound is None:

@@ -23,6 +23,7 @@ from . import spatial as spatial_models
 from . import spectral as spectral_models
 from .datasets import Datasets, MapDataset
 from .models import FoVBackgroundModel, Models, SkyModel
+from .spectrum import read_ogip
 
 __all__ = ["read_models", "write_models", "read_datasets", "write_results", "SPECTRAL_TAGS", "SPATIAL_TAGS"]
 
@@ -135,14 +136,16 @@ def read_models(path) -> Models:
         if tag == "SkyModel":
             if not name:
                 raise ValueError(f"{where}: a SkyModel needs a name")
-            if "spectral" not in component or "spatial" not in component:
-                raise ValueError(f"{where}: fitax needs both a 'spectral' and a 'spatial' model for map datasets")
-            spectral_part, spatial_part = component["spectral"], component["spatial"]
+            if "spectral" not in component:
+                raise ValueError(f"{where}: no 'spectral' model")
+            spectral_part, spatial_part = component["spectral"], component.get("spatial")
             spectral = _build(_lookup_class(SPECTRAL_TAGS, spectral_part.get("type"), where),
                               spectral_part.get("parameters"), f"{where} spectral", links=links, prefix=f"{name}.spectral")
-            frame = spatial_part.get("frame", "icrs")
-            spatial = _build(_lookup_class(SPATIAL_TAGS, spatial_part.get("type"), where), spatial_part.get("parameters"),
-                             f"{where} spatial", frame=frame, links=links, prefix=f"{name}.spatial")
+            spatial = None
+            if spatial_part is not None:
+                frame = spatial_part.get("frame", "icrs")
+                spatial = _build(_lookup_class(SPATIAL_TAGS, spatial_part.get("type"), where), spatial_part.get("parameters"),
+                                 f"{where} spatial", frame=frame, links=links, prefix=f"{name}.spatial")
             models.append(SkyModel(spectral, spatial, name=name, datasets_names=component.get("datasets_names")))
         elif tag == "FoVBackgroundModel":
             names = component.get("datasets_names") or []
@@ -213,9 +216,10 @@ def models_to_dict(models: Models, errors: dict[str, float] | None = None) -> di
         if isinstance(model, SkyModel):
             component = {"name": model.name, "type": "SkyModel",
                          "spectral": {"type": _tag(model.spectral),
-                                      "parameters": _parameter_entries(model.spectral, errors, f"{model.name}.spectral", link_sources)},
-                         "spatial": {"type": _tag(model.spatial), "frame": model.spatial.frame,
-                                     "parameters": _parameter_entries(model.spatial, errors, f"{model.name}.spatial", link_sources)}}
+                                      "parameters": _parameter_entries(model.spectral, errors, f"{model.name}.spectral", link_sources)}}
+            if model.spatial is not None:
+                component["spatial"] = {"type": _tag(model.spatial), "frame": model.spatial.frame,
+                                        "parameters": _parameter_entries(model.spatial, errors, f"{model.name}.spatial", link_sources)}
             if model.datasets_names is not None:
                 component["datasets_names"] = list(model.datasets_names)
         else:
@@ -259,12 +263,15 @@ def read_datasets(path, progress: bool = False) -> Datasets:
     for index, entry in enumerate(entries):
         where = f"{path}: dataset {entry.get('name', index)!r}"
         kind = entry.get("type", "MapDataset")
-        if kind != "MapDataset":
-            raise ValueError(f"{where}: dataset type {kind!r}; fitax reads MapDataset entries")
+        if kind not in ("MapDataset", "SpectrumDatasetOnOff"):
+            raise ValueError(f"{where}: dataset type {kind!r}; fitax reads MapDataset and SpectrumDatasetOnOff entries")
         if "filename" not in entry:
             raise ValueError(f"{where}: no 'filename'")
         filename = Path(entry["filename"])
         if not filename.is_absolute():
             filename = path.parent / filename
-        datasets.append(MapDataset.read(filename, name=entry.get("name")))
+        if kind == "MapDataset":
+            datasets.append(MapDataset.read(filename, name=entry.get("name")))
+        else:
+            datasets.append(read_ogip(filename, name=entry.get("name")))
     return Datasets(datasets)

@@ -22,6 +22,7 @@ __all__ = ["SkyModel", "FoVBackgroundModel", "Models"]
 class SkyModel(eqx.Module):
     """A source: ``spectral(E) x spatial(lon, lat)`` [cm-2 s-1 TeV-1 sr-1].
 
+    Without a spatial model it can only be fitted to spectra (on-off datasets).
     ``datasets_names`` restricts the model to some datasets of a joint fit (``None``: all).
 
     Example:
@@ -32,13 +33,13 @@ class SkyModel(eqx.Module):
     """
 
     spectral: eqx.Module
-    spatial: eqx.Module
+    spatial: eqx.Module | None
     name: str = eqx.field(static=True)
     datasets_names: tuple[str, ...] | None = eqx.field(static=True)
 
-    def __init__(self, spectral_model, spatial_model, name: str, datasets_names: Iterable[str] | None = None):
-        if spatial_model is None:
-            raise ValueError(f"SkyModel {name!r}: a spatial model is needed to predict counts in a map")
+    def __init__(self, spectral_model, spatial_model=None, name: str = "", datasets_names: Iterable[str] | None = None):
+        if not name:
+            raise ValueError("a SkyModel needs a name")
         self.spectral = spectral_model
         self.spatial = spatial_model
         self.name = str(name)
@@ -58,7 +59,8 @@ class SkyModel(eqx.Module):
     def __repr__(self) -> str:
         parameters = parameters_dict(self)
         free = sum(p.is_free for p in parameters.values())
-        return (f"SkyModel({self.name!r}: {type(self.spectral).__name__} x {type(self.spatial).__name__}, "
+        spatial = type(self.spatial).__name__ if self.spatial is not None else "no spatial model"
+        return (f"SkyModel({self.name!r}: {type(self.spectral).__name__} x {spatial}, "
                 f"{len(parameters)} parameters, {free} free)")
 
 

@@ -85,8 +85,9 @@ def plot_maps(datasets: Datasets, models: Models, path, smoothing: float = 2.0) 
 
 
 def sed_band(model: SkyModel, result: FitResult, energy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``E^2 dN/dE`` [TeV cm-2 s-1] of a fitted source and its 1-sigma error, propagated
-    from the fit covariance through the exact Jacobian of ``log dN/dE``."""
+    """``E^2 dN/dE`` [TeV cm-2 s-1] of a fitted source and the 1-sigma error of its
+    logarithm, propagated from the fit covariance through the exact Jacobian of ``log dN/dE``
+    (the band is ``sed x exp(+-error)``)."""
     prefix = f"{model.name}.spectral."
     free = [i for i, name in enumerate(result.free_names) if name.startswith(prefix)]
     values = np.asarray(model.spectral(jnp.asarray(energy)))
@@ -100,17 +101,45 @@ def sed_band(model: SkyModel, result: FitResult, energy: np.ndarray) -> tuple[np
     index = [result.free_names.index(name) for name in names]
     covariance = np.asarray(result.covariance)[np.ix_(index, index)]
     sigma = np.sqrt(np.einsum("ei,ij,ej->e", jacobian, covariance, jacobian))
-    return energy**2 * values, energy**2 * values * sigma
+    return energy**2 * values, sigma
+
+
+def _plot_onoff_excess(ax, datasets: Datasets, models: Models) -> None:
+    """Excess counts ``n_on - alpha n_off`` of on-off spectra against the predicted signal."""
+    npreds = datasets.npred(models)
+    for index, (dataset, npred) in enumerate(zip(datasets, npreds)):
+        edges, mask = dataset.energy_edges, dataset.mask
+        centres = np.sqrt(edges[1:] * edges[:-1])
+        excess = dataset.counts - dataset.alpha * dataset.counts_off
+        error = np.sqrt(dataset.counts + dataset.alpha**2 * dataset.counts_off)
+        color = f"C{index % 10}"
+        ax.errorbar(centres[mask], excess[mask], yerr=error[mask], fmt="o", ms=3, color=color, label=dataset.name)
+        ax.stairs(np.where(mask, npred, np.nan), edges, color=color)
+    ax.set(xscale="log", xlabel="reconstructed energy [TeV]", ylabel="excess counts per bin",
+           title="excess (points) and predicted signal (lines), safe range")
+    ax.legend(fontsize=7, ncol=2)
 
 
 def plot_spectrum(datasets: Datasets, models: Models, result: FitResult, path) -> Path:
     """Counts per reconstructed-energy bin (all datasets, fit mask) with npred of the
-    background and of each source, and the fitted SEDs with their 1-sigma bands."""
+    background and of each source (for on-off spectra: excess against predicted signal),
+    and the fitted SEDs with their 1-sigma bands."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from .datasets import MapDataset
+
+    if not all(isinstance(d, MapDataset) for d in datasets):
+        figure, (ax_counts, ax_sed) = plt.subplots(1, 2, figsize=(13, 4.8))
+        _plot_onoff_excess(ax_counts, Datasets([d for d in datasets if not isinstance(d, MapDataset)]), models)
+        low = min(d.energy_edges[:-1][d.mask].min() for d in datasets if d.mask.any())
+        high = max(d.energy_edges[1:][d.mask].max() for d in datasets if d.mask.any())
+        ax_counts.set_xlim(low, high)
+        _plot_seds(ax_sed, models, result, np.geomspace(low, high, 100))
+        figure.tight_layout()
+        return _save(figure, Path(path))
     total = datasets.npred(models)
     edges = datasets[0].energy_edges
     same_axis = [i for i, d in enumerate(datasets) if np.allclose(d.energy_edges, edges)]
@@ -131,13 +160,16 @@ def plot_spectrum(datasets: Datasets, models: Models, result: FitResult, path) -
     ax_counts.set(xscale="log", yscale="log", xlabel="reconstructed energy [TeV]", ylabel="counts per bin",
                   title="counts spectrum (fit mask, all datasets)")
     ax_counts.legend(fontsize=8)
-    energy = np.geomspace(edges[0], edges[-1], 100)
-    for model in models.sky_models:
-        sed, error = sed_band(model, result, energy)
-        ax_sed.plot(energy, sed, label=model.name)
-        ax_sed.fill_between(energy, sed - error, sed + error, alpha=0.3)
-    ax_sed.set(xscale="log", yscale="log", xlabel="true energy [TeV]", ylabel="E² dN/dE [TeV cm⁻² s⁻¹]",
-               title="fitted spectra (1σ bands from the covariance)")
-    ax_sed.legend(fontsize=8)
+    _plot_seds(ax_sed, models, result, np.geomspace(edges[0], edges[-1], 100))
     figure.tight_layout()
     return _save(figure, Path(path))
+
+
+def _plot_seds(ax, models: Models, result: FitResult, energy: np.ndarray) -> None:
+    for model in models.sky_models:
+        sed, log_error = sed_band(model, result, energy)
+        ax.plot(energy, sed, label=model.name)
+        ax.fill_between(energy, sed * np.exp(-log_error), sed * np.exp(log_error), alpha=0.3)
+    ax.set(xscale="log", yscale="log", xlabel="true energy [TeV]", ylabel="E² dN/dE [TeV cm⁻² s⁻¹]",
+           title="fitted spectra (1σ bands from the covariance)")
+    ax.legend(fontsize=8)
