@@ -14,6 +14,8 @@ at the fine pixel centres, summed back into map pixels and normalised to 1.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from astropy.coordinates import SkyCoord, angular_separation
 from astropy.wcs import WCS
@@ -100,18 +102,21 @@ def _round_up_to_odd(value: float) -> int:
     return int(np.ceil(value) // 2 * 2 + 1)
 
 
-def _separation_grid(wcs: WCS, centre: SkyCoord, npix: int, binsz: float) -> np.ndarray:
-    """Angular distance [deg] from ``centre`` of the pixel centres of an ``npix`` square
-    image of ``binsz`` pixels, in the projection of ``wcs`` centred on ``centre``."""
+@functools.lru_cache(maxsize=256)
+def _separation_grid(ctype: tuple[str, str], frame_lon: float, frame_lat: float, npix: int, binsz: float) -> np.ndarray:
+    """Angular distance [deg] from the centre of the pixel centres of an ``npix`` square
+    image of ``binsz`` pixels, in the projection ``ctype`` centred on ``(frame_lon,
+    frame_lat)`` (cached: datasets of one geometry share their grids)."""
     grid = WCS(naxis=2)
-    grid.wcs.ctype = list(wcs.celestial.wcs.ctype)
-    frame_lon, frame_lat = centre.spherical.lon.deg, centre.spherical.lat.deg
+    grid.wcs.ctype = list(ctype)
     grid.wcs.crval = [frame_lon, frame_lat]
     grid.wcs.cdelt = [-binsz, binsz]
     grid.wcs.crpix = [(npix + 1) / 2, (npix + 1) / 2]
     x, y = np.meshgrid(np.arange(npix), np.arange(npix))
     lon, lat = grid.pixel_to_world_values(x, y)
-    return np.rad2deg(angular_separation(*np.deg2rad([lon, lat]), *np.deg2rad([frame_lon, frame_lat])))
+    separation = np.rad2deg(angular_separation(*np.deg2rad([lon, lat]), *np.deg2rad([frame_lon, frame_lat])))
+    separation.flags.writeable = False
+    return separation
 
 
 def psf_kernel(
@@ -146,10 +151,12 @@ def psf_kernel(
     factors = np.maximum(factors, 1)
     size = _round_up_to_odd(2 * radii.max() / binsz)
     centre = map_centre(wcs, shape)
+    ctype = tuple(wcs.celestial.wcs.ctype)
+    centre_lon, centre_lat = float(centre.spherical.lon.deg), float(centre.spherical.lat.deg)
     kernels = np.zeros((len(energy_true), size, size))
     for index, (values, radius, factor) in enumerate(zip(profile, radii, factors)):
         npix = _round_up_to_odd(2 * radius / binsz)
-        rad = _separation_grid(wcs, centre, npix * factor, binsz / factor)
+        rad = _separation_grid(ctype, centre_lon, centre_lat, int(npix * factor), float(binsz / factor))
         fine = np.clip(_interp_linear_extrapolate(rad, psf_rad, values), 0, None)
         coarse = fine.reshape(npix, factor, npix, factor).sum(axis=(1, 3))
         start = (size - npix) // 2
