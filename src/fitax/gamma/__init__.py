@@ -11,6 +11,7 @@ from .modelio import read_datasets, read_models, write_models, write_results
 from .geometry import SkyGrid, integrate_spatial
 from .models import FoVBackgroundModel, Models, SkyModel
 from .spectrum import SpectrumDatasetOnOff
+from .template import TemplateSpatialModel
 from .spatial import ConstantSpatialModel, DiskSpatialModel, GaussianSpatialModel, PointSpatialModel, ShellSpatialModel
 from .spectral import (
     BrokenPowerLawSpectralModel,
@@ -18,13 +19,14 @@ from .spectral import (
     ExpCutoffPowerLawSpectralModel,
     LogParabolaSpectralModel,
     PowerLaw2SpectralModel,
+    PowerLawNormSpectralModel,
     PowerLawSpectralModel,
     SmoothBrokenPowerLawSpectralModel,
 )
 
 __all__ = [
     "BrokenPowerLawSpectralModel", "ConstantSpectralModel", "ExpCutoffPowerLawSpectralModel", "LogParabolaSpectralModel",
-    "PowerLaw2SpectralModel", "PowerLawSpectralModel", "SmoothBrokenPowerLawSpectralModel",
+    "PowerLaw2SpectralModel", "PowerLawSpectralModel", "PowerLawNormSpectralModel", "TemplateSpatialModel", "SmoothBrokenPowerLawSpectralModel",
     "Datasets", "MapDataset", "SpectrumDatasetOnOff", "fit", "ts", "read_datasets", "read_models", "write_models", "write_results", "FoVBackgroundModel", "Models", "SkyModel", "PointSpatialModel",
     "ConstantSpatialModel", "DiskSpatialModel", "GaussianSpatialModel", "ShellSpatialModel", "SkyGrid", "integrate_spatial",
 ]

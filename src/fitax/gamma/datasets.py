@@ -40,6 +40,7 @@ from .geometry import SkyGrid
 from .io import MapDatasetFile, read_map_dataset
 from .models import FoVBackgroundModel, Models, SkyModel
 from .spatial import PointSpatialModel, unit_vectors
+from .template import TemplateSpatialModel
 
 __all__ = ["MapDataset", "Datasets", "bind", "npred_groups", "stat_sum_groups"]
 
@@ -188,6 +189,7 @@ class _SourceArrays(eqx.Module):
     reference: Float[Array, "n 2"] | None         # the reference (lon, lat) [deg]
     psf_kernel: Float[Array, "n et k k"] | None   # point source: PSF kernels (placed, not convolved)
     grid_xyz: Float[Array, "n 3 fy fx"] | None    # extended source: fine pixel centres in its frame
+    template_image: Float[Array, "n p y x"] | None  # template: flux fraction per pixel (p = 1 or et)
     oversampling: int = eqx.field(static=True)
     is_point: bool = eqx.field(static=True)
 
@@ -282,6 +284,8 @@ def bind(datasets: Sequence[MapDataset], models: Models) -> tuple[_DatasetGroup,
                                  f"({[d.name for d in maps if source.applies_to(d.name)]}); give it one or restrict its datasets_names")
             continue
         position = source.spatial.position
+        if isinstance(source.spatial, TemplateSpatialModel) and not (source.spatial.lon_0.frozen and source.spatial.lat_0.frozen):
+            raise ValueError(f"model {source.name!r}: a template's position (lon_0, lat_0) cannot be fitted; freeze it")
         applies = [d for d in maps if source.applies_to(d.name)]
         if position is not None and applies and not any(d.contains(position) for d in applies):
             raise ValueError(
@@ -349,9 +353,11 @@ def _bind_group(members: list[MapDataset], sources: list[SkyModel]) -> _DatasetG
             identity = np.zeros((len(energy_true), 1, 1)) + 1.0
             psf_fft = jnp.asarray(np.stack([padded_fft(kernels.get((i, j), identity)) for i in range(len(members))]))
         is_point = isinstance(spatial, PointSpatialModel)
-        pixel = jacobian = reference = grid_xyz = point_kernel = None
+        pixel = jacobian = reference = grid_xyz = point_kernel = template_image = None
         oversampling = 1
-        if is_point:
+        if isinstance(spatial, TemplateSpatialModel):
+            template_image = jnp.asarray(np.stack([_template_image(spatial, d) for d in members]))
+        elif is_point:
             point_kernel = jnp.asarray(np.stack([padded(kernels.get((i, j), np.ones((len(energy_true), 1, 1))))
                                                  for i in range(len(members))]))
             psf_fft = None
@@ -366,7 +372,7 @@ def _bind_group(members: list[MapDataset], sources: list[SkyModel]) -> _DatasetG
         source_arrays.append(_SourceArrays(
             applies=jnp.asarray([float(source.applies_to(d.name)) for d in members]), edisp=jnp.asarray(np.stack(edisp)),
             psf_fft=psf_fft, pixel=pixel, pixel_jacobian=jacobian, reference=reference, psf_kernel=point_kernel,
-            grid_xyz=grid_xyz, oversampling=oversampling, is_point=is_point,
+            grid_xyz=grid_xyz, template_image=template_image, oversampling=oversampling, is_point=is_point,
         ))
     counts = np.stack([d.counts for d in members])
     mask = np.stack([d.mask if i < n_real else np.zeros_like(d.mask) for i, d in enumerate(members)])
@@ -396,6 +402,19 @@ def _oversampling_key(spatial) -> float | None:
     return spatial.evaluation_bin_size_min()
 
 
+def _template_image(spatial: TemplateSpatialModel, dataset: MapDataset) -> np.ndarray:
+    """A template resampled at the dataset's pixel centres (and true energies) times the
+    pixels' solid angles: ``(1 or energy_true, ny, nx)``."""
+    grid = SkyGrid.from_wcs(dataset.wcs, dataset.shape)
+    lon, lat = np.asarray(grid.lon), np.asarray(grid.lat)
+    if _wcs_frame(dataset.wcs) != spatial.frame:
+        coords = SkyCoord(lon, lat, unit="deg", frame=_wcs_frame(dataset.wcs)).transform_to(spatial.frame)
+        lon, lat = coords.spherical.lon.deg, coords.spherical.lat.deg
+    energy = dataset.energy_true_centres if spatial.is_energy_dependent else None
+    values = spatial.evaluate(lon, lat, energy)
+    return (values if values.ndim == 3 else values[None]) * np.asarray(grid.solid_angle)
+
+
 def _grid_in_frame(dataset: MapDataset, oversampling: int, frame: str) -> np.ndarray:
     """Unit vectors ``(3, fy, fx)`` of the fine pixel centres, in the model's frame."""
     grid = SkyGrid.from_wcs(dataset.wcs, dataset.shape, oversampling)
@@ -423,12 +442,15 @@ def _point_pixel(spatial, arrays: _SourceArrays) -> Array:
     return arrays.pixel + arrays.pixel_jacobian @ offset
 
 
-def _extended_image(spatial, arrays: _SourceArrays, solid_angle, shape) -> Float[Array, "y x"]:
-    """Fraction of an extended source's flux in each pixel, before the PSF."""
+def _extended_image(spatial, arrays: _SourceArrays, solid_angle, shape) -> Float[Array, "p y x"]:
+    """Fraction of an extended source's flux in each pixel, before the PSF (one plane, or
+    one per true energy for an energy-dependent template)."""
+    if arrays.template_image is not None:
+        return arrays.template_image
     k = arrays.oversampling
     values = spatial.evaluate_xyz(arrays.grid_xyz)
     ny, nx = shape
-    return values.reshape(ny, k, nx, k).mean(axis=(1, 3)) * solid_angle
+    return (values.reshape(ny, k, nx, k).mean(axis=(1, 3)) * solid_angle)[None]
 
 
 def _add_point_source(npred, spatial, arrays: _SourceArrays, exposure, flux, margin: int):
@@ -459,10 +481,11 @@ def _add_point_source(npred, spatial, arrays: _SourceArrays, exposure, flux, mar
     return jax.lax.dynamic_update_slice(npred, current + reco, (0, start_y, start_x))
 
 
-def _convolve(image: Float[Array, "y x"], kernel_fft: Complex[Array, "et fy fxh"], size: int, fft_shape) -> Float[Array, "et y x"]:
-    """Linear convolution with each (odd, ``size`` wide) kernel, cropped to the image."""
-    ny, nx = image.shape
-    full = jnp.fft.irfft2(jnp.fft.rfft2(image, s=fft_shape)[None] * kernel_fft, s=fft_shape)
+def _convolve(image: Float[Array, "p y x"], kernel_fft: Complex[Array, "et fy fxh"], size: int, fft_shape) -> Float[Array, "et y x"]:
+    """Linear convolution of the image (planes: 1, or one per kernel) with each (odd,
+    ``size`` wide) kernel, cropped to the image."""
+    ny, nx = image.shape[-2:]
+    full = jnp.fft.irfft2(jnp.fft.rfft2(image, s=fft_shape) * kernel_fft, s=fft_shape)
     half = (size - 1) // 2
     return full[:, half:half + ny, half:half + nx]
 
@@ -495,7 +518,7 @@ def _dataset_npred(sources: Sequence[SkyModel], group: _DatasetGroup, one: _OneD
             points = _add_point_source(points, source.spatial, arrays, padded_exposure, flux, margin)
             continue
         image = _extended_image(source.spatial, arrays, one.solid_angle, (ny, nx))
-        spread = image[None] if arrays.psf_fft is None else _convolve(image, arrays.psf_fft, group.kernel_size, group.fft_shape)
+        spread = image if arrays.psf_fft is None else _convolve(image, arrays.psf_fft, group.kernel_size, group.fft_shape)
         true_counts = spread * one.exposure * flux[:, None, None]
         npred = npred + arrays.applies * jnp.einsum("tyx,te->eyx", true_counts, arrays.edisp)
     return npred + points[:, margin:margin + ny, margin:margin + nx]

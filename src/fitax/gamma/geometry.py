@@ -29,8 +29,8 @@ class SkyGrid(eqx.Module):
     def from_wcs(cls, wcs, shape: tuple[int, int], oversampling: int = 1) -> "SkyGrid":
         """Grid of a 2-d celestial ``astropy.wcs.WCS`` with image ``shape = (ny, nx)``.
 
-        Solid angles are those of the pixel corners' spherical quadrilaterals, approximated
-        as Gammapy does (the product of the corner-to-corner angular sizes).
+        Solid angles are those of the pixel corners' quadrilaterals, computed as Gammapy
+        2.1 does (two planar triangles).
         """
         ny, nx = shape
         k = int(oversampling)
@@ -44,18 +44,24 @@ class SkyGrid(eqx.Module):
 
 
 def _solid_angle(wcs, shape) -> np.ndarray:
-    """Gammapy's pixel solid angle: angular sizes of the pixel's two diagonals' sides."""
-    from astropy.coordinates import angular_separation as separation
+    """Gammapy 2.1's pixel solid angle: the pixel's corners make two planar triangles,
+    each with two sides (great-circle lengths) and the angle they enclose."""
+    from astropy.coordinates import angular_separation, position_angle
 
     ny, nx = shape
     corner_x, corner_y = np.meshgrid(np.arange(nx + 1) - 0.5, np.arange(ny + 1) - 0.5)
     lon, lat = (np.deg2rad(a) for a in wcs.celestial.pixel_to_world_values(corner_x, corner_y))
-    low_left = lon[:-1, :-1], lat[:-1, :-1]
-    low_right = lon[:-1, 1:], lat[:-1, 1:]
-    up_left = lon[1:, :-1], lat[1:, :-1]
-    along_x = separation(*low_left, *low_right)
-    along_y = separation(*low_left, *up_left)
-    return np.asarray(along_x * along_y)
+    corner = lambda dy, dx: (lon[dy:dy + ny, dx:dx + nx], lat[dy:dy + ny, dx:dx + nx])  # noqa: E731
+    # Gammapy's names: "low"/"up" step along the first (y) index, "left"/"right" along x
+    low_left, low_right, up_left, up_right = corner(0, 0), corner(1, 0), corner(0, 1), corner(1, 1)
+    low = angular_separation(*low_left, *low_right)
+    left = angular_separation(*low_left, *up_left)
+    up = angular_separation(*up_left, *up_right)
+    right = angular_separation(*low_right, *up_right)
+    angle_low_right = np.asarray(position_angle(*low_right, *up_right)) - np.asarray(position_angle(*low_right, *low_left))
+    angle_up_left = np.asarray(position_angle(*up_left, *up_right)) - np.asarray(position_angle(*low_left, *up_left))
+    area = 0.5 * low * right * np.sin(angle_low_right) + 0.5 * up * left * np.sin(angle_up_left)
+    return np.abs(np.asarray(area, float))
 
 
 def integrate_spatial(model, grid: SkyGrid) -> Float[Array, "ny nx"]:

@@ -24,6 +24,7 @@ from . import spectral as spectral_models
 from .datasets import Datasets, MapDataset
 from .models import FoVBackgroundModel, Models, SkyModel
 from .spectrum import read_ogip
+from .template import TemplateSpatialModel
 
 __all__ = ["read_models", "write_models", "read_datasets", "write_results", "SPECTRAL_TAGS", "SPATIAL_TAGS"]
 
@@ -35,6 +36,7 @@ SPECTRAL_TAGS = {
     ("BrokenPowerLawSpectralModel", "bpl"): spectral_models.BrokenPowerLawSpectralModel,
     ("SmoothBrokenPowerLawSpectralModel", "sbpl"): spectral_models.SmoothBrokenPowerLawSpectralModel,
     ("ConstantSpectralModel", "const"): spectral_models.ConstantSpectralModel,
+    ("PowerLawNormSpectralModel", "pl-norm"): spectral_models.PowerLawNormSpectralModel,
 }
 SPATIAL_TAGS = {
     ("PointSpatialModel", "point"): spatial_models.PointSpatialModel,
@@ -142,7 +144,9 @@ def read_models(path) -> Models:
             spectral = _build(_lookup_class(SPECTRAL_TAGS, spectral_part.get("type"), where),
                               spectral_part.get("parameters"), f"{where} spectral", links=links, prefix=f"{name}.spectral")
             spatial = None
-            if spatial_part is not None:
+            if spatial_part is not None and spatial_part.get("type") in ("TemplateSpatialModel", "template"):
+                spatial = _read_template(spatial_part, path, where)
+            elif spatial_part is not None:
                 frame = spatial_part.get("frame", "icrs")
                 spatial = _build(_lookup_class(SPATIAL_TAGS, spatial_part.get("type"), where), spatial_part.get("parameters"),
                                  f"{where} spatial", frame=frame, links=links, prefix=f"{name}.spatial")
@@ -167,6 +171,20 @@ def read_models(path) -> Models:
             if name != source:
                 result = tie(result, name, source)
     return result
+
+
+def _read_template(spatial_part: dict, path: Path, where: str) -> TemplateSpatialModel:
+    filename = spatial_part.get("filename")
+    if not filename:
+        raise ValueError(f"{where}: a TemplateSpatialModel needs a 'filename'")
+    location = Path(filename)
+    if not location.is_absolute() and (path.parent / location).exists():
+        location = path.parent / location
+    model = TemplateSpatialModel.read(location, normalize=bool(spatial_part.get("normalize", True)))
+    for entry in spatial_part.get("parameters") or []:
+        if entry.get("name") in ("lon_0", "lat_0") and entry.get("frozen", True) is False:
+            raise ValueError(f"{where}: parameter {entry['name']!r}: a template's position cannot be fitted in fitax")
+    return model
 
 
 class _BackgroundDefaults:
@@ -217,7 +235,12 @@ def models_to_dict(models: Models, errors: dict[str, float] | None = None) -> di
             component = {"name": model.name, "type": "SkyModel",
                          "spectral": {"type": _tag(model.spectral),
                                       "parameters": _parameter_entries(model.spectral, errors, f"{model.name}.spectral", link_sources)}}
-            if model.spatial is not None:
+            if isinstance(model.spatial, TemplateSpatialModel):
+                component["spatial"] = {"type": "TemplateSpatialModel", "frame": model.spatial.frame,
+                                        "filename": str(model.spatial.template.filename),
+                                        "normalize": model.spatial.template.normalize,
+                                        "parameters": _parameter_entries(model.spatial, errors, f"{model.name}.spatial", link_sources)}
+            elif model.spatial is not None:
                 component["spatial"] = {"type": _tag(model.spatial), "frame": model.spatial.frame,
                                         "parameters": _parameter_entries(model.spatial, errors, f"{model.name}.spatial", link_sources)}
             if model.datasets_names is not None:

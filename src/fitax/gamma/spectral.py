@@ -26,7 +26,7 @@ from ._common import parameter
 
 __all__ = [
     "PowerLawSpectralModel", "PowerLaw2SpectralModel", "LogParabolaSpectralModel", "ExpCutoffPowerLawSpectralModel",
-    "BrokenPowerLawSpectralModel", "SmoothBrokenPowerLawSpectralModel", "ConstantSpectralModel",
+    "BrokenPowerLawSpectralModel", "SmoothBrokenPowerLawSpectralModel", "ConstantSpectralModel", "PowerLawNormSpectralModel",
 ]
 
 FLUX_UNIT = "cm-2 s-1 TeV-1"
@@ -195,6 +195,28 @@ class SmoothBrokenPowerLawSpectralModel(_SpectralModel):
         power = self.amplitude.value * (energy / self.reference.value) ** -self.index1.value
         exponent = (self.index2.value - self.index1.value) / self.beta.value
         return power * (1 + (energy / self.ebreak.value) ** exponent) ** -self.beta.value
+
+
+class PowerLawNormSpectralModel(_SpectralModel):
+    """``norm (E / reference)^-tilt``, dimensionless: it scales a spectrum carried by
+    something else, e.g. an energy-dependent template (then the template times the
+    integral of this model over each true-energy bin is the flux, as in Gammapy)."""
+
+    norm: Parameter
+    tilt: Parameter
+    reference: Parameter
+
+    def __init__(self, norm=1.0, tilt=0.0, reference=1.0):
+        self.norm = parameter(norm, "")
+        self.tilt = parameter(tilt, "", frozen=True)
+        self.reference = parameter(reference, "TeV", frozen=True)
+
+    def __call__(self, energy):
+        return self.norm.value * (jnp.asarray(energy, float) / self.reference.value) ** -self.tilt.value
+
+    def integral(self, energy_min, energy_max, order: int = 8):
+        return _power_law_integral(self.norm.value, self.tilt.value, self.reference.value,
+                                   jnp.asarray(energy_min, float), jnp.asarray(energy_max, float))
 
 
 class ConstantSpectralModel(_SpectralModel):
