@@ -52,7 +52,9 @@ def fit_files(datasets_path, models_path, out, ts_sources=(), plots: bool = True
     write_results(result, outputs["results.ecsv"])
     written = [outputs["models.yaml"], outputs["results.ecsv"]]
     for source in ts_sources:
-        test = ts(datasets, result.params, source, fitted=result)
+        # the null fit starts where the fit with the source started, so that both look up
+        # the IRFs at the same positions
+        test = ts(datasets, models, source, fitted=result)
         print(f"TS of {source}: {test.ts:.1f} ({test.significance:.1f} sigma for {test.df} degrees of freedom)")
     if plots:
         from .datasets import MapDataset

@@ -132,7 +132,8 @@ def ts(datasets, models: Models, source: str, *, tol: float = 1e-6, fitted: FitR
     """Test statistic of source ``source``: twice the log-likelihood gain of the fit with
     it over the fit without it (the other models refitted in both), with its Gaussian
     significance for as many degrees of freedom as the source has free parameters.
-    ``fitted``: the fit with the source, when already done."""
+    ``fitted``: the fit with the source from these ``models``, when already done (the fit
+    without it starts from ``models`` too, so both take IRFs at the same positions)."""
     models = models if isinstance(models, Models) else Models(models)
     with_source = fitted if fitted is not None else fit(datasets, models, tol=tol)
     without = fit(datasets, models.without(source), tol=tol)
