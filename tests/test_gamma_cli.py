@@ -141,3 +141,15 @@ def test_cli_refuses_to_overwrite_inputs_and_reports_missing_files(simulated, tm
     code = main(["gamma", "fit", "--datasets", str(tmp_path / "none.yaml"), "--models", str(models_path), "--out", str(tmp_path)])
     assert code == 2
     assert "none.yaml: no such file" in capsys.readouterr().err
+
+
+def test_gamma_demo_runs_and_recovers_the_truth(tmp_path, capsys):
+    assert main(["gamma", "demo", "--out", str(tmp_path), "--datasets", "2", "--seed", "1"]) == 0
+    for name in ("models.yaml", "results.ecsv", "maps.png", "spectrum.png", "data/datasets.yaml", "data/obs000.fits.gz",
+                 "data/models_true.yaml", "data/models_start.yaml"):
+        assert (tmp_path / name).exists(), name
+    table = Table.read(tmp_path / "results.ecsv")
+    truth = fg.read_models(tmp_path / "data" / "models_true.yaml").parameters
+    pulls = [(row["value"] - float(truth[row["name"]].value)) / row["error"] for row in table if not row["frozen"]]
+    assert max(abs(p) for p in pulls) < 4
+    assert "TS of extended" in capsys.readouterr().out

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -23,6 +25,32 @@ def add_parser(commands) -> None:
     demo.add_argument("--out", default="results/gamma", help="output folder (default: results/gamma)")
     demo.add_argument("--datasets", type=int, default=3, help="number of simulated observations (default: 3)")
     demo.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+
+
+@contextlib.contextmanager
+def _elapsed(label: str):
+    """Show the time elapsed while a long computation (one compiled call, which reports no
+    progress of its own) runs; on a terminal only."""
+    if not sys.stderr.isatty():
+        yield
+        return
+    from tqdm import tqdm
+
+    done = threading.Event()
+    bar = tqdm(desc=label, bar_format="{desc}: {elapsed} elapsed", leave=False)
+
+    def tick():
+        while not done.wait(0.5):
+            bar.refresh()
+
+    thread = threading.Thread(target=tick, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+        bar.close()
 
 
 def fit_files(datasets_path, models_path, out, ts_sources=(), plots: bool = True):
@@ -45,7 +73,8 @@ def fit_files(datasets_path, models_path, out, ts_sources=(), plots: bool = True
     print(f"Fitting {free} free parameters of {len(models)} models to {len(datasets)} dataset(s) "
           "(the first fit on this machine compiles the likelihood; the compiled code is cached)...", flush=True)
     start = time.perf_counter()
-    result = fit(datasets, models)
+    with _elapsed("fitting"):
+        result = fit(datasets, models)
     print(f"Fit done in {time.perf_counter() - start:.1f} s: {result.n_iterations} steps, {result.n_hessians} exact Hessians.")
     print(result)
     write_models(result.params, outputs["models.yaml"], errors=result.errors)
