@@ -185,13 +185,18 @@ def _bfgs_update(hessian: Array, step: Array, grad_change: Array) -> Array:
     return jnp.where(ok, updated, hessian)
 
 
-def internal_derivatives(to_physical: Callable, u: Array, grad_v: Array, hess_v: Array):
-    """Gradient and Hessian in internal coordinates by the chain rule (``v = T(u)`` elementwise)."""
+def internal_derivatives(to_physical: Callable, u: Array, grad_v: Array, hess_v: Array, transform_curvature=True):
+    """Gradient and Hessian in internal coordinates by the chain rule (``v = T(u)`` elementwise).
+
+    ``transform_curvature=False`` drops the term ``g_v T''(u)`` (zero at the minimum): with a
+    quasi-Newton ``hess_v``, far from the minimum that term alone can make the internal
+    Hessian indefinite and stall the steps until an exact Hessian is computed.
+    """
     ones = jnp.ones_like(u)
     first = lambda x: jax.jvp(to_physical, (x,), (ones,))[1]  # noqa: E731
     dv, d2v = jax.jvp(first, (u,), (ones,))
     grad_u = dv * grad_v
-    hess_u = dv[:, None] * hess_v * dv[None, :] + jnp.diag(grad_v * d2v)
+    hess_u = dv[:, None] * hess_v * dv[None, :] + jnp.diag(jnp.where(transform_curvature, grad_v * d2v, 0.0))
     return grad_u, hess_u
 
 
@@ -285,7 +290,7 @@ def newton(
         certify = ~s.exact & (s.edm < edm_tol)
         refresh = first | certify | (s.since_refresh + 1 >= hessian_every)
         to_physical = lambda u: space.to_physical(u, s.transform)  # noqa: E731
-        grad_u, hess_u = internal_derivatives(to_physical, s.u, s.grad, s.hessian)
+        grad_u, hess_u = internal_derivatives(to_physical, s.u, s.grad, s.hessian, transform_curvature=s.exact)
         # Damping scaled by the Hessian's diagonal magnitude keeps lambda dimensionless.
         diag_scale = jnp.maximum(jnp.mean(jnp.abs(jnp.diagonal(hess_u))), 1e-12)
         chol = jnp.linalg.cholesky(hess_u + s.damping * diag_scale * eye)
@@ -349,9 +354,9 @@ def newton(
         )
         radius = jnp.clip(radius, 1e-12, 1e12)
         to_physical_now = lambda x: space.to_physical(x, transform_now)  # noqa: E731
-        g_u, h_u = internal_derivatives(to_physical_now, u, g, h)
-        edm, _ = edm_and_definiteness(g_u, h_u)
         exact = jnp.where(accept, refresh, s.exact)
+        g_u, h_u = internal_derivatives(to_physical_now, u, g, h, transform_curvature=exact)
+        edm, _ = edm_and_definiteness(g_u, h_u)
         finite = jnp.isfinite(f) & jnp.all(jnp.isfinite(g)) & jnp.all(jnp.isfinite(h))
         n_iterations = s.n_iterations + 1
         # A rejected step whose predicted decrease is already negligible means we are as close
