@@ -24,6 +24,7 @@ an order of magnitude cheaper than direct summation.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Iterable, Sequence
 
 import equinox as eqx
@@ -36,7 +37,7 @@ from jaxtyping import Array, Bool, Complex, Float
 
 from ..stats import cash_terms
 from . import irf
-from .geometry import SkyGrid
+from .geometry import pixel_centres, solid_angles
 from .io import MapDatasetFile, read_map_dataset
 from .models import FoVBackgroundModel, Models, SkyModel
 from .spatial import PointSpatialModel, unit_vectors
@@ -89,6 +90,11 @@ class MapDataset:
     @property
     def shape(self) -> tuple[int, int]:
         return self.counts.shape[1:]
+
+    @functools.cached_property
+    def solid_angle(self) -> np.ndarray:
+        """Solid angle of each pixel [sr] (computed once per dataset)."""
+        return solid_angles(self.wcs, self.shape)
 
     @property
     def source_files(self) -> tuple:
@@ -383,7 +389,7 @@ def _bind_group(members: list[MapDataset], sources: list[SkyModel]) -> _DatasetG
     return _DatasetGroup(
         counts=jnp.asarray(counts), mask=jnp.asarray(mask), background=jnp.asarray(np.stack([d.background for d in members])),
         exposure=jnp.asarray(np.stack([d.exposure for d in members])),
-        solid_angle=jnp.asarray(np.stack([np.asarray(SkyGrid.from_wcs(d.wcs, d.shape).solid_angle) for d in members])),
+        solid_angle=jnp.asarray(np.stack([d.solid_angle for d in members])),
         energy_true_edges=jnp.asarray(first.energy_true_edges), energy_centres=jnp.asarray(first.energy_centres),
         sources=tuple(source_arrays), names=tuple(d.name if i < n_real else "" for i, d in enumerate(members)), source_names=tuple(s.name for s in sources),
         kernel_size=size, fft_shape=fft_shape, data_constant=data_constant,
@@ -395,30 +401,24 @@ def _position_key(source: SkyModel):
     spatial = source.spatial
     if spatial.position is None:
         return None
-    return (float(spatial.lon_0.value), float(spatial.lat_0.value), spatial.frame, _oversampling_key(spatial))
-
-
-def _oversampling_key(spatial) -> float | None:
-    return spatial.evaluation_bin_size_min()
+    return (float(spatial.lon_0.value), float(spatial.lat_0.value), spatial.frame, spatial.evaluation_bin_size_min())
 
 
 def _template_image(spatial: TemplateSpatialModel, dataset: MapDataset) -> np.ndarray:
     """A template resampled at the dataset's pixel centres (and true energies) times the
     pixels' solid angles: ``(1 or energy_true, ny, nx)``."""
-    grid = SkyGrid.from_wcs(dataset.wcs, dataset.shape)
-    lon, lat = np.asarray(grid.lon), np.asarray(grid.lat)
+    lon, lat = pixel_centres(dataset.wcs, dataset.shape)
     if _wcs_frame(dataset.wcs) != spatial.frame:
         coords = SkyCoord(lon, lat, unit="deg", frame=_wcs_frame(dataset.wcs)).transform_to(spatial.frame)
         lon, lat = coords.spherical.lon.deg, coords.spherical.lat.deg
     energy = dataset.energy_true_centres if spatial.is_energy_dependent else None
     values = spatial.evaluate(lon, lat, energy)
-    return (values if values.ndim == 3 else values[None]) * np.asarray(grid.solid_angle)
+    return (values if values.ndim == 3 else values[None]) * dataset.solid_angle
 
 
 def _grid_in_frame(dataset: MapDataset, oversampling: int, frame: str) -> np.ndarray:
     """Unit vectors ``(3, fy, fx)`` of the fine pixel centres, in the model's frame."""
-    grid = SkyGrid.from_wcs(dataset.wcs, dataset.shape, oversampling)
-    lon, lat = np.asarray(grid.lon), np.asarray(grid.lat)
+    lon, lat = pixel_centres(dataset.wcs, dataset.shape, oversampling)
     map_frame = _wcs_frame(dataset.wcs)
     if map_frame != frame:
         coords = SkyCoord(lon, lat, unit="deg", frame=map_frame).transform_to(frame)

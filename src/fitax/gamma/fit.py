@@ -22,7 +22,7 @@ from ..fit import fit as _core_fit
 from ..fit import FitResult
 from ..parameters import ParameterSpace
 from ..profile import TSResult, wilks_significance
-from .datasets import Datasets, MapDataset, _DatasetGroup, _oversampling_key, bind, stat_sum_groups
+from .datasets import Datasets, MapDataset, _DatasetGroup, bind, stat_sum_groups
 from .models import FoVBackgroundModel, Models, SkyModel
 
 __all__ = ["fit", "ts", "hessian_sparsity"]
@@ -55,7 +55,7 @@ def _needs_rebinding(groups: Sequence[_DatasetGroup], datasets: Datasets, models
             spatial = models[name].spatial
             lon, lat, frame, bin_size = bound
             moved = SkyCoord(lon, lat, unit="deg", frame=frame).separation(spatial.position).deg
-            now = _oversampling_key(spatial)
+            now = spatial.evaluation_bin_size_min()
             if moved > _REBIND_DISTANCE or (now is not None and bin_size is not None and now < bin_size and np.ceil(
                     pixel / now) > np.ceil(pixel / bin_size)):
                 return True

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-__all__ = ["SkyGrid", "integrate_spatial"]
+__all__ = ["SkyGrid", "integrate_spatial", "pixel_centres", "solid_angles"]
 
 
 class SkyGrid(eqx.Module):
@@ -32,18 +32,25 @@ class SkyGrid(eqx.Module):
         Solid angles are those of the pixel corners' quadrilaterals, computed as Gammapy
         2.1 does (two planar triangles).
         """
-        ny, nx = shape
-        k = int(oversampling)
-        if k < 1:
-            raise ValueError(f"oversampling must be a positive integer, got {oversampling}")
-        # fine pixel centres in coarse pixel coordinates (0-based, pixel centres at integers)
-        fine_x = (np.arange(nx * k) + 0.5) / k - 0.5
-        fine_y = (np.arange(ny * k) + 0.5) / k - 0.5
-        lon, lat = wcs.celestial.pixel_to_world_values(*np.meshgrid(fine_x, fine_y))
-        return cls(lon=jnp.asarray(lon), lat=jnp.asarray(lat), solid_angle=jnp.asarray(_solid_angle(wcs, shape)), oversampling=k)
+        lon, lat = pixel_centres(wcs, shape, oversampling)
+        return cls(lon=jnp.asarray(lon), lat=jnp.asarray(lat), solid_angle=jnp.asarray(solid_angles(wcs, shape)),
+                   oversampling=int(oversampling))
 
 
-def _solid_angle(wcs, shape) -> np.ndarray:
+def pixel_centres(wcs, shape: tuple[int, int], oversampling: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """``(lon, lat)`` [deg] of the centres of an image ``oversampling`` times finer than the
+    ``(ny, nx)`` WCS image, shape ``(ny * k, nx * k)``."""
+    ny, nx = shape
+    k = int(oversampling)
+    if k < 1:
+        raise ValueError(f"oversampling must be a positive integer, got {oversampling}")
+    # fine pixel centres in coarse pixel coordinates (0-based, pixel centres at integers)
+    fine_x = (np.arange(nx * k) + 0.5) / k - 0.5
+    fine_y = (np.arange(ny * k) + 0.5) / k - 0.5
+    return wcs.celestial.pixel_to_world_values(*np.meshgrid(fine_x, fine_y))
+
+
+def solid_angles(wcs, shape) -> np.ndarray:
     """Gammapy 2.1's pixel solid angle: the pixel's corners make two planar triangles,
     each with two sides (great-circle lengths) and the angle they enclose."""
     from astropy.coordinates import angular_separation, position_angle

@@ -23,21 +23,11 @@ from ..parameters import Parameter
 from ._common import parameter
 
 __all__ = [
-    "angular_separation", "unit_vectors", "point_weights", "PointSpatialModel", "GaussianSpatialModel", "DiskSpatialModel", "ShellSpatialModel",
+    "unit_vectors", "PointSpatialModel", "GaussianSpatialModel", "DiskSpatialModel", "ShellSpatialModel",
     "ConstantSpatialModel",
 ]
 
 _EDGE_WIDTH_95 = 2.326174307353347  # erf argument at which a smooth edge falls from 95% to 5%
-
-
-def angular_separation(lon1, lat1, lon2, lat2):
-    """Great-circle distance [rad] between points given in radians (Vincenty's formula,
-    accurate at all separations, as astropy's)."""
-    sdlon, cdlon = jnp.sin(lon2 - lon1), jnp.cos(lon2 - lon1)
-    slat1, slat2, clat1, clat2 = jnp.sin(lat1), jnp.sin(lat2), jnp.cos(lat1), jnp.cos(lat2)
-    num1 = clat2 * sdlon
-    num2 = clat1 * slat2 - slat1 * clat2 * cdlon
-    return jnp.arctan2(jnp.hypot(num1, num2), slat1 * slat2 + clat1 * clat2 * cdlon)
 
 
 def unit_vectors(lon, lat) -> Float[Array, "3 *pix"]:
@@ -123,17 +113,7 @@ class PointSpatialModel(_SpatialModel):
         self.frame = frame
 
     def evaluate_xyz(self, xyz):
-        raise TypeError("a point source has no surface brightness; npred uses its pixel weights (fitax.gamma.point_weights)")
-
-
-def point_weights(x0, y0, shape: tuple[int, int]) -> Float[Array, "ny nx"]:
-    """Bilinear pixel weights of a point at pixel coordinates ``(x0, y0)`` (0-based,
-    pixel centres at integers) on an ``(ny, nx)`` image: ``(1 - |dx|)(1 - |dy|)`` on the
-    four nearest pixels, summing to 1 inside the image."""
-    ny, nx = shape
-    wx = jnp.maximum(1.0 - jnp.abs(jnp.arange(nx) - x0), 0.0)
-    wy = jnp.maximum(1.0 - jnp.abs(jnp.arange(ny) - y0), 0.0)
-    return wy[:, None] * wx[None, :]
+        raise TypeError("a point source has no surface brightness; npred places its PSF kernel with bilinear pixel weights")
 
 
 class GaussianSpatialModel(_SpatialModel):

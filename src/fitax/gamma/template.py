@@ -125,9 +125,9 @@ class TemplateMap:
 def _normalised(data: np.ndarray, wcs: WCS) -> np.ndarray:
     """Each plane divided by its sum and by the pixels' solid angles: a brightness [sr-1]
     integrating to one over the map."""
-    from .geometry import SkyGrid
+    from .geometry import solid_angles
 
-    solid_angle = np.asarray(SkyGrid.from_wcs(wcs, data.shape[-2:]).solid_angle)
+    solid_angle = solid_angles(wcs, data.shape[-2:])
     total = data.sum(axis=(-2, -1), keepdims=True)
     return np.divide(data, total, out=np.zeros_like(data), where=total != 0) / solid_angle
 
