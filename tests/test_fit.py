@@ -195,3 +195,52 @@ def test_indefinite_hessian_is_reported_not_hidden():
     result = fitax.fit(lambda p: p["a"].value ** 2 - p["b"].value ** 2, params, max_steps=20)
     assert not result.converged
     assert "not positive definite" in result.message and "'b'" in result.message
+
+
+def _joint_exponentials(params):
+    """Shared amplitude and slope, one offset per dataset: the offsets' mixed second
+    derivatives vanish, and only the slope enters the expensive-looking ``exp``."""
+    x = jnp.linspace(0.0, 3.0, 40)
+    total = 0.0
+    for i in range(4):
+        data = 2.0 * jnp.exp(-0.7 * x) + 0.1 * i + 0.05 * jnp.sin(7 * x + i)
+        model = params["amplitude"].value * jnp.exp(-params["slope"].value * x) + params[f"offset{i}"].value
+        total = total + jnp.sum((data - model) ** 2 * (1 + 0.3 * model**2))
+    return total
+
+
+def test_hessian_plans_give_the_dense_hessian():
+    """Colored columns, costly columns computed in full and the cheap block from products
+    that hold the costly parameters constant assemble the same Hessian as jax.hessian."""
+    from fitax import _minimize
+    from fitax.fit import _physical_objective
+
+    params = {"amplitude": fitax.Parameter(1.5), "slope": fitax.Parameter(0.5, min=0.0),
+              **{f"offset{i}": fitax.Parameter(0.2 * i) for i in range(4)}}
+    space = fitax.ParameterSpace.from_params(params)
+    physical = _physical_objective(_joint_exponentials, space, params, 1.0)
+    v = space.values(params) + 0.1
+    dense = jax.hessian(physical)(v, None)
+    offsets = np.array([name.startswith("offset") for name in space.names])
+    pattern = ~(offsets[:, None] & offsets[None, :]) | np.eye(6, dtype=bool)
+    costly = np.array([name == "slope" for name in space.names])
+    for plan in (_minimize.hessian_plan(6, pattern, None), _minimize.hessian_plan(6, None, costly),
+                 _minimize.hessian_plan(6, pattern, costly), None):
+        value, grad, hessian = _minimize.value_grad_hessian(physical, v, None, plan)
+        np.testing.assert_allclose(value, physical(v, None), rtol=1e-14)
+        np.testing.assert_allclose(grad, jax.grad(physical)(v, None), rtol=1e-12)
+        np.testing.assert_allclose(hessian, dense, rtol=1e-12, atol=1e-12 * np.abs(dense).max())
+    assert _minimize.hessian_plan(6, pattern, costly).coloring.seeds.shape[0] == 2  # amplitude, offsets
+
+
+def test_hessian_costly_fit_matches_dense_fit():
+    params = {"amplitude": fitax.Parameter(1.5), "slope": fitax.Parameter(0.5, min=0.0),
+              **{f"offset{i}": fitax.Parameter(0.2 * i) for i in range(4)}}
+    plain = fitax.fit(_joint_exponentials, params)
+    split = fitax.fit(_joint_exponentials, params, hessian_costly=[name == "slope" for name in plain.free_names])
+    assert split.converged
+    for name in plain.free_names:
+        assert split.values[name] == pytest.approx(plain.values[name], rel=1e-9, abs=1e-12)
+        assert split.errors[name] == pytest.approx(plain.errors[name], rel=1e-9)
+    with pytest.raises(ValueError, match="hessian_costly has shape"):
+        fitax.fit(_joint_exponentials, params, hessian_costly=[True])

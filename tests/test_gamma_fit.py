@@ -139,3 +139,37 @@ def test_fit_matches_gammapy_iminuit(single, monkeypatch):
     finite_difference_errors = np.sqrt(np.diag(2 * np.linalg.inv(hessian)))
     for name, error in zip(names, finite_difference_errors):
         assert ours.errors[name] == pytest.approx(error, rel=0.01), name
+
+
+def test_datasets_split_over_devices_give_the_same_stat_and_gradient():
+    """The sharded path (used on accelerators; forced here on 4 CPU devices) pads three
+    datasets to four and must give the unsharded statistic and gradient."""
+    import os
+    import subprocess
+    import sys
+
+    code = """
+import jax, numpy as np, fitax.gamma as fg
+from fitax.gamma.datasets import bind, stat_sum_groups
+from fitax.parameters import ParameterSpace
+path = {path!r}
+datasets = fg.Datasets([fg.MapDataset.read(f"{{path}}/obs00{{i}}.fits.gz") for i in range(3)])
+models = fg.read_models(f"{{path}}/models_true_n10.yaml")
+models = fg.Models([m for m in models if getattr(m, "dataset_name", "obs000") in datasets.names])
+space = ParameterSpace.from_params(models)
+values = space.values(models)
+results = []
+for shard in (True, False):
+    groups = bind(datasets, models, shard=shard)
+    assert groups[0].sharded == shard and groups[0].counts.shape[0] == (4 if shard else 3)
+    stat = jax.jit(jax.value_and_grad(lambda v: stat_sum_groups(space.with_values(models, v), groups)))
+    value, grad = stat(values)
+    results.append(np.concatenate([[value], grad]))
+print(jax.device_count(), np.max(np.abs(results[0] - results[1]) / np.maximum(np.abs(results[1]), 1e-300)))
+""".format(path=str(shared_data("gamma", "sim")))
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert out.returncode == 0, out.stderr[-2000:]
+    n_devices, difference = out.stdout.split()
+    assert n_devices == "4"
+    assert float(difference) < 1e-10

@@ -131,28 +131,94 @@ def hessian_coloring(pattern) -> HessianColoring | None:
                            mirrored=jnp.asarray(mirrored, float))
 
 
-def value_grad_hessian(fun: Callable, v: Array, args: Any, coloring: HessianColoring | None = None) -> tuple[Array, Array, Array]:
+class HessianPlan(eqx.Module):
+    """Which Hessian-vector products build the exact Hessian (see :func:`hessian_plan`).
+
+    Columns of the ``costly`` parameters are computed in full. The block of the ``cheap``
+    parameters comes from products of the gradient *with respect to the cheap parameters
+    only*, the costly ones held constant, so autodiff skips every operation that depends on
+    the costly parameters alone; the mixed block is the transpose of the costly columns.
+    ``coloring`` (optional) groups the cheap block's columns.
+    """
+
+    costly: tuple[int, ...] = eqx.field(static=True)
+    cheap: tuple[int, ...] = eqx.field(static=True)
+    coloring: HessianColoring | None = None
+
+
+def hessian_plan(n: int, pattern=None, costly=None) -> HessianPlan | None:
+    """A :class:`HessianPlan` for ``n`` parameters with sparsity ``pattern`` (``n x n``
+    bool, or ``None`` for dense) and boolean mask ``costly`` (or ``None``); ``None`` when
+    it would not save anything."""
+    import numpy as np
+
+    costly_mask = np.zeros(n, bool) if costly is None else np.asarray(costly, bool)
+    cheap = np.nonzero(~costly_mask)[0]
+    coloring = None if pattern is None else hessian_coloring(np.asarray(pattern, bool)[np.ix_(cheap, cheap)])
+    if coloring is None and not costly_mask.any():
+        return None
+    return HessianPlan(costly=tuple(int(i) for i in np.nonzero(costly_mask)[0]), cheap=tuple(int(i) for i in cheap),
+                       coloring=coloring)
+
+
+def _products(linear: Callable, seeds: Array) -> Array:
+    """``linear`` applied to each row of ``seeds``: one after the other on CPU (the
+    vectorised form keeps a copy of every intermediate array per seed and was measured 5x
+    slower for 6 parameters and 6x slower for 251 on a 200k-bin cube), at once on
+    accelerators."""
+    if jax.default_backend() != "cpu":
+        return jax.vmap(linear)(seeds)
+    return jax.lax.map(linear, seeds)
+
+
+def value_grad_hessian(fun: Callable, v: Array, args: Any, plan: HessianPlan | None = None) -> tuple[Array, Array, Array]:
     """``fun(v, args)``, its gradient and its exact Hessian (forward over reverse mode).
 
-    On CPU the Hessian is built one Hessian-vector product at a time (``lax.map``); the
-    vectorised ``jacfwd`` keeps ``n`` copies of every intermediate array and was measured 5x
-    slower for 6 parameters and 6x slower for 251 on a 200k-bin cube, and no faster on
-    15x15 stamps. Accelerators get the vectorised form. With a ``coloring`` only its
-    products are computed.
+    The gradient is linearised once (``jax.linearize``) and the linear map applied to each
+    seed, so the value, the gradient and their intermediate arrays are computed once, not
+    once per Hessian-vector product. With a ``plan`` only its products are computed; then
+    ``fun`` must also accept its vector as a sequence of scalars (as the objectives of
+    :func:`fitax.fit` do), so that the cheap parameters' products never see a tangent of
+    a costly one.
     """
-    value, grad = jax.value_and_grad(fun)(v, args)
-    grad_fn = lambda x: jax.grad(fun)(x, args)  # noqa: E731
     n = v.shape[0]
-    seeds = jnp.eye(n, dtype=v.dtype) if coloring is None else coloring.seeds.astype(v.dtype)
-    if jax.default_backend() != "cpu":
-        products = jax.vmap(lambda t: jax.jvp(grad_fn, (v,), (t,))[1])(seeds)
+    value_grad = lambda x: jax.value_and_grad(fun)(x, args)  # noqa: E731
+    if plan is None:
+        (value, grad), linear = jax.linearize(value_grad, v)
+        products = _products(lambda t: linear(t)[1], jnp.eye(n, dtype=v.dtype))
+        return value, grad, 0.5 * (products + products.T)
+    cheap = jnp.asarray(plan.cheap, dtype=int)
+    if plan.costly:
+        (value, grad), linear = jax.linearize(value_grad, v)
+        costly = jnp.asarray(plan.costly, dtype=int)
+        columns = _products(lambda t: linear(t)[1], jnp.eye(n, dtype=v.dtype)[costly])  # [k, r] = H[r, costly[k]]
+        entries = [v[i] for i in range(n)]
+
+        def cheap_grad(vc):
+            def restricted(w):
+                values = list(entries)
+                for k, i in enumerate(plan.cheap):
+                    values[i] = w[k]
+                return fun(values, args)
+
+            return jax.grad(restricted)(vc)
+
+        _, cheap_linear = jax.linearize(cheap_grad, v[cheap])
     else:
-        products = jax.lax.map(lambda t: jax.jvp(grad_fn, (v,), (t,))[1], seeds)
+        (value, grad), linear = jax.linearize(value_grad, v)
+        cheap_linear = lambda t: linear(t)[1]  # noqa: E731
+    m = len(plan.cheap)
+    coloring = plan.coloring
+    seeds = jnp.eye(m, dtype=v.dtype) if coloring is None else coloring.seeds.astype(v.dtype)
+    products = _products(cheap_linear, seeds)
     if coloring is None:
-        hessian = products
+        block = products
     else:
         by_column = products[coloring.color]  # [c, r] = product holding column c, row r
-        hessian = by_column.T * coloring.direct + by_column * coloring.mirrored
+        block = by_column.T * coloring.direct + by_column * coloring.mirrored
+    hessian = jnp.zeros((n, n), v.dtype).at[cheap[:, None], cheap[None, :]].set(block)
+    if plan.costly:
+        hessian = hessian.at[costly, :].set(columns).at[:, costly].set(columns.T)
     return value, grad, 0.5 * (hessian + hessian.T)
 
 
@@ -235,7 +301,7 @@ def newton(
     edm_tol: float = 1e-6,
     max_steps: int = 200,
     hessian_every: int = 1,
-    coloring: HessianColoring | None = None,
+    plan: HessianPlan | None = None,
 ) -> MinimiseResult:
     """Minimise ``fun(v, args)`` by damped Newton steps with the exact Hessian.
 
@@ -307,7 +373,7 @@ def newton(
         u_trial = s.u + step
         v_trial = to_physical(u_trial)
         if hessian_every == 1:
-            f_trial, g_trial, h_trial = value_grad_hessian(fun, v_trial, args, coloring)
+            f_trial, g_trial, h_trial = value_grad_hessian(fun, v_trial, args, plan)
         else:
 
             def quasi_newton_update():
@@ -315,7 +381,7 @@ def newton(
                 return f_new, g_new, _bfgs_update(s.hessian, v_trial - to_physical(s.u), g_new - s.grad)
 
             f_trial, g_trial, h_trial = jax.lax.cond(
-                refresh, lambda: value_grad_hessian(fun, v_trial, args, coloring), quasi_newton_update
+                refresh, lambda: value_grad_hessian(fun, v_trial, args, plan), quasi_newton_update
             )
         finite_trial = jnp.isfinite(f_trial) & jnp.all(jnp.isfinite(g_trial)) & jnp.all(jnp.isfinite(h_trial))
         actual = s.fun - f_trial

@@ -120,18 +120,18 @@ def _physical_objective(objective, space: ParameterSpace, params, errordef: floa
 
 
 @eqx.filter_jit
-def _run_fit(objective, space: ParameterSpace, params, args, method: str, errordef, edm_tol, max_steps, hessian_every, coloring):
+def _run_fit(objective, space: ParameterSpace, params, args, method: str, errordef, edm_tol, max_steps, hessian_every, plan):
     v0 = space.values(params)
     physical = _physical_objective(objective, space, params, errordef)
     if method != "bfgs":
         return _minimize.newton(
             physical, space, v0, args, errordef=errordef, edm_tol=edm_tol, max_steps=max_steps, hessian_every=hessian_every,
-            coloring=coloring,
+            plan=plan,
         ), 0
     # BFGS from the start point, in coordinates whitened by the exact Hessian there (so its
     # first step is a Newton step and it knows the correlations from the outset), then Newton
     # to converge and to certify convergence.
-    f0, g0, h0 = _minimize.value_grad_hessian(physical, v0, args, coloring)
+    f0, g0, h0 = _minimize.value_grad_hessian(physical, v0, args, plan)
     transform = space.transform_state(v0, jnp.diagonal(h0) / (2.0 * errordef))
     to_physical = lambda u: space.to_physical(u, transform)  # noqa: E731
     _, hess_u = _minimize.internal_derivatives(to_physical, jnp.zeros_like(v0), g0, h0)
@@ -154,7 +154,7 @@ def _run_fit(objective, space: ParameterSpace, params, args, method: str, errord
     u0 = unwhiten @ w
     result = _minimize.newton(
         physical, space, v0, args, errordef=errordef, transform=transform, u0=u0, edm_tol=edm_tol, max_steps=max_steps,
-        coloring=coloring,
+        plan=plan,
     )
     result = eqx.tree_at(lambda r: (r.start_fun, r.start_grad), result, (f0, g0))
     return result, n_bfgs
@@ -195,6 +195,7 @@ def fit(
     max_steps: int = 500,
     hessian_every: int | None = None,
     hessian_sparsity=None,
+    hessian_costly=None,
 ) -> FitResult:
     """Minimise ``objective`` over the free parameters of ``params``.
 
@@ -219,6 +220,10 @@ def fit(
             nuisance parameters of different datasets of a joint fit. The exact Hessian is
             then built from fewer Hessian-vector products (a column coloring; see
             :func:`fitax._minimize.hessian_coloring`).
+        hessian_costly: optional ``n_free`` booleans, true for parameters whose derivatives
+            are expensive (e.g. a source's shape in front of a convolution). Their Hessian
+            columns are computed in full; the other parameters' block from products that
+            hold the costly ones constant, so autodiff skips the expensive operations.
 
     Returns:
         A :class:`FitResult`.
@@ -244,15 +249,19 @@ def fit(
     resolved = "newton" if method == "auto" else method
     if hessian_every is None:
         hessian_every = 1 if space.size <= NEWTON_MAX_PARAMETERS else HESSIAN_EVERY_LARGE
-    coloring = None
+    pattern = costly = None
     if hessian_sparsity is not None:
         pattern = np.asarray(hessian_sparsity, bool)
         if pattern.shape != (space.size, space.size):
             raise ValueError(f"hessian_sparsity has shape {pattern.shape}; expected ({space.size}, {space.size}) for the free parameters")
-        coloring = _minimize.hessian_coloring(pattern)
+    if hessian_costly is not None:
+        costly = np.asarray(hessian_costly, bool)
+        if costly.shape != (space.size,):
+            raise ValueError(f"hessian_costly has shape {costly.shape}; expected ({space.size},) for the free parameters")
+    plan = _minimize.hessian_plan(space.size, pattern, costly)
     result, n_bfgs = _run_fit(
         objective, space, params, args, resolved, float(errordef), float(tol * errordef), int(max_steps), int(hessian_every),
-        coloring,
+        plan,
     )
     _raise_for_bad_start(space, params, result)
     return _make_result(space, params, result, int(n_bfgs), errordef, resolved)

@@ -390,11 +390,16 @@ class ParameterSpace:
             return jnp.zeros((0,))
         return jnp.stack([leaves[i].value for i in self._leaf_positions], axis=-1)
 
-    def with_values(self, params, values: Float[Array, " n_free"]):
-        """``params`` with the free parameters set to ``values`` and ties applied."""
+    def with_values(self, params, values: Float[Array, " n_free"] | list):
+        """``params`` with the free parameters set to ``values`` and ties applied.
+
+        ``values`` may also be a sequence of scalars: then each parameter depends on its own
+        entry only, which lets autodiff skip whatever depends on undifferentiated entries
+        (see :func:`fitax._minimize.value_grad_hessian`)."""
         leaves = list(self._leaves(params))
         for j, i in enumerate(self._leaf_positions):
-            leaves[i] = dataclasses.replace(leaves[i], value=values[..., j])
+            value = values[j] if isinstance(values, (list, tuple)) else values[..., j]
+            leaves[i] = dataclasses.replace(leaves[i], value=value)
         for target, source in self._tie_positions:
             leaves[target] = dataclasses.replace(leaves[target], value=leaves[source].value)
         return jax.tree_util.tree_unflatten(self._treedef, leaves)

@@ -24,8 +24,10 @@ from ..parameters import ParameterSpace
 from ..profile import TSResult, wilks_significance
 from .datasets import Datasets, MapDataset, _DatasetGroup, bind, stat_sum_groups
 from .models import FoVBackgroundModel, Models, SkyModel
+from .spatial import PointSpatialModel
+from .template import TemplateSpatialModel
 
-__all__ = ["fit", "ts", "hessian_sparsity"]
+__all__ = ["fit", "ts", "hessian_sparsity", "costly_parameters"]
 
 _REBIND_DISTANCE = 0.1  # deg
 _MAX_ROUNDS = 4
@@ -91,6 +93,17 @@ def hessian_sparsity(datasets: Datasets, models: Models) -> np.ndarray:
     return np.array([[bool(a & b) for b in touched] for a in touched])
 
 
+def costly_parameters(models: Models) -> np.ndarray:
+    """Which free parameters shape a PSF-convolved extended source (its spatial
+    parameters): their derivatives need the convolutions, the others' (spectra, point
+    sources, backgrounds) do not, so the fit's Hessian treats them apart
+    (``hessian_costly`` of :func:`fitax.fit`)."""
+    space = ParameterSpace.from_params(models)
+    convolved = [f"{m.name}.spatial." for m in models.sky_models
+                 if m.spatial is not None and not isinstance(m.spatial, (PointSpatialModel, TemplateSpatialModel))]
+    return np.array([name.startswith(tuple(convolved)) for name in space.names], bool)
+
+
 def _check_models_fit_datasets(datasets: Datasets, models: Models) -> None:
     """Every model must act on some dataset, or its parameters are unconstrained."""
     known = set(datasets.names)
@@ -102,11 +115,13 @@ def _check_models_fit_datasets(datasets: Datasets, models: Models) -> None:
                              f"({sorted(known)})")
 
 
-def fit(datasets, models: Models, *, tol: float = 1e-6, max_steps: int = 500) -> FitResult:
+def fit(datasets, models: Models, *, tol: float = 1e-6, max_steps: int = 500, shard: bool | None = None) -> FitResult:
     """Fit ``models`` to ``datasets`` (one, or several jointly) by minimising Cash.
 
     Returns a :class:`fitax.FitResult` whose ``params`` are the fitted :class:`Models` and
-    whose ``stat`` is the total Cash statistic in Gammapy's convention.
+    whose ``stat`` is the total Cash statistic in Gammapy's convention. ``shard``: split
+    the datasets over the JAX devices (default: on accelerators only; see
+    :func:`fitax.gamma.datasets.bind`).
 
     Example:
         >>> from fitax.gamma import Datasets, read_models, fit
@@ -118,9 +133,10 @@ def fit(datasets, models: Models, *, tol: float = 1e-6, max_steps: int = 500) ->
     _check_models_fit_datasets(datasets, current)
     result = None
     for _ in range(_MAX_ROUNDS):
-        groups = bind(datasets, current)
+        groups = bind(datasets, current, shard=shard)
         result = _core_fit(stat_sum_groups, current, args=groups, tol=tol, max_steps=max_steps,
-                           hessian_every=_HESSIAN_EVERY, hessian_sparsity=hessian_sparsity(datasets, current))
+                           hessian_every=_HESSIAN_EVERY, hessian_sparsity=hessian_sparsity(datasets, current),
+                             hessian_costly=costly_parameters(current))
         current = result.params
         if not _needs_rebinding(groups, datasets, current):
             break
