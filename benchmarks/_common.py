@@ -30,6 +30,37 @@ def timed(fn, *args, **kwargs):
     return result, time.perf_counter() - start
 
 
+class CompileClock:
+    """Seconds JAX spends tracing, lowering and compiling (XLA) while active, from JAX's
+    own compile events: a compile time that does not depend on subtracting two noisy wall
+    times."""
+
+    _EVENTS = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration",
+               "/jax/core/compile/backend_compile_duration")
+    _active: "CompileClock | None" = None
+    _registered = False
+
+    def __init__(self):
+        self.seconds = 0.0
+
+    def __enter__(self):
+        import jax
+
+        if not CompileClock._registered:
+            jax.monitoring.register_event_duration_secs_listener(CompileClock._record)
+            CompileClock._registered = True
+        CompileClock._active = self
+        return self
+
+    def __exit__(self, *exc):
+        CompileClock._active = None
+
+    @staticmethod
+    def _record(event: str, seconds: float, **_) -> None:
+        if CompileClock._active is not None and event in CompileClock._EVENTS:
+            CompileClock._active.seconds += seconds
+
+
 def print_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> None:
     """Print rows as an aligned table; ``columns`` are ``(key, header, format)``."""
     cells = [[format(row[key], fmt) if row.get(key) is not None else "-" for key, _, fmt in columns] for row in rows]

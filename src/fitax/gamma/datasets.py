@@ -37,7 +37,7 @@ from jaxtyping import Array, Bool, Complex, Float
 
 from ..stats import cash_terms
 from . import irf
-from .geometry import pixel_centres, solid_angles
+from .geometry import celestial, pixel_centres, solid_angles
 from .io import MapDatasetFile, read_map_dataset
 from .models import FoVBackgroundModel, Models, SkyModel
 from .spatial import PointSpatialModel, unit_vectors
@@ -48,7 +48,7 @@ __all__ = ["MapDataset", "Datasets", "bind", "npred_groups", "stat_sum_groups"]
 _MAX_OVERSAMPLING = 200
 
 
-@dataclasses.dataclass(frozen=True, repr=False)
+@dataclasses.dataclass(frozen=True, repr=False, eq=False)
 class MapDataset:
     """One observation: counts, exposure, background and IRFs as host arrays.
 
@@ -95,6 +95,47 @@ class MapDataset:
     def solid_angle(self) -> np.ndarray:
         """Solid angle of each pixel [sr] (computed once per dataset)."""
         return solid_angles(self.wcs, self.shape)
+
+    @functools.cached_property
+    def _irf_cache(self) -> dict:
+        return {}
+
+    def psf_kernel(self, position: SkyCoord) -> np.ndarray | None:
+        """PSF kernels ``(energy_true, n, n)`` for a source at ``position`` (see
+        :func:`fitax.gamma.irf.psf_kernel`), or ``None`` without a PSF. Kept per position:
+        repeated fits from the same start (TS, profiles, benchmarks) look them up once."""
+        if self.irfs.psf is None:
+            return None
+        key = ("psf", _position_tuple(position))
+        if key not in self._irf_cache:
+            contents = self.irfs
+            self._irf_cache[key] = irf.psf_kernel(
+                contents.psf, contents.psf_wcs, contents.psf_energy_true, contents.psf_rad, contents.psf_rad_edges,
+                position, self.energy_true_centres, self.wcs, self.shape,
+            )
+        return self._irf_cache[key]
+
+    def edisp_matrix(self, position: SkyCoord | None) -> np.ndarray:
+        """Energy-dispersion matrix ``(energy_true, energy)`` at ``position`` (the map
+        centre for ``None``; a diagonal matrix without energy dispersion), kept per position."""
+        key = ("edisp", None if position is None else _position_tuple(position))
+        if key not in self._irf_cache:
+            contents = self.irfs
+            if contents.edisp is None:
+                matrix = _diagonal_edisp(self.energy_true_edges, self.energy_edges)
+            else:
+                at = irf.map_centre(self.wcs, self.shape) if position is None else position
+                matrix = irf.edisp_matrix(contents.edisp, contents.edisp_wcs, at)
+            self._irf_cache[key] = matrix
+        return self._irf_cache[key]
+
+    def pixel_linearisation(self, lon: float, lat: float, frame: str) -> tuple[np.ndarray, np.ndarray]:
+        """Pixel coordinates ``(x, y)`` of ``(lon, lat)`` [deg] in ``frame`` and their
+        derivatives per degree ``(2, 2)``, kept per position."""
+        key = ("pixel", frame, lon, lat)
+        if key not in self._irf_cache:
+            self._irf_cache[key] = _pixel_linearisation(self.wcs, lon, lat, frame)
+        return self._irf_cache[key]
 
     @property
     def source_files(self) -> tuple:
@@ -336,12 +377,9 @@ def _bind_group(members: list[MapDataset], sources: list[SkyModel], shard: bool)
     for j, source in enumerate(sources):
         position = source.spatial.position
         for i, dataset in enumerate(members):
-            contents = dataset.irfs
-            if contents.psf is not None and position is not None:
-                kernels[i, j] = irf.psf_kernel(
-                    contents.psf, contents.psf_wcs, contents.psf_energy_true, contents.psf_rad, contents.psf_rad_edges,
-                    position, energy_true, dataset.wcs, dataset.shape,
-                )
+            kernel = None if position is None else dataset.psf_kernel(position)
+            if kernel is not None:
+                kernels[i, j] = kernel
     size = max([k.shape[-1] for k in kernels.values()], default=1)
     fft_shape = (_next_fast_size(ny + size - 1), _next_fast_size(nx + size - 1))
 
@@ -358,15 +396,7 @@ def _bind_group(members: list[MapDataset], sources: list[SkyModel], shard: bool)
     for j, source in enumerate(sources):
         spatial = source.spatial
         position = spatial.position
-        edisp = []
-        for dataset in members:
-            contents = dataset.irfs
-            if contents.edisp is not None and position is not None:
-                edisp.append(irf.edisp_matrix(contents.edisp, contents.edisp_wcs, position))
-            elif contents.edisp is not None:
-                edisp.append(irf.edisp_matrix(contents.edisp, contents.edisp_wcs, irf.map_centre(dataset.wcs, dataset.shape)))
-            else:
-                edisp.append(_diagonal_edisp(dataset.energy_true_edges, dataset.energy_edges))
+        edisp = [dataset.edisp_matrix(position) for dataset in members]
         psf_fft = None
         if any((i, j) in kernels for i in range(len(members))):
             identity = np.zeros((len(energy_true), 1, 1)) + 1.0
@@ -381,7 +411,7 @@ def _bind_group(members: list[MapDataset], sources: list[SkyModel], shard: bool)
                                                  for i in range(len(members))]))
             psf_fft = None
             lon, lat = float(spatial.lon_0.value), float(spatial.lat_0.value)
-            linear = [_pixel_linearisation(d.wcs, lon, lat, spatial.frame) for d in members]
+            linear = [d.pixel_linearisation(lon, lat, spatial.frame) for d in members]
             pixel = jnp.asarray(np.stack([p for p, _ in linear]))
             jacobian = jnp.asarray(np.stack([jac for _, jac in linear]))
             reference = jnp.asarray([[lon, lat]] * len(members))
@@ -393,21 +423,47 @@ def _bind_group(members: list[MapDataset], sources: list[SkyModel], shard: bool)
             psf_fft=psf_fft, pixel=pixel, pixel_jacobian=jacobian, reference=reference, psf_kernel=point_kernel,
             grid_xyz=grid_xyz, template_image=template_image, oversampling=oversampling, is_point=is_point,
         ))
+    data = _stacked_data(tuple(members), n_real)
+    return _DatasetGroup(
+        counts=data.counts, mask=data.mask, background=data.background, exposure=data.exposure, solid_angle=data.solid_angle,
+        energy_true_edges=jnp.asarray(first.energy_true_edges), energy_centres=jnp.asarray(first.energy_centres),
+        sources=tuple(source_arrays), names=tuple(d.name if i < n_real else "" for i, d in enumerate(members)), source_names=tuple(s.name for s in sources),
+        kernel_size=size, fft_shape=fft_shape, data_constant=data.constant,
+        positions=tuple(_position_key(s) for s in sources), sharded=shard and n_real > 1,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class _StackedData:
+    counts: Array
+    mask: Array
+    background: Array
+    exposure: Array
+    solid_angle: Array
+    constant: float
+
+
+@functools.lru_cache(maxsize=2)
+def _stacked_data(members: tuple[MapDataset, ...], n_real: int) -> _StackedData:
+    """The datasets' arrays stacked on the device (padding copies get an empty mask). They
+    do not depend on the models, so refits of the same datasets reuse them (datasets are
+    immutable and hashed by identity)."""
     counts = np.stack([d.counts for d in members])
     mask = np.stack([d.mask if i < n_real else np.zeros_like(d.mask) for i, d in enumerate(members)])
     positive = counts > 0
     n_log_n = np.where(positive, counts * np.log(np.where(positive, counts, 1.0)), 0.0)
     # Gammapy's 2 (mu - n log mu) is the deviance minus 2 (n log n - n)
-    data_constant = float(np.sum(np.where(mask, -2 * (n_log_n - counts), 0.0)))
-    return _DatasetGroup(
+    constant = float(np.sum(np.where(mask, -2 * (n_log_n - counts), 0.0)))
+    return _StackedData(
         counts=jnp.asarray(counts), mask=jnp.asarray(mask), background=jnp.asarray(np.stack([d.background for d in members])),
-        exposure=jnp.asarray(np.stack([d.exposure for d in members])),
-        solid_angle=jnp.asarray(np.stack([d.solid_angle for d in members])),
-        energy_true_edges=jnp.asarray(first.energy_true_edges), energy_centres=jnp.asarray(first.energy_centres),
-        sources=tuple(source_arrays), names=tuple(d.name if i < n_real else "" for i, d in enumerate(members)), source_names=tuple(s.name for s in sources),
-        kernel_size=size, fft_shape=fft_shape, data_constant=data_constant,
-        positions=tuple(_position_key(s) for s in sources), sharded=shard and n_real > 1,
+        exposure=jnp.asarray(np.stack([d.exposure for d in members])), solid_angle=jnp.asarray(np.stack([d.solid_angle for d in members])),
+        constant=constant,
     )
+
+
+def _position_tuple(position: SkyCoord) -> tuple[str, float, float]:
+    spherical = position.spherical
+    return (position.frame.name, round(float(spherical.lon.deg), 12), round(float(spherical.lat.deg), 12))
 
 
 def _position_key(source: SkyModel):
@@ -442,7 +498,7 @@ def _grid_in_frame(dataset: MapDataset, oversampling: int, frame: str) -> np.nda
 def _wcs_frame(wcs: WCS) -> str:
     from astropy.wcs.utils import wcs_to_celestial_frame
 
-    return wcs_to_celestial_frame(wcs.celestial).name
+    return wcs_to_celestial_frame(celestial(wcs)).name
 
 
 # ----------------------------------------------------------------------------- npred kernels

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-__all__ = ["SkyGrid", "integrate_spatial", "pixel_centres", "solid_angles"]
+__all__ = ["SkyGrid", "celestial", "integrate_spatial", "pixel_centres", "solid_angles"]
 
 
 class SkyGrid(eqx.Module):
@@ -37,6 +37,12 @@ class SkyGrid(eqx.Module):
                    oversampling=int(oversampling))
 
 
+def celestial(wcs):
+    """The celestial part of ``wcs``: ``wcs`` itself when it has only the two sky axes
+    (astropy's ``WCS.celestial`` deep-copies it, ~1 ms, on every call)."""
+    return wcs if wcs.naxis == 2 and wcs.has_celestial else wcs.celestial
+
+
 def pixel_centres(wcs, shape: tuple[int, int], oversampling: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """``(lon, lat)`` [deg] of the centres of an image ``oversampling`` times finer than the
     ``(ny, nx)`` WCS image, shape ``(ny * k, nx * k)``."""
@@ -47,7 +53,7 @@ def pixel_centres(wcs, shape: tuple[int, int], oversampling: int = 1) -> tuple[n
     # fine pixel centres in coarse pixel coordinates (0-based, pixel centres at integers)
     fine_x = (np.arange(nx * k) + 0.5) / k - 0.5
     fine_y = (np.arange(ny * k) + 0.5) / k - 0.5
-    return wcs.celestial.pixel_to_world_values(*np.meshgrid(fine_x, fine_y))
+    return celestial(wcs).pixel_to_world_values(*np.meshgrid(fine_x, fine_y))
 
 
 def solid_angles(wcs, shape) -> np.ndarray:
@@ -57,7 +63,7 @@ def solid_angles(wcs, shape) -> np.ndarray:
 
     ny, nx = shape
     corner_x, corner_y = np.meshgrid(np.arange(nx + 1) - 0.5, np.arange(ny + 1) - 0.5)
-    lon, lat = (np.deg2rad(a) for a in wcs.celestial.pixel_to_world_values(corner_x, corner_y))
+    lon, lat = (np.deg2rad(a) for a in celestial(wcs).pixel_to_world_values(corner_x, corner_y))
     corner = lambda dy, dx: (lon[dy:dy + ny, dx:dx + nx], lat[dy:dy + ny, dx:dx + nx])  # noqa: E731
     # Gammapy's names: "low"/"up" step along the first (y) index, "left"/"right" along x
     low_left, low_right, up_left, up_right = corner(0, 0), corner(1, 0), corner(0, 1), corner(1, 1)

@@ -21,6 +21,8 @@ from astropy.coordinates import SkyCoord, angular_separation
 from astropy.wcs import WCS
 from astropy.wcs.utils import proj_plane_pixel_scales
 
+from .geometry import celestial
+
 __all__ = ["PSF_CONTAINMENT", "psf_profile", "containment_radius", "psf_kernel", "edisp_matrix", "map_centre", "pixel_scale"]
 
 PSF_CONTAINMENT = 0.999
@@ -31,17 +33,17 @@ _RADIUS_UPSAMPLING = 20
 
 def pixel_scale(wcs: WCS) -> float:
     """Largest pixel side [deg] of a celestial WCS."""
-    return float(np.max(proj_plane_pixel_scales(wcs.celestial)))
+    return float(np.max(proj_plane_pixel_scales(celestial(wcs))))
 
 
 def map_centre(wcs: WCS, shape: tuple[int, int]) -> SkyCoord:
     """Sky position of the centre of an ``(ny, nx)`` image."""
     ny, nx = shape
-    return wcs.celestial.pixel_to_world((nx - 1) / 2, (ny - 1) / 2)
+    return celestial(wcs).pixel_to_world((nx - 1) / 2, (ny - 1) / 2)
 
 
 def _pixel_of(wcs: WCS, position: SkyCoord) -> tuple[float, float]:
-    x, y = wcs.celestial.world_to_pixel(position)
+    x, y = celestial(wcs).world_to_pixel(position)
     return float(x), float(y)
 
 
@@ -151,7 +153,7 @@ def psf_kernel(
     factors = np.maximum(factors, 1)
     size = _round_up_to_odd(2 * radii.max() / binsz)
     centre = map_centre(wcs, shape)
-    ctype = tuple(wcs.celestial.wcs.ctype)
+    ctype = tuple(celestial(wcs).wcs.ctype)
     centre_lon, centre_lat = float(centre.spherical.lon.deg), float(centre.spherical.lat.deg)
     kernels = np.zeros((len(energy_true), size, size))
     for index, (values, radius, factor) in enumerate(zip(profile, radii, factors)):
