@@ -33,9 +33,9 @@ import jax.numpy as jnp
 import numpy as np
 from astropy.coordinates import SkyCoord
 from astropy.wcs import WCS
-from jaxtyping import Array, Bool, Complex, Float
+from jaxtyping import Array, Bool, Complex, Float, Int
 
-from ..stats import cash_terms
+from ..stats import cash_sparse
 from . import irf
 from .geometry import celestial, pixel_centres, solid_angles
 from .io import MapDatasetFile, read_map_dataset
@@ -247,8 +247,11 @@ class _DatasetGroup(eqx.Module):
     counts: Float[Array, "n e y x"]
     mask: Bool[Array, "n e y x"]
     background: Float[Array, "n e y x"]
-    exposure: Float[Array, "n et y x"]
+    padded_exposure: Float[Array, "n et py px"]  # zero-padded by kernel_size + 1 pixels on each side
     solid_angle: Float[Array, "n y x"]
+    count_index: Int[Array, "n k"]  # bins (flat) with counts in the fit mask, padded
+    count_values: Float[Array, "n k"]
+    deviance_offset: Float[Array, " n"]
     energy_true_edges: Float[Array, " et1"]
     energy_centres: Float[Array, " e"]
     sources: tuple[_SourceArrays, ...]
@@ -423,9 +426,11 @@ def _bind_group(members: list[MapDataset], sources: list[SkyModel], shard: bool)
             psf_fft=psf_fft, pixel=pixel, pixel_jacobian=jacobian, reference=reference, psf_kernel=point_kernel,
             grid_xyz=grid_xyz, template_image=template_image, oversampling=oversampling, is_point=is_point,
         ))
-    data = _stacked_data(tuple(members), n_real)
+    data = _stacked_data(tuple(members), n_real, size + 1)
     return _DatasetGroup(
-        counts=data.counts, mask=data.mask, background=data.background, exposure=data.exposure, solid_angle=data.solid_angle,
+        counts=data.counts, mask=data.mask, background=data.background, padded_exposure=data.padded_exposure,
+        solid_angle=data.solid_angle,
+        count_index=data.count_index, count_values=data.count_values, deviance_offset=data.deviance_offset,
         energy_true_edges=jnp.asarray(first.energy_true_edges), energy_centres=jnp.asarray(first.energy_centres),
         sources=tuple(source_arrays), names=tuple(d.name if i < n_real else "" for i, d in enumerate(members)), source_names=tuple(s.name for s in sources),
         kernel_size=size, fft_shape=fft_shape, data_constant=data.constant,
@@ -438,26 +443,38 @@ class _StackedData:
     counts: Array
     mask: Array
     background: Array
-    exposure: Array
+    padded_exposure: Array  # (n, et, y + 2 margin, x + 2 margin)
     solid_angle: Array
-    constant: float
+    count_index: Array     # (n, k) flat bins with counts in the fit mask, padded with bin 0
+    count_values: Array    # (n, k) their counts, 0 for padding
+    deviance_offset: Array  # (n,) 2 sum (n log n - n) over the fit mask
+    constant: float         # Gammapy's -2 log L minus the deviance, summed over datasets
 
 
 @functools.lru_cache(maxsize=2)
-def _stacked_data(members: tuple[MapDataset, ...], n_real: int) -> _StackedData:
+def _stacked_data(members: tuple[MapDataset, ...], n_real: int, margin: int) -> _StackedData:
     """The datasets' arrays stacked on the device (padding copies get an empty mask). They
     do not depend on the models, so refits of the same datasets reuse them (datasets are
     immutable and hashed by identity)."""
     counts = np.stack([d.counts for d in members])
     mask = np.stack([d.mask if i < n_real else np.zeros_like(d.mask) for i, d in enumerate(members)])
+    counted = [np.flatnonzero(m & (c > 0)) for c, m in zip(counts, mask)]
+    width = max(1, max(len(i) for i in counted))
+    count_index = np.zeros((len(members), width), np.int32)
+    count_values = np.zeros((len(members), width))
+    for row, (index, c) in enumerate(zip(counted, counts)):
+        count_index[row, :len(index)] = index
+        count_values[row, :len(index)] = c.reshape(-1)[index]
     positive = counts > 0
     n_log_n = np.where(positive, counts * np.log(np.where(positive, counts, 1.0)), 0.0)
-    # Gammapy's 2 (mu - n log mu) is the deviance minus 2 (n log n - n)
-    constant = float(np.sum(np.where(mask, -2 * (n_log_n - counts), 0.0)))
+    offsets = 2 * np.sum(np.where(mask, n_log_n - counts, 0.0), axis=(1, 2, 3))
     return _StackedData(
         counts=jnp.asarray(counts), mask=jnp.asarray(mask), background=jnp.asarray(np.stack([d.background for d in members])),
-        exposure=jnp.asarray(np.stack([d.exposure for d in members])), solid_angle=jnp.asarray(np.stack([d.solid_angle for d in members])),
-        constant=constant,
+        padded_exposure=jnp.asarray(np.pad(np.stack([d.exposure for d in members]), ((0, 0), (0, 0), (margin, margin), (margin, margin)))),
+        solid_angle=jnp.asarray(np.stack([d.solid_angle for d in members])),
+        count_index=jnp.asarray(count_index), count_values=jnp.asarray(count_values), deviance_offset=jnp.asarray(offsets),
+        # Gammapy's 2 (mu - n log mu) is the deviance minus 2 (n log n - n)
+        constant=-float(np.sum(offsets)),
     )
 
 
@@ -565,8 +582,11 @@ class _OneDataset(eqx.Module):
     counts: Array
     mask: Array
     background: Array
-    exposure: Array
+    padded_exposure: Array
     solid_angle: Array
+    count_index: Array
+    count_values: Array
+    deviance_offset: Array
     sources: tuple[_SourceArrays, ...]
     norm: Array
     tilt: Array
@@ -579,18 +599,20 @@ def _dataset_npred(sources: Sequence[SkyModel], group: _DatasetGroup, one: _OneD
     margin = group.kernel_size + 1
     edges = group.energy_true_edges
     npred = one.background * (one.norm * (group.energy_centres / one.reference) ** -one.tilt)[:, None, None]
-    padded_exposure = jnp.pad(one.exposure, ((0, 0), (margin, margin), (margin, margin)))
-    points = jnp.zeros((npred.shape[0], ny + 2 * margin, nx + 2 * margin))
+    exposure = one.padded_exposure[:, margin:margin + ny, margin:margin + nx]
+    points = None
     for source, arrays in zip(sources, one.sources):
         flux = source.spectral.integral(edges[:-1], edges[1:])
         if arrays.is_point:
-            points = _add_point_source(points, source.spatial, arrays, padded_exposure, flux, margin)
+            if points is None:
+                points = jnp.zeros((npred.shape[0], ny + 2 * margin, nx + 2 * margin))
+            points = _add_point_source(points, source.spatial, arrays, one.padded_exposure, flux, margin)
             continue
         image = _extended_image(source.spatial, arrays, one.solid_angle, (ny, nx))
         spread = image if arrays.psf_fft is None else _convolve(image, arrays.psf_fft, group.kernel_size, group.fft_shape)
-        true_counts = spread * one.exposure * flux[:, None, None]
+        true_counts = spread * exposure * flux[:, None, None]
         npred = npred + arrays.applies * jnp.einsum("tyx,te->eyx", true_counts, arrays.edisp)
-    return npred + points[:, margin:margin + ny, margin:margin + nx]
+    return npred if points is None else npred + points[:, margin:margin + ny, margin:margin + nx]
 
 
 def _background_parameters(models: Models, names: Sequence[str]):
@@ -605,8 +627,9 @@ def _background_parameters(models: Models, names: Sequence[str]):
 
 def _per_dataset(models: Models, group: _DatasetGroup) -> _OneDataset:
     norm, tilt, reference = _background_parameters(models, group.names)
-    return _OneDataset(counts=group.counts, mask=group.mask, background=group.background, exposure=group.exposure,
-                       solid_angle=group.solid_angle, sources=group.sources, norm=norm, tilt=tilt, reference=reference)
+    return _OneDataset(counts=group.counts, mask=group.mask, background=group.background, padded_exposure=group.padded_exposure,
+                       solid_angle=group.solid_angle, count_index=group.count_index, count_values=group.count_values,
+                       deviance_offset=group.deviance_offset, sources=group.sources, norm=norm, tilt=tilt, reference=reference)
 
 
 def _map_datasets(function, per_dataset: _OneDataset):
@@ -643,7 +666,8 @@ def _group_npred(models: Models, group: _DatasetGroup) -> Float[Array, "n e y x"
 def _group_stat(models: Models, group: _DatasetGroup) -> Float[Array, ""]:
     def stat(models_here: Models, one: _OneDataset):
         npred = _dataset_npred([models_here[name] for name in group.source_names], group, one)
-        return jnp.sum(jnp.where(one.mask, cash_terms(one.counts, npred), 0.0))
+        total = jnp.sum(jnp.where(one.mask, npred, 0.0))
+        return cash_sparse(total, npred.reshape(-1)[one.count_index], one.count_values) + one.deviance_offset
 
     return _summed(stat, models, _per_dataset(models, group), group.sharded)
 
