@@ -280,16 +280,24 @@ def _diagonal_edisp(energy_true_edges: np.ndarray, energy_edges: np.ndarray) -> 
 
 
 def _next_fast_size(n: int) -> int:
-    """Smallest 2^a 3^b 5^c >= n (sizes the FFT handles fastest)."""
-    best = 1 << (n - 1).bit_length()
-    for p3 in (1, 3, 9, 27, 81):
-        for p5 in (1, 5, 25, 125):
-            base = p3 * p5
-            if base >= best:
-                continue
-            size = base * (1 << max(0, int(np.ceil(np.log2(n / base)))))
-            best = min(best, size) if size >= n else best
-    return best
+    """Smallest 2^a 3^b 5^c 7^d >= n (sizes the FFT handles fastest)."""
+    size = n
+    while True:
+        rest = size
+        for prime in (2, 3, 5, 7):
+            while rest % prime == 0:
+                rest //= prime
+        if rest == 1:
+            return size
+        size += 1
+
+
+def _fft_length(n: int, kernel_size: int) -> int:
+    """Length of the circular convolutions: the wrapped tail of the linear convolution of
+    ``n`` pixels with an odd ``kernel_size`` kernel must land in the ``(kernel_size - 1) / 2``
+    pixels that the 'same' crop drops, so ``n + (kernel_size - 1) / 2`` suffice (109
+    instead of 118 for 100 pixels and 19-pixel kernels: FFTs of 112 instead of 120)."""
+    return _next_fast_size(n + (kernel_size - 1) // 2)
 
 
 def _pixel_linearisation(wcs: WCS, lon: float, lat: float, frame: str) -> tuple[np.ndarray, np.ndarray]:
@@ -384,7 +392,7 @@ def _bind_group(members: list[MapDataset], sources: list[SkyModel], shard: bool)
             if kernel is not None:
                 kernels[i, j] = kernel
     size = max([k.shape[-1] for k in kernels.values()], default=1)
-    fft_shape = (_next_fast_size(ny + size - 1), _next_fast_size(nx + size - 1))
+    fft_shape = (_fft_length(ny, size), _fft_length(nx, size))
 
     def padded(kernel):
         full = np.zeros((len(energy_true), size, size))
