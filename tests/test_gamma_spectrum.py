@@ -93,3 +93,83 @@ def test_bad_ogip_files_are_clear_errors(tmp_path):
     hdul.writeto(tmp_path / "pha_missing.fits")
     with pytest.raises(FileNotFoundError, match="arf_missing.fits: no such file"):
         fg.SpectrumDatasetOnOff.read(tmp_path / "pha_missing.fits")
+
+
+def _gadf_spectra(tmp_path):
+    """The H.E.S.S. spectra written by Gammapy in its own format: on-off, and without off
+    counts (a SpectrumDataset whose background is the on-off fit's background estimate)."""
+    from gammapy.datasets import SpectrumDataset, SpectrumDatasetOnOff
+
+    paths = []
+    for i, pha in enumerate(f for f in _pha_files() if "/hess/" in f):
+        on_off = SpectrumDatasetOnOff.read(pha, name=f"hess{i}")
+        on_off.write(tmp_path / f"onoff{i}.fits", format="gadf")
+        SpectrumDataset(counts=on_off.counts, exposure=on_off.exposure, background=on_off.npred_background(),
+                        edisp=on_off.edisp, mask_safe=on_off.mask_safe, name=f"spec{i}").write(tmp_path / f"spec{i}.fits")
+        paths.append((pha, tmp_path / f"onoff{i}.fits", tmp_path / f"spec{i}.fits"))
+    return paths
+
+
+def test_gammapy_format_spectra_match_gammapy_and_ogip(tmp_path, precise_gammapy):
+    """On-off spectra read from Gammapy's FITS format equal the same spectra read from
+    OGIP; SpectrumDatasets (Cash with a background spectrum and its FoVBackgroundModel)
+    give Gammapy's npred_signal and stat_sum."""
+    from gammapy.datasets import SpectrumDataset, SpectrumDatasetOnOff
+    from gammapy.modeling.models import FoVBackgroundModel, Models
+
+    models_path = tmp_path / "models.yaml"
+    models_path.write_text(yaml.safe_dump(CRAB))
+    models = fg.read_models(models_path)
+    for pha, on_off_path, spectrum_path in _gadf_spectra(tmp_path):
+        ogip, gadf = fg.SpectrumDatasetOnOff.read(pha), fg.SpectrumDatasetOnOff.read(on_off_path)
+        np.testing.assert_allclose(gadf.npred_signal(models), ogip.npred_signal(models), rtol=1e-12)
+        assert gadf.stat_sum(models) == pytest.approx(ogip.stat_sum(models), rel=1e-12)
+        theirs = SpectrumDatasetOnOff.read(on_off_path, format="gadf")
+        theirs.models = Models.read(models_path)
+        assert gadf.stat_sum(models) == pytest.approx(theirs.stat_sum(), rel=1e-6)
+
+        ours = fg.SpectrumDataset.read(spectrum_path, name="spec")
+        theirs = SpectrumDataset.read(spectrum_path, name="spec")
+        gammapy_models = Models.read(models_path)
+        gammapy_models.append(FoVBackgroundModel(dataset_name="spec", spectral_model=None))
+        gammapy_models["spec-bkg"].spectral_model.norm.value = 1.3
+        gammapy_models["spec-bkg"].spectral_model.tilt.value = 0.2
+        theirs.models = gammapy_models
+        with_background = fg.Models([*models, fg.FoVBackgroundModel("spec", norm=1.3, tilt=0.2)])
+        np.testing.assert_allclose(ours.npred_signal(with_background), theirs.npred_signal().data.ravel(), rtol=1e-6)
+        assert ours.stat_sum(with_background) == pytest.approx(theirs.stat_sum(), abs=1e-3)
+        with pytest.raises(ValueError, match="COUNTS_OFF"):
+            fg.SpectrumDatasetOnOff.read(spectrum_path)
+        with pytest.raises(ValueError, match="off counts"):
+            fg.SpectrumDataset.read(on_off_path)
+
+
+def test_spectrum_dataset_fit_matches_gammapy_iminuit(tmp_path):
+    from gammapy.datasets import Datasets, SpectrumDataset
+    from gammapy.modeling import Fit
+    from gammapy.modeling.models import Models
+
+    spectra = [spectrum for _, _, spectrum in _gadf_spectra(tmp_path)]
+    models_path = tmp_path / "models.yaml"
+    models_path.write_text(yaml.safe_dump(CRAB))
+    datasets_path = tmp_path / "datasets.yaml"
+    datasets_path.write_text(yaml.safe_dump({"datasets": [{"name": f"spec{i}", "type": "SpectrumDataset", "filename": str(f)}
+                                                          for i, f in enumerate(spectra)]}))
+    theirs = Datasets([SpectrumDataset.read(f, name=f"spec{i}") for i, f in enumerate(spectra)])
+    theirs.models = Models.read(models_path)
+    fit_result = Fit().run(theirs)
+    assert fit_result.success
+    ours = fg.fit(fg.read_datasets(datasets_path), fg.read_models(models_path))
+    assert ours.converged
+    assert ours.stat == pytest.approx(fit_result.total_stat, abs=1e-3)
+    for parameter in theirs.models["crab"].spectral_model.parameters.free_parameters:
+        name = f"crab.spectral.{parameter.name}"
+        assert abs(ours.values[name] - parameter.value) < 0.05 * parameter.error, name
+        assert ours.errors[name] == pytest.approx(parameter.error, rel=0.03), name
+
+    from fitax.cli import main
+
+    out = tmp_path / "out"
+    assert main(["gamma", "fit", "--datasets", str(datasets_path), "--models", str(models_path), "--out", str(out)]) == 0
+    assert {p.name for p in out.iterdir()} >= {"models.yaml", "results.ecsv", "spectrum.png"}
+    assert fg.read_models(out / "models.yaml")["crab"].spectral.alpha.value == pytest.approx(ours.values["crab.spectral.alpha"], rel=1e-6)

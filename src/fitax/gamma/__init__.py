@@ -10,7 +10,7 @@ from .fit import fit, ts
 from .modelio import read_datasets, read_models, write_models, write_results
 from .geometry import SkyGrid, integrate_spatial
 from .models import FoVBackgroundModel, Models, SkyModel
-from .spectrum import SpectrumDatasetOnOff
+from .spectrum import SpectrumDataset, SpectrumDatasetOnOff
 from .template import TemplateSpatialModel
 from .spatial import ConstantSpatialModel, DiskSpatialModel, GaussianSpatialModel, PointSpatialModel, ShellSpatialModel
 from .spectral import (
@@ -27,6 +27,6 @@ from .spectral import (
 __all__ = [
     "BrokenPowerLawSpectralModel", "ConstantSpectralModel", "ExpCutoffPowerLawSpectralModel", "LogParabolaSpectralModel",
     "PowerLaw2SpectralModel", "PowerLawSpectralModel", "PowerLawNormSpectralModel", "TemplateSpatialModel", "SmoothBrokenPowerLawSpectralModel",
-    "Datasets", "MapDataset", "SpectrumDatasetOnOff", "fit", "ts", "read_datasets", "read_models", "write_models", "write_results", "FoVBackgroundModel", "Models", "SkyModel", "PointSpatialModel",
+    "Datasets", "MapDataset", "SpectrumDataset", "SpectrumDatasetOnOff", "fit", "ts", "read_datasets", "read_models", "write_models", "write_results", "FoVBackgroundModel", "Models", "SkyModel", "PointSpatialModel",
     "ConstantSpatialModel", "DiskSpatialModel", "GaussianSpatialModel", "ShellSpatialModel", "SkyGrid", "integrate_spatial",
 ]

@@ -16,7 +16,7 @@ def add_parser(commands) -> None:
     gamma = commands.add_parser("gamma", help="gamma-ray likelihood fits of Gammapy datasets and models")
     sub = gamma.add_subparsers(dest="gamma_command", metavar="STEP", required=True)
     fit = sub.add_parser("fit", help="fit models.yaml to the datasets of datasets.yaml (jointly)")
-    fit.add_argument("--datasets", required=True, help="Gammapy datasets.yaml (MapDataset FITS files)")
+    fit.add_argument("--datasets", required=True, help="Gammapy datasets.yaml (MapDataset, SpectrumDataset or SpectrumDatasetOnOff files)")
     fit.add_argument("--models", required=True, help="Gammapy models.yaml with the start values")
     fit.add_argument("--out", required=True, help="output folder: models.yaml, results.ecsv, maps.png, spectrum.png")
     fit.add_argument("--ts", nargs="*", default=[], metavar="SOURCE", help="also compute the TS of these sources")

@@ -358,11 +358,11 @@ def bind(datasets: Sequence[MapDataset], models: Models, *, shard: bool | None =
                 f"model {source.name!r} at {position.to_string('decimal')} ({source.spatial.frame}) lies outside "
                 f"every dataset map it applies to ({[d.name for d in applies]})"
             )
-    from .spectrum import SpectrumDatasetOnOff, bind_spectra, spectrum_key
+    from .spectrum import SpectrumDataset, SpectrumDatasetOnOff, bind_spectra, spectrum_key
 
     keys: dict[tuple, list] = {}
     for dataset in datasets:
-        key = spectrum_key(dataset) if isinstance(dataset, SpectrumDatasetOnOff) else _group_key(dataset)
+        key = spectrum_key(dataset) if isinstance(dataset, (SpectrumDataset, SpectrumDatasetOnOff)) else _group_key(dataset)
         keys.setdefault(key, []).append(dataset)
     return tuple(
         bind_spectra(members, sources) if key[0] == "spectrum"

@@ -23,7 +23,7 @@ from . import spatial as spatial_models
 from . import spectral as spectral_models
 from .datasets import Datasets, MapDataset
 from .models import FoVBackgroundModel, Models, SkyModel
-from .spectrum import read_ogip
+from .spectrum import SpectrumDataset, SpectrumDatasetOnOff
 from .template import TemplateSpatialModel
 
 __all__ = ["read_models", "write_models", "read_datasets", "write_results", "SPECTRAL_TAGS", "SPATIAL_TAGS"]
@@ -286,8 +286,8 @@ def read_datasets(path, progress: bool = False) -> Datasets:
     for index, entry in enumerate(entries):
         where = f"{path}: dataset {entry.get('name', index)!r}"
         kind = entry.get("type", "MapDataset")
-        if kind not in ("MapDataset", "SpectrumDatasetOnOff"):
-            raise ValueError(f"{where}: dataset type {kind!r}; fitax reads MapDataset and SpectrumDatasetOnOff entries")
+        if kind not in ("MapDataset", "SpectrumDataset", "SpectrumDatasetOnOff"):
+            raise ValueError(f"{where}: dataset type {kind!r}; fitax reads MapDataset, SpectrumDataset and SpectrumDatasetOnOff entries")
         if "filename" not in entry:
             raise ValueError(f"{where}: no 'filename'")
         filename = Path(entry["filename"])
@@ -295,6 +295,8 @@ def read_datasets(path, progress: bool = False) -> Datasets:
             filename = path.parent / filename
         if kind == "MapDataset":
             datasets.append(MapDataset.read(filename, name=entry.get("name")))
+        elif kind == "SpectrumDataset":
+            datasets.append(SpectrumDataset.read(filename, name=entry.get("name")))
         else:
-            datasets.append(read_ogip(filename, name=entry.get("name")))
+            datasets.append(SpectrumDatasetOnOff.read(filename, name=entry.get("name")))
     return Datasets(datasets)

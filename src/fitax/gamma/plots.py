@@ -104,16 +104,24 @@ def sed_band(model: SkyModel, result: FitResult, energy: np.ndarray) -> tuple[np
     return energy**2 * values, sigma
 
 
-def _plot_onoff_excess(ax, datasets: Datasets, models: Models) -> None:
-    """Excess counts ``n_on - alpha n_off`` of on-off spectra against the predicted signal."""
+def _plot_excess(ax, datasets: Datasets, models: Models) -> None:
+    """Excess counts of 1D spectra against the predicted signal: ``n_on - alpha n_off`` for
+    on-off spectra, counts minus the (fitted) background spectrum otherwise."""
+    from .spectrum import SpectrumDatasetOnOff
+
     npreds = datasets.npred(models)
     for index, (dataset, npred) in enumerate(zip(datasets, npreds)):
         edges, mask = dataset.energy_edges, dataset.mask
         centres = np.sqrt(edges[1:] * edges[:-1])
-        excess = dataset.counts - dataset.alpha * dataset.counts_off
-        error = np.sqrt(dataset.counts + dataset.alpha**2 * dataset.counts_off)
+        if isinstance(dataset, SpectrumDatasetOnOff):
+            background, variance = dataset.alpha * dataset.counts_off, dataset.counts + dataset.alpha**2 * dataset.counts_off
+        else:
+            model = models.background_model(dataset.name)
+            scale = 1.0 if model is None else float(model.norm.value) * (centres / float(model.reference.value)) ** -float(model.tilt.value)
+            background, variance = dataset.background * scale, dataset.counts
         color = f"C{index % 10}"
-        ax.errorbar(centres[mask], excess[mask], yerr=error[mask], fmt="o", ms=3, color=color, label=dataset.name)
+        ax.errorbar(centres[mask], (dataset.counts - background)[mask], yerr=np.sqrt(variance)[mask], fmt="o", ms=3, color=color,
+                    label=dataset.name)
         ax.stairs(np.where(mask, npred, np.nan), edges, color=color)
     ax.set(xscale="log", xlabel="reconstructed energy [TeV]", ylabel="excess counts per bin",
            title="excess (points) and predicted signal (lines), safe range")
@@ -122,7 +130,7 @@ def _plot_onoff_excess(ax, datasets: Datasets, models: Models) -> None:
 
 def plot_spectrum(datasets: Datasets, models: Models, result: FitResult, path) -> Path:
     """Counts per reconstructed-energy bin (all datasets, fit mask) with npred of the
-    background and of each source (for on-off spectra: excess against predicted signal),
+    background and of each source (for 1D spectra: excess against predicted signal),
     and the fitted SEDs with their 1-sigma bands."""
     import matplotlib
 
@@ -133,7 +141,7 @@ def plot_spectrum(datasets: Datasets, models: Models, result: FitResult, path) -
 
     if not all(isinstance(d, MapDataset) for d in datasets):
         figure, (ax_counts, ax_sed) = plt.subplots(1, 2, figsize=(13, 4.8))
-        _plot_onoff_excess(ax_counts, Datasets([d for d in datasets if not isinstance(d, MapDataset)]), models)
+        _plot_excess(ax_counts, Datasets([d for d in datasets if not isinstance(d, MapDataset)]), models)
         low = min(d.energy_edges[:-1][d.mask].min() for d in datasets if d.mask.any())
         high = max(d.energy_edges[1:][d.mask].max() for d in datasets if d.mask.any())
         ax_counts.set_xlim(low, high)

@@ -1,14 +1,18 @@
-"""1D on-off spectra (``SpectrumDatasetOnOff``, WStat) as Gammapy reads them from OGIP files.
+"""1D spectra, as Gammapy reads them: on-off spectra (``SpectrumDatasetOnOff``, WStat) from
+OGIP files or Gammapy's own FITS format, and spectra with a background template
+(``SpectrumDataset``, Cash) from Gammapy's FITS format.
 
-An on-off spectrum is on counts, off counts and their exposure ratio ``alpha`` per
-reconstructed-energy bin, with an effective area x livetime per true-energy bin and an
-energy-dispersion matrix. Its predicted signal is
+A spectrum is counts per reconstructed-energy bin, with an effective area x livetime per
+true-energy bin and an energy-dispersion matrix; an on-off spectrum adds off counts and
+their exposure ratio ``alpha``, a ``SpectrumDataset`` a background spectrum. The predicted
+signal is
 
     npred_sig(E) = sum over E_true of edisp(E_true -> E) x exposure(E_true) x integral of the spectrum
 
-and its statistic is WStat (the background profiled out bin by bin), summed over the safe
-bins (OGIP ``QUALITY == 0``). Spectra of equal binning are stacked like map datasets, so
-a joint fit of many observations compiles once.
+and the statistic, summed over the safe bins, is WStat (the background profiled out bin by
+bin) for on-off spectra and Cash with ``npred_sig + background x norm (E / E_ref)^-tilt``
+(a ``FoVBackgroundModel`` of the dataset, if any) otherwise. Spectra of equal binning are
+stacked like map datasets, so a joint fit of many observations compiles once.
 """
 
 from __future__ import annotations
@@ -23,14 +27,36 @@ from astropy.io import fits
 from astropy.table import Table
 from jaxtyping import Array, Bool, Float
 
-from ..stats import wstat_terms
+from ..stats import cash_terms, wstat_terms
 from .models import Models, SkyModel
 
-__all__ = ["SpectrumDatasetOnOff", "read_ogip"]
+__all__ = ["SpectrumDataset", "SpectrumDatasetOnOff", "read_ogip", "read_spectrum_dataset"]
+
+
+class _Spectrum:
+    """What 1D datasets share: their predicted signal and statistic through a group."""
+
+    counts: np.ndarray
+
+    @property
+    def shape(self) -> tuple:
+        return self.counts.shape
+
+    def npred_signal(self, models: Models) -> np.ndarray:
+        """Predicted signal counts ``(energy,)``."""
+        from .datasets import Datasets
+
+        return Datasets([self]).npred(models)[0]
+
+    def stat_sum(self, models: Models) -> float:
+        """The statistic (WStat or Cash) over the safe bins, in Gammapy's convention."""
+        from .datasets import Datasets
+
+        return Datasets([self]).stat_sum(models)
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
-class SpectrumDatasetOnOff:
+class SpectrumDatasetOnOff(_Spectrum):
     """On-off counts ``(energy,)`` with ``alpha`` (on/off exposure ratio), the exposure
     ``(energy_true,)`` [cm2 s] and the energy dispersion ``(energy_true, energy)``."""
 
@@ -48,27 +74,49 @@ class SpectrumDatasetOnOff:
 
     @classmethod
     def read(cls, path, name: str | None = None) -> "SpectrumDatasetOnOff":
-        """Read an OGIP PHA file and the ARF, RMF and background files it names."""
-        return read_ogip(path, name)
-
-    @property
-    def shape(self) -> tuple:
-        return self.counts.shape
-
-    def npred_signal(self, models: Models) -> np.ndarray:
-        from .datasets import Datasets
-
-        return Datasets([self]).npred(models)[0]
-
-    def stat_sum(self, models: Models) -> float:
-        from .datasets import Datasets
-
-        return Datasets([self]).stat_sum(models)
+        """Read an OGIP PHA file (and the ARF, RMF and background files it names) or a
+        file in Gammapy's own format (``SpectrumDatasetOnOff.write(format="gadf")``)."""
+        if _is_ogip(path):
+            return read_ogip(path, name)
+        dataset = read_spectrum_dataset(path, name)
+        if not isinstance(dataset, SpectrumDatasetOnOff):
+            raise ValueError(f"{path}: no COUNTS_OFF HDU; this is a SpectrumDataset, not an on-off spectrum")
+        return dataset
 
     def __repr__(self) -> str:
+        livetime = f", livetime {self.livetime:.0f} s" if np.isfinite(self.livetime) else ""
         return (f"SpectrumDatasetOnOff({self.name!r}: {len(self.counts)} x {len(self.exposure)} (true) energies, "
-                f"{self.counts[self.mask].sum():.0f} on / {self.counts_off[self.mask].sum():.0f} off counts in the safe range, "
-                f"livetime {self.livetime:.0f} s)")
+                f"{self.counts[self.mask].sum():.0f} on / {self.counts_off[self.mask].sum():.0f} off counts in the safe range"
+                f"{livetime})")
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class SpectrumDataset(_Spectrum):
+    """Counts ``(energy,)`` with a background spectrum ``(energy,)`` (predicted counts),
+    the exposure ``(energy_true,)`` [cm2 s] and the energy dispersion ``(energy_true,
+    energy)``; fitted with Cash."""
+
+    name: str
+    counts: np.ndarray
+    background: np.ndarray
+    exposure: np.ndarray
+    edisp: np.ndarray
+    mask: np.ndarray
+    energy_edges: np.ndarray
+    energy_true_edges: np.ndarray
+    source_files: tuple[Path, ...] = ()
+
+    @classmethod
+    def read(cls, path, name: str | None = None) -> "SpectrumDataset":
+        """Read a file written by Gammapy's ``SpectrumDataset.write``."""
+        dataset = read_spectrum_dataset(path, name)
+        if not isinstance(dataset, SpectrumDataset):
+            raise ValueError(f"{path}: has off counts (COUNTS_OFF); read it as a SpectrumDatasetOnOff")
+        return dataset
+
+    def __repr__(self) -> str:
+        return (f"SpectrumDataset({self.name!r}: {len(self.counts)} x {len(self.exposure)} (true) energies, "
+                f"{self.counts[self.mask].sum():.0f} counts and {self.background[self.mask].sum():.1f} background in the safe range)")
 
 
 def _energy_column(table: Table, name: str, where: str) -> np.ndarray:
@@ -154,6 +202,88 @@ def read_ogip(path, name: str | None = None) -> SpectrumDatasetOnOff:
     )
 
 
+def _is_ogip(path) -> bool:
+    with _open(Path(path), "spectrum") as hdul:
+        return "SPECTRUM" in hdul
+
+
+def _region_column(hdul, name: str, path: Path, unit: str | None = None, required: bool = True) -> np.ndarray | None:
+    """The ``DATA`` of a region map HDU (Gammapy's format for 1D datasets: one row per
+    bin of the HDU's first axis), squeezed of its one-pixel sky axes."""
+    if name not in hdul:
+        if required:
+            raise ValueError(f"{path}: missing HDU {name}")
+        return None
+    hdu = hdul[name]
+    if "DATA" not in hdu.columns.names:
+        raise ValueError(f"{path}[{name}]: expected a DATA column, found {hdu.columns.names}")
+    data = np.asarray(hdu.data["DATA"], float)
+    data = data.reshape(data.shape[:2]) if data.ndim == 4 else data.reshape(len(data))
+    column_unit = hdu.columns["DATA"].unit
+    if unit is not None and column_unit:
+        from astropy import units as u
+
+        data = data * u.Unit(column_unit).to(unit)
+    if not np.all(np.isfinite(data)):
+        raise ValueError(f"{path}[{name}]: DATA has non-finite values")
+    return data
+
+
+def _band_edges(hdul, name: str, low: str, high: str, path: Path) -> np.ndarray:
+    if name not in hdul:
+        raise ValueError(f"{path}: missing HDU {name}")
+    table = Table.read(hdul[name])
+    where = f"{path}[{name}]"
+    lows, highs = _energy_column(table, low, where), _energy_column(table, high, where)
+    if "CHANNEL" in table.colnames:
+        _, first = np.unique(np.asarray(table["CHANNEL"]), return_index=True)
+        lows, highs = lows[np.sort(first)], highs[np.sort(first)]
+    unique_lows, order = np.unique(lows, return_index=True)
+    return np.r_[unique_lows, highs[order][-1]]
+
+
+def read_spectrum_dataset(path, name: str | None = None) -> "SpectrumDataset | SpectrumDatasetOnOff":
+    """Read a 1D dataset written by Gammapy (``SpectrumDataset.write``, or
+    ``SpectrumDatasetOnOff.write(format="gadf")``): region maps stored as tables, one row
+    per energy bin; an on-off spectrum when it has ``COUNTS_OFF``."""
+    path = Path(path)
+    with _open(path, "spectrum dataset") as hdul:
+        counts = _region_column(hdul, "COUNTS", path)
+        energy_edges = _band_edges(hdul, "COUNTS_BANDS", "E_MIN", "E_MAX", path)
+        exposure = _region_column(hdul, "EXPOSURE", path, unit="cm2 s")
+        energy_true_edges = _band_edges(hdul, "EXPOSURE_BANDS", "ENERGY_TRUE_MIN", "ENERGY_TRUE_MAX", path)
+        edisp = _region_column(hdul, "EDISP", path, required=False)
+        mask = _region_column(hdul, "MASK_SAFE", path, required=False)
+        if "MASK_FIT" in hdul:
+            mask = (np.ones_like(counts) if mask is None else mask) * _region_column(hdul, "MASK_FIT", path)
+        mask = np.ones(len(counts), bool) if mask is None else mask.astype(bool)
+        counts_off = _region_column(hdul, "COUNTS_OFF", path, required=False)
+        acceptance = _region_column(hdul, "ACCEPTANCE", path, required=counts_off is not None)
+        acceptance_off = _region_column(hdul, "ACCEPTANCE_OFF", path, required=counts_off is not None)
+        background = _region_column(hdul, "BACKGROUND", path, required=False)
+        livetime = float(hdul["EXPOSURE"].header.get("LIVETIME", np.nan))
+    if len(counts) != len(energy_edges) - 1 or len(exposure) != len(energy_true_edges) - 1:
+        raise ValueError(f"{path}: COUNTS has {len(counts)} bins for {len(energy_edges) - 1} energies, EXPOSURE "
+                         f"{len(exposure)} for {len(energy_true_edges) - 1} true energies")
+    if edisp is None:
+        from .datasets import _diagonal_edisp
+
+        edisp = _diagonal_edisp(energy_true_edges, energy_edges)
+    elif edisp.shape != (len(exposure), len(counts)):
+        raise ValueError(f"{path}[EDISP]: shape {edisp.shape}, expected (true energies, energies) = {(len(exposure), len(counts))}")
+    for label, array in (("COUNTS", counts), ("EXPOSURE", exposure), ("COUNTS_OFF", counts_off), ("BACKGROUND", background)):
+        if array is not None and np.any(array < 0):
+            raise ValueError(f"{path}[{label}]: values must be >= 0")
+    name = name or path.name.split(".")[0]
+    common = dict(name=name, counts=counts, exposure=exposure, edisp=edisp, energy_edges=energy_edges,
+                  energy_true_edges=energy_true_edges, source_files=(path,))
+    if counts_off is not None:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            alpha = np.where(acceptance_off > 0, acceptance / acceptance_off, 0.0)
+        return SpectrumDatasetOnOff(counts_off=counts_off, alpha=alpha, mask=mask & (alpha > 0), livetime=livetime, **common)
+    return SpectrumDataset(background=np.zeros_like(counts) if background is None else background, mask=mask, **common)
+
+
 def _observation_name(header, path: Path) -> str:
     """``OBS_ID`` when it is one observation's number, else the file name (stacked spectra
     carry a list of observations there)."""
@@ -184,22 +314,26 @@ def _read_rmf(path: Path, n_true: int, n_reco: int) -> np.ndarray:
 
 
 class _SpectrumGroup(eqx.Module):
-    """On-off spectra of identical binning, stacked along a leading axis."""
+    """Spectra of identical binning and kind, stacked along a leading axis: on-off
+    (``counts_off``, ``alpha``; WStat) or with a background spectrum (Cash)."""
 
     counts: Float[Array, "n e"]
-    counts_off: Float[Array, "n e"]
-    alpha: Float[Array, "n e"]
+    counts_off: Float[Array, "n e"] | None
+    alpha: Float[Array, "n e"] | None
+    background: Float[Array, "n e"] | None
     exposure: Float[Array, "n et"]
     edisp: Float[Array, "n et e"]
     mask: Bool[Array, "n e"]
     energy_true_edges: Float[Array, " et1"]
+    energy_centres: Float[Array, " e"]
     names: tuple[str, ...] = eqx.field(static=True)
     source_names: tuple[str, ...] = eqx.field(static=True)
     applies: tuple[tuple[float, ...], ...] = eqx.field(static=True)
-    data_constant: float = eqx.field(static=True)  # 0: fitax's WStat deviance form is Gammapy's
+    data_constant: float = eqx.field(static=True)  # Gammapy's -2 log L minus fitax's deviance
     positions: tuple = eqx.field(static=True)
 
     def npred(self, models: Models) -> Float[Array, "n e"]:
+        """Predicted signal counts (``npred_signal``)."""
         edges = self.energy_true_edges
         total = jnp.zeros_like(self.counts)
         for name, applies in zip(self.source_names, self.applies):
@@ -208,21 +342,39 @@ class _SpectrumGroup(eqx.Module):
         return total
 
     def stat(self, models: Models) -> Float[Array, ""]:
-        terms = wstat_terms(self.counts, self.counts_off, self.alpha, self.npred(models))
+        signal = self.npred(models)
+        if self.counts_off is not None:
+            terms = wstat_terms(self.counts, self.counts_off, self.alpha, signal)
+        else:
+            from .datasets import _background_parameters
+
+            norm, tilt, reference = _background_parameters(models, self.names)
+            scale = norm[:, None] * (self.energy_centres[None] / reference[:, None]) ** -tilt[:, None]
+            terms = cash_terms(self.counts, signal + self.background * scale)
         return jnp.sum(jnp.where(self.mask, terms, 0.0))
 
 
-def bind_spectra(members: list[SpectrumDatasetOnOff], sources: list[SkyModel]) -> _SpectrumGroup:
+def bind_spectra(members: list, sources: list[SkyModel]) -> _SpectrumGroup:
     stack = lambda name: jnp.asarray(np.stack([getattr(d, name) for d in members]))  # noqa: E731
+    on_off = isinstance(members[0], SpectrumDatasetOnOff)
+    constant = 0.0  # fitax's WStat deviance form is Gammapy's
+    if not on_off:
+        counts = np.stack([d.counts for d in members])
+        mask = np.stack([d.mask for d in members])
+        positive = counts > 0
+        n_log_n = np.where(positive, counts * np.log(np.where(positive, counts, 1.0)), 0.0)
+        constant = float(np.sum(np.where(mask, -2 * (n_log_n - counts), 0.0)))
+    first = members[0]
     return _SpectrumGroup(
-        counts=stack("counts"), counts_off=stack("counts_off"), alpha=stack("alpha"), exposure=stack("exposure"),
-        edisp=stack("edisp"), mask=stack("mask"), energy_true_edges=jnp.asarray(members[0].energy_true_edges),
+        counts=stack("counts"), counts_off=stack("counts_off") if on_off else None, alpha=stack("alpha") if on_off else None,
+        background=None if on_off else stack("background"), exposure=stack("exposure"), edisp=stack("edisp"), mask=stack("mask"),
+        energy_true_edges=jnp.asarray(first.energy_true_edges),
+        energy_centres=jnp.asarray(np.sqrt(first.energy_edges[1:] * first.energy_edges[:-1])),
         names=tuple(d.name for d in members), source_names=tuple(s.name for s in sources),
         applies=tuple(tuple(float(s.applies_to(d.name)) for d in members) for s in sources),
-        data_constant=0.0, positions=tuple(None for _ in sources),
+        data_constant=constant, positions=tuple(None for _ in sources),
     )
 
 
-def spectrum_key(dataset: SpectrumDatasetOnOff) -> tuple:
-    return ("spectrum", dataset.counts.shape, tuple(np.round(dataset.energy_true_edges, 12)))
-
+def spectrum_key(dataset) -> tuple:
+    return ("spectrum", type(dataset).__name__, dataset.counts.shape, tuple(np.round(dataset.energy_true_edges, 12)))
