@@ -128,7 +128,7 @@ def main() -> None:
     parser.add_argument("--large", action="store_true", help="also fit N = 50 datasets")
     parser.add_argument("--skip-gammapy", action="store_true", help="fitax only")
     parser.add_argument("--skip-gammapy-local", action="store_true", help="do not time Gammapy's default 'local' mode")
-    parser.add_argument("--repeats", type=int, default=3, help="compiled fitax runs per N (median)")
+    parser.add_argument("--repeats", type=int, default=7, help="compiled fitax runs per N (median)")
     args = parser.parse_args()
     if not DATA.exists():
         sys.exit(f"shared data not found at {DATA} (set FITAX_SHARED_DATA)")
