@@ -182,16 +182,16 @@ def value_grad_hessian(fun: Callable, v: Array, args: Any, plan: HessianPlan | N
     a costly one.
     """
     n = v.shape[0]
-    value_grad = lambda x: jax.value_and_grad(fun)(x, args)  # noqa: E731
+    (value, grad), linear = jax.linearize(lambda x: jax.value_and_grad(fun)(x, args), v)
+    full_product = lambda t: linear(t)[1]  # noqa: E731
     if plan is None:
-        (value, grad), linear = jax.linearize(value_grad, v)
-        products = _products(lambda t: linear(t)[1], jnp.eye(n, dtype=v.dtype))
+        products = _products(full_product, jnp.eye(n, dtype=v.dtype))
         return value, grad, 0.5 * (products + products.T)
     cheap = jnp.asarray(plan.cheap, dtype=int)
+    cheap_linear = full_product
     if plan.costly:
-        (value, grad), linear = jax.linearize(value_grad, v)
         costly = jnp.asarray(plan.costly, dtype=int)
-        columns = _products(lambda t: linear(t)[1], jnp.eye(n, dtype=v.dtype)[costly])  # [k, r] = H[r, costly[k]]
+        columns = _products(full_product, jnp.eye(n, dtype=v.dtype)[costly])  # [k, r] = H[r, costly[k]]
         entries = [v[i] for i in range(n)]
 
         def cheap_grad(vc):
@@ -204,9 +204,6 @@ def value_grad_hessian(fun: Callable, v: Array, args: Any, plan: HessianPlan | N
             return jax.grad(restricted)(vc)
 
         _, cheap_linear = jax.linearize(cheap_grad, v[cheap])
-    else:
-        (value, grad), linear = jax.linearize(value_grad, v)
-        cheap_linear = lambda t: linear(t)[1]  # noqa: E731
     m = len(plan.cheap)
     coloring = plan.coloring
     seeds = jnp.eye(m, dtype=v.dtype) if coloring is None else coloring.seeds.astype(v.dtype)
