@@ -102,42 +102,40 @@ class MapDataset:
     def _irf_cache(self) -> dict:
         return {}
 
+    def _cached(self, key: tuple, compute):
+        """``compute()``, kept per ``key``: what a binding extracts at a source position
+        does not change, and repeated fits from the same start (TS, profiles,
+        benchmarks) look it up once."""
+        if key not in self._irf_cache:
+            self._irf_cache[key] = compute()
+        return self._irf_cache[key]
+
     def psf_kernel(self, position: SkyCoord) -> np.ndarray | None:
         """PSF kernels ``(energy_true, n, n)`` for a source at ``position`` (see
-        :func:`fitax.gamma.irf.psf_kernel`), or ``None`` without a PSF. Kept per position:
-        repeated fits from the same start (TS, profiles, benchmarks) look them up once."""
+        :func:`fitax.gamma.irf.psf_kernel`), or ``None`` without a PSF."""
         if self.irfs.psf is None:
             return None
-        key = ("psf", _position_tuple(position))
-        if key not in self._irf_cache:
-            contents = self.irfs
-            self._irf_cache[key] = irf.psf_kernel(
-                contents.psf, contents.psf_wcs, contents.psf_energy_true, contents.psf_rad, contents.psf_rad_edges,
-                position, self.energy_true_centres, self.wcs, self.shape,
-            )
-        return self._irf_cache[key]
+        contents = self.irfs
+        return self._cached(("psf", _position_tuple(position)), lambda: irf.psf_kernel(
+            contents.psf, contents.psf_wcs, contents.psf_energy_true, contents.psf_rad, contents.psf_rad_edges,
+            position, self.energy_true_centres, self.wcs, self.shape,
+        ))
 
     def edisp_matrix(self, position: SkyCoord | None) -> np.ndarray:
         """Energy-dispersion matrix ``(energy_true, energy)`` at ``position`` (the map
-        centre for ``None``; a diagonal matrix without energy dispersion), kept per position."""
-        key = ("edisp", None if position is None else _position_tuple(position))
-        if key not in self._irf_cache:
-            contents = self.irfs
-            if contents.edisp is None:
-                matrix = _diagonal_edisp(self.energy_true_edges, self.energy_edges)
-            else:
-                at = irf.map_centre(self.wcs, self.shape) if position is None else position
-                matrix = irf.edisp_matrix(contents.edisp, contents.edisp_wcs, at)
-            self._irf_cache[key] = matrix
-        return self._irf_cache[key]
+        centre for ``None``; a diagonal matrix without energy dispersion)."""
+        def compute():
+            if self.irfs.edisp is None:
+                return _diagonal_edisp(self.energy_true_edges, self.energy_edges)
+            at = irf.map_centre(self.wcs, self.shape) if position is None else position
+            return irf.edisp_matrix(self.irfs.edisp, self.irfs.edisp_wcs, at)
+
+        return self._cached(("edisp", None if position is None else _position_tuple(position)), compute)
 
     def pixel_linearisation(self, lon: float, lat: float, frame: str) -> tuple[np.ndarray, np.ndarray]:
         """Pixel coordinates ``(x, y)`` of ``(lon, lat)`` [deg] in ``frame`` and their
-        derivatives per degree ``(2, 2)``, kept per position."""
-        key = ("pixel", frame, lon, lat)
-        if key not in self._irf_cache:
-            self._irf_cache[key] = _pixel_linearisation(self.wcs, lon, lat, frame)
-        return self._irf_cache[key]
+        derivatives per degree ``(2, 2)``."""
+        return self._cached(("pixel", frame, lon, lat), lambda: _pixel_linearisation(self.wcs, lon, lat, frame))
 
     @property
     def source_files(self) -> tuple:
@@ -410,11 +408,13 @@ def _bind_group(members: list[MapDataset], sources: list[SkyModel], shard: bool)
         spatial = source.spatial
         position = spatial.position
         edisp = [dataset.edisp_matrix(position) for dataset in members]
-        psf_fft = None
-        if any((i, j) in kernels for i in range(len(members))):
-            identity = np.zeros((len(energy_true), 1, 1)) + 1.0
-            psf_fft = jnp.asarray(np.stack([padded_fft(kernels.get((i, j), identity)) for i in range(len(members))]))
         is_point = isinstance(spatial, PointSpatialModel)
+        psf_fft = None
+        if not is_point and any((i, j) in kernels for i in range(len(members))):
+            identity = np.zeros((len(energy_true), 1, 1)) + 1.0
+            psf_fft = jnp.asarray(np.stack([
+                dataset._cached(("psf_fft", _position_tuple(position), size, fft_shape), lambda i=i: padded_fft(kernels[i, j]))
+                if (i, j) in kernels else padded_fft(identity) for i, dataset in enumerate(members)]))
         pixel = jacobian = reference = grid_xyz = point_kernel = template_image = None
         oversampling = 1
         if isinstance(spatial, TemplateSpatialModel):
@@ -422,7 +422,6 @@ def _bind_group(members: list[MapDataset], sources: list[SkyModel], shard: bool)
         elif is_point:
             point_kernel = jnp.asarray(np.stack([padded(kernels.get((i, j), np.ones((len(energy_true), 1, 1))))
                                                  for i in range(len(members))]))
-            psf_fft = None
             lon, lat = float(spatial.lon_0.value), float(spatial.lat_0.value)
             linear = [d.pixel_linearisation(lon, lat, spatial.frame) for d in members]
             pixel = jnp.asarray(np.stack([p for p, _ in linear]))
@@ -430,7 +429,8 @@ def _bind_group(members: list[MapDataset], sources: list[SkyModel], shard: bool)
             reference = jnp.asarray([[lon, lat]] * len(members))
         else:
             oversampling = max(_oversampling(source, d.wcs) for d in members)
-            grid_xyz = jnp.asarray(np.stack([_grid_in_frame(d, oversampling, spatial.frame) for d in members]))
+            grid_xyz = jnp.asarray(np.stack([d._cached(("grid", oversampling, spatial.frame),
+                                                       lambda d=d: _grid_in_frame(d, oversampling, spatial.frame)) for d in members]))
         source_arrays.append(_SourceArrays(
             applies=jnp.asarray([float(source.applies_to(d.name)) for d in members]), edisp=jnp.asarray(np.stack(edisp)),
             psf_fft=psf_fft, pixel=pixel, pixel_jacobian=jacobian, reference=reference, psf_kernel=point_kernel,
