@@ -161,7 +161,7 @@ values = space.values(models)
 results = []
 for shard in (True, False):
     groups = bind(datasets, models, shard=shard)
-    assert groups[0].sharded == shard and groups[0].counts.shape[0] == (4 if shard else 3)
+    assert groups[0].sharded == shard and groups[0].mask.shape[0] == (4 if shard else 3)
     stat = jax.jit(jax.value_and_grad(lambda v: stat_sum_groups(space.with_values(models, v), groups)))
     value, grad = stat(values)
     results.append(np.concatenate([[value], grad]))

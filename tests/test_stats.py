@@ -91,5 +91,6 @@ def test_cash_sparse_is_cash_minus_its_data_constant():
     def dense(m):
         return stats.cash(n, m, mask)
 
+    assert float(stats.cash_data_term(n, mask)) == pytest.approx(constant, rel=1e-14)
     assert float(sparse(mu)) == pytest.approx(float(dense(mu)), rel=1e-13)
     np.testing.assert_allclose(jax.grad(sparse)(jnp.asarray(mu)), jax.grad(dense)(jnp.asarray(mu)), rtol=1e-12, atol=1e-14)

@@ -13,9 +13,10 @@ pushes the fit away, rather than ``inf``/``NaN``.
 from __future__ import annotations
 
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float
 
-__all__ = ["cash", "cash_terms", "cash_sparse", "wstat", "wstat_terms", "wstat_mu_bkg", "chi2", "poisson_loglike", "gaussian_loglike", "MU_FLOOR"]
+__all__ = ["cash", "cash_terms", "cash_sparse", "cash_data_term", "wstat", "wstat_terms", "wstat_mu_bkg", "chi2", "poisson_loglike", "gaussian_loglike", "MU_FLOOR"]
 
 MU_FLOOR = 1e-25
 
@@ -38,6 +39,18 @@ def cash_terms(n: Float[ArrayLike, "*bins"], mu: Float[ArrayLike, "*bins"]) -> F
     n = jnp.asarray(n, dtype=float)
     mu = jnp.asarray(mu, dtype=float)
     return 2.0 * (mu - n + _n_log_n_over_mu(n, mu))
+
+
+def cash_data_term(n: np.ndarray, mask: np.ndarray | None = None, axis=None) -> np.ndarray:
+    """The data-only part of :func:`cash`, ``2 sum (n log n - n)`` over the (masked) bins,
+    on the host: :func:`cash` is Gammapy's ``2 sum (mu - n log mu)`` plus this, and
+    :func:`cash_sparse` is :func:`cash` minus it."""
+    n = np.asarray(n, float)
+    positive = n > 0
+    terms = np.where(positive, n * np.log(np.where(positive, n, 1.0)), 0.0) - n
+    if mask is not None:
+        terms = np.where(mask, terms, 0.0)
+    return 2 * np.sum(terms, axis=axis)
 
 
 def cash_sparse(

@@ -37,7 +37,7 @@ from astropy.wcs import WCS
 from jaxtyping import Array, Bool, Complex, Float, Int
 
 from ..mapsum import map_items, map_sum
-from ..stats import cash_sparse
+from ..stats import cash_data_term, cash_sparse
 from . import irf
 from .geometry import celestial, pixel_centres, solid_angles
 from .io import MapDatasetFile, read_map_dataset
@@ -244,7 +244,6 @@ class _SourceArrays(eqx.Module):
 class _DatasetGroup(eqx.Module):
     """Datasets of identical shapes and energy axes, stacked along a leading axis."""
 
-    counts: Float[Array, "n e y x"]
     mask: Bool[Array, "n e y x"]
     background: Float[Array, "n e y x"]
     padded_exposure: Float[Array, "n et py px"]  # zero-padded by kernel_size + 1 pixels on each side
@@ -438,7 +437,7 @@ def _bind_group(members: list[MapDataset], sources: list[SkyModel], shard: bool)
         ))
     data = _stacked_data(tuple(members), n_real, size + 1)
     return _DatasetGroup(
-        counts=data.counts, mask=data.mask, background=data.background, padded_exposure=data.padded_exposure,
+        mask=data.mask, background=data.background, padded_exposure=data.padded_exposure,
         solid_angle=data.solid_angle,
         count_index=data.count_index, count_values=data.count_values, deviance_offset=data.deviance_offset,
         energy_true_edges=jnp.asarray(first.energy_true_edges), energy_centres=jnp.asarray(first.energy_centres),
@@ -450,7 +449,6 @@ def _bind_group(members: list[MapDataset], sources: list[SkyModel], shard: bool)
 
 @dataclasses.dataclass(frozen=True)
 class _StackedData:
-    counts: Array
     mask: Array
     background: Array
     padded_exposure: Array  # (n, et, y + 2 margin, x + 2 margin)
@@ -475,11 +473,9 @@ def _stacked_data(members: tuple[MapDataset, ...], n_real: int, margin: int) -> 
     for row, (index, c) in enumerate(zip(counted, counts)):
         count_index[row, :len(index)] = index
         count_values[row, :len(index)] = c.reshape(-1)[index]
-    positive = counts > 0
-    n_log_n = np.where(positive, counts * np.log(np.where(positive, counts, 1.0)), 0.0)
-    offsets = 2 * np.sum(np.where(mask, n_log_n - counts, 0.0), axis=(1, 2, 3))
+    offsets = cash_data_term(counts, mask, axis=(1, 2, 3))
     return _StackedData(
-        counts=jnp.asarray(counts), mask=jnp.asarray(mask), background=jnp.asarray(np.stack([d.background for d in members])),
+        mask=jnp.asarray(mask), background=jnp.asarray(np.stack([d.background for d in members])),
         padded_exposure=jnp.asarray(np.pad(np.stack([d.exposure for d in members]), ((0, 0), (0, 0), (margin, margin), (margin, margin)))),
         solid_angle=jnp.asarray(np.stack([d.solid_angle for d in members])),
         count_index=jnp.asarray(count_index), count_values=jnp.asarray(count_values), deviance_offset=jnp.asarray(offsets),
@@ -589,7 +585,6 @@ def _convolve(image: Float[Array, "p y x"], kernel_fft: Complex[Array, "et fy fx
 class _OneDataset(eqx.Module):
     """The arrays of a group that have a dataset axis (what is mapped over)."""
 
-    counts: Array
     mask: Array
     background: Array
     padded_exposure: Array
@@ -598,9 +593,7 @@ class _OneDataset(eqx.Module):
     count_values: Array
     deviance_offset: Array
     sources: tuple[_SourceArrays, ...]
-    norm: Array
-    tilt: Array
-    reference: Array
+    background_scale: Array
 
 
 def _dataset_npred(sources: Sequence[SkyModel], group: _DatasetGroup, one: _OneDataset):
@@ -608,7 +601,7 @@ def _dataset_npred(sources: Sequence[SkyModel], group: _DatasetGroup, one: _OneD
     _, ny, nx = one.background.shape
     margin = group.kernel_size + 1
     edges = group.energy_true_edges
-    npred = one.background * (one.norm * (group.energy_centres / one.reference) ** -one.tilt)[:, None, None]
+    npred = one.background * one.background_scale[:, None, None]
     exposure = one.padded_exposure[:, margin:margin + ny, margin:margin + nx]
     points = None
     for source, arrays in zip(sources, one.sources):
@@ -625,21 +618,23 @@ def _dataset_npred(sources: Sequence[SkyModel], group: _DatasetGroup, one: _OneD
     return npred if points is None else npred + points[:, margin:margin + ny, margin:margin + nx]
 
 
-def _background_parameters(models: Models, names: Sequence[str]):
-    """Stacked ``norm``, ``tilt``, ``reference`` of the datasets' background models
-    (1, 0, 1 TeV for a dataset without one: its background template as it is)."""
+def _background_scales(models: Models, names: Sequence[str], energy: Array) -> Float[Array, "n e"]:
+    """Each dataset's background model ``norm (E / reference)^-tilt`` at the reconstructed
+    energies ``energy`` (1 for a dataset without one: its background template as it is).
+    The parameters are stacked first, so the graph holds one power law, not one per dataset."""
     values = []
     for name in names:
         model = models.background_model(name)
         values.append((1.0, 0.0, 1.0) if model is None else (model.norm.value, model.tilt.value, model.reference.value))
-    return tuple(jnp.stack([jnp.asarray(v[i], float) for v in values]) for i in range(3))
+    norm, tilt, reference = (jnp.stack([jnp.asarray(v[i], float) for v in values])[:, None] for i in range(3))
+    return norm * (energy[None] / reference) ** -tilt
 
 
 def _per_dataset(models: Models, group: _DatasetGroup) -> _OneDataset:
-    norm, tilt, reference = _background_parameters(models, group.names)
-    return _OneDataset(counts=group.counts, mask=group.mask, background=group.background, padded_exposure=group.padded_exposure,
+    return _OneDataset(mask=group.mask, background=group.background, padded_exposure=group.padded_exposure,
                        solid_angle=group.solid_angle, count_index=group.count_index, count_values=group.count_values,
-                       deviance_offset=group.deviance_offset, sources=group.sources, norm=norm, tilt=tilt, reference=reference)
+                       deviance_offset=group.deviance_offset, sources=group.sources,
+                       background_scale=_background_scales(models, group.names, group.energy_centres))
 
 
 def _summed(function, models: Models, per_dataset: _OneDataset, sharded: bool) -> Array:

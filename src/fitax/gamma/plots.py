@@ -117,7 +117,7 @@ def _plot_excess(ax, datasets: Datasets, models: Models) -> None:
             background, variance = dataset.alpha * dataset.counts_off, dataset.counts + dataset.alpha**2 * dataset.counts_off
         else:
             model = models.background_model(dataset.name)
-            scale = 1.0 if model is None else float(model.norm.value) * (centres / float(model.reference.value)) ** -float(model.tilt.value)
+            scale = 1.0 if model is None else np.asarray(model(centres))
             background, variance = dataset.background * scale, dataset.counts
         color = f"C{index % 10}"
         ax.errorbar(centres[mask], (dataset.counts - background)[mask], yerr=np.sqrt(variance)[mask], fmt="o", ms=3, color=color,

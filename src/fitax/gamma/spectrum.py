@@ -27,7 +27,7 @@ from astropy.io import fits
 from astropy.table import Table
 from jaxtyping import Array, Bool, Float
 
-from ..stats import cash_terms, wstat_terms
+from ..stats import cash_data_term, cash_terms, wstat_terms
 from .models import Models, SkyModel
 
 __all__ = ["SpectrumDataset", "SpectrumDatasetOnOff", "read_ogip", "read_spectrum_dataset"]
@@ -230,16 +230,12 @@ def _region_column(hdul, name: str, path: Path, unit: str | None = None, require
 
 
 def _band_edges(hdul, name: str, low: str, high: str, path: Path) -> np.ndarray:
+    """Bin edges [TeV] of the one energy axis of a region map's ``*_BANDS`` table."""
     if name not in hdul:
         raise ValueError(f"{path}: missing HDU {name}")
     table = Table.read(hdul[name])
     where = f"{path}[{name}]"
-    lows, highs = _energy_column(table, low, where), _energy_column(table, high, where)
-    if "CHANNEL" in table.colnames:
-        _, first = np.unique(np.asarray(table["CHANNEL"]), return_index=True)
-        lows, highs = lows[np.sort(first)], highs[np.sort(first)]
-    unique_lows, order = np.unique(lows, return_index=True)
-    return np.r_[unique_lows, highs[order][-1]]
+    return np.r_[_energy_column(table, low, where), _energy_column(table, high, where)[-1]]
 
 
 def read_spectrum_dataset(path, name: str | None = None) -> "SpectrumDataset | SpectrumDatasetOnOff":
@@ -346,24 +342,17 @@ class _SpectrumGroup(eqx.Module):
         if self.counts_off is not None:
             terms = wstat_terms(self.counts, self.counts_off, self.alpha, signal)
         else:
-            from .datasets import _background_parameters
+            from .datasets import _background_scales
 
-            norm, tilt, reference = _background_parameters(models, self.names)
-            scale = norm[:, None] * (self.energy_centres[None] / reference[:, None]) ** -tilt[:, None]
-            terms = cash_terms(self.counts, signal + self.background * scale)
+            terms = cash_terms(self.counts, signal + self.background * _background_scales(models, self.names, self.energy_centres))
         return jnp.sum(jnp.where(self.mask, terms, 0.0))
 
 
 def bind_spectra(members: list, sources: list[SkyModel]) -> _SpectrumGroup:
     stack = lambda name: jnp.asarray(np.stack([getattr(d, name) for d in members]))  # noqa: E731
     on_off = isinstance(members[0], SpectrumDatasetOnOff)
-    constant = 0.0  # fitax's WStat deviance form is Gammapy's
-    if not on_off:
-        counts = np.stack([d.counts for d in members])
-        mask = np.stack([d.mask for d in members])
-        positive = counts > 0
-        n_log_n = np.where(positive, counts * np.log(np.where(positive, counts, 1.0)), 0.0)
-        constant = float(np.sum(np.where(mask, -2 * (n_log_n - counts), 0.0)))
+    # fitax's WStat deviance form is Gammapy's; its Cash adds the data term
+    constant = 0.0 if on_off else -float(cash_data_term(np.stack([d.counts for d in members]), np.stack([d.mask for d in members])))
     first = members[0]
     return _SpectrumGroup(
         counts=stack("counts"), counts_off=stack("counts_off") if on_off else None, alpha=stack("alpha") if on_off else None,
