@@ -64,3 +64,52 @@ def test_derivatives_with_respect_to_a_subset_hold_the_rest_constant():
     mapped, plain = along_slope(lambda s, i: map_sum(_term, s, i)), along_slope(_plain)
     assert float(jax.grad(mapped)(0.8)) == pytest.approx(float(jax.grad(plain)(0.8)), rel=1e-12)
     assert float(jax.grad(jax.grad(mapped))(0.8)) == pytest.approx(float(jax.grad(jax.grad(plain))(0.8)), rel=1e-12)
+
+
+def _item_sum_problem():
+    """Shared amplitude and slope, one offset per item (as parameters), plus a Gaussian prior."""
+    import fitax
+
+    shared, items = _problem()
+    params = {"amplitude": fitax.Parameter(1.7), "slope": fitax.Parameter(0.5, prior=fitax.GaussianPrior(0.6, 0.2)),
+              "offset": [fitax.Parameter(float(o)) for o in items["offset"]]}
+    data = {"x": items["x"], "y": items["y"], "index": jnp.arange(4)}
+
+    def term(p, item):
+        offsets = jnp.stack([fitax.value_of(o) for o in p["offset"]])
+        values = {"amplitude": fitax.value_of(p["amplitude"]), "slope": fitax.value_of(p["slope"])}
+        return _term(values, {"x": item["x"], "y": item["y"], "offset": offsets[item["index"]]})
+
+    def plain(p, d):
+        return sum(term(p, jax.tree_util.tree_map(lambda a: a[i], d)) for i in range(4))
+
+    return params, data, term, plain
+
+
+def test_item_sum_hessians_item_by_item_equal_the_plain_sum():
+    """With an ItemSum, fitax.fit's objective computes value, gradient and Hessian item by
+    item (and the prior as its own term); they equal those of the plain sum, with and
+    without a Hessian plan, and so does the whole fit."""
+    import fitax
+    from fitax import _minimize
+    from fitax.fit import _physical_objective
+    from fitax.mapsum import ItemSum
+
+    params, data, term, plain = _item_sum_problem()
+    summed = ItemSum(lambda d: [(term, d)])
+    space = fitax.ParameterSpace.from_params(params)
+    v = space.values(params) * 1.1
+    by_item = _physical_objective(summed, space, params, 1.0)
+    assert hasattr(by_item, "item_terms")
+    reference = jax.hessian(_physical_objective(plain, space, params, 1.0))(v, data)
+    is_offset = np.array([name.startswith("offset") for name in space.names])
+    pattern = ~(is_offset[:, None] & is_offset[None, :]) | np.eye(6, dtype=bool)  # offsets of two items never meet
+    for plan in (None, _minimize.hessian_plan(6, pattern, np.array([name == "slope" for name in space.names]))):
+        value, grad, hessian = jax.jit(lambda v, d, plan=plan: _minimize.value_grad_hessian(by_item, v, d, plan))(v, data)
+        assert float(value) == pytest.approx(float(_physical_objective(plain, space, params, 1.0)(v, data)), rel=1e-13)
+        np.testing.assert_allclose(hessian, reference, rtol=1e-10, atol=1e-10)
+    fitted, expected = fitax.fit(summed, params, args=data), fitax.fit(plain, params, args=data)
+    assert fitted.converged and fitted.stat == pytest.approx(expected.stat, rel=1e-12)
+    for name in fitted.values:
+        assert fitted.values[name] == pytest.approx(expected.values[name], rel=1e-8, abs=1e-10)
+        assert fitted.errors[name] == pytest.approx(expected.errors[name], rel=1e-8)

@@ -31,6 +31,8 @@ import jax.numpy as jnp
 import optimistix as optx
 from jaxtyping import Array, Float, Int
 
+from .mapsum import map_items
+
 # Solver status codes (also used by batch results).
 CONVERGED = 0
 MAX_STEPS = 1
@@ -172,6 +174,28 @@ def _products(linear: Callable, seeds: Array) -> Array:
 
 
 def value_grad_hessian(fun: Callable, v: Array, args: Any, plan: HessianPlan | None = None) -> tuple[Array, Array, Array]:
+    """``fun(v, args)``, its gradient and its exact Hessian (see :func:`_value_grad_hessian`).
+
+    When ``fun`` is a sum over items and says so (``fun.item_terms(args)`` gives its
+    ``(function(v, item), items)`` terms, as :func:`fitax.fit` provides for a
+    :class:`fitax.mapsum.ItemSum` objective), each item's value, gradient and Hessian are
+    computed in one pass of a loop over the items and summed.
+    """
+    item_terms = getattr(fun, "item_terms", None)
+    if item_terms is None:
+        return _value_grad_hessian(fun, v, args, plan)
+    total = None
+    for function, items in item_terms(args):
+        if items is None:
+            part = _value_grad_hessian(function, v, None, plan)
+        else:
+            per_item = map_items(lambda item, function=function: _value_grad_hessian(function, v, item, plan), items)
+            part = tuple(jnp.sum(a, axis=0) for a in per_item)
+        total = part if total is None else tuple(a + b for a, b in zip(total, part))
+    return total
+
+
+def _value_grad_hessian(fun: Callable, v: Array, args: Any, plan: HessianPlan | None = None) -> tuple[Array, Array, Array]:
     """``fun(v, args)``, its gradient and its exact Hessian (forward over reverse mode).
 
     The gradient is linearised once (``jax.linearize``) and the linear map applied to each

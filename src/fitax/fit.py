@@ -8,6 +8,7 @@ as a :class:`FitResult`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -17,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _minimize
+from .mapsum import ItemSum
 from .parameters import ParameterSpace, parameters_dict
 
 __all__ = ["fit", "FitResult", "NEWTON_MAX_PARAMETERS", "HESSIAN_EVERY_LARGE"]
@@ -112,11 +114,27 @@ class FitResult:
 
 
 def _physical_objective(objective, space: ParameterSpace, params, errordef: float):
+    """``objective`` (priors added) as a function of the free parameters' values ``v``; for
+    an :class:`~fitax.mapsum.ItemSum`, it also gives its terms as functions of ``v``
+    (``item_terms``), so that exact Hessians are computed item by item."""
     def fun(v, args):
         model = space.with_values(params, v)
         return call_objective(objective, model, args) + errordef * space.prior_penalty(model)
 
+    if isinstance(objective, ItemSum):
+        def penalty(v, _):
+            return errordef * space.prior_penalty(space.with_values(params, v))
+
+        def item_terms(args):
+            terms = [(functools.partial(_term_of_values, function, space, params), items) for function, items in objective.terms(args)]
+            return terms + [(penalty, None)]
+
+        fun.item_terms = item_terms
     return fun
+
+
+def _term_of_values(function, space: ParameterSpace, params, v, item):
+    return function(space.with_values(params, v), item)
 
 
 @eqx.filter_jit
@@ -203,7 +221,9 @@ def fit(
         objective: ``objective(params) -> scalar`` (or ``objective(params, args)`` when ``args``
             is given), jit-able. Pass large data through ``args`` rather than a closure so they
             are not baked into the compiled program as constants. Reuse the same function
-            object across calls to reuse the compiled fit.
+            object across calls to reuse the compiled fit. A joint likelihood written as a
+            :class:`fitax.ItemSum` (a sum over datasets) gets its exact Hessians computed
+            dataset by dataset.
         params: a pytree (e.g. an ``equinox.Module`` or dict) whose leaves include
             :class:`fitax.Parameter`; its values are the start point.
         method: ``"newton"`` (damped Newton with exact Hessians, the default ``"auto"``) or

