@@ -198,3 +198,15 @@ def test_psf_components_reproduce_every_kernel_and_npred():
         module._PSF_TOLERANCE = original
     significant = exact > 1e-3
     assert np.max(np.abs(expanded - exact)[significant] / exact[significant]) < 1e-6
+
+
+def test_true_energies_without_reconstructed_counts_are_left_out():
+    """The simulated energy dispersion sends the first and last of the 25 true-energy bins
+    nowhere: binding leaves them out (npred is unchanged: the Gammapy comparisons)."""
+    dataset = fg.MapDataset.read(shared_data("gamma", "sim", "obs000.fits.gz"))
+    models = fg.read_models(shared_data("gamma", "sim", "models_true_n1.yaml"))
+    edisp = dataset.edisp_matrix(models["gauss"].spatial.position)
+    assert edisp[0].sum() == 0 and edisp[-1].sum() == 0 and np.all(edisp[1:-1].sum(axis=1) > 0)
+    (group,) = bind([dataset], models)
+    np.testing.assert_array_equal(group.energy_true_bounds, np.stack([dataset.energy_true_edges[1:-2], dataset.energy_true_edges[2:-1]]))
+    assert group.padded_exposure.shape[1] == 23
