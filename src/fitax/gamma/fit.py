@@ -85,10 +85,11 @@ def hessian_sparsity(datasets: Datasets, models: Models) -> np.ndarray:
     it."""
     space = ParameterSpace.from_params(models)
     dataset_names = datasets.names
+    touched_by_model = {model.name: _touched_datasets(model, dataset_names) for model in models}
     touched_by_leaf = {}
     for leaf_name in space._all_names:
-        owner = next((m for m in models if leaf_name.startswith(f"{m.name}.")), None)
-        touched_by_leaf[leaf_name] = _touched_datasets(owner, dataset_names) if owner is not None else set(dataset_names)
+        owner = next((m.name for m in models if leaf_name.startswith(f"{m.name}.")), None)
+        touched_by_leaf[leaf_name] = touched_by_model[owner] if owner is not None else set(dataset_names)
     for tied, source in space._tie_positions:
         touched_by_leaf[space._all_names[source]] |= touched_by_leaf[space._all_names[tied]]
     touched = [touched_by_leaf[name] for name in space.names]
