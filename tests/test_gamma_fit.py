@@ -202,7 +202,8 @@ def test_psf_components_reproduce_every_kernel_and_npred():
 
 def test_true_energies_without_reconstructed_counts_are_left_out():
     """The simulated energy dispersion sends the first and last of the 25 true-energy bins
-    nowhere: binding leaves them out (npred is unchanged: the Gammapy comparisons)."""
+    nowhere: binding leaves them out, and trims the PSF kernels to the remaining energies'
+    width (npred is unchanged: the Gammapy comparisons)."""
     dataset = fg.MapDataset.read(shared_data("gamma", "sim", "obs000.fits.gz"))
     models = fg.read_models(shared_data("gamma", "sim", "models_true_n1.yaml"))
     edisp = dataset.edisp_matrix(models["gauss"].spatial.position)
@@ -210,3 +211,6 @@ def test_true_energies_without_reconstructed_counts_are_left_out():
     (group,) = bind([dataset], models)
     np.testing.assert_array_equal(group.energy_true_bounds, np.stack([dataset.energy_true_edges[1:-2], dataset.energy_true_edges[2:-1]]))
     assert group.padded_exposure.shape[1] == 23
+    # the lowest true energy's 19-pixel kernel went with it: the others fit in 17 pixels
+    assert dataset.psf_kernel(models["gauss"].spatial.position).shape[-1] == 19
+    assert group.kernel_size == 17 and group.fft_shape == (108, 108)
