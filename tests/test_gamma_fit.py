@@ -214,3 +214,26 @@ def test_true_energies_without_reconstructed_counts_are_left_out():
     # the lowest true energy's 19-pixel kernel went with it: the others fit in 17 pixels
     assert dataset.psf_kernel(models["gauss"].spatial.position).shape[-1] == 19
     assert group.kernel_size == 17 and group.fft_shape == (108, 108)
+
+
+def test_hessian_sparsity_follows_datasets_and_ties():
+    """Parameters of two datasets' background models never meet, except through a tie:
+    with obs001's tilt tied to obs000's, that tilt enters both datasets, while obs000's
+    norm still meets nothing of obs001. Every non-zero of the exact Hessian lies in the
+    pattern."""
+    import fitax
+    from fitax.gamma.fit import hessian_sparsity
+
+    datasets = fg.Datasets([fg.MapDataset.read(shared_data("gamma", "sim", f"obs00{i}.fits.gz")) for i in range(2)])
+    models = fg.read_models(shared_data("gamma", "sim", "models_true_n10.yaml"))
+    models = fg.Models([m for m in models if getattr(m, "dataset_name", "obs000") in ("obs000", "obs001")])
+    models = fitax.thaw(models, "obs000-bkg.tilt")
+    models = fitax.tie(models, "obs001-bkg.tilt", to="obs000-bkg.tilt")
+    pattern = hessian_sparsity(datasets, models)
+    space = ParameterSpace.from_params(models)
+    index = {name: i for i, name in enumerate(space.names)}
+    assert not pattern[index["obs000-bkg.norm"], index["obs001-bkg.norm"]]
+    assert pattern[index["obs000-bkg.tilt"], index["obs001-bkg.norm"]]
+    groups = bind(datasets, models)
+    hessian = np.asarray(jax.jit(jax.hessian(lambda v: stat_sum_groups(space.with_values(models, v), groups)))(space.values(models)))
+    assert np.all(pattern | (hessian == 0))

@@ -89,7 +89,8 @@ def hessian_sparsity(datasets: Datasets, models: Models) -> np.ndarray:
     touched_by_leaf = {}
     for leaf_name in space._all_names:
         owner = next((m.name for m in models if leaf_name.startswith(f"{m.name}.")), None)
-        touched_by_leaf[leaf_name] = touched_by_model[owner] if owner is not None else set(dataset_names)
+        # a copy per leaf: a tie below widens one leaf's set, not its whole model's
+        touched_by_leaf[leaf_name] = set(touched_by_model[owner] if owner is not None else dataset_names)
     for tied, source in space._tie_positions:
         touched_by_leaf[space._all_names[source]] |= touched_by_leaf[space._all_names[tied]]
     touched = [touched_by_leaf[name] for name in space.names]
