@@ -112,8 +112,8 @@ class ItemSum(eqx.Module):
     products are computed in one pass of the loop over items, while the item's
     intermediate arrays are in cache. Linearising the whole sum instead stores every
     item's intermediates and reads them back once per Hessian-vector product: the Hessian
-    of the joint fit of 10 simulated gamma-ray datasets took 286 ms that way and 214 ms item
-    by item, with the same numbers.
+    of the joint fit of 10 simulated gamma-ray datasets took 252-270 ms that way and
+    186-205 ms item by item, with the same numbers.
 
     Example:
         >>> import jax.numpy as jnp

@@ -3,8 +3,8 @@
 A :class:`MapDataset` holds one observation's arrays on the host. To evaluate models,
 :func:`bind` turns a list of datasets and the current models into
 ``_DatasetGroup`` pytrees: datasets with the same shapes and energy axes are stacked along a
-leading axis, together with each source's IRFs at its position (PSF kernels as Fourier
-transforms, energy-dispersion matrices) and the sky grids its spatial model needs. The
+leading axis, together with each source's IRFs at its position (PSF kernels, or their
+principal components as Fourier transforms; energy-dispersion matrices) and the sky grids its spatial model needs. The
 likelihood of a group is then one loop over its datasets (a :class:`fitax.ItemSum`: its
 gradients and the fit's exact Hessians are computed inside the loop, dataset by dataset),
 so a joint fit of N datasets compiles once, whatever N.
@@ -646,8 +646,8 @@ def _psf_components(kernels: Float[np.ndarray, "et k k"]) -> tuple[np.ndarray, n
     """The fewest components ``(r, k, k)`` and weights ``(et, r)`` that reproduce every
     true energy's kernel to ``_PSF_TOLERANCE`` of its sum (L1 norm of the difference).
 
-    A PSF changes smoothly with energy, so its kernels span few dimensions (the singular
-    values of the 25 simulated CTA kernels fall by 1e-6 within 16 components): convolving
+    A PSF changes smoothly with energy, so its kernels span few dimensions (the 23 kernels
+    of the simulated CTA PSF that the fit uses need 16 components): convolving
     the image with the components and weighting the results needs r FFTs instead of one
     per true energy, forwards and in the gradient. The truncation changes npred by at most
     1e-6 of the source's counts around each pixel, far below Gammapy's own PSF tabulation
