@@ -121,8 +121,22 @@ def test_mismatched_batch_sizes_name_the_leaf():
         fitax.fit_batch(lambda p: p["a"].value ** 2 + p["b"].value ** 2, params)
     with pytest.raises(ValueError, match="params_batch has 4 problems but args has 2"):
         fitax.fit_batch(lambda p, x: (p["a"].value - x) ** 2, {"a": fitax.Parameter(jnp.zeros(4))}, jnp.zeros(2))
-    with pytest.raises(ValueError, match=r"parameter 'a' starts at -1, outside its bounds"):
-        fitax.fit_batch(lambda p: p["a"].value ** 2, {"a": fitax.Parameter(jnp.array([1.0, -1.0]), min=0)})
+
+
+def test_invalid_starts_are_flagged_per_problem():
+    """A bad start value fails its own problem only; the others are solved as if alone
+    (the analytic minimum of (a - x)^2 + (b - 2)^2 over a >= 0 is a = x, b = 2)."""
+    x = jnp.array([1.0, 2.0, 3.0, 4.0])
+    params = {"a": fitax.Parameter(jnp.array([1.0, -1.0, jnp.nan, 0.5]), min=0), "b": fitax.Parameter(jnp.zeros(4))}
+    result = fitax.fit_batch(lambda p, x: (p["a"].value - x) ** 2 + (p["b"].value - 2) ** 2, params, x)
+    assert result.converged.tolist() == [True, False, False, True]
+    assert "parameter 'a' starts at -1, outside its bounds [0, inf]" in result.message(1)
+    assert "parameter 'a' has a non-finite start value nan" in result.message(2)
+    np.testing.assert_allclose(result.values["a"][[0, 3]], [1.0, 4.0], atol=1e-6)
+    assert result.values["a"][1] == -1.0 and np.isnan(result.stat[1]) and np.isnan(result.errors["b"][1])
+    assert "2 with invalid starts" in repr(result)
+    nothing = fitax.fit_batch(lambda p: p["a"].value ** 2, {"a": fitax.Parameter(jnp.array([-1.0, -2.0]), min=0)})
+    assert not nothing.converged.any() and "outside its bounds" in nothing.message(1)
 
 
 def test_multi_device_split_gives_the_same_answers():

@@ -48,6 +48,10 @@ class BatchFitResult:
         converged: EDM below tolerance and positive-definite Hessian.
         status: solver status codes (see :data:`fitax._minimize.STATUS_MESSAGES`).
         n_iterations: Newton iterations per problem.
+        start_errors: why each problem's start point is invalid (non-finite or out of
+            bounds), ``""`` for valid starts. Invalid problems are not solved: they keep
+            their start values and come back with ``converged=False`` and NaN statistic
+            and errors.
     """
 
     params: Any
@@ -60,12 +64,15 @@ class BatchFitResult:
     converged: np.ndarray
     status: np.ndarray
     n_iterations: np.ndarray
+    start_errors: tuple[str, ...]
 
     def __len__(self) -> int:
         return self.stat.shape[0]
 
     def message(self, i: int) -> str:
         """Why problem ``i`` stopped."""
+        if self.start_errors[i]:
+            return f"not fitted: {self.start_errors[i]}"
         text = _minimize.STATUS_MESSAGES.get(int(self.status[i]), "unknown status")
         if self.status[i] == _minimize.CONVERGED and not self.converged[i]:
             text = "the Hessian is not positive definite at the end point: errors are undefined"
@@ -89,8 +96,10 @@ class BatchFitResult:
 
     def __repr__(self) -> str:
         n_ok = int(np.sum(self.converged))
+        n_invalid = sum(bool(e) for e in self.start_errors)
+        invalid = f", {n_invalid} with invalid starts" if n_invalid else ""
         return (
-            f"BatchFitResult({len(self)} problems, {n_ok} converged, free parameters {list(self.names)}, "
+            f"BatchFitResult({len(self)} problems, {n_ok} converged{invalid}, free parameters {list(self.names)}, "
             f"median iterations {np.median(self.n_iterations):.0f})"
         )
 
@@ -171,6 +180,24 @@ def _run_batch(objective, space, params_batch, args, shared, errordef, edm_tol, 
     )((params_batch, args), shared)
 
 
+def start_errors(space: ParameterSpace, start: np.ndarray) -> list[str]:
+    """Why each row of ``start`` (``n_problems x n_free`` physical values) cannot start a
+    fit: the first free parameter that is non-finite or outside its bounds, ``""`` where
+    the row is valid. Vectorised over problems; messages are built for the bad rows only."""
+    lower = np.array([-np.inf if lo is None else lo for lo, _ in space.bounds])
+    upper = np.array([np.inf if hi is None else hi for _, hi in space.bounds])
+    bad = ~np.isfinite(start) | (start < lower) | (start > upper)
+    errors = [""] * start.shape[0]
+    for row in np.nonzero(bad.any(axis=1))[0]:
+        column = int(np.argmax(bad[row]))
+        name, value = space.names[column], start[row, column]
+        if not np.isfinite(value):
+            errors[row] = f"parameter {name!r} has a non-finite start value {value}"
+        else:
+            errors[row] = f"parameter {name!r} starts at {value:.6g}, outside its bounds [{lower[column]:.6g}, {upper[column]:.6g}]"
+    return errors
+
+
 def padded_size(n: int, n_devices: int = 1) -> int:
     """Batch size the problems are padded to: a power of two (at least 16) up to 1024, a
     multiple of 512 above, and a multiple of the device count. Batches of different sizes
@@ -206,8 +233,10 @@ def fit_batch(
         chunk_size: with ``"map"``, vectorise this many problems per loop step.
         errordef, tol, max_steps: as in :func:`fitax.fit`.
 
-    A problem whose start point is invalid does not stop the batch: it comes back with
-    ``converged=False`` and a status saying why.
+    A problem whose start point is invalid (a non-finite value, or one outside the bounds)
+    does not stop the batch: it is not fitted and comes back with ``converged=False`` and
+    :meth:`BatchFitResult.message` saying why. Problems whose objective is non-finite at
+    the start come back flagged likewise (status ``NON_FINITE``).
 
     Example (multi-start):
         >>> import jax.numpy as jnp, numpy as np, fitax
@@ -231,7 +260,15 @@ def fit_batch(
     space = ParameterSpace.from_params(first)
     if space.size == 0:
         raise ValueError("the model has no free parameters (all are frozen or tied)")
-    space.check_start(params_batch)
+    start = np.asarray(space.values(params_batch), dtype=float).reshape(n_params, space.size)
+    invalid_starts = start_errors(space, start)
+    invalid = np.array([bool(e) for e in invalid_starts])
+    if invalid.all():
+        return _unsolved(space, params_batch, start, invalid_starts)
+    if invalid.any():
+        # Invalid rows are solved from a valid start (static shapes) and their results discarded.
+        substitute = np.where(invalid[:, None], start[np.argmax(~invalid)], start)
+        params_batch = space.with_values(params_batch, jnp.asarray(substitute))
 
     wrapped = objective if shared is None else _WithShared(objective)
     # Pad by repeating the last problem, so new batch sizes rarely trigger a new compilation.
@@ -242,6 +279,10 @@ def fit_batch(
         wrapped, space, *padded, shared, float(errordef), float(tol * errordef), int(max_steps), vectorize, chunk_size
     )
     v, stat, edm, status, n_iter, cov, pd = (np.asarray(a)[:n_params] for a in outputs)
+    v = np.where(invalid[:, None], start, v)
+    status = np.where(invalid, _minimize.NON_FINITE, status)
+    stat, edm = np.where(invalid, np.nan, stat), np.where(invalid, np.nan, edm)
+    pd = pd & ~invalid
     errors = np.where(pd[:, None], np.sqrt(np.abs(np.diagonal(cov, axis1=1, axis2=2))), np.nan)
     fitted = space.with_values(params_batch, jnp.asarray(v))
     return BatchFitResult(
@@ -254,6 +295,26 @@ def fit_batch(
         covariance=np.where(pd[:, None, None], cov, np.nan),
         converged=(status == _minimize.CONVERGED) & pd,
         status=status,
-        n_iterations=n_iter,
+        n_iterations=np.where(invalid, 0, n_iter),
+        start_errors=tuple(invalid_starts),
+    )
+
+
+def _unsolved(space: ParameterSpace, params_batch, start: np.ndarray, invalid_starts: list[str]) -> BatchFitResult:
+    """The result of a batch none of whose problems has a valid start: nothing is fitted."""
+    n, k = start.shape
+    nan = np.full(n, np.nan)
+    return BatchFitResult(
+        params=params_batch,
+        names=space.names,
+        values={name: start[:, i] for i, name in enumerate(space.names)},
+        errors={name: nan for name in space.names},
+        stat=nan,
+        edm=nan,
+        covariance=np.full((n, k, k), np.nan),
+        converged=np.zeros(n, bool),
+        status=np.full(n, _minimize.NON_FINITE),
+        n_iterations=np.zeros(n, int),
+        start_errors=tuple(invalid_starts),
     )
 
