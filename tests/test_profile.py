@@ -88,3 +88,27 @@ def test_wilks_significance_for_large_ts_and_several_dof():
         assert wilks_significance(value, df) == pytest.approx(expected, rel=2e-3)
     # beyond double precision p-values: finite, and close to the 1-dof value
     assert np.isfinite(wilks_significance(5000.0, 3)) and abs(wilks_significance(5000.0, 3) - np.sqrt(5000)) < 1.0
+
+
+def test_ts_with_no_free_parameter_under_the_null_keeps_the_prior():
+    """f = (a - 2)^2 with a N(0, 1) prior: the fit minimises (a - 2)^2 + a^2 (a = 1, stat 2);
+    under the null a = 1 the statistic is again 1 + 1 = 2, so TS = 0 exactly."""
+    params = {"a": fitax.Parameter(0.5, prior=fitax.GaussianPrior(0.0, 1.0))}
+    result = fitax.ts(lambda p: (p["a"].value - 2) ** 2, params, {"a": 1.0}, tol=1e-12)
+    assert result.result_alt.stat == pytest.approx(2.0, abs=1e-9)
+    assert result.ts == pytest.approx(0.0, abs=1e-9)
+
+
+def _flat_when_a_is_zero(p):
+    # b is constrained only while a != 0: with a fixed at 0 its refit has a singular Hessian.
+    return (p["a"].value - 1) ** 2 + p["a"].value ** 2 * (p["b"].value - 2) ** 2
+
+
+def test_ts_and_profile_warn_when_a_refit_does_not_converge():
+    params = {"a": fitax.Parameter(0.5), "b": fitax.Parameter(1.0)}
+    with pytest.warns(RuntimeWarning, match=r"the null fit .* did not converge"):
+        result = fitax.ts(_flat_when_a_is_zero, params, {"a": 0.0})
+    assert result.result_alt.converged and not result.converged
+    with pytest.warns(RuntimeWarning, match=r"profile of 'a': .* at a = 0 did not converge"):
+        scan = fitax.profile(_flat_when_a_is_zero, params, "a", [0.5, 0.0, 1.0])
+    assert scan.converged.tolist() == [True, False, True]

@@ -8,6 +8,7 @@ previous point's best fit.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -70,16 +71,31 @@ class _FixedPoint:
         self.upper = parameter.max if parameter.max is not None else np.inf
         self.current = freeze(params, name)
         self.others_free = ParameterSpace.from_params(self.current).size > 0
+        self.not_converged: list[float] = []
 
     def __call__(self, value: float) -> tuple[float, bool, Any]:
         model = set_values(self.current, {self.name: value})
         if not self.others_free:
-            stat = call_objective(self.objective, model, self.args)
-            stat = stat + self.errordef * ParameterSpace.from_params(model).prior_penalty(model)
-            return float(stat), True, model
+            return fixed_stat(self.objective, model, self.args, self.errordef), True, model
         result = fit(self.objective, model, self.method, args=self.args, errordef=self.errordef, tol=self.tol)
-        self.current = result.params  # warm start for the next point
+        if result.converged:
+            self.current = result.params  # warm start for the next point
+        else:
+            self.not_converged.append(value)
         return result.stat, result.converged, result.params
+
+    def warn_if_not_converged(self, what: str) -> None:
+        if self.not_converged:
+            points = ", ".join(f"{v:.6g}" for v in self.not_converged)
+            warnings.warn(f"{what} of {self.name!r}: the refits of the other parameters at {self.name} = {points} did not "
+                          "converge, so the profiled statistic there is only an upper bound", RuntimeWarning, stacklevel=3)
+
+
+def fixed_stat(objective: Callable, params, args, errordef: float) -> float:
+    """The statistic of a model without free parameters: the objective plus its priors'
+    penalty, as :func:`fitax.fit` would minimise it."""
+    stat = call_objective(objective, params, args) + errordef * ParameterSpace.from_params(params).prior_penalty(params)
+    return float(stat)
 
 
 def profile(
@@ -94,6 +110,9 @@ def profile(
     tol: float = 1e-6,
 ) -> ProfileResult:
     """Profile the statistic over parameter ``name`` at the given ``values``.
+
+    Points whose refit did not converge are marked in ``converged``, do not warm-start the
+    next point, and raise a ``RuntimeWarning`` naming them.
 
     Example:
         >>> import jax.numpy as jnp, fitax
@@ -111,6 +130,7 @@ def profile(
         converged.append(ok)
         for n, p in parameters_dict(model).items():
             fitted[n].append(float(np.asarray(p.value)))
+    point.warn_if_not_converged("profile")
     return ProfileResult(
         name=name,
         values=np.asarray(values, dtype=float),
@@ -211,6 +231,8 @@ def confidence_interval(
     step = n_sigma * error if np.isfinite(error) and error > 0 else max(abs(best) * 0.1, 1e-3)
     lower, lower_open = _find_crossing(below, best, step, target, -1, max_points)
     upper, upper_open = _find_crossing(above, best, step, target, +1, max_points)
+    below.warn_if_not_converged("confidence interval")
+    above.warn_if_not_converged("confidence interval")
     return ConfidenceInterval(name, best, float(lower), float(upper), n_sigma, lower_open, upper_open)
 
 
@@ -220,6 +242,7 @@ class TSResult:
 
     ``ts`` is in ``-2 log L`` units; ``significance`` is the Gaussian-equivalent significance
     from Wilks' theorem with ``df`` degrees of freedom (valid away from parameter bounds).
+    ``converged`` is false when either fit did not converge: ``ts`` is then unreliable.
     """
 
     ts: float
@@ -227,6 +250,19 @@ class TSResult:
     significance: float
     result_alt: FitResult
     result_null: FitResult
+
+    @property
+    def converged(self) -> bool:
+        return self.result_alt.converged and self.result_null.converged
+
+
+def warn_unless_converged(result: TSResult) -> None:
+    """A ``RuntimeWarning`` naming the fits of a TS that did not converge, with their messages."""
+    failed = [f"{which} fit ({r.message})" for which, r in (("alternative", result.result_alt), ("null", result.result_null))
+              if not r.converged]
+    if failed:
+        warnings.warn(f"TS = {result.ts:.4g} is unreliable: the {' and the '.join(failed)} did not converge", RuntimeWarning,
+                      stacklevel=3)
 
 
 def ts(
@@ -260,13 +296,16 @@ def ts(
             raise ValueError(f"parameter {name!r} is already frozen; the null hypothesis must fix free parameters")
     null_params = freeze(set_values(null_params, null), *null)
     if ParameterSpace.from_params(null_params).size == 0:
-        stat_null = float(call_objective(objective, null_params, args))
-        result_null = dataclasses.replace(result_alt, params=null_params, stat=stat_null)
+        stat_null = fixed_stat(objective, null_params, args, errordef)
+        result_null = dataclasses.replace(result_alt, params=null_params, stat=stat_null, converged=True,
+                                          message="no free parameter under the null: evaluated, not fitted")
     else:
         result_null = fit(objective, null_params, method, args=args, errordef=errordef, tol=tol)
     value = (result_null.stat - result_alt.stat) / errordef
     df = len(null)
-    return TSResult(float(value), df, wilks_significance(value, df), result_alt, result_null)
+    result = TSResult(float(value), df, wilks_significance(value, df), result_alt, result_null)
+    warn_unless_converged(result)
+    return result
 
 
 def wilks_significance(ts_value: float, df: int) -> float:
