@@ -23,8 +23,8 @@ def test_cash_matches_gammapy_up_to_data_constant():
 
 
 def test_cash_is_exact_at_zero_counts_and_finite_at_zero_prediction():
-    assert float(stats.cash([0.0, 0.0], [0.5, 2.0])) == pytest.approx(5.0, rel=1e-15)
-    value = float(stats.cash([3.0], [0.0]))
+    assert float(stats.cash(np.zeros(2), np.array([0.5, 2.0]))) == pytest.approx(5.0, rel=1e-15)
+    value = float(stats.cash(np.array([3.0]), np.array([0.0])))
     assert np.isfinite(value) and value > 100
     grad = jax.grad(lambda m: stats.cash(jnp.array([0.0, 4.0]), m))(jnp.array([1.0, 2.0]))
     np.testing.assert_allclose(grad, [2.0, 2.0 * (1 - 4.0 / 2.0)], rtol=1e-14)
@@ -94,3 +94,52 @@ def test_cash_sparse_is_cash_minus_its_data_constant():
     assert float(stats.cash_data_term(n, mask)) == pytest.approx(constant, rel=1e-14)
     assert float(sparse(mu)) == pytest.approx(float(dense(mu)), rel=1e-13)
     np.testing.assert_allclose(jax.grad(sparse)(jnp.asarray(mu)), jax.grad(dense)(jnp.asarray(mu)), rtol=1e-12, atol=1e-14)
+
+
+# Bins 1 and 4 are masked out and hold what real data put there: NaN pixels, zero errors,
+# no off exposure (alpha = 0), negative or NaN predictions.
+MASK = np.array([True, False, True, True, False])
+KEPT = np.flatnonzero(MASK)
+POISONED = {
+    "chi2": (stats.chi2, [[3.0, np.nan, 1.5, -0.5, 2.0], [2.5, 1.0, 1.0, 0.5, 2.0], [1.0, 1.0, 0.5, 2.0, 0.0]]),
+    "gaussian_loglike": (stats.gaussian_loglike, [[3.0, np.nan, 1.5, -0.5, 2.0], [2.5, 1.0, 1.0, 0.5, 2.0], [1.0, 0.0, 0.5, 2.0, 0.0]]),
+    "cash": (stats.cash, [[3.0, np.nan, 0.0, 7.0, 2.0], [2.5, 1.0, 0.4, 5.0, np.nan]]),
+    "poisson_loglike": (stats.poisson_loglike, [[3.0, np.nan, 0.0, 7.0, 2.0], [2.5, 1.0, 0.4, 5.0, np.nan]]),
+    "wstat": (
+        stats.wstat,
+        [[3.0, 4.0, 0.0, 9.0, 2.0], [5.0, np.nan, 4.0, 0.0, 3.0], [0.2, 0.0, 0.5, 0.3, 0.0], [1.5, 2.0, 0.7, 4.0, -1.0]],
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(POISONED))
+def test_masked_bins_leak_nothing_into_gradients(name):
+    """The value and the gradient with respect to every argument are those of the kept bins
+    alone (reference: the same statistic on the sliced arrays), zero in the masked bins.
+    Masking only the terms leaves NaN in the gradient ('0 * inf' in the backward pass)."""
+    statistic, arguments = POISONED[name]
+    arguments = [jnp.asarray(a) for a in arguments]
+    kept = [a[KEPT] for a in arguments]
+    assert float(statistic(*arguments, mask=MASK)) == pytest.approx(float(statistic(*kept)), rel=1e-14)
+    for position in range(len(arguments)):
+        def on_all(x):
+            return statistic(*arguments[:position], x, *arguments[position + 1 :], mask=MASK)
+
+        def on_kept(x):
+            return statistic(*kept[:position], x, *kept[position + 1 :])
+
+        grad = np.asarray(jax.grad(on_all)(arguments[position]))
+        expected = np.zeros(len(MASK))
+        expected[KEPT] = jax.grad(on_kept)(kept[position])
+        assert np.all(np.isfinite(grad)), f"argument {position}: {grad}"
+        np.testing.assert_allclose(grad, expected, rtol=1e-14, atol=0, err_msg=f"argument {position}")
+
+
+def test_wstat_masked_bin_without_off_exposure_with_scalar_arguments():
+    """The issue's case: alpha = 0 in a masked bin, the gradient with respect to mu_sig
+    (broadcast scalar) is the kept bins' one."""
+    n_on, n_off, alpha = np.array([4.0, 2.0, 6.0]), np.array([3.0, 5.0, 8.0]), np.array([0.25, 0.0, 0.25])
+    mask = np.array([True, False, True])
+    grad = jax.grad(lambda m: stats.wstat(n_on, n_off, alpha, m, mask))(2.0)
+    expected = jax.grad(lambda m: stats.wstat(n_on[mask], n_off[mask], 0.25, m))(2.0)
+    assert float(grad) == pytest.approx(float(expected), rel=1e-14)
