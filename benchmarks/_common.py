@@ -1,10 +1,31 @@
-"""Helpers shared by the benchmark scripts: machine description and tables."""
+"""Helpers shared by the benchmark scripts: machine description, timing, the shell
+(time-to-result) measurement, tables and JSON output.
+
+Every benchmark reports three times for fitax (issue 16, section 3):
+
+* in-process: wall time of the job once compiled (same process, programs already traced);
+* compile: seconds JAX spent tracing, lowering and compiling during the first call
+  (:class:`CompileClock`, from JAX's own compile events);
+* shell: what a user waits for when re-running the job as a command in a new Python
+  process, cold (empty cache directory) and warm (second run, caches filled), with
+  :func:`shell_times`.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+import statistics
+import subprocess
+import tempfile
 import time
+from pathlib import Path
+
+# Section 3 goal: a re-run command-line job (caches filled) within this many seconds plus
+# twice its in-process compute time.
+GOAL_OVERHEAD_S = 1.5
+GOAL_COMPUTE_FACTOR = 2.0
 
 
 def machine_summary() -> str:
@@ -28,6 +49,15 @@ def timed(fn, *args, **kwargs):
     start = time.perf_counter()
     result = fn(*args, **kwargs)
     return result, time.perf_counter() - start
+
+
+def median_of(fn, repeats: int) -> tuple[object, float, list[float]]:
+    """``(last result, median seconds, all seconds)`` of ``repeats`` calls of ``fn()``."""
+    results, seconds = None, []
+    for _ in range(repeats):
+        results, t = timed(fn)
+        seconds.append(t)
+    return results, statistics.median(seconds), seconds
 
 
 class CompileClock:
@@ -61,10 +91,79 @@ class CompileClock:
             CompileClock._active.seconds += seconds
 
 
-def print_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> None:
-    """Print rows as an aligned table; ``columns`` are ``(key, header, format)``."""
+def enable_compilation_cache() -> None:
+    """Turn on the caches the ``fitax`` command line uses (``FITAX_CACHE_DIR``), so that a
+    benchmark's one-job child process measures what a CLI user gets. Uses fitax's own
+    switch when the CLI module provides one; otherwise JAX's persistent compilation cache
+    set up the same way."""
+    import fitax.cli
+
+    switch = getattr(fitax.cli, "enable_compilation_cache", None) or getattr(fitax.cli, "_enable_compilation_cache", None)
+    if switch is not None:
+        switch()
+        return
+    import jax
+
+    location = os.environ.get("FITAX_CACHE_DIR", str(Path.home() / ".cache" / "fitax" / "xla"))
+    if location:
+        jax.config.update("jax_compilation_cache_dir", location)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+
+
+def shell_times(cmd: list[str], env: dict | None = None) -> tuple[float, float]:
+    """``(cold, warm)`` wall seconds of running ``cmd`` twice in new processes, sharing a
+    fresh, empty ``FITAX_CACHE_DIR`` (JAX's compilation cache and fitax's exported
+    programs): cold is the first run, warm the second with the caches it filled."""
+    with tempfile.TemporaryDirectory(prefix="fitax-bench-cache-") as cache:
+        full_env = {**os.environ, **(env or {}), "FITAX_CACHE_DIR": cache}
+        times = []
+        for _ in range(2):
+            start = time.perf_counter()
+            done = subprocess.run(cmd, env=full_env, capture_output=True, text=True)
+            times.append(time.perf_counter() - start)
+            if done.returncode != 0:
+                raise RuntimeError(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+        return times[0], times[1]
+
+
+def goal_line(what: str, warm_s: float, compute_s: float) -> str:
+    """The section 3 check, as a printable line."""
+    limit = GOAL_OVERHEAD_S + GOAL_COMPUTE_FACTOR * compute_s
+    verdict = "met" if warm_s <= limit else "NOT met"
+    return (f"goal {what}: warm re-run {warm_s:.2f} s <= {GOAL_OVERHEAD_S} s + {GOAL_COMPUTE_FACTOR:g} x {compute_s:.3f} s "
+            f"= {limit:.2f} s: {verdict}")
+
+
+def goal_met(warm_s: float, compute_s: float) -> bool:
+    return warm_s <= GOAL_OVERHEAD_S + GOAL_COMPUTE_FACTOR * compute_s
+
+
+def print_table(rows: list[dict], columns: list[tuple[str, str, str]], title: str | None = None) -> None:
+    """Print rows as an aligned table; ``columns`` are ``(key, header, format)``; ``title``
+    (what is timed) is printed above it."""
+    if title:
+        print(title)
     cells = [[format(row[key], fmt) if row.get(key) is not None else "-" for key, _, fmt in columns] for row in rows]
     widths = [max(len(header), *(len(c[i]) for c in cells)) for i, (_, header, _) in enumerate(columns)]
     print("  ".join(h.rjust(w) for (_, h, _), w in zip(columns, widths)))
     for c in cells:
         print("  ".join(v.rjust(w) for v, w in zip(c, widths)))
+
+
+def write_json(path: str | None, tables: dict) -> None:
+    """Write ``tables`` (name -> rows, plus any notes) to ``path`` as JSON, with the machine."""
+    if not path:
+        return
+    payload = {"machine": machine_summary(), "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **tables}
+    Path(path).write_text(json.dumps(payload, indent=1, default=_json_default))
+    print(f"\nrows written to {path}")
+
+
+def _json_default(value):
+    import numpy as np
+
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)
