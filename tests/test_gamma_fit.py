@@ -237,3 +237,55 @@ def test_hessian_sparsity_follows_datasets_and_ties():
     groups = bind(datasets, models)
     hessian = np.asarray(jax.jit(jax.hessian(lambda v: stat_sum_groups(space.with_values(models, v), groups)))(space.values(models)))
     assert np.all(pattern | (hessian == 0))
+
+
+def _catalog_named_models():
+    """The simulated sources under catalog names where one is a dotted prefix of the other:
+    'J1745' (the point source) seen only in obs000, 'J1745.1' (the Gaussian) only in obs001."""
+    truth = fg.read_models(shared_data("gamma", "sim", "models_true_n10.yaml"))
+    return fg.Models([
+        fg.SkyModel(truth["pointsrc"].spectral, truth["pointsrc"].spatial, name="J1745", datasets_names=["obs000"]),
+        fg.SkyModel(truth["gauss"].spectral, truth["gauss"].spatial, name="J1745.1", datasets_names=["obs001"]),
+        truth["obs000-bkg"], truth["obs001-bkg"],
+    ])
+
+
+def test_hessian_sparsity_with_dotted_prefix_model_names():
+    """A model whose name is a dotted prefix of another's ('J1745', 'J1745.1') must not take
+    the other's parameters: the Gaussian 'J1745.1' acts on obs001 only, so its parameters
+    meet obs001's background norm and not obs000's. Reference: the dense exact Hessian
+    (jax.hessian, no sparsity); every non-zero of it lies in the pattern."""
+    from fitax.gamma.fit import hessian_sparsity
+
+    datasets = fg.Datasets([fg.MapDataset.read(shared_data("gamma", "sim", f"obs00{i}.fits.gz")) for i in range(2)])
+    models = _catalog_named_models()
+    space = ParameterSpace.from_params(models)
+    index = {name: i for i, name in enumerate(space.names)}
+    pattern = hessian_sparsity(datasets, models)
+    assert pattern[index["J1745.1.spatial.sigma"], index["obs001-bkg.norm"]]
+    assert not pattern[index["J1745.1.spatial.sigma"], index["obs000-bkg.norm"]]
+    groups = bind(datasets, models)
+    hessian = np.asarray(jax.jit(jax.hessian(lambda v: stat_sum_groups(space.with_values(models, v), groups)))(space.values(models)))
+    assert np.all(pattern | (hessian == 0))
+
+
+@pytest.mark.slow
+def test_errors_with_dotted_prefix_model_names_match_the_dense_hessian():
+    """The fit's errors (from its sparse Hessian plan) equal ``sqrt(diag(2 H^-1))`` of the
+    dense exact Hessian (jax.hessian) at the fitted values, to 1e-3 relative: the fit
+    takes its last exact Hessian up to one Newton step (EDM < 1e-6, ~1e-3 sigma) before
+    the returned values, which moves the errors by ~1e-4 at most (measured 3e-5 for the
+    point source's lon_0); a missed dataset coupling moves them by percents. The fit
+    starts at the truth and moves its sources by < 0.1 deg, so it keeps the IRFs bound at
+    the start, and so does the reference."""
+    datasets = fg.Datasets([fg.MapDataset.read(shared_data("gamma", "sim", f"obs00{i}.fits.gz")) for i in range(2)])
+    models = _catalog_named_models()
+    space = ParameterSpace.from_params(models)
+    result = fg.fit(datasets, models)
+    assert result.converged
+    groups = bind(datasets, models)
+    hessian = np.asarray(jax.jit(jax.hessian(lambda v: stat_sum_groups(space.with_values(models, v), groups)))(
+        space.values(result.params)))
+    dense_errors = np.sqrt(np.diag(2 * np.linalg.inv(hessian)))
+    for name, error in zip(space.names, dense_errors):
+        assert result.errors[name] == pytest.approx(error, rel=1e-3), name

@@ -15,12 +15,13 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
+import jax
 import numpy as np
 from astropy.coordinates import SkyCoord
 
 from ..fit import fit as _core_fit
 from ..fit import FitResult
-from ..parameters import ParameterSpace
+from ..parameters import Parameter, parameters_dict
 from ..profile import TSResult, wilks_significance
 from .datasets import Datasets, MapDataset, _DatasetGroup, bind, stat_sum_groups
 from .models import FoVBackgroundModel, Models, SkyModel
@@ -78,23 +79,42 @@ def _touched_datasets(model, dataset_names: list[str]) -> set[str]:
     return {model.dataset_name}
 
 
+def _parameter_owners(models: Models) -> list[tuple[str, Parameter, object, str]]:
+    """Every parameter as ``(dotted name, parameter, the model holding it, the part of that
+    model: 'spectral', 'spatial' or '' for a background model)``, in the order of the
+    fit's parameter vector. The holder is read from the pytree path, not from the dotted
+    name: catalog names such as 'J1745' and 'J1745.1' make names prefixes of each other."""
+    leaves = [(path, leaf) for path, leaf in jax.tree_util.tree_flatten_with_path(
+        models, is_leaf=lambda x: isinstance(x, Parameter))[0] if isinstance(leaf, Parameter)]
+    owners = []
+    for name, (path, leaf) in zip(parameters_dict(models), leaves):
+        model = models[path[0].key]
+        part = path[1].name if isinstance(model, SkyModel) else ""
+        owners.append((name, leaf, model, part))
+    return owners
+
+
+def _tie_root(name: str, parameters: dict[str, Parameter]) -> str:
+    while parameters[name].tied_to is not None:
+        name = parameters[name].tied_to
+    return name
+
+
 def hessian_sparsity(datasets: Datasets, models: Models) -> np.ndarray:
     """Which second derivatives of a joint Cash statistic can be non-zero: those of two
     parameters that enter a common dataset (a source's parameters enter all datasets it
     applies to, a background model's only its own). Parameters tied to another count for
     it."""
-    space = ParameterSpace.from_params(models)
     dataset_names = datasets.names
-    touched_by_model = {model.name: _touched_datasets(model, dataset_names) for model in models}
-    touched_by_leaf = {}
-    for leaf_name in space._all_names:
-        owner = next((m.name for m in models if leaf_name.startswith(f"{m.name}.")), None)
-        # a copy per leaf: a tie below widens one leaf's set, not its whole model's
-        touched_by_leaf[leaf_name] = set(touched_by_model[owner] if owner is not None else dataset_names)
-    for tied, source in space._tie_positions:
-        touched_by_leaf[space._all_names[source]] |= touched_by_leaf[space._all_names[tied]]
-    touched = [touched_by_leaf[name] for name in space.names]
-    return np.array([[bool(a & b) for b in touched] for a in touched])
+    owners = _parameter_owners(models)
+    parameters = {name: leaf for name, leaf, _, _ in owners}
+    # a set per parameter: a tie below widens one parameter's set, not its whole model's
+    touched = {name: _touched_datasets(model, dataset_names) for name, _, model, _ in owners}
+    for name, leaf, _, _ in owners:
+        if leaf.tied_to is not None:
+            touched[_tie_root(name, parameters)] |= touched[name]
+    free = [touched[name] for name, leaf, _, _ in owners if leaf.is_free]
+    return np.array([[bool(a & b) for b in free] for a in free], bool).reshape(len(free), len(free))
 
 
 def costly_parameters(models: Models) -> np.ndarray:
@@ -102,10 +122,8 @@ def costly_parameters(models: Models) -> np.ndarray:
     parameters): their derivatives need the convolutions, the others' (spectra, point
     sources, backgrounds) do not, so the fit's Hessian treats them apart
     (``hessian_costly`` of :func:`fitax.fit`)."""
-    space = ParameterSpace.from_params(models)
-    convolved = [f"{m.name}.spatial." for m in models.sky_models
-                 if m.spatial is not None and not isinstance(m.spatial, (PointSpatialModel, TemplateSpatialModel))]
-    return np.array([name.startswith(tuple(convolved)) for name in space.names], bool)
+    return np.array([part == "spatial" and not isinstance(model.spatial, (PointSpatialModel, TemplateSpatialModel))
+                     for _, leaf, model, part in _parameter_owners(models) if leaf.is_free], bool)
 
 
 def _check_models_fit_datasets(datasets: Datasets, models: Models) -> None:
