@@ -6,7 +6,7 @@ spectrum over 1000 energy bins is one fused array expression under ``jit``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 
 import jax.numpy as jnp
@@ -60,7 +60,7 @@ def gauss_legendre(
 
 
 def integrate_bins(
-    f: Callable[[Array], Array], edges: Float[ArrayLike, " n_edges"], method: str = "gauss_legendre", n: int = 8
+    f: Callable[[Array], Array], edges: Float[ArrayLike, " n_edges"] | Sequence[float], method: str = "gauss_legendre", n: int = 8
 ) -> Float[Array, " n_bins"]:
     """Integral of ``f`` over each bin between consecutive ``edges``.
 
