@@ -38,6 +38,7 @@ from . import integrate, stats  # noqa: E402
 from .batch import BatchFitResult, fit_batch  # noqa: E402
 from .fit import FitResult, fit  # noqa: E402
 from .mapsum import ItemSum, map_sum  # noqa: E402
+from .sample import SampleResult, sample  # noqa: E402
 from .profile import ConfidenceInterval, ProfileResult, TSResult, confidence_interval, profile, ts  # noqa: E402
 from .parameters import (  # noqa: E402
     GaussianPrior,
