@@ -1,0 +1,100 @@
+"""HistFactory interpolation codes as pure JAX functions of the nuisance parameter alpha.
+
+Multiplicative codes (``normsys``) return a factor ``f(alpha)`` with ``f(0) = 1``, ``f(1) = hi``
+and ``f(-1) = lo`` (``hi``, ``lo`` relative to the nominal); additive codes (``histosys``) return
+a shift ``delta(alpha)`` of the nominal yield with ``delta(1) = hi - nom`` and
+``delta(-1) = lo - nom``. The formulas are pyhf's (0.7.6) and ROOT HistFactory's; the branch
+boundaries (``alpha > 0`` for code 0/1, ``alpha >= 1`` and ``alpha <= -1`` for code 4, ``|alpha| > 1``
+for codes 2 and 4p) are pyhf's so values agree exactly on the boundaries.
+
+Every function takes arrays that broadcast together and evaluates each branch on values that
+keep it finite, so gradients are never NaN (``jnp.where`` would otherwise propagate a NaN from
+the branch it did not select).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import jax.numpy as jnp
+from jaxtyping import Array, ArrayLike
+
+__all__ = [
+    "MULTIPLICATIVE_CODES",
+    "ADDITIVE_CODES",
+    "code4_coefficients",
+    "multiplicative",
+    "additive",
+]
+
+MULTIPLICATIVE_CODES = ("code1", "code4")
+"""Codes pyhf accepts for ``normsys`` (its default in a workspace model: code4; when
+``modifier_settings`` is given without ``normsys``: code1)."""
+
+ADDITIVE_CODES = ("code0", "code2", "code4p")
+"""Codes pyhf accepts for ``histosys`` (its default in a workspace model: code4p; when
+``modifier_settings`` is given without ``histosys``: code0)."""
+
+# Inverse of the 6 x 6 matrix that fixes the polynomial 1 + sum_i a_i alpha^i of code 4 by the
+# values, first and second derivatives of hi^alpha at alpha = 1 and of lo^-alpha at alpha = -1
+# (ROOT's FlexibleInterpVar, alpha0 = 1).
+_CODE4_A_INVERSE = np.array(
+    [
+        [15 / 16, -15 / 16, -7 / 16, -7 / 16, 1 / 16, -1 / 16],
+        [3 / 2, 3 / 2, -9 / 16, 9 / 16, 1 / 16, 1 / 16],
+        [-5 / 8, 5 / 8, 5 / 8, 5 / 8, -1 / 8, 1 / 8],
+        [-3 / 2, -3 / 2, 7 / 8, -7 / 8, -1 / 8, -1 / 8],
+        [3 / 16, -3 / 16, -3 / 16, -3 / 16, 1 / 16, -1 / 16],
+        [1 / 2, 1 / 2, -5 / 16, 5 / 16, 1 / 16, 1 / 16],
+    ]
+)
+
+
+def code4_coefficients(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Coefficients ``a_1..a_6`` (leading axis) of code 4's polynomial, computed once on the host.
+
+    ``lo`` and ``hi`` must be > 0 (their logarithms enter).
+    """
+    lo, hi = np.broadcast_arrays(np.asarray(lo, float), np.asarray(hi, float))
+    log_hi, log_lo = np.log(hi), np.log(lo)
+    b = np.stack([hi - 1.0, lo - 1.0, log_hi * hi, -log_lo * lo, log_hi**2 * hi, log_lo**2 * lo])
+    return np.einsum("rc,c...->r...", _CODE4_A_INVERSE, b)
+
+
+def multiplicative(code: str, alpha: ArrayLike, log_lo: ArrayLike, log_hi: ArrayLike, coefficients=None) -> Array:
+    """Factor of a ``normsys`` at ``alpha`` given ``log(lo)``, ``log(hi)`` (relative factors).
+
+    ``coefficients`` (from :func:`code4_coefficients`, leading axis of 6) is needed for code4.
+    The exponentials are written ``exp(alpha * log hi)`` (equal to pyhf's ``hi ** alpha`` to
+    rounding) because their gradients stay finite for every alpha.
+    """
+    up = jnp.exp(alpha * log_hi)
+    down = jnp.exp(-alpha * log_lo)
+    if code == "code1":
+        return jnp.where(alpha > 0, up, down)
+    if code == "code4":
+        inside = jnp.clip(alpha, -1.0, 1.0)
+        polynomial = 0.0
+        for a_i in coefficients[::-1]:  # Horner: ((a6 x + a5) x + ...) x
+            polynomial = (polynomial + a_i) * inside
+        return jnp.where(alpha >= 1.0, up, jnp.where(alpha > -1.0, 1.0 + polynomial, down))
+    raise ValueError(f"normsys interpolation code must be one of {MULTIPLICATIVE_CODES}, got {code!r}")
+
+
+def additive(code: str, alpha: ArrayLike, lo: ArrayLike, nom: ArrayLike, hi: ArrayLike) -> Array:
+    """Shift of a ``histosys`` yield at ``alpha`` given its ``lo``, nominal and ``hi`` histograms."""
+    delta_up = hi - nom
+    delta_down = nom - lo
+    if code == "code0":
+        return jnp.where(alpha > 0, alpha * delta_up, alpha * delta_down)
+    if code == "code2":
+        a = 0.5 * (hi + lo) - nom
+        b = 0.5 * (hi - lo)
+        inside = a * alpha * alpha + b * alpha
+        return jnp.where(alpha > 1, (b + 2 * a) * (alpha - 1), jnp.where(alpha >= -1, inside, (b - 2 * a) * (alpha + 1)))
+    if code == "code4p":
+        s = 0.5 * (delta_up + delta_down)
+        a = 0.0625 * (delta_up - delta_down)
+        a2 = alpha * alpha
+        inside = alpha * s + a2 * (a2 * (a2 * 3.0 - 10.0) + 15.0) * a
+        return jnp.where(alpha > 1, alpha * delta_up, jnp.where(alpha < -1, alpha * delta_down, inside))
+    raise ValueError(f"histosys interpolation code must be one of {ADDITIVE_CODES}, got {code!r}")
