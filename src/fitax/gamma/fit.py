@@ -13,17 +13,16 @@ change).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import warnings
 
 import jax
 import numpy as np
-from astropy.coordinates import SkyCoord
 
 from ..fit import fit as _core_fit
 from ..fit import FitResult
 from ..parameters import Parameter, parameters_dict
 from ..profile import TSResult, wilks_significance
-from .datasets import Datasets, MapDataset, _DatasetGroup, bind, stat_sum_groups
+from .datasets import Datasets, MapDataset, bind, oversampling_factor, stat_sum_groups
 from .models import FoVBackgroundModel, Models, SkyModel
 from .spatial import PointSpatialModel
 from .template import TemplateSpatialModel
@@ -48,29 +47,23 @@ def _as_datasets(datasets) -> Datasets:
     return Datasets(datasets)
 
 
-def _needs_rebinding(groups: Sequence[_DatasetGroup], datasets: Datasets, models: Models) -> bool:
-    """True when a source moved by more than 0.1 deg or needs a finer grid."""
-    for group in groups:
-        if not isinstance(group, _DatasetGroup):
+def _moved_sources(datasets: Datasets, bound: Models, fitted: Models) -> list[str]:
+    """The sources of ``fitted`` whose IRFs or integration grid, taken for ``bound``, no
+    longer serve: moved by more than 0.1 deg, or shrunk so that some map dataset needs a
+    finer grid; each with what changed."""
+    maps = [d for d in datasets if isinstance(d, MapDataset)]
+    changes = []
+    for before in bound.sky_models:
+        after = fitted[before.name]
+        if before.spatial is None or before.spatial.position is None:
             continue
-        pixel = min(_pixel_size(datasets[name]) for name in group.names if name)
-        for name, bound in zip(group.source_names, group.positions):
-            if bound is None:
-                continue
-            spatial = models[name].spatial
-            lon, lat, frame, bin_size = bound
-            moved = SkyCoord(lon, lat, unit="deg", frame=frame).separation(spatial.position).deg
-            now = spatial.evaluation_bin_size_min()
-            if moved > _REBIND_DISTANCE or (now is not None and bin_size is not None and now < bin_size and np.ceil(
-                    pixel / now) > np.ceil(pixel / bin_size)):
-                return True
-    return False
-
-
-def _pixel_size(dataset: MapDataset) -> float:
-    from .irf import pixel_scale
-
-    return pixel_scale(dataset.wcs)
+        moved = before.spatial.position.separation(after.spatial.position).deg
+        if moved > _REBIND_DISTANCE:
+            changes.append(f"{before.name} moved by {moved:.3f} deg")
+        elif any(oversampling_factor(after.spatial, d.wcs) > oversampling_factor(before.spatial, d.wcs)
+                 for d in maps if before.applies_to(d.name)):
+            changes.append(f"{before.name} shrank below its integration grid")
+    return changes
 
 
 def _touched_datasets(model, dataset_names: list[str]) -> set[str]:
@@ -153,17 +146,24 @@ def fit(datasets, models: Models, *, tol: float = 1e-6, max_steps: int = 500, sh
     datasets = _as_datasets(datasets)
     current = models if isinstance(models, Models) else Models(models)
     _check_models_fit_datasets(datasets, current)
-    result = None
     for _ in range(_MAX_ROUNDS):
         groups = bind(datasets, current, shard=shard)
         result = _core_fit(stat_sum_groups, current, args=groups, tol=tol, max_steps=max_steps,
                            hessian_every=_HESSIAN_EVERY, hessian_sparsity=hessian_sparsity(datasets, current),
-                             hessian_costly=costly_parameters(current))
+                           hessian_costly=costly_parameters(current))
+        changes = _moved_sources(datasets, current, result.params)
         current = result.params
-        if not _needs_rebinding(groups, datasets, current):
+        if not changes:
             break
-    constant = sum(g.data_constant for g in groups)
-    return dataclasses.replace(result, stat=result.stat + constant)
+    constant = sum(float(g.data_constant) for g in groups)
+    result = dataclasses.replace(result, stat=result.stat + constant)
+    if changes:
+        # the minimum found is that of IRFs taken elsewhere: say so rather than return it as converged
+        message = (f"still moving after {_MAX_ROUNDS} bindings of the IRFs ({'; '.join(changes)}); the fit is not "
+                   "converged: start it from these results")
+        warnings.warn(f"fitax.gamma.fit: {message}", stacklevel=2)
+        result = dataclasses.replace(result, converged=False, message=f"{message}; {result.message}")
+    return result
 
 
 def ts(datasets, models: Models, source: str, *, tol: float = 1e-6, fitted: FitResult | None = None) -> TSResult:

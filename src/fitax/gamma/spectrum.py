@@ -324,9 +324,8 @@ class _SpectrumGroup(eqx.Module):
     energy_centres: Float[Array, " e"]
     names: tuple[str, ...] = eqx.field(static=True)
     source_names: tuple[str, ...] = eqx.field(static=True)
-    applies: tuple[tuple[float, ...], ...] = eqx.field(static=True)
-    data_constant: float = eqx.field(static=True)  # Gammapy's -2 log L minus fitax's deviance
-    positions: tuple = eqx.field(static=True)
+    applies: Float[Array, "s n"]  # 1 where a source applies to a dataset
+    data_constant: Float[Array, ""]  # Gammapy's -2 log L minus fitax's deviance (data: a leaf, not a jit key)
 
     def npred(self, models: Models) -> Float[Array, "n e"]:
         """Predicted signal counts (``npred_signal``)."""
@@ -334,7 +333,7 @@ class _SpectrumGroup(eqx.Module):
         total = jnp.zeros_like(self.counts)
         for name, applies in zip(self.source_names, self.applies):
             flux = models[name].spectral.integral(edges[:-1], edges[1:])
-            total = total + jnp.asarray(applies)[:, None] * jnp.einsum("nt,nte->ne", self.exposure * flux[None], self.edisp)
+            total = total + applies[:, None] * jnp.einsum("nt,nte->ne", self.exposure * flux[None], self.edisp)
         return total
 
     def stat(self, models: Models) -> Float[Array, ""]:
@@ -360,8 +359,8 @@ def bind_spectra(members: list, sources: list[SkyModel]) -> _SpectrumGroup:
         energy_true_edges=jnp.asarray(first.energy_true_edges),
         energy_centres=jnp.asarray(np.sqrt(first.energy_edges[1:] * first.energy_edges[:-1])),
         names=tuple(d.name for d in members), source_names=tuple(s.name for s in sources),
-        applies=tuple(tuple(float(s.applies_to(d.name)) for d in members) for s in sources),
-        data_constant=constant, positions=tuple(None for _ in sources),
+        applies=jnp.asarray([[float(s.applies_to(d.name)) for d in members] for s in sources]).reshape(len(sources), len(members)),
+        data_constant=jnp.asarray(constant),
     )
 
 
