@@ -93,3 +93,13 @@ def test_fit_still_moving_after_the_last_binding_warns_and_is_not_converged(obse
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert fg.fit(datasets, far).converged
+
+
+def test_ts_from_fits_that_did_not_converge_warns(observation):
+    """Two steps are not enough for either fit: the TS is still returned (the caller may
+    want to see it) but a warning names both fits and why they stopped."""
+    datasets, truth = observation
+    start = set_values(truth, {"point.spectral.index": 2.0, "extended.spatial.sigma": 0.25})
+    with pytest.warns(UserWarning, match="the fit with point did not converge.*the fit without point did not converge"):
+        result = fg.ts(datasets, start, "point", max_steps=2)
+    assert not result.result_alt.converged and not result.result_null.converged

@@ -166,15 +166,24 @@ def fit(datasets, models: Models, *, tol: float = 1e-6, max_steps: int = 500, sh
     return result
 
 
-def ts(datasets, models: Models, source: str, *, tol: float = 1e-6, fitted: FitResult | None = None) -> TSResult:
+def ts(datasets, models: Models, source: str, *, tol: float = 1e-6, max_steps: int = 500,
+       fitted: FitResult | None = None) -> TSResult:
     """Test statistic of source ``source``: twice the log-likelihood gain of the fit with
     it over the fit without it (the other models refitted in both), with its Gaussian
     significance for as many degrees of freedom as the source has free parameters.
     ``fitted``: the fit with the source from these ``models``, when already done (the fit
-    without it starts from ``models`` too, so both take IRFs at the same positions)."""
+    without it starts from ``models`` too, so both take IRFs at the same positions).
+
+    A TS from a fit that did not converge can be anything: each such fit is named in a
+    warning, with why it stopped.
+    """
     models = models if isinstance(models, Models) else Models(models)
-    with_source = fitted if fitted is not None else fit(datasets, models, tol=tol)
-    without = fit(datasets, models.without(source), tol=tol)
+    with_source = fitted if fitted is not None else fit(datasets, models, tol=tol, max_steps=max_steps)
+    without = fit(datasets, models.without(source), tol=tol, max_steps=max_steps)
     value = without.stat - with_source.stat
     df = sum(p.is_free for p in Models([models[source]]).parameters.values())
+    failed = [f"the fit {label} {source} did not converge ({result.message})"
+              for label, result in (("with", with_source), ("without", without)) if not result.converged]
+    if failed:
+        warnings.warn(f"fitax.gamma.ts: TS = {value:.4g} is unreliable: {'; '.join(failed)}", stacklevel=2)
     return TSResult(float(value), df, wilks_significance(value, df), with_source, without)
