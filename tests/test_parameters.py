@@ -82,3 +82,75 @@ def test_mismatched_structure_names_the_parameter():
     del other["bkg"]
     with pytest.raises(ValueError, match=r"missing \['bkg.0', 'bkg.1'\]"):
         space.values(other)
+
+
+def test_public_layout_names():
+    """What other modules need from a model's layout, without private names."""
+    model = fitax.tie(_model(), "crab.index", to="bkg.1")
+    space = ParameterSpace.from_params(model)
+    assert space.all_names == ("bkg.0", "bkg.1", "crab.amplitude", "crab.index")
+    assert space.ties == (("crab.index", "bkg.1"),)
+    assert fitax.parameters.is_parameter(model["bkg"][0]) and not fitax.parameters.is_parameter(1.0)
+    assert fitax.parameters.get_parameter(model, "crab.index").tied_to == "bkg.1"
+    with pytest.raises(KeyError, match="no parameter named 'crab.idx'; the model has: bkg.0, bkg.1"):
+        fitax.parameters.get_parameter(model, "crab.idx")
+    # chains of ties resolve to their free end
+    chained = fitax.tie(fitax.tie(_model(), "crab.index", to="bkg.1"), "bkg.1", to="bkg.0")
+    chained = fitax.thaw(chained, "bkg.0")
+    assert dict(ParameterSpace.from_params(chained).ties) == {"crab.index": "bkg.0", "bkg.1": "bkg.0"}
+
+
+# Values of MJD times and of fluxes in electrons, with each kind of bound around them.
+LARGE = {
+    "none": {},
+    "min": {"min": 0.0},
+    "max": {"max": 1e7},
+    "both": {"min": 5e4, "max": 1e7},
+}
+
+
+@pytest.mark.parametrize("method", ["newton", "bfgs"])
+@pytest.mark.parametrize("bound", sorted(LARGE))
+def test_fits_at_large_values_recover_the_analytic_answer(bound, method):
+    """chi2 of N Gaussian measurements of a time (MJD ~ 6e4, sigma 0.02 d) and of a flux
+    (~1e6 electrons, sigma 1e3): the minimum is each mean, the error sigma / sqrt(N), and
+    the minimum chi2 the scatter about the means (closed forms). Starts ~20 sigma away."""
+    rng = np.random.default_rng(7)
+    n, sigma_t, sigma_f = 50, 0.02, 1e3
+    times = 60123.4 + sigma_t * rng.normal(size=n)
+    fluxes = 8.5e5 + sigma_f * rng.normal(size=n)
+    params = {
+        "t0": fitax.Parameter(times.mean() + 0.06, **LARGE[bound]),
+        "flux": fitax.Parameter(fluxes.mean() + 3e3, **LARGE[bound]),
+    }
+
+    def chi2(p, data):
+        t, f = data
+        return jnp.sum(((t - p["t0"].value) / sigma_t) ** 2) + jnp.sum(((f - p["flux"].value) / sigma_f) ** 2)
+
+    result = fitax.fit(chi2, params, method, args=(jnp.asarray(times), jnp.asarray(fluxes)))
+    assert result.converged, result.message
+    expected_errors = {"t0": sigma_t / np.sqrt(n), "flux": sigma_f / np.sqrt(n)}
+    for name, data in (("t0", times), ("flux", fluxes)):
+        # EDM < 1e-6 leaves the value within sqrt(2e-6) ~ 1.4e-3 of an error of the minimum
+        assert result.values[name] == pytest.approx(data.mean(), abs=2e-3 * expected_errors[name])
+        # a quadratic objective: the exact Hessian gives the error to rounding
+        assert result.errors[name] == pytest.approx(expected_errors[name], rel=1e-6)
+    chi2_min = np.sum((times - times.mean()) ** 2) / sigma_t**2 + np.sum((fluxes - fluxes.mean()) ** 2) / sigma_f**2
+    assert result.stat == pytest.approx(chi2_min, abs=1e-5)
+    # reverse-mode gradient of the objective in internal coordinates, at the start and at
+    # the minimum: finite, and equal to the chain rule dchi2/dv * dv/du (forward mode)
+    space = ParameterSpace.from_params(params)
+    state = space.transform_state(space.values(params))
+    data = (jnp.asarray(times), jnp.asarray(fluxes))
+    for v in (space.values(params), space.values(result.params)):
+        u = space.to_internal(v, state)
+
+        def internal(x):
+            return chi2(space.with_values(params, space.to_physical(x, state)), data)
+
+        grad_u = jax.grad(internal)(u)
+        grad_v = jax.grad(lambda x: chi2(space.with_values(params, x), data))(space.to_physical(u, state))
+        slopes = jax.jvp(lambda x: space.to_physical(x, state), (u,), (jnp.ones_like(u),))[1]
+        assert np.all(np.isfinite(grad_u)), grad_u
+        np.testing.assert_allclose(grad_u, grad_v * slopes, rtol=1e-12, atol=1e-12 * float(jnp.max(jnp.abs(grad_u))))

@@ -7,8 +7,9 @@ fit compiles once per model structure, while the values flow through ``jit``/``v
 
 :class:`ParameterSpace` turns the free parameters of a model into a flat vector and back. The
 optimisers work in an *internal* space where every free parameter starts at 0 with a local
-scale of 1 and bounds are removed by a smooth transform, so a 1e-12 amplitude next to an O(1)
-index is as easy to fit as two O(1) numbers.
+scale of 1 and bounds are removed by a smooth transform (a :mod:`fitax.bijectors` bijector per
+kind of bound), so a 1e-12 amplitude next to an O(1) index is as easy to fit as two O(1)
+numbers.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float
+from jaxtyping import Array, ArrayLike, Float
+
+from .bijectors import Blockwise
 
 __all__ = [
     "Parameter",
@@ -29,6 +32,8 @@ __all__ = [
     "GaussianPrior",
     "UniformPrior",
     "ParameterSpace",
+    "is_parameter",
+    "get_parameter",
     "parameter_names",
     "parameters_dict",
     "free_parameter_names",
@@ -36,6 +41,7 @@ __all__ = [
     "freeze",
     "thaw",
     "set_values",
+    "value_of",
 ]
 
 
@@ -47,7 +53,7 @@ class Prior:
     Priors are frozen dataclasses (hashable) because they are static parameter metadata.
     """
 
-    def neg2_log_density(self, value: Array) -> Array:  # pragma: no cover - abstract
+    def neg2_log_density(self, value: Float[Array, "*batch"]) -> Float[Array, "*batch"]:  # pragma: no cover - abstract
         raise NotImplementedError
 
 
@@ -62,7 +68,7 @@ class GaussianPrior(Prior):
         if not self.sigma > 0:
             raise ValueError(f"GaussianPrior: sigma must be > 0, got {self.sigma}")
 
-    def neg2_log_density(self, value: Array) -> Array:
+    def neg2_log_density(self, value: Float[Array, "*batch"]) -> Float[Array, "*batch"]:
         return ((value - self.mu) / self.sigma) ** 2
 
 
@@ -73,7 +79,7 @@ class UniformPrior(Prior):
     min: float
     max: float
 
-    def neg2_log_density(self, value: Array) -> Array:
+    def neg2_log_density(self, value: Float[Array, "*batch"]) -> Float[Array, "*batch"]:
         return jnp.zeros_like(value)
 
 
@@ -163,11 +169,13 @@ class Parameter(eqx.Module):
         return not self.frozen and self.tied_to is None
 
 
-def _is_parameter(x: Any) -> bool:
+def is_parameter(x: Any) -> bool:
+    """Whether ``x`` is a :class:`Parameter`: the ``is_leaf`` that makes ``jax.tree_util``
+    functions see Parameters as leaves instead of descending to their values."""
     return isinstance(x, Parameter)
 
 
-def value_of(x: Any) -> Array:
+def value_of(x: Parameter | ArrayLike) -> ArrayLike:
     """The value of a Parameter, or ``x`` itself for plain numbers/arrays.
 
     Model code calls this so that a field can hold either a Parameter or a fixed constant.
@@ -184,7 +192,7 @@ def _key_name(key) -> str:
 
 
 def _flatten_parameters(tree) -> tuple[list[str], list[Any], Any]:
-    leaves_with_path, treedef = jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_parameter)
+    leaves_with_path, treedef = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_parameter)
     names, leaves = [], []
     for path, leaf in leaves_with_path:
         names.append(".".join(_key_name(k) for k in path))
@@ -195,13 +203,13 @@ def _flatten_parameters(tree) -> tuple[list[str], list[Any], Any]:
 def parameter_names(tree) -> list[str]:
     """Dotted names of all Parameters in ``tree`` (frozen and tied ones included)."""
     names, leaves, _ = _flatten_parameters(tree)
-    return [n for n, leaf in zip(names, leaves) if _is_parameter(leaf)]
+    return [n for n, leaf in zip(names, leaves) if is_parameter(leaf)]
 
 
 def parameters_dict(tree) -> dict[str, Parameter]:
     """All Parameters of ``tree`` by dotted name, in pytree order."""
     names, leaves, _ = _flatten_parameters(tree)
-    return {n: leaf for n, leaf in zip(names, leaves) if _is_parameter(leaf)}
+    return {n: leaf for n, leaf in zip(names, leaves) if is_parameter(leaf)}
 
 
 def free_parameter_names(tree) -> list[str]:
@@ -209,7 +217,8 @@ def free_parameter_names(tree) -> list[str]:
     return [n for n, p in parameters_dict(tree).items() if p.is_free]
 
 
-def _lookup(tree, name: str) -> Parameter:
+def get_parameter(tree, name: str) -> Parameter:
+    """The Parameter of ``tree`` with dotted name ``name``; a KeyError lists the known names."""
     params = parameters_dict(tree)
     if name not in params:
         known = ", ".join(params) or "(none)"
@@ -220,7 +229,7 @@ def _lookup(tree, name: str) -> Parameter:
 def _replace_parameters(tree, updates: dict[str, Callable[[Parameter], Parameter]]):
     names, leaves, treedef = _flatten_parameters(tree)
     for name in updates:
-        _lookup(tree, name)
+        get_parameter(tree, name)
     new_leaves = [updates[n](leaf) if n in updates else leaf for n, leaf in zip(names, leaves)]
     return jax.tree_util.tree_unflatten(treedef, new_leaves)
 
@@ -239,8 +248,8 @@ def tie(tree, name: str, to: str):
     """
     if name == to:
         raise ValueError(f"cannot tie parameter {name!r} to itself")
-    source = _lookup(tree, to)
-    target = _lookup(tree, name)
+    source = get_parameter(tree, to)
+    target = get_parameter(tree, name)
     if source.unit != target.unit:
         raise ValueError(
             f"cannot tie {name!r} (unit {target.unit!r}) to {to!r} (unit {source.unit!r}): units differ"
@@ -258,7 +267,7 @@ def thaw(tree, *names: str):
     return _replace_parameters(tree, {n: lambda p: dataclasses.replace(p, frozen=False) for n in names})
 
 
-def set_values(tree, values: dict[str, float]):
+def set_values(tree, values: dict[str, ArrayLike]):
     """Return ``tree`` with new parameter values given by dotted name."""
     return _replace_parameters(
         tree,
@@ -267,9 +276,6 @@ def set_values(tree, values: dict[str, float]):
 
 
 # ------------------------------------------------------------------------------- ParameterSpace
-_UNBOUNDED, _LOWER, _UPPER, _BOTH = 0, 1, 2, 3
-
-
 @dataclasses.dataclass(frozen=True)
 class ParameterSpace:
     """The free parameters of a model pytree as a flat vector.
@@ -281,18 +287,20 @@ class ParameterSpace:
     Two coordinates are used:
       * *physical values* ``v``: the parameter values themselves (shape ``(n_free,)``);
       * *internal coordinates* ``u``: unconstrained, 0 at the start point ``v0`` and with local
-        scale 1, ``v = T(u; v0)``. Each transform is ``v = g(a + k u)`` with ``g`` the identity
-        (no bounds), an exponential (one bound) or a logistic (two bounds), and ``a``, ``k``
-        chosen so that ``g(a) = v0`` and ``dv/du = scale`` at ``u = 0``.
+        scale 1, ``v = g(a + k u)``, with ``g`` the :attr:`bijector` of each parameter's kind
+        of bound (identity, exponential or logistic; see :mod:`fitax.bijectors`) and the
+        offset ``a`` and slope ``k`` (:meth:`transform_state`) chosen so that ``g(a) = v0``
+        and ``dv/du = scale`` at ``u = 0``.
     """
 
     names: tuple[str, ...]
     """Dotted names of the free parameters, in vector order."""
+    bijector: Blockwise
+    """Map from unconstrained coordinates (before scaling) to the free parameters' values."""
     _treedef: Any
-    _all_names: tuple[str, ...]
+    _all_names: tuple[str, ...]  # dotted name of every leaf of the flattened model
     _leaf_positions: tuple[int, ...]  # position in the flattened leaf list of each free parameter
     _tie_positions: tuple[tuple[int, int], ...]  # (tied leaf, source leaf), sources first
-    _kinds: tuple[int, ...]
     _mins: tuple[float, ...]
     _maxs: tuple[float, ...]
     _scales: tuple[float | None, ...]
@@ -303,30 +311,26 @@ class ParameterSpace:
     def from_params(cls, params) -> "ParameterSpace":
         names, leaves, treedef = _flatten_parameters(params)
         position = {n: i for i, n in enumerate(names)}
-        free_pos, kinds, mins, maxs, scales, priors = [], [], [], [], [], []
-        for i, (name, leaf) in enumerate(zip(names, leaves)):
-            if not _is_parameter(leaf):
+        free_pos, mins, maxs, scales, priors = [], [], [], [], []
+        for i, leaf in enumerate(leaves):
+            if not is_parameter(leaf):
                 continue
             if leaf.prior is not None:
                 priors.append((i, leaf.prior))
             if not leaf.is_free:
                 continue
             free_pos.append(i)
-            lo, hi = leaf.min, leaf.max
-            kinds.append(
-                _BOTH if lo is not None and hi is not None else _LOWER if lo is not None else _UPPER if hi is not None else _UNBOUNDED
-            )
-            mins.append(-np.inf if lo is None else lo)
-            maxs.append(np.inf if hi is None else hi)
+            mins.append(-np.inf if leaf.min is None else leaf.min)
+            maxs.append(np.inf if leaf.max is None else leaf.max)
             scales.append(leaf.scale)
         ties = cls._resolve_ties(names, leaves, position)
         return cls(
             names=tuple(names[i] for i in free_pos),
+            bijector=Blockwise.from_bounds(tuple(mins), tuple(maxs)),
             _treedef=treedef,
             _all_names=tuple(names),
             _leaf_positions=tuple(free_pos),
             _tie_positions=ties,
-            _kinds=tuple(kinds),
             _mins=tuple(mins),
             _maxs=tuple(maxs),
             _scales=tuple(scales),
@@ -338,8 +342,8 @@ class ParameterSpace:
     def _resolve_ties(names, leaves, position) -> tuple[tuple[int, int], ...]:
         ties = {}
         for i, (name, leaf) in enumerate(zip(names, leaves)):
-            if _is_parameter(leaf) and leaf.tied_to is not None:
-                if leaf.tied_to not in position or not _is_parameter(leaves[position[leaf.tied_to]]):
+            if is_parameter(leaf) and leaf.tied_to is not None:
+                if leaf.tied_to not in position or not is_parameter(leaves[position[leaf.tied_to]]):
                     raise ValueError(
                         f"parameter {name!r} is tied to {leaf.tied_to!r}, which is not a parameter of this model"
                     )
@@ -356,10 +360,23 @@ class ParameterSpace:
             resolved.append((target, source))
         return tuple(resolved)
 
-    # -------------------------------------------------------------------------------- basics
+    # -------------------------------------------------------------------------------- layout
     @property
     def size(self) -> int:
+        """Number of free parameters."""
         return len(self.names)
+
+    @property
+    def all_names(self) -> tuple[str, ...]:
+        """Dotted names of all Parameters of the model (frozen and tied ones included), in
+        pytree order."""
+        return tuple(n for n, m in zip(self._all_names, self._metadata) if m)
+
+    @property
+    def ties(self) -> tuple[tuple[str, str], ...]:
+        """``(tied, source)`` name pairs: ``tied`` takes the value of the free parameter
+        ``source`` (chains of ties are resolved to their free end)."""
+        return tuple((self._all_names[t], self._all_names[s]) for t, s in self._tie_positions)
 
     def _leaves(self, params) -> list:
         names, leaves, treedef = _flatten_parameters(params)
@@ -383,14 +400,15 @@ class ParameterSpace:
                 raise ValueError(f"parameter {name!r} differs from the model being fitted: {', '.join(diffs)}")
         raise ValueError("params have a different pytree structure (container types) than the model being fitted")
 
-    def values(self, params) -> Float[Array, " n_free"]:
-        """Physical values of the free parameters, as a vector."""
+    def values(self, params) -> Float[Array, "*batch n_free"]:
+        """Physical values of the free parameters, as a vector (leading axes: a batch of
+        values, as in :func:`fitax.fit_batch`)."""
         leaves = self._leaves(params)
         if not self._leaf_positions:
             return jnp.zeros((0,))
         return jnp.stack([leaves[i].value for i in self._leaf_positions], axis=-1)
 
-    def with_values(self, params, values: Float[Array, " n_free"] | list):
+    def with_values(self, params, values: Float[ArrayLike, "*batch n_free"] | list | tuple):
         """``params`` with the free parameters set to ``values`` and ties applied.
 
         ``values`` may also be a sequence of scalars: then each parameter depends on its own
@@ -404,7 +422,7 @@ class ParameterSpace:
             leaves[target] = dataclasses.replace(leaves[target], value=leaves[source].value)
         return jax.tree_util.tree_unflatten(self._treedef, leaves)
 
-    def prior_penalty(self, params) -> Array:
+    def prior_penalty(self, params) -> Float[Array, "*batch"]:
         """Sum of ``-2 log p`` over all priors (add ``errordef`` times this to the objective)."""
         if not self._priors:
             return jnp.zeros(())
@@ -424,88 +442,12 @@ class ParameterSpace:
                     f"parameter {name!r} starts at {bad[0]:.6g}, outside its bounds [{lo:.6g}, {hi:.6g}]"
                 )
 
-    # ----------------------------------------------------------------- internal coordinates
-    def _as_arrays(self):
-        return (
-            np.asarray(self._kinds, dtype=np.int32),
-            np.asarray(self._mins, dtype=float),
-            np.asarray(self._maxs, dtype=float),
-        )
-
-    def transform_state(
-        self, v0: Float[Array, " n_free"], curvature: Float[Array, " n_free"] | None = None
-    ) -> tuple[Array, Array]:
-        """Offsets ``a`` and slopes ``k`` of the internal transforms for start point ``v0``.
-
-        The local scale of each internal coordinate is, in order of preference: the
-        parameter's own ``scale``; ``1 / sqrt(|curvature|)`` when ``curvature`` (the diagonal
-        of the objective's Hessian at ``v0``, divided by ``2 errordef``) is non-zero, i.e. an
-        error estimate, so one internal unit is about one sigma; else ``|v0|`` (1 at 0).
-        """
-        kinds, lo, hi = self._as_arrays()
-        user_scale = np.asarray([np.nan if s is None else s for s in self._scales], dtype=float)
-        natural = jnp.where(jnp.abs(v0) > 0, jnp.abs(v0), 1.0)
-        if curvature is not None:
-            # A negative curvature (start on the shoulder of a peak) still sets a length scale.
-            curvature = jnp.abs(curvature)
-            usable = jnp.isfinite(curvature) & (curvature > 0)
-            from_curvature = 1.0 / jnp.sqrt(jnp.where(usable, curvature, 1.0))
-            natural = jnp.where(usable, from_curvature, natural)
-        scale = jnp.where(np.isnan(user_scale), natural, np.nan_to_num(user_scale, nan=1.0))
-        lo_f = np.where(np.isfinite(lo), lo, 0.0)
-        hi_f = np.where(np.isfinite(hi), hi, 0.0)
-        width = np.where((kinds == _BOTH), hi_f - lo_f, 1.0)
-        # Distance of the start from its bound(s); a start exactly on a bound is nudged inside
-        # (the transforms reach a bound only asymptotically).
-        dist_lo = jnp.maximum(v0 - lo_f, 1e-6 * jnp.maximum(scale, 1e-300))
-        dist_hi = jnp.maximum(hi_f - v0, 1e-6 * jnp.maximum(scale, 1e-300))
-        frac = jnp.clip((v0 - lo_f) / width, 1e-9, 1 - 1e-9)
-        a = jnp.select(
-            [kinds == _UNBOUNDED, kinds == _LOWER, kinds == _UPPER],
-            [v0, jnp.log(dist_lo), jnp.log(dist_hi)],
-            jnp.log(frac) - jnp.log1p(-frac),
-        )
-        k = jnp.select(
-            [kinds == _UNBOUNDED, kinds == _LOWER, kinds == _UPPER],
-            [scale, scale / dist_lo, scale / dist_hi],
-            scale / (width * frac * (1 - frac)),
-        )
-        return a, k
-
-    def to_physical(self, u: Float[Array, " n_free"], state: tuple[Array, Array]) -> Float[Array, " n_free"]:
-        """Physical values for internal coordinates ``u``."""
-        a, k = state
-        kinds, lo, hi = self._as_arrays()
-        lo_f = np.where(np.isfinite(lo), lo, 0.0)
-        hi_f = np.where(np.isfinite(hi), hi, 0.0)
-        z = a + k * u
-        return jnp.select(
-            [kinds == _UNBOUNDED, kinds == _LOWER, kinds == _UPPER],
-            [z, lo_f + jnp.exp(z), hi_f - jnp.exp(z)],
-            lo_f + (hi_f - lo_f) * jax.nn.sigmoid(z),
-        )
-
-    def to_internal(self, v: Float[Array, " n_free"], state: tuple[Array, Array]) -> Float[Array, " n_free"]:
-        """Internal coordinates of physical values ``v`` (inverse of :meth:`to_physical`)."""
-        a, k = state
-        kinds, lo, hi = self._as_arrays()
-        lo_f = np.where(np.isfinite(lo), lo, 0.0)
-        hi_f = np.where(np.isfinite(hi), hi, 0.0)
-        tiny = 1e-300
-        frac = jnp.clip((v - lo_f) / np.where(kinds == _BOTH, hi_f - lo_f, 1.0), tiny, 1 - 1e-16)
-        z = jnp.select(
-            [kinds == _UNBOUNDED, kinds == _LOWER, kinds == _UPPER],
-            [v, jnp.log(jnp.maximum(v - lo_f, tiny)), jnp.log(jnp.maximum(hi_f - v, tiny))],
-            jnp.log(frac) - jnp.log1p(-frac),
-        )
-        return (z - a) / k
-
     @property
     def bounds(self) -> list[tuple[float | None, float | None]]:
         """``(min, max)`` of each free parameter, ``None`` where unbounded."""
         return [(lo if np.isfinite(lo) else None, hi if np.isfinite(hi) else None) for lo, hi in zip(self._mins, self._maxs)]
 
-    def at_bound(self, v: np.ndarray, errors: np.ndarray) -> list[str]:
+    def at_bound(self, v: Float[ArrayLike, " n_free"], errors: Float[ArrayLike, " n_free"]) -> list[str]:
         """Names of free parameters closer to a bound than 1% of their error."""
         out = []
         for name, value, error, lo, hi in zip(self.names, np.asarray(v), np.asarray(errors), self._mins, self._maxs):
@@ -515,11 +457,59 @@ class ParameterSpace:
         return out
 
     def units(self, params) -> list[str | None]:
+        """Unit string (or None) of each free parameter."""
         leaves = self._leaves(params)
         return [leaves[i].unit for i in self._leaf_positions]
 
+    # ----------------------------------------------------------------- internal coordinates
+    def transform_state(
+        self, v0: Float[ArrayLike, "*batch n_free"], curvature: Float[ArrayLike, "*batch n_free"] | None = None
+    ) -> tuple[Float[Array, "*batch n_free"], Float[Array, "*batch n_free"]]:
+        """Offsets ``a`` and slopes ``k`` of the internal transforms for start point ``v0``.
+
+        The local scale of each internal coordinate is, in order of preference: the
+        parameter's own ``scale``; ``1 / sqrt(|curvature|)`` when ``curvature`` (the diagonal
+        of the objective's Hessian at ``v0``, divided by ``2 errordef``) is non-zero, i.e. an
+        error estimate, so one internal unit is about one sigma; else ``|v0|`` (1 at 0).
+        """
+        v0 = jnp.asarray(v0, dtype=float)
+        user_scale = np.asarray([np.nan if s is None else s for s in self._scales], dtype=float)
+        natural = jnp.where(jnp.abs(v0) > 0, jnp.abs(v0), 1.0)
+        if curvature is not None:
+            # A negative curvature (start on the shoulder of a peak) still sets a length scale.
+            curvature = jnp.abs(curvature)
+            usable = jnp.isfinite(curvature) & (curvature > 0)
+            from_curvature = 1.0 / jnp.sqrt(jnp.where(usable, curvature, 1.0))
+            natural = jnp.where(usable, from_curvature, natural)
+        scale = jnp.where(np.isnan(user_scale), natural, np.nan_to_num(user_scale, nan=1.0))
+        return self.bijector.anchor(v0, scale)
+
+    def to_physical(
+        self, u: Float[ArrayLike, "*#batch n_free"], state: tuple[Float[Array, "*#batch n_free"], Float[Array, "*#batch n_free"]]
+    ) -> Float[Array, "*#batch n_free"]:
+        """Physical values for internal coordinates ``u``."""
+        a, k = state
+        return self.bijector.forward(a + k * u)
+
+    def to_internal(
+        self, v: Float[ArrayLike, "*#batch n_free"], state: tuple[Float[Array, "*#batch n_free"], Float[Array, "*#batch n_free"]]
+    ) -> Float[Array, "*#batch n_free"]:
+        """Internal coordinates of physical values ``v`` (inverse of :meth:`to_physical`)."""
+        a, k = state
+        return (self.bijector.inverse(jnp.asarray(v, dtype=float)) - a) / k
+
+    def log_abs_det_jacobian(
+        self, u: Float[ArrayLike, "*#batch n_free"], state: tuple[Float[Array, "*#batch n_free"], Float[Array, "*#batch n_free"]]
+    ) -> Float[Array, "*#batch"]:
+        """``log |det dv/du|`` of :meth:`to_physical` at ``u``: what a density over the physical
+        values gains when it is written over internal coordinates (``p_u = p_v |det dv/du|``),
+        as a sampler in internal coordinates needs. The Jacobian is diagonal."""
+        a, k = state
+        z = a + k * u
+        return jnp.sum(jnp.log(jnp.abs(k)) + self.bijector.log_abs_det_jacobian(z), axis=-1)
+
 
 def _metadata(leaf) -> tuple:
-    if not _is_parameter(leaf):
+    if not is_parameter(leaf):
         return ()
     return (leaf.min, leaf.max, leaf.frozen, leaf.prior, leaf.unit, leaf.tied_to, leaf.scale)

@@ -16,7 +16,7 @@ import numpy as np
 from jax.scipy.special import gammaincc, gammaln, ndtri
 
 from .fit import FitResult, call_objective, fit
-from .parameters import ParameterSpace, _lookup, freeze, parameters_dict, set_values
+from .parameters import ParameterSpace, freeze, get_parameter, parameters_dict, set_values
 
 __all__ = ["profile", "ProfileResult", "confidence_interval", "ConfidenceInterval", "ts", "TSResult", "wilks_significance"]
 
@@ -60,7 +60,7 @@ class _FixedPoint:
     """Fits of ``params`` with one parameter frozen at a chosen value, warm-started."""
 
     def __init__(self, objective, params, name, args, errordef, method, tol):
-        parameter = _lookup(params, name)
+        parameter = get_parameter(params, name)
         if parameter.frozen:
             raise ValueError(f"parameter {name!r} is frozen; thaw it to profile it or to compute its interval")
         if parameter.tied_to is not None:
@@ -291,7 +291,7 @@ def ts(
     result_alt = fit(objective, params, method, args=args, errordef=errordef, tol=tol)
     null_params = result_alt.params
     for name in null:
-        parameter = _lookup(null_params, name)
+        parameter = get_parameter(null_params, name)
         if parameter.frozen:
             raise ValueError(f"parameter {name!r} is already frozen; the null hypothesis must fix free parameters")
     null_params = freeze(set_values(null_params, null), *null)
