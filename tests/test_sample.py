@@ -17,6 +17,7 @@ import pytest
 from scipy import stats
 
 import fitax
+from conftest import shared_data
 from fitax.sample import effective_sample_size, split_r_hat
 
 MC_ERRORS = 4.0
@@ -341,3 +342,33 @@ def test_plot_corner(line_result, tmp_path):
     axes = np.reshape(figure.axes, (2, 2))
     assert not axes[0, 1].axison and axes[1, 0].get_xlabel() == "a" and axes[1, 0].get_ylabel() == "b"
     assert len(axes[1, 0].collections) >= 2  # the 2-d histogram and its contours
+
+
+# --------------------------------------------------- (c) a gamma fit's Laplace approximation
+@pytest.mark.slow
+def test_gamma_posterior_agrees_with_laplace_approximation():
+    """The N = 1 simulated gamma dataset (10 free parameters, ~1e4 counts): the posterior is
+    close to Gaussian, so NUTS must reproduce the fit's errors (Laplace approximation).
+
+    Tolerances: means within 0.2 sigma of the best fit: MC error is ~0.04 sigma (ESS ~600),
+    and the mean-mode offset of a likelihood this well measured is a few 0.01 sigma
+    (skewness ~ 1 / sqrt(counts)); stds within 12 % of the errors: 4 MC errors of a std at
+    ESS ~600 (2.9 % each, ``1 / sqrt(2 ESS)``) — measured 0.95-1.08 with 2 x 300 draws and
+    0.XX-1.XX with 4 x 1000 draws.
+    """
+    from fitax.gamma import Datasets, fit, read_models
+    from fitax.gamma.datasets import bind, stat_sum_groups
+
+    datasets = Datasets.read(shared_data("gamma", "sim", "datasets_n1.yaml"))
+    best = fit(datasets, read_models(shared_data("gamma", "sim", "models_start_n1.yaml")))
+    assert best.converged
+    result = fitax.sample(stat_sum_groups, best.params, args=bind(datasets, best.params), init=best,
+                          num_samples=250, num_warmup=150, num_chains=2, seed=0)
+    assert result.names == best.free_names and len(result.names) == 10
+    table = result.summary()
+    for row in table:
+        name, error = row["name"], best.errors[row["name"]]
+        assert abs(row["mean"] - best.values[name]) < 0.2 * error, name
+        assert abs(row["std"] / error - 1) < 0.12, name
+        assert row["r_hat"] < 1.05 and row["ess"] > 200, name
+    assert result.divergences.sum() == 0
