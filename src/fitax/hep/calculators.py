@@ -1,0 +1,409 @@
+"""CLs hypothesis tests: the asymptotic calculator and the toy calculator, pyhf's conventions.
+
+:func:`hypotest` returns what ``pyhf.infer.hypotest(..., return_expected_set=True)`` returns
+(observed CLs and the expected band at the -2..2 sigma quantiles of the background-only
+distribution, in pyhf's order: the most signal-excluding first), together with every fit it
+is made of and ``converged``, true only if each of them converged.
+
+Asymptotics (arXiv:1007.1727): the Asimov dataset is the model's expectation, auxiliary data
+included, at the fit of the observed data with the POI fixed at 0 (at 1 for ``q0``); its
+statistic ``q_A`` sets the distributions, ``CLs+b = Phi(-(t + sqrt(q_A)))``,
+``CLb = Phi(-t)``, with ``t = sqrt(q) - sqrt(q_A)`` or, for ``q~`` beyond ``q_A``, pyhf's
+``(q - q_A) / (2 sqrt(q_A))``. The fits that do not depend on the tested POI (the free fit to
+the data, the background-only fit and the Asimov data) are made once per
+:class:`AsymptoticCalculator`, so an upper-limit search pays two conditional fits per point.
+
+Toys: as pyhf's ToyCalculator, signal-plus-background toys are drawn at the conditional fit at
+the tested POI and background toys at the fit with the POI at 0 (1 for ``q0``): main bins
+Poisson, auxiliary data from their constraints (Gaussian, or Poisson with continuous
+auxdata for shapesys). All ``2 ntoys`` test statistics, i.e. ``4 ntoys`` fits, are computed
+by one :func:`fitax.fit_batch` call.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.scipy.special import ndtri
+from jax.scipy.stats import norm
+
+from ..batch import fit_batch
+from .teststat import (
+    FIT_TOLERANCE,
+    HistFitResult,
+    fixed_poi_fit,
+    mle_fit,
+    parameter_labels,
+    saturated_point,
+    statistic_value,
+    with_poi,
+)
+
+__all__ = [
+    "HypotestResult",
+    "AsymptoticCalculator",
+    "ToyCalculator",
+    "Significance",
+    "hypotest",
+    "discovery_significance",
+    "sample_data",
+]
+
+HYPOTEST_STATISTICS = ("q0", "q", "qtilde")
+"""Test statistics a hypothesis test accepts (pyhf's)."""
+
+EXPECTED_SIGMAS = (2.0, 1.0, 0.0, -1.0, -2.0)
+"""Background-only quantiles (in sigma of the test statistic) of the expected band, pyhf's order."""
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class HypotestResult:
+    """The outcome of one CLs hypothesis test.
+
+    Attributes:
+        poi_test: tested POI value.
+        test_stat, calctype: as requested.
+        cls_obs: observed CLs (for ``q0``, as pyhf, the p-value ``p0`` = CLs+b).
+        cls_exp: expected CLs band, 5 values in pyhf's order (``p0`` band for ``q0``).
+        clsb_obs, clb_obs: observed tail probabilities.
+        teststat: observed value of the test statistic (asymptotics: pyhf's transformed
+            ``t``; toys: the statistic itself).
+        fits: every fit of the test by role (``free_data``, ``fixed_data``,
+            ``asimov_generation``, ``free_asimov``, ``fixed_asimov``; toys: the two generating
+            fits).
+        converged: every fit converged (toys: every toy fit too).
+        warnings: caveats from the fits (parameters at bounds, ...).
+        n_toys_failed: toy fits that did not converge (0 for asymptotics).
+    """
+
+    poi_test: float
+    test_stat: str
+    calctype: str
+    cls_obs: float
+    cls_exp: np.ndarray
+    clsb_obs: float
+    clb_obs: float
+    teststat: float
+    fits: dict[str, HistFitResult]
+    converged: bool
+    warnings: tuple[str, ...]
+    n_toys_failed: int = 0
+
+    def to_dict(self) -> dict:
+        """pyhf ``cls`` keys (``CLs_obs``, ``CLs_exp``) plus ``converged``, the warnings and
+        the fitted minima (``-2 log L`` of each fit)."""
+        out = {
+            "CLs_obs": self.cls_obs,
+            "CLs_exp": [float(x) for x in self.cls_exp],
+            "converged": self.converged,
+            "warnings": list(self.warnings),
+            "twice_nll": {role: fit.twice_nll for role, fit in self.fits.items()},
+        }
+        if self.calctype == "toybased":
+            out["n_toys_failed"] = self.n_toys_failed
+        return out
+
+    def __repr__(self) -> str:
+        band = ", ".join(f"{x:.4g}" for x in self.cls_exp)
+        return (
+            f"HypotestResult({self.test_stat} at {self.poi_test:g}, {self.calctype}: CLs_obs={self.cls_obs:.6g}, "
+            f"CLs_exp=[{band}], converged={self.converged})"
+        )
+
+
+def _fit_warnings(fits: dict[str, HistFitResult]) -> tuple[str, ...]:
+    return tuple(f"{role}: {w}" for role, fit in fits.items() for w in fit.warnings)
+
+
+def _check_test_stat(test_stat: str) -> None:
+    if test_stat not in HYPOTEST_STATISTICS:
+        raise ValueError(f"unknown test_stat {test_stat!r} for a hypothesis test; expected one of {', '.join(HYPOTEST_STATISTICS)}")
+
+
+def asymptotic_pvalues(test_stat: str, sqrt_q, sqrt_qa):
+    """``(teststat, CLs+b, CLb, CLs)`` of pyhf's asymptotic calculator from ``sqrt(q)`` and
+    ``sqrt(q_A)`` (JAX functions, so they vectorise and differentiate)."""
+    if test_stat in ("q", "q0"):
+        t = sqrt_q - sqrt_qa
+    else:
+        safe = jnp.where(sqrt_qa > 0, sqrt_qa, 1.0)
+        t = jnp.where(sqrt_q <= sqrt_qa, sqrt_q - sqrt_qa, (sqrt_q**2 - sqrt_qa**2) / (2 * safe))
+    clsb = norm.cdf(-(t + sqrt_qa))
+    clb = norm.cdf(-t)
+    return t, clsb, clb, clsb / clb
+
+
+def expected_band(test_stat: str, sqrt_qa):
+    """Expected CLs (``p0`` for ``q0``) at the background-only quantiles :data:`EXPECTED_SIGMAS`."""
+    n = jnp.asarray(EXPECTED_SIGMAS)
+    clsb = norm.cdf(-(n + sqrt_qa))
+    return clsb if test_stat == "q0" else clsb / norm.cdf(-n)
+
+
+class AsymptoticCalculator:
+    """Asymptotic CLs tests of one model and dataset, with the POI-independent fits cached.
+
+    Args:
+        data: observed main bins followed by the auxiliary data (``Workspace.data(model)``).
+        model: a :class:`fitax.hep.Model`.
+        test_stat: ``"qtilde"`` (default), ``"q"`` or ``"q0"``.
+        init_params: start values (default ``model.init_params()``, pyhf's suggested init).
+        poi_bounds: POI bounds of the free fits (default the model's).
+    """
+
+    def __init__(self, data, model, test_stat: str = "qtilde", init_params=None, poi_bounds=None):
+        _check_test_stat(test_stat)
+        self.data = jnp.asarray(data, dtype=float)
+        self.model = model
+        self.test_stat = test_stat
+        self.init_params = model.init_params() if init_params is None else init_params
+        self.poi_bounds = poi_bounds
+        self.poi_position = parameter_labels(model).index(model.poi_name)
+        self._free: HistFitResult | None = None
+        self._asimov: tuple[HistFitResult, jnp.ndarray, HistFitResult] | None = None
+
+    @property
+    def free_fit(self) -> HistFitResult:
+        """The unconditional fit to the data (made once)."""
+        if self._free is None:
+            self._free = mle_fit(self.data, self.model, self.init_params, self.poi_bounds)
+        return self._free
+
+    @property
+    def asimov(self) -> tuple[HistFitResult, jnp.ndarray, HistFitResult]:
+        """``(generating fit, Asimov data, free fit to them)``, made once."""
+        if self._asimov is None:
+            asimov_mu = 1.0 if self.test_stat == "q0" else 0.0
+            generation = fixed_poi_fit(asimov_mu, self.data, self.model, self.init_params)
+            params = with_poi(generation.params, self.model.poi_name, asimov_mu, frozen=False, bounds=self.poi_bounds)
+            asimov_data = self.model.expected_data(params, include_auxdata=True)
+            self._asimov = (generation, asimov_data, saturated_point(self.model, params, asimov_data))
+        return self._asimov
+
+    def sqrt_qa(self, poi_test: float) -> tuple[float, HistFitResult]:
+        """``sqrt(q_A)`` at ``poi_test`` and the conditional fit to the Asimov data."""
+        _, asimov_data, free_asimov = self.asimov
+        fixed = fixed_poi_fit(poi_test, asimov_data, self.model, self.init_params)
+        mu_hat = free_asimov.bestfit[self.poi_position]
+        q = statistic_value(self.test_stat, poi_test, mu_hat, fixed.twice_nll, free_asimov.twice_nll)
+        return float(np.sqrt(q)), fixed
+
+    def sqrt_q(self, poi_test: float) -> tuple[float, HistFitResult]:
+        """``sqrt(q)`` of the observed data at ``poi_test`` and its conditional fit."""
+        free = self.free_fit
+        fixed = fixed_poi_fit(poi_test, self.data, self.model, self.init_params)
+        q = statistic_value(self.test_stat, poi_test, free.bestfit[self.poi_position], fixed.twice_nll, free.twice_nll)
+        return float(np.sqrt(q)), fixed
+
+    def hypotest(self, poi_test: float) -> HypotestResult:
+        """The CLs test of ``poi_test`` (``q0`` tests 0)."""
+        poi_test = 0.0 if self.test_stat == "q0" else float(poi_test)
+        sqrt_q, fixed = self.sqrt_q(poi_test)
+        sqrt_qa, fixed_asimov = self.sqrt_qa(poi_test)
+        generation, _, free_asimov = self.asimov
+        t, clsb, clb, cls = (float(x) for x in asymptotic_pvalues(self.test_stat, sqrt_q, sqrt_qa))
+        fits = {
+            "free_data": self.free_fit,
+            "fixed_data": fixed,
+            "asimov_generation": generation,
+            "free_asimov": free_asimov,
+            "fixed_asimov": fixed_asimov,
+        }
+        return HypotestResult(
+            poi_test=poi_test,
+            test_stat=self.test_stat,
+            calctype="asymptotics",
+            cls_obs=clsb if self.test_stat == "q0" else cls,
+            cls_exp=np.asarray(expected_band(self.test_stat, sqrt_qa)),
+            clsb_obs=clsb,
+            clb_obs=clb,
+            teststat=t,
+            fits=fits,
+            converged=all(f.converged for f in fits.values()),
+            warnings=_fit_warnings(fits),
+        )
+
+
+# ------------------------------------------------------------------------------------ toys
+def sample_data(model, params, key: jax.Array, n: int) -> jnp.ndarray:
+    """``n`` pseudo-datasets (main bins then auxiliary data) drawn from ``model`` at
+    ``params``, as pyhf's ``model.make_pdf(pars).sample``: Poisson main bins, Gaussian
+    auxiliary data around the parameter with the constraint's sigma, Poisson auxiliary data
+    with rate ``tau * gamma`` for shapesys."""
+    expected = model.expected_data(params, include_auxdata=True)
+    main_key, gauss_key, poisson_key = jax.random.split(key, 3)
+    main = jax.random.poisson(main_key, expected[: model.n_main_bins], shape=(n, model.n_main_bins)).astype(float)
+    aux_expected = expected[model.n_main_bins :]
+    aux = jnp.broadcast_to(aux_expected, (n, model.aux_size))
+    gauss_mean = aux_expected[model.gauss_aux_pos]
+    gauss = gauss_mean + model.gauss_sigma * jax.random.normal(gauss_key, (n, gauss_mean.shape[0]))
+    aux = aux.at[:, model.gauss_aux_pos].set(gauss)
+    poisson_rate = aux_expected[model.poisson_aux_pos]
+    poisson = jax.random.poisson(poisson_key, poisson_rate, shape=(n, poisson_rate.shape[0])).astype(float)
+    aux = aux.at[:, model.poisson_aux_pos].set(poisson)
+    return jnp.concatenate([main, aux], axis=1)
+
+
+class _FixedOrFree(eqx.Module):
+    """``-2 log L`` of one toy fit, conditional or free, so that both kinds share one
+    structure and one :func:`fitax.fit_batch` call.
+
+    The POI is a free parameter in every problem. A conditional problem evaluates the
+    likelihood at its fixed POI value instead, and adds ``(mu - anchor)**2``, which pins the
+    otherwise flat POI at ``anchor`` (inside its bounds) without touching the minimum: the
+    Hessian stays positive definite and the statistic at the optimum is exactly the
+    conditional ``-2 log L``.
+    """
+
+    nll: Any
+    poi: str = eqx.field(static=True)
+    anchor: float = eqx.field(static=True)
+
+    def __call__(self, params, args):
+        data, fixed_value, conditional = args
+        mu = params[self.poi].value
+        evaluated = eqx.tree_at(lambda p: p[self.poi].value, params, jnp.where(conditional, fixed_value, mu))
+        return self.nll(evaluated, data) + jnp.where(conditional, (mu - self.anchor) ** 2, 0.0)
+
+
+class ToyCalculator:
+    """CLs from pseudo-experiments, all toy fits in one compiled batch.
+
+    Args:
+        data, model, test_stat, init_params, poi_bounds: as :class:`AsymptoticCalculator`.
+        ntoys: pseudo-experiments per hypothesis (pyhf's default 2000).
+        seed: random seed (JAX PRNG), so results are reproducible.
+    """
+
+    def __init__(self, data, model, test_stat: str = "qtilde", ntoys: int = 2000, seed: int = 0, init_params=None, poi_bounds=None):
+        _check_test_stat(test_stat)
+        if int(ntoys) < 1:
+            raise ValueError(f"ntoys must be >= 1, got {ntoys}")
+        self.data = jnp.asarray(data, dtype=float)
+        self.model = model
+        self.test_stat = test_stat
+        self.ntoys = int(ntoys)
+        self.seed = int(seed)
+        self.init_params = model.init_params() if init_params is None else init_params
+        self.poi_bounds = poi_bounds
+        self.poi_position = parameter_labels(model).index(model.poi_name)
+
+    def toy_statistics(self, poi_test: float, toys: jnp.ndarray):
+        """Test statistic of each toy dataset (rows of ``toys``) and which toys' two fits
+        both converged."""
+        n = toys.shape[0]
+        poi = self.model.poi_name
+        start = with_poi(self.init_params, poi, frozen=False, bounds=self.poi_bounds)
+        anchor = float(start[poi].value)
+        lower, upper = start[poi].min, start[poi].max
+        if (lower is not None and anchor <= lower) or (upper is not None and anchor >= upper):
+            raise ValueError(f"the POI's start value {anchor} must lie strictly inside its bounds [{lower}, {upper}] for toy fits")
+        batch = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (2 * n,) + jnp.shape(x)), start)
+        conditional = jnp.concatenate([jnp.ones(n, bool), jnp.zeros(n, bool)])
+        args = (jnp.concatenate([toys, toys]), jnp.full(2 * n, float(poi_test)), conditional)
+        objective = _FixedOrFree(self.model.nll, poi, anchor)
+        result = fit_batch(objective, batch, args, tol=FIT_TOLERANCE)
+        fixed_nll, free_nll = result.stat[:n], result.stat[n:]
+        mu_hat = result.values[poi][n:]
+        stats = statistic_value(self.test_stat, poi_test, mu_hat, fixed_nll, free_nll)
+        return np.asarray(stats), result.converged[:n] & result.converged[n:]
+
+    def hypotest(self, poi_test: float) -> HypotestResult:
+        """The CLs test of ``poi_test`` with ``ntoys`` toys per hypothesis."""
+        poi_test = 0.0 if self.test_stat == "q0" else float(poi_test)
+        free = mle_fit(self.data, self.model, self.init_params, self.poi_bounds)
+        signal = fixed_poi_fit(poi_test, self.data, self.model, self.init_params)
+        background = fixed_poi_fit(1.0 if self.test_stat == "q0" else 0.0, self.data, self.model, self.init_params)
+        observed = float(statistic_value(self.test_stat, poi_test, free.bestfit[self.poi_position], signal.twice_nll, free.twice_nll))
+        signal_key, background_key = jax.random.split(jax.random.PRNGKey(self.seed))
+        toys = jnp.concatenate([
+            sample_data(self.model, signal.params, signal_key, self.ntoys),
+            sample_data(self.model, background.params, background_key, self.ntoys),
+        ])
+        stats, ok = self.toy_statistics(poi_test, toys)
+        sb, b = np.sort(stats[: self.ntoys]), np.sort(stats[self.ntoys :])
+
+        def tail(samples, t):
+            return (samples.size - np.searchsorted(samples, t, side="left")) / samples.size
+
+        clsb, clb = tail(sb, observed), tail(b, observed)
+        # pyhf's expected band: CLs of every background toy, at the normal quantiles.
+        band_quantity = tail(sb, b) if self.test_stat == "q0" else tail(sb, b) / tail(b, b)
+        percentiles = 100 * np.asarray(norm.cdf(-np.asarray(EXPECTED_SIGMAS)))
+        fits = {"free_data": free, "fixed_data": signal, "background_generation": background}
+        n_failed = int(np.sum(~ok))
+        warnings = _fit_warnings(fits) + ((f"{n_failed} of {2 * self.ntoys} toys have a fit that did not converge",) if n_failed else ())
+        return HypotestResult(
+            poi_test=poi_test,
+            test_stat=self.test_stat,
+            calctype="toybased",
+            cls_obs=float(clsb if self.test_stat == "q0" else clsb / clb),
+            cls_exp=np.percentile(band_quantity, percentiles),
+            clsb_obs=float(clsb),
+            clb_obs=float(clb),
+            teststat=observed,
+            fits=fits,
+            converged=all(f.converged for f in fits.values()) and n_failed == 0,
+            warnings=warnings,
+            n_toys_failed=n_failed,
+        )
+
+
+def hypotest(
+    poi_test: float,
+    data,
+    model,
+    test_stat: str = "qtilde",
+    calctype: str = "asymptotics",
+    *,
+    ntoys: int = 2000,
+    seed: int = 0,
+    init_params=None,
+    poi_bounds=None,
+) -> HypotestResult:
+    """CLs hypothesis test of ``poi_test``, pyhf's ``infer.hypotest`` with
+    ``return_expected_set=True`` (read ``result.cls_obs``, ``result.cls_exp``).
+
+    Example:
+        >>> result = hypotest(1.0, workspace.data(model), model)  # doctest: +SKIP
+        >>> result.cls_obs, result.cls_exp, result.converged  # doctest: +SKIP
+    """
+    if calctype == "asymptotics":
+        return AsymptoticCalculator(data, model, test_stat, init_params, poi_bounds).hypotest(poi_test)
+    if calctype == "toybased":
+        return ToyCalculator(data, model, test_stat, ntoys, seed, init_params, poi_bounds).hypotest(poi_test)
+    raise ValueError(f"unknown calctype {calctype!r}; expected 'asymptotics' or 'toybased'")
+
+
+@dataclasses.dataclass(frozen=True)
+class Significance:
+    """Discovery significance from ``q0`` (asymptotic).
+
+    Attributes:
+        p0_obs, z_obs: observed p-value of the background-only hypothesis and its significance.
+        p0_exp, z_exp: expected for the nominal signal (POI = 1), median.
+        converged: every fit converged.
+        result: the underlying :class:`HypotestResult`.
+    """
+
+    p0_obs: float
+    z_obs: float
+    p0_exp: float
+    z_exp: float
+    converged: bool
+    result: HypotestResult
+
+
+def discovery_significance(data, model, init_params=None) -> Significance:
+    """Observed and median expected discovery significance (``q0``, asymptotics)."""
+    result = AsymptoticCalculator(data, model, "q0", init_params).hypotest(0.0)
+    p_obs, p_exp = result.cls_obs, float(result.cls_exp[2])
+    return Significance(
+        p0_obs=p_obs, z_obs=float(-ndtri(p_obs)), p0_exp=p_exp, z_exp=float(-ndtri(p_exp)), converged=result.converged, result=result
+    )
+
