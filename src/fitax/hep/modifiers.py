@@ -86,8 +86,10 @@ class ModifierTables:
     Index tables point into the flat parameter vector with one extra trailing slot that holds
     1.0, used by padding entries. Padding normsys entries have ``log_lo = log_hi = 0`` (factor
     exactly 1) and padding histosys entries ``lo = nom = hi`` (shift exactly 0), so no mask is
-    needed. Measured on the sbottom workspace (1143 histosys over 59 parameters): at most 8
-    factors, 11 normsys and 49 histosys act on one sample bin.
+    needed. On the sbottom workspace at most 3 factors, 36 normsys and 52 histosys act on one
+    sample bin. Gathers from these tables beat broadcasting one row per parameter over all
+    sample bins: the Hessian of the sbottom likelihood costs 23 MB of memory traffic instead of
+    52-73 MB (XLA cost analysis) and ran 2-3x faster (measured under load).
     """
 
     nominal: np.ndarray  # (S, B)
