@@ -282,8 +282,8 @@ class Workspace:
         return copy.deepcopy(self._spec)
 
     def digest(self) -> str:
-        """sha256 of the canonical JSON (sorted keys, compact): the digest pyhf's patchsets record."""
-        text = json.dumps(self._spec, sort_keys=True, ensure_ascii=True, separators=(",", ":"), default=str)
+        """sha256 of the JSON text with sorted keys: the digest pyhf's patchsets record."""
+        text = json.dumps(self._spec, sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(text.encode("utf8")).hexdigest()
 
     def __eq__(self, other) -> bool:
