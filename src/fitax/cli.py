@@ -5,8 +5,18 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .programs import enable_compilation_cache
 
-def _build_parser() -> argparse.ArgumentParser:
+__all__ = ["main", "enable_compilation_cache"]
+
+
+_DOMAINS = ("gamma", "hep", "phot")
+
+
+def _build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; with ``command`` (the first word of the command line) only that domain's
+    sub-commands are set up, so ``fitax phot ...`` does not import the gamma-ray package
+    (astropy.coordinates alone takes ~1 s) and vice versa."""
     parser = argparse.ArgumentParser(
         prog="fitax",
         description="Fast, differentiable likelihood analysis of physics data (JAX, float64, CPU or GPU).",
@@ -16,36 +26,30 @@ def _build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="results", help="output folder (default: results)")
     demo.add_argument("--sources", type=int, default=10, help="number of simulated sources (default: 10)")
     demo.add_argument("--seed", type=int, default=0, help="random seed of the simulation (default: 0)")
-    from .gamma.cli import add_parser as add_gamma_parser
-    from .photometry.cli import add_parser as add_phot_parser
+    wanted = (command,) if command in _DOMAINS else _DOMAINS
+    if "gamma" in wanted:
+        from .gamma.cli import add_parser as add_gamma_parser
 
-    add_gamma_parser(commands)
-    add_phot_parser(commands)
+        add_gamma_parser(commands)
+    if "hep" in wanted:
+        from .hep.cli import add_parser as add_hep_parser
+
+        add_hep_parser(commands)
+    if "phot" in wanted:
+        from .photometry.cli import add_parser as add_phot_parser
+
+        add_phot_parser(commands)
     return parser
 
 
-def _enable_compilation_cache() -> None:
-    """Keep compiled XLA programs on disk between runs, so a command-line user pays the
-    compile time once per machine, not once per call (``FITAX_CACHE_DIR`` moves it; an
-    empty value turns it off)."""
-    import os
-    from pathlib import Path
-
-    import jax
-
-    location = os.environ.get("FITAX_CACHE_DIR", str(Path.home() / ".cache" / "fitax" / "xla"))
-    if location:
-        jax.config.update("jax_compilation_cache_dir", location)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = _build_parser()
+    words = sys.argv[1:] if argv is None else argv
+    parser = _build_parser(words[0] if words else None)
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 0
-    _enable_compilation_cache()
+    enable_compilation_cache()
     if args.command == "demo":
         if args.sources < 1:
             parser.error("--sources must be at least 1")
@@ -57,10 +61,14 @@ def main(argv: list[str] | None = None) -> int:
         from .gamma.cli import run as run_gamma
 
         return run_gamma(args)
+    if args.command == "hep":
+        from .hep.cli import run as run_hep
+
+        return run_hep(args)
     if args.command == "phot":
         from .photometry.cli import run as run_phot
 
-        return run_phot(args, sys.argv[1:] if argv is None else argv)
+        return run_phot(args, words)
     parser.error(f"unknown command {args.command}")
     return 2
 

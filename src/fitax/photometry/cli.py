@@ -176,7 +176,9 @@ def _run(args) -> int:
     # one JAX CPU device per worker, so the workers share the cores instead of oversubscribing
     os.environ.setdefault("FITAX_CPU_DEVICES", "1")
     # spawn, not fork: a forked JAX runtime can deadlock
-    with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    from ..programs import enable_compilation_cache
+
+    with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn"), initializer=enable_compilation_cache) as pool:
         futures = [pool.submit(_run_one, image, str(out), options) for image, out in zip(args.images, outputs)]
         for i, future in enumerate(futures):
             _progress(i + 1, len(futures), future.result(), start)

@@ -9,12 +9,11 @@ correlations, fused); the background and the few thousand peaks are NumPy.
 
 from __future__ import annotations
 
-import functools
-
-import jax
 import jax.numpy as jnp
 import numpy as np
 from astropy.table import Table
+
+from .. import programs
 
 __all__ = ["detect_stars", "background_map", "sharpness", "roundness", "star_like"]
 
@@ -52,7 +51,7 @@ def star_like(signal: np.ndarray, rows: np.ndarray, cols: np.ndarray, reference:
     return is_round & (sharp < max_sharpness * np.median(sharp[reference]))
 
 
-@functools.partial(jax.jit, static_argnames="half")
+@programs.cached(name="fitax.photometry.snr_and_peaks")
 def _snr_and_peaks(signal, background, kernel, read_noise, threshold, half: int):
     """Matched-filter signal-to-noise (separable Gaussian correlation, edge-padded) and the
     local maxima above ``threshold`` (one fused XLA program: ~10x NumPy's time on a quadrant)."""
@@ -128,7 +127,7 @@ def detect_stars(
     kernel = np.exp(-0.5 * (np.arange(-half, half + 1) / sigma) ** 2)
     kernel /= kernel.sum()
     # noise of the filtered image: flat-variance approximation (background + read noise)
-    snr, peak = (np.array(a) for a in _snr_and_peaks(signal, background, kernel, float(read_noise), float(threshold), half))
+    snr, peak = (np.array(a) for a in _snr_and_peaks(signal, background, kernel, np.asarray(read_noise, float), np.asarray(threshold, float), half))
     if mask is not None:
         peak &= ~mask
     peak[:edge], peak[-edge:], peak[:, :edge], peak[:, -edge:] = False, False, False, False

@@ -62,15 +62,24 @@ def read_calibrated(path, read_noise: float | None = None) -> ImageData:
     return ImageData(image=np.where(mask, 0.0, image), mask=mask, header=header, read_noise=float(read_noise), name=str(path))
 
 
-def photometry_columns(catalog: Table, header: fits.Header) -> Table:
-    """Add ``ra, dec`` [deg] when the header has a celestial WCS and ``mag, mag_err`` when it
-    has ``MAGZP`` (``mag = MAGZP - 2.5 log10(flux)``, NaN for flux <= 0)."""
+def _celestial_wcs(header: fits.Header):
+    """The header's celestial WCS, or None. astropy.wcs is imported only for a header with
+    axis types: it brings astropy.coordinates, most of a second of start-up."""
+    if not any(key.startswith("CTYPE") for key in header):
+        return None
     from astropy.wcs import WCS
 
     with np.errstate(all="ignore"):
         wcs = WCS(header)
-    if wcs.has_celestial:
-        ra, dec = wcs.celestial.pixel_to_world_values(np.asarray(catalog["x"]), np.asarray(catalog["y"]))  # 0-based
+    return wcs.celestial if wcs.has_celestial else None
+
+
+def photometry_columns(catalog: Table, header: fits.Header) -> Table:
+    """Add ``ra, dec`` [deg] when the header has a celestial WCS and ``mag, mag_err`` when it
+    has ``MAGZP`` (``mag = MAGZP - 2.5 log10(flux)``, NaN for flux <= 0)."""
+    wcs = _celestial_wcs(header)
+    if wcs is not None:
+        ra, dec = wcs.pixel_to_world_values(np.asarray(catalog["x"]), np.asarray(catalog["y"]))  # 0-based
         catalog["ra"], catalog["dec"] = ra, dec
         catalog["ra"].unit = catalog["dec"].unit = "deg"
     if "MAGZP" in header:

@@ -23,7 +23,7 @@ import equinox as eqx
 from jax.scipy.special import ndtr
 from jaxtyping import Array, ArrayLike, Float
 
-__all__ = ["gaussian_prf", "moffat_prf", "moffat_fwhm", "moffat_points", "MoffatPSF", "GaussianPSF", "ImagePSF"]
+__all__ = ["gaussian_prf", "moffat_prf", "moffat_fwhm", "moffat_points", "MoffatPSF", "GaussianPSF", "ImagePSF", "psf_as_data"]
 
 
 @lru_cache(maxsize=16)
@@ -183,7 +183,8 @@ class MoffatPSF(eqx.Module):
 
     @property
     def fwhm(self) -> float:
-        return float(moffat_fwhm(self.gamma, self.alpha))
+        gamma, alpha = float(self.gamma), float(self.alpha)  # NumPy: no compiled program for a number
+        return 2 * gamma * np.sqrt(2 ** (1 / alpha) - 1)
 
     def __repr__(self) -> str:
         return f"MoffatPSF(gamma={float(self.gamma):.4g}, alpha={float(self.alpha):.4g}, FWHM={self.fwhm:.2f} px)"
@@ -283,3 +284,14 @@ class ImagePSF(eqx.Module):
     def __repr__(self) -> str:
         ny, nx = self.data.shape
         return f"ImagePSF({ny - 4}x{nx - 4} samples, oversampling={self.oversampling}, FWHM~{self.fwhm:.2f} px)"
+
+
+def psf_as_data(psf):
+    """``psf`` with its numbers as NumPy arrays, so that compiled programs take them as data:
+    every PSF of one kind then shares one program, where Python numbers would be static
+    (a new trace, and a new program on disk, for each fitted PSF). An integer Moffat
+    ``alpha`` stays a Python number: it selects :func:`moffat_prf`'s faster kernel."""
+    keep = isinstance(psf, MoffatPSF) and isinstance(psf.alpha, (int, float)) and float(psf.alpha).is_integer()
+    as_array = lambda x: np.asarray(x, dtype=float) if isinstance(x, (int, float, np.number)) else x  # noqa: E731
+    converted = jax.tree_util.tree_map(as_array, psf)
+    return eqx.tree_at(lambda p: p.alpha, converted, psf.alpha) if keep else converted

@@ -17,10 +17,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..fit import FitResult, fit
-from ..parameters import Parameter, _is_parameter
+from ..parameters import Parameter, is_parameter
 from ..stats import chi2
-from .psf import GaussianPSF, MoffatPSF
-from .starfit import _check_inputs, _initial_estimates, _predicted_variance, _prf_boxes, _prf_stamps, cut_stamps
+from .psf import GaussianPSF, MoffatPSF, psf_as_data
+from .stamps import check_positions, cut_stamps, initial_estimates, predicted_variance, prf_boxes, prf_stamps
 
 __all__ = ["PSFShape", "fit_psf_shape", "select_psf_stars"]
 
@@ -62,8 +62,8 @@ def _joint_chi2(model: _ShapeModel, data):
     size = stamps.shape[-1]
     field = lambda name: jnp.stack([getattr(s, name).value for s in model.stars])  # noqa: E731
     flux, x, y, bkg = field("flux"), field("x"), field("y"), field("bkg")
-    psf = jax.tree_util.tree_map(lambda p: p.value, model.psf, is_leaf=_is_parameter)
-    prf = _prf_boxes(x - size // 2, y - size // 2, psf, size)
+    psf = jax.tree_util.tree_map(lambda p: p.value, model.psf, is_leaf=is_parameter)
+    prf = prf_boxes(x - size // 2, y - size // 2, psf, size)
     npred = flux[:, None, None] * prf + bkg[:, None, None]
     return chi2(stamps, npred, jnp.sqrt(variance), good)
 
@@ -89,7 +89,7 @@ def _start_psf(kind: str, fwhm0: float):
 def select_psf_stars(image, x, y, *, n_max: int = 40, isolation: float = 12.0, edge: int = 10, saturation_mask=None) -> np.ndarray:
     """Indices of the brightest stars with no other catalog star within ``isolation`` pixels,
     at least ``edge`` pixels from the border and free of masked pixels nearby."""
-    image, x, y = _check_inputs(image, x, y)
+    image, x, y = check_positions(image, x, y)
     ny, nx = image.shape
     xy = np.c_[x, y]
     order = np.argsort(-image[np.clip(np.round(y).astype(int), 0, ny - 1), np.clip(np.round(x).astype(int), 0, nx - 1)])
@@ -125,14 +125,15 @@ def fit_psf_shape(
 ) -> PSFShape:
     """Fit the PSF shape jointly to the stars at ``(x, y)`` (choose them with
     :func:`select_psf_stars`), starting from a PSF of FWHM ``fwhm0`` pixels."""
-    image, x, y = _check_inputs(image, x, y)
+    image, x, y = check_positions(image, x, y)
     if len(x) < 3:
         raise ValueError(f"need at least 3 stars to fit the PSF shape, got {len(x)}")
     start, free = _start_psf(kind, fwhm0)
     stamps, good, origin_x, origin_y = cut_stamps(image, x, y, fit_shape, mask)
-    bkg0, flux0 = _initial_estimates(stamps, good, fit_shape, start)
+    start = psf_as_data(start)
+    bkg0, flux0 = initial_estimates(stamps, good, fit_shape, start)
     local_x, local_y = x - origin_x, y - origin_y
-    variance = _predicted_variance(flux0, _prf_stamps(local_x, local_y, fit_shape, start), bkg0, read_noise)
+    variance = predicted_variance(flux0, prf_stamps(local_x, local_y, fit_shape, start), bkg0, read_noise)
     model = _ShapeModel(
         psf=free,
         stars=tuple(

@@ -31,18 +31,18 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import warnings
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from astropy.table import Table
-from jaxtyping import Array, Float
+from jaxtyping import Float
 
-from ..batch import fit_batch, padded_size
+from .. import programs
+from ..batch import fit_batch
 from ..parameters import Parameter
 from ..stats import chi2
-from .psf import GaussianPSF, ImagePSF, MoffatPSF
+from .psf import GaussianPSF, ImagePSF, MoffatPSF, psf_as_data
+from .stamps import BATCH, check_positions, cut_stamps, in_batches, initial_estimates, pad_batch, predicted_variance, prf_stamps
 
 __all__ = ["cut_stamps", "fit_stars", "forced_photometry", "render_stars", "FLAG_MASKED", "FLAG_OUTSIDE", "FLAG_NONPOSITIVE_FLUX",
            "FLAG_NOT_CONVERGED", "FLAG_NO_COVARIANCE", "FLAG_MOVED", "FLAG_OUTLIER_PIXELS", "FLAG_UNRESOLVED", "FAILURE_FLAGS"]
@@ -63,31 +63,6 @@ FAILURE_FLAGS = (
 )
 
 
-def cut_stamps(image: np.ndarray, x: np.ndarray, y: np.ndarray, size: int, mask: np.ndarray | None = None):
-    """Stamps of ``size x size`` pixels centred on the rounded positions (host-side gather).
-
-    Returns ``(stamps, good, origin_x, origin_y)``: pixels outside the image, non-finite or
-    masked are 0 in ``stamps`` and False in ``good``; ``origin_*`` is the image coordinate
-    of each stamp's pixel ``(0, 0)``.
-    """
-    if size < 3 or size % 2 == 0:
-        raise ValueError(f"fit_shape must be an odd number >= 3, got {size}")
-    ny, nx = image.shape
-    half = size // 2
-    origin_x = np.round(x).astype(int) - half
-    origin_y = np.round(y).astype(int) - half
-    cols = origin_x[:, None, None] + np.arange(size)[None, None, :]
-    rows = origin_y[:, None, None] + np.arange(size)[None, :, None]
-    rows, cols = np.broadcast_arrays(rows, cols)
-    inside = (rows >= 0) & (rows < ny) & (cols >= 0) & (cols < nx)
-    safe_rows, safe_cols = np.clip(rows, 0, ny - 1), np.clip(cols, 0, nx - 1)
-    values = image[safe_rows, safe_cols]
-    good = inside & np.isfinite(values)
-    if mask is not None:
-        good &= ~mask[safe_rows, safe_cols]
-    return np.where(good, values, 0.0), good, origin_x, origin_y
-
-
 @dataclasses.dataclass(frozen=True)
 class _StarObjective:
     """``chi2`` of one star on its stamp; hashable by the (static) stamp size, so every call
@@ -102,36 +77,17 @@ class _StarObjective:
         return chi2(stamp, p["flux"].value * prf + p["bkg"].value, jnp.sqrt(variance), good)
 
 
-def _initial_estimates(stamps, good, size, psf):
-    """Local background (median of the stamp border) and flux (background-subtracted sum)."""
-    border = np.zeros((size, size), dtype=bool)
-    border[[0, -1], :] = border[:, [0, -1]] = True
-    border_values = np.where(good & border, stamps, np.nan)
-    with warnings.catch_warnings():  # a fully masked stamp has no border: flagged later
-        warnings.simplefilter("ignore", RuntimeWarning)
-        bkg = np.nanmedian(border_values.reshape(len(stamps), -1), axis=1)
-    bkg = np.where(np.isfinite(bkg), bkg, 0.0)
-    grid = np.arange(size) - size // 2
-    enclosed = float(np.asarray(psf.prf(grid[None, :], grid[:, None])).sum())
-    flux = np.sum(np.where(good, stamps - bkg[:, None, None], 0.0), axis=(1, 2)) / enclosed
-    return bkg, np.maximum(flux, 1.0)
-
-
-def _predicted_variance(flux, prf, bkg, read_noise):
-    """Noise model from the initial estimates: expected electrons + read noise squared."""
-    expected = flux[:, None, None] * prf + bkg[:, None, None]
-    return np.maximum(expected, 0.0) + read_noise**2
-
-
 def _prepare(image, x, y, fit_shape, psf, mask):
-    """Checked inputs, stamps and first estimates shared by free and forced photometry."""
-    image, x, y = _check_inputs(image, x, y)
+    """Checked inputs, the PSF as data, stamps and first estimates shared by free and forced
+    photometry."""
+    image, x, y = check_positions(image, x, y)
     if not isinstance(psf, (MoffatPSF, GaussianPSF, ImagePSF)):
         raise TypeError(f"psf must be a MoffatPSF, GaussianPSF or ImagePSF, got {type(psf).__name__}")
+    psf = psf_as_data(psf)
     size = int(fit_shape)
     cut = cut_stamps(image, x, y, size, mask)
-    estimates = _initial_estimates(cut[0], cut[1], size, psf)
-    return image, x, y, size, cut, estimates
+    estimates = initial_estimates(cut[0], cut[1], size, psf)
+    return image, x, y, size, psf, cut, estimates
 
 
 def _finish_catalog(table: Table) -> Table:
@@ -140,40 +96,16 @@ def _finish_catalog(table: Table) -> Table:
     return table
 
 
-def _check_inputs(image, x, y):
-    image = np.asarray(image, dtype=float)
-    if image.ndim != 2:
-        raise ValueError(f"image must be 2-d, got shape {image.shape}")
-    x, y = np.atleast_1d(np.asarray(x, dtype=float)), np.atleast_1d(np.asarray(y, dtype=float))
-    if x.shape != y.shape:
-        raise ValueError(f"x and y must have the same length, got {x.shape} and {y.shape}")
-    ny, nx = image.shape
-    outside = ~((x >= -0.5) & (x <= nx - 0.5) & (y >= -0.5) & (y <= ny - 0.5) & np.isfinite(x) & np.isfinite(y))
-    if np.any(outside):
-        i = int(np.flatnonzero(outside)[0])
-        raise ValueError(
-            f"{outside.sum()} catalog position(s) lie outside the {nx}x{ny} image, e.g. row {i}: "
-            f"x={x[i]:.2f}, y={y[i]:.2f} (0-based pixel centres)"
-        )
-    return image, x, y
-
-
-@functools.partial(jax.jit, static_argnames="size")
-def _prf_boxes(frac_x, frac_y, psf, size):
-    offsets = jnp.arange(size, dtype=float) - size // 2
-    return jax.vmap(lambda cx, cy: psf.prf(offsets[None, :] - cx, offsets[:, None] - cy))(frac_x, frac_y)
-
-
 def render_stars(shape, flux, x, y, *, psf, half: int = 15) -> np.ndarray:
     """Image of the given stars (no background): each PRF rendered over a ``2 half + 1`` box."""
     flux, x, y = (np.asarray(a, dtype=float) for a in (flux, x, y))
     offsets = np.arange(-half, half + 1)
     ix, iy = np.round(x).astype(int), np.round(y).astype(int)
-    prf = _prf_boxes(jnp.asarray(x - ix), jnp.asarray(y - iy), psf, 2 * half + 1)
+    prf = prf_stamps(x - ix + half, y - iy + half, 2 * half + 1, psf_as_data(psf))
     rows, cols = np.broadcast_arrays(iy[:, None, None] + offsets[None, :, None], ix[:, None, None] + offsets[None, None, :])
     inside = (rows >= 0) & (rows < shape[0]) & (cols >= 0) & (cols < shape[1])
     flat_index = rows[inside] * shape[1] + cols[inside]
-    values = (flux[:, None, None] * np.asarray(prf))[inside]
+    values = (flux[:, None, None] * prf)[inside]
     return np.bincount(flat_index, weights=values, minlength=shape[0] * shape[1]).reshape(shape)
 
 
@@ -194,60 +126,69 @@ def _close_pairs(x, y, radius) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(first, dtype=int), np.asarray(second, dtype=int)
 
 
-@functools.partial(jax.jit, static_argnames=("size", "n_stamps"))
-def _pair_light(target, source, weight, origin_x, origin_y, x, y, psf, size, n_stamps):
-    """Sum over pairs of ``weight * PRF`` of star ``source`` on the stamp of star ``target``."""
-    grid = jnp.arange(size, dtype=float)
-
-    def one(t, s, w):
-        return w * psf.prf(grid[None, :] + origin_x[t] - x[s], grid[:, None] + origin_y[t] - y[s])
-
-    return jax.ops.segment_sum(jax.vmap(one)(target, source, weight), target, num_segments=n_stamps)
-
-
 def _neighbour_light(pairs, flux, origin_x, origin_y, x, y, size, psf) -> np.ndarray:
-    """Light of each star's neighbours in its stamp, ``(n, size, size)``: evaluated pair by
-    pair on the stamps only (no full-image rendering), with arrays padded to a few sizes so
-    different star counts share compiled programs."""
+    """Light of each star's neighbours in its stamp, ``(n, size, size)``: the PRF of each
+    pair's source star on its target's stamp (no full-image rendering), summed per target."""
     target, source = pairs
-    n = len(x)
-    n_pad, m_pad = padded_size(n), padded_size(max(len(target), 1))
-    pad = lambda a, length: np.concatenate([a, np.zeros(length - len(a), dtype=np.asarray(a).dtype)])  # noqa: E731
-    weight = np.where(np.isfinite(flux[source]), flux[source], 0.0)
-    light = _pair_light(
-        jnp.asarray(pad(target, m_pad)), jnp.asarray(pad(source, m_pad)), jnp.asarray(pad(weight, m_pad)),
-        jnp.asarray(pad(origin_x.astype(float), n_pad)), jnp.asarray(pad(origin_y.astype(float), n_pad)),
-        jnp.asarray(pad(x, n_pad)), jnp.asarray(pad(y, n_pad)), psf, size, n_pad,
-    )
-    return np.asarray(light)[:n]
+    light = np.zeros((len(x), size, size))
+    if target.size:
+        weight = np.where(np.isfinite(flux[source]), flux[source], 0.0)
+        prf = prf_stamps(x[source] - origin_x[target], y[source] - origin_y[target], size, psf)
+        np.add.at(light, target, weight[:, None, None] * prf)
+    return light
 
 
-def _prf_stamps(local_x, local_y, size, psf) -> np.ndarray:
-    """PRFs on ``size x size`` stamps for stamp-local centres."""
-    centre = size // 2
-    return np.asarray(_prf_boxes(jnp.asarray(local_x) - centre, jnp.asarray(local_y) - centre, psf, size))
+@dataclasses.dataclass(frozen=True)
+class _StarFits:
+    """Fitted values and errors (dicts over ``flux, x, y, bkg``), chi2 and solver status."""
+
+    values: dict[str, np.ndarray]
+    errors: dict[str, np.ndarray]
+    stat: np.ndarray
+    status: np.ndarray
 
 
-def _fit_stamps(stamps, good, prf, local_x, local_y, flux0, bkg0, *, size, psf, read_noise):
-    """One batched fit of ``flux * PRF + bkg`` to each stamp, from the given starts; ``prf``
-    holds the stamps' PRFs at the starts (for the noise model).
+def _padding_problem(size: int, psf, read_noise: float) -> dict[str, np.ndarray]:
+    """The problem that completes a partial batch: a noise-free star started at its exact
+    solution, which converges at its first Hessian (measured: 0 Newton steps, ~1/3 of a real
+    star's fit time), where repeating a real star would cost a whole fit."""
+    centre, flux, bkg = float(size // 2), 1e4, 1e2
+    prf = prf_stamps(np.array([centre]), np.array([centre]), size, psf)
+    return {
+        "stamp": (flux * prf + bkg)[0], "variance": predicted_variance(np.array([flux]), prf, np.array([bkg]), read_noise)[0],
+        "good": np.ones((size, size), bool), "flux": np.array(flux), "x": np.array(centre), "y": np.array(centre), "bkg": np.array(bkg),
+    }
+
+
+def _fit_stamps(stamps, good, prf, local_x, local_y, flux0, bkg0, *, size, psf, read_noise, padding) -> _StarFits:
+    """Batched fits of ``flux * PRF + bkg`` to each stamp, from the given starts; ``prf``
+    holds the stamps' PRFs at the starts (for the noise model). :data:`BATCH` stars per
+    :func:`fitax.fit_batch` call, the last batch completed with ``padding`` problems, so
+    every call of every pass has one shape and runs one compiled program.
 
     No bounds: a flux bound at 0 biases faint stars (photutils does not bound either; flux
     <= 0 is flagged) and bound transforms cost ~40% more time per fit (measured: 7.2 -> 5.1
     Newton steps and 1.48 -> 0.80 s for 5000 stars); a centre that wanders off is flagged
     by the caller instead.
     """
-    variance = _predicted_variance(flux0, prf, bkg0, read_noise)
-    params = {
-        "flux": Parameter(np.asarray(flux0, dtype=float)),
-        "x": Parameter(np.asarray(local_x, dtype=float)),
-        "y": Parameter(np.asarray(local_y, dtype=float)),
-        "bkg": Parameter(np.asarray(bkg0, dtype=float)),
-    }
-    data = (jnp.asarray(stamps), jnp.asarray(variance), jnp.asarray(good))
-    # EDM < 1e-4 (chi2 units) leaves every parameter within ~0.01 sigma of the minimum:
-    # far below the errors, and ~7% fewer Newton steps than the core's default 1e-6
-    return fit_batch(_StarObjective(size), params, data, shared=psf, tol=1e-4)
+    problems = {"stamp": stamps, "variance": predicted_variance(flux0, prf, bkg0, read_noise), "good": good,
+                "flux": flux0, "x": local_x, "y": local_y, "bkg": bkg0}
+    n = len(stamps)
+    names = ("flux", "x", "y", "bkg")
+    values, errors = {k: np.empty(n) for k in names}, {k: np.empty(n) for k in names}
+    stat, status = np.empty(n), np.empty(n, dtype=int)
+    for start, stop in in_batches(n):
+        extra = BATCH - (stop - start)
+        batch = {k: np.concatenate([np.asarray(v[start:stop], dtype=padding[k].dtype), np.repeat(padding[k][None], extra, axis=0)])
+                 for k, v in problems.items()}
+        # EDM < 1e-4 (chi2 units) leaves every parameter within ~0.01 sigma of the minimum:
+        # far below the errors, and ~7% fewer Newton steps than the core's default 1e-6
+        result = fit_batch(_StarObjective(size), {k: Parameter(batch[k]) for k in names},
+                           (batch["stamp"], batch["variance"], batch["good"]), shared=psf, tol=1e-4)
+        for k in names:
+            values[k][start:stop], errors[k][start:stop] = result.values[k][: stop - start], result.errors[k][: stop - start]
+        stat[start:stop], status[start:stop] = result.stat[: stop - start], result.status[: stop - start]
+    return _StarFits(values, errors, stat, status)
 
 
 def _sharp_outliers(residual, noise, threshold: float, sharpness: float = 2.5):
@@ -304,10 +245,10 @@ def fit_stars(
         Table with ``id, x, y, x_err, y_err, flux, flux_err, local_bkg, reduced_chi2,
         flags`` (flux in electrons).
     """
-    image, x, y, size, (stamps, good, origin_x, origin_y), (bkg0, flux0) = _prepare(image, x, y, fit_shape, psf, mask)
+    image, x, y, size, psf, (stamps, good, origin_x, origin_y), (bkg0, flux0) = _prepare(image, x, y, fit_shape, psf, mask)
     start_x, start_y = x - origin_x, y - origin_y
-    prf0 = _prf_stamps(start_x, start_y, size, psf)
-    fit = functools.partial(_fit_stamps, size=size, psf=psf, read_noise=read_noise)
+    prf0 = prf_stamps(start_x, start_y, size, psf)
+    fit = functools.partial(_fit_stamps, size=size, psf=psf, read_noise=read_noise, padding=_padding_problem(size, psf, read_noise))
     result = fit(stamps, good, prf0, start_x, start_y, flux0, bkg0)
     values = {k: np.array(v) for k, v in result.values.items()}
     errors = {k: np.array(v) for k, v in result.errors.items()}
@@ -338,7 +279,7 @@ def fit_stars(
         restart = from_start | (trusted_flux()[idx] == 0)
         start = lambda k, first: np.where(restart, first[idx], values[k][idx])  # noqa: E731
         local_x, local_y = start("x", start_x), start("y", start_y)
-        redone = fit(cleaned, good_idx, _prf_stamps(local_x, local_y, size, psf), local_x, local_y,
+        redone = fit(cleaned, good_idx, prf_stamps(local_x, local_y, size, psf), local_x, local_y,
                      start("flux", flux0), start("bkg", bkg0))
         change = np.abs(redone.values["flux"] - values["flux"][idx])
         for k in values:
@@ -356,10 +297,9 @@ def fit_stars(
     # by more than 0.05 sigma: the flux part of a weighted linear fit of that light with the
     # star's own PRF and a background (cheap, exact to first order).
     fitted_flux = np.where(np.isfinite(values["flux"]), np.maximum(values["flux"], 0.0), 0.0)
-    variance0 = _predicted_variance(flux0, prf0, bkg0, read_noise)  # the first fit's noise model
+    variance0 = predicted_variance(flux0, prf0, bkg0, read_noise)  # the first fit's noise model
     weights = np.where(good, 1.0 / variance0, 0.0)
-    flux_shift, _, shift_cov, _ = (np.asarray(a) for a in _weighted_linear_fit(
-        jnp.asarray(light(fitted_flux)), jnp.asarray(weights), jnp.asarray(_prf_stamps(values["x"], values["y"], size, psf))))
+    flux_shift, _, shift_cov, _ = _weighted_linear_fits(light(fitted_flux), weights, prf_stamps(values["x"], values["y"], size, psf))
     contaminated = ~(np.abs(flux_shift) <= CONTAMINATION_SIGMA * np.sqrt(np.abs(shift_cov[:, 0, 0])))
     idx = np.flatnonzero(contaminated & ~unresolved) if neighbour_passes else np.zeros(0, int)
     previous = trusted_flux()
@@ -387,7 +327,7 @@ def fit_stars(
     if bright.size:
         refit(bright, stamps[bright] - neighbours[bright] * good[bright], good[bright], False)
         neighbours = light(trusted_flux())
-    model = values["flux"][:, None, None] * _prf_stamps(values["x"], values["y"], size, psf) + values["bkg"][:, None, None]
+    model = values["flux"][:, None, None] * prf_stamps(values["x"], values["y"], size, psf) + values["bkg"][:, None, None]
     outliers = _sharp_outliers(np.where(good, stamps - neighbours - model, 0.0), np.sqrt(variance0), outlier_sigma)
     has_outliers = outliers.any(axis=(1, 2))
     if has_outliers.any():
@@ -419,7 +359,6 @@ def fit_stars(
     return _finish_catalog(table)
 
 
-@jax.jit
 def _weighted_linear_fit(stamps, weights, prf):
     """Per star: weighted least squares of ``stamp = flux * prf + bkg``; returns
     ``(flux, bkg, covariance, chi2)``."""
@@ -432,6 +371,20 @@ def _weighted_linear_fit(stamps, weights, prf):
     theta = jnp.einsum("nij,nj->ni", cov, rhs)
     residual = d - jnp.einsum("npi,ni->np", design, theta)
     return theta[:, 0], theta[:, 1], cov, jnp.sum(w * residual**2, axis=1)
+
+
+_weighted_linear_fit_program = programs.cached(_weighted_linear_fit, name="fitax.photometry.weighted_linear_fit")
+
+
+def _weighted_linear_fits(stamps, weights, prf) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`_weighted_linear_fit` of every star, :data:`BATCH` stars per compiled call."""
+    n = len(stamps)
+    out = (np.empty(n), np.empty(n), np.empty((n, 2, 2)), np.empty(n))
+    for start, stop in in_batches(n):
+        batch = _weighted_linear_fit_program(*(pad_batch(a[start:stop]) for a in (stamps, weights, prf)))
+        for whole, part in zip(out, batch):
+            whole[start:stop] = np.asarray(part)[: stop - start]
+    return out
 
 
 def forced_photometry(
@@ -449,10 +402,10 @@ def forced_photometry(
     Same noise model and flags as :func:`fit_stars` (bits 2 and 8 cannot occur: nothing moves
     and nothing iterates). Columns: ``id, x, y, flux, flux_err, local_bkg, reduced_chi2, flags``.
     """
-    image, x, y, size, (stamps, good, origin_x, origin_y), (bkg0, flux0) = _prepare(image, x, y, fit_shape, psf, mask)
-    prf = _prf_stamps(x - origin_x, y - origin_y, size, psf)
-    weights = np.where(good, 1.0 / _predicted_variance(flux0, prf, bkg0, read_noise), 0.0)
-    flux, bkg, cov, stat = (np.asarray(a) for a in _weighted_linear_fit(jnp.asarray(stamps), jnp.asarray(weights), jnp.asarray(prf)))
+    image, x, y, size, psf, (stamps, good, origin_x, origin_y), (bkg0, flux0) = _prepare(image, x, y, fit_shape, psf, mask)
+    prf = prf_stamps(x - origin_x, y - origin_y, size, psf)
+    weights = np.where(good, 1.0 / predicted_variance(flux0, prf, bkg0, read_noise), 0.0)
+    flux, bkg, cov, stat = _weighted_linear_fits(stamps, weights, prf)
     flux_err = np.sqrt(cov[:, 0, 0])
     flags = np.zeros(len(x), dtype=np.int32)
     flags |= np.where(~good.all(axis=(1, 2)), FLAG_MASKED, 0)
