@@ -91,14 +91,21 @@ def _compare(ours, theirs):
     return relative.max(), abs(ours.sum() / theirs.sum() - 1)
 
 
-def _stat_tolerance(dataset, ours, theirs):
-    """1e-3 plus what the (already bounded) npred differences change Cash by to first
-    order, ``sum 2 |1 - n / mu| |d mu|``: where a model leaves counts unexplained (n/mu
-    ~ 1e3 at the simulated sources for a wrong model), 1e-5 of npred in the PSF tails
-    (Gammapy's float32 kernels and FFT round-off: it even predicts negative counts there)
-    moves Cash by 1e-3."""
-    mu = np.maximum(theirs, 1e-25)
-    return 1e-3 + float(np.sum(np.where(dataset.mask, 2 * np.abs(1 - dataset.counts / mu) * np.abs(ours - theirs), 0.0)))
+# stat_sum against Gammapy's: 1e-3 absolute (the issue's tolerance), except for the disk,
+# whose sharp edge the two libraries integrate over pixels differently (per-pixel npred
+# within the 1e-3 above, but all of the same sign along the edge): measured -4.0e-3 there,
+# at most 6.3e-4 for the other models.
+STAT_TOLERANCE = {"disk-brokenpowerlaw": 5e-3}
+
+
+def _assert_cash_of_own_npred(dataset, models, npred):
+    """fitax's stat_sum is Gammapy's Cash formula (``gammapy.stats.cash``) summed over the
+    fit mask with fitax's own npred: to 1e-8 absolute, float64 round-off of sums of
+    ~1.5e5 terms of ~1e4 in total (measured <= 4e-12)."""
+    from gammapy.stats import cash
+
+    expected = float(np.sum(np.where(dataset.mask, cash(dataset.counts, npred), 0.0)))
+    assert dataset.stat_sum(models) == pytest.approx(expected, abs=1e-8)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -117,11 +124,8 @@ def test_npred_and_stat_match_gammapy(case, obs000, tmp_path, precise_gammapy):
     assert per_pixel < 1e-3, f"{case}: per-pixel npred differs by {per_pixel:.2e}"
     assert total < 1e-5, f"{case}: total npred differs by {total:.2e}"
     assert source_fraction == pytest.approx(1.0, abs=1e-5)
-    # Gammapy evaluates oversampled models (the 0.03 deg Gaussian) only within 5 sigma, even
-    # in 'global' mode; the tail it drops is part of the npred difference.
-    tolerance = _stat_tolerance(dataset, npred, their_npred)
-    assert tolerance < 0.05
-    assert dataset.stat_sum(models) == pytest.approx(theirs.stat_sum(), abs=tolerance)
+    _assert_cash_of_own_npred(dataset, models, npred)
+    assert dataset.stat_sum(models) == pytest.approx(theirs.stat_sum(), abs=STAT_TOLERANCE.get(case, 1e-3))
 
 
 def test_constant_source_is_flat_away_from_the_edges(obs000, tmp_path):
@@ -259,6 +263,7 @@ def test_templates_match_gammapy(tmp_path, precise_gammapy):
         source_counts = theirs.evaluators["src"].compute_npred().data.sum()
         assert source_counts > 100, name
         assert per_pixel < 1e-3 and total < 1e-5, (name, per_pixel, total)
-        tolerance = _stat_tolerance(ours, npred, their_npred)
-        assert tolerance < 0.05
-        assert ours.stat_sum(models) == pytest.approx(theirs.stat_sum(), abs=tolerance), name
+        _assert_cash_of_own_npred(ours, models, npred)
+        # Gammapy evaluates the Fermi-LAT diffuse cube in float32 (the file's type): ~6e-8
+        # relative rounding per pixel moves this dataset's Cash (1.9e5) by ~1e-3; measured 1.6e-3
+        assert ours.stat_sum(models) == pytest.approx(theirs.stat_sum(), abs=5e-3 if name == "gc" else 1e-3), name
