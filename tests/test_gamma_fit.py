@@ -203,25 +203,25 @@ print(jax.device_count(), np.max(np.abs(results[0] - results[1]) / np.maximum(np
 
 def test_psf_components_reproduce_every_kernel_and_npred():
     """The PSF kernels of all true energies, expanded in their fewest principal components
-    (fitax.gamma.datasets._psf_components), reproduce each kernel to 1e-6 of its sum with
+    (fitax.gamma.map_binding.psf_components), reproduce each kernel to 1e-6 of its sum with
     fewer components than energies, and npred changes by < 1e-6 relative where it exceeds
     1e-3 counts (against all components kept, tolerance 0)."""
-    from fitax.gamma import datasets as module
+    from fitax.gamma import map_binding as module
 
     path = shared_data("gamma", "sim", "obs000.fits.gz")
     models = fg.read_models(shared_data("gamma", "sim", "models_true_n1.yaml"))
     kernels = fg.MapDataset.read(path).psf_kernel(models["gauss"].spatial.position)
-    components, mix = module._psf_components(kernels)
+    components, mix = module.psf_components(kernels)
     assert len(components) < len(kernels)
     error = np.abs(np.einsum("tr,ryx->tyx", mix, components) - kernels).sum(axis=(1, 2))
     assert np.all(error <= 1e-6 * kernels.sum(axis=(1, 2)))
     expanded = fg.MapDataset.read(path).npred(models)
-    original = module._PSF_TOLERANCE
+    original = module.PSF_TOLERANCE
     try:
-        module._PSF_TOLERANCE = 0.0
+        module.PSF_TOLERANCE = 0.0
         exact = fg.MapDataset.read(path).npred(models)
     finally:
-        module._PSF_TOLERANCE = original
+        module.PSF_TOLERANCE = original
     significant = exact > 1e-3
     assert np.max(np.abs(expanded - exact)[significant] / exact[significant]) < 1e-6
 

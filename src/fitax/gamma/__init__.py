@@ -5,9 +5,10 @@ Datasets (:class:`MapDataset`, :class:`Datasets`) read from Gammapy's files; sky
 collection; npred and Cash ``stat_sum`` as Gammapy computes them, as pure JAX functions.
 """
 
-from .datasets import Datasets, MapDataset
+from .datasets import Datasets, read_datasets
+from .mapdataset import MapDataset
 from .fit import fit, ts
-from .modelio import read_datasets, read_models, write_models, write_results
+from .modelio import read_models, write_models, write_results
 from .geometry import SkyGrid, integrate_spatial
 from .models import FoVBackgroundModel, Models, SkyModel
 from .spectrum import SpectrumDataset, SpectrumDatasetOnOff

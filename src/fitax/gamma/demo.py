@@ -18,6 +18,7 @@ from astropy.coordinates import SkyCoord
 from .datasets import Datasets
 from .models import FoVBackgroundModel, Models, SkyModel
 from .modelio import write_models
+from .pipeline import fit_files
 from .simulate import simulate_observation, write_datasets
 from .spatial import GaussianSpatialModel, PointSpatialModel
 from .spectral import PowerLawSpectralModel
@@ -48,8 +49,6 @@ def _start(truth: Models) -> Models:
 
 def run_gamma_demo(out: str | Path = "results/gamma", n_datasets: int = 3, seed: int = 0):
     """Run the demo into ``out``; returns the fit result."""
-    from .cli import fit_files
-
     if n_datasets < 1:
         raise ValueError(f"--datasets must be at least 1, got {n_datasets}")
     out = Path(out)

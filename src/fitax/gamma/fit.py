@@ -22,7 +22,10 @@ from ..fit import fit as _core_fit
 from ..fit import FitResult
 from ..parameters import Parameter, parameters_dict
 from ..profile import TSResult, wilks_significance
-from .datasets import Datasets, MapDataset, bind, oversampling_factor, stat_sum_groups
+from .datasets import Datasets
+from .likelihood import bind, stat_sum_groups
+from .map_binding import oversampling_factor
+from .mapdataset import MapDataset
 from .models import FoVBackgroundModel, Models, SkyModel
 from .spatial import PointSpatialModel
 from .template import TemplateSpatialModel

@@ -23,7 +23,7 @@ from astropy.wcs.utils import proj_plane_pixel_scales
 
 from .geometry import celestial
 
-__all__ = ["PSF_CONTAINMENT", "psf_profile", "containment_radius", "psf_kernel", "edisp_matrix", "map_centre", "pixel_scale"]
+__all__ = ["PSF_CONTAINMENT", "psf_profile", "containment_radius", "psf_kernel", "edisp_matrix", "map_centre", "pixel_scale", "diagonal_edisp"]
 
 PSF_CONTAINMENT = 0.999
 _PRECISION_FACTOR = 12
@@ -183,3 +183,13 @@ def edisp_matrix(edisp: np.ndarray, edisp_wcs: WCS | None, position: SkyCoord) -
     x, y = _pixel_of(edisp_wcs, position)
     nearest_x, nearest_y = int(np.ceil(x - 0.5)), int(np.ceil(y - 0.5))
     return edisp[:, :, int(np.clip(nearest_y, 0, ny - 1)), int(np.clip(nearest_x, 0, nx - 1))]
+
+
+def diagonal_edisp(energy_true_edges: np.ndarray, energy_edges: np.ndarray) -> np.ndarray:
+    """Perfect energy resolution: each true-energy bin goes to the reco bin holding its centre."""
+    centres = np.sqrt(energy_true_edges[1:] * energy_true_edges[:-1])
+    index = np.searchsorted(energy_edges, centres) - 1
+    matrix = np.zeros((len(centres), len(energy_edges) - 1))
+    inside = (index >= 0) & (index < len(energy_edges) - 1)
+    matrix[np.nonzero(inside)[0], index[inside]] = 1.0
+    return matrix

@@ -1,4 +1,4 @@
-"""Gammapy's YAML files (``models.yaml``, ``datasets.yaml``) and the results table.
+"""Gammapy's ``models.yaml`` and the results table (``datasets.yaml``: :mod:`fitax.gamma.datasets`).
 
 Reading needs no Gammapy. Parameters are converted from the units in the file to the
 models' fixed units with astropy; anything fitax cannot represent (an unknown model
@@ -21,12 +21,11 @@ from ..io import atomic_write
 from ..parameters import Parameter, parameters_dict, tie
 from . import spatial as spatial_models
 from . import spectral as spectral_models
-from .datasets import Datasets, MapDataset
+from ._common import load_yaml
 from .models import FoVBackgroundModel, Models, SkyModel
-from .spectrum import SpectrumDataset, SpectrumDatasetOnOff
 from .template import TemplateSpatialModel
 
-__all__ = ["read_models", "write_models", "read_datasets", "write_results", "SPECTRAL_TAGS", "SPATIAL_TAGS"]
+__all__ = ["read_models", "write_models", "write_results", "SPECTRAL_TAGS", "SPATIAL_TAGS"]
 
 SPECTRAL_TAGS = {
     ("PowerLawSpectralModel", "pl"): spectral_models.PowerLawSpectralModel,
@@ -55,18 +54,6 @@ def _lookup_class(tags: dict, tag: str, where: str):
             return cls
     known = sorted(name for names in tags for name in names[:1])
     raise ValueError(f"{where}: unknown model type {tag!r}; fitax knows {known}")
-
-
-def _load_yaml(path: Path) -> dict:
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file")
-    try:
-        content = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise ValueError(f"{path}: not valid YAML: {error}") from error
-    if not isinstance(content, dict):
-        raise ValueError(f"{path}: expected a mapping at the top level, got {type(content).__name__}")
-    return content
 
 
 def _convert(value, unit: str | None, target: str | None, where: str) -> float:
@@ -126,7 +113,7 @@ def read_models(path) -> Models:
         Models (3): ...
     """
     path = Path(path)
-    content = _load_yaml(path)
+    content = load_yaml(path)
     components = content.get("components")
     if not isinstance(components, list):
         raise ValueError(f"{path}: expected a list under 'components'")
@@ -268,35 +255,3 @@ def write_results(result: FitResult, path) -> Path:
         "free_parameters": list(result.free_names), "covariance": np.asarray(result.covariance).tolist(),
     })
     return atomic_write(path, lambda tmp: table.write(tmp, format="ascii.ecsv", overwrite=True))
-
-
-def read_datasets(path, progress: bool = False) -> Datasets:
-    """Read a Gammapy ``datasets.yaml``: each entry's ``filename`` relative to the file
-    (``progress``: show a progress bar over the files)."""
-    path = Path(path)
-    content = _load_yaml(path)
-    entries = content.get("datasets")
-    if not isinstance(entries, list) or not entries:
-        raise ValueError(f"{path}: expected a non-empty list under 'datasets'")
-    datasets = []
-    if progress:
-        from tqdm import tqdm
-
-        entries = tqdm(entries, desc="reading datasets", unit="file", leave=False)
-    for index, entry in enumerate(entries):
-        where = f"{path}: dataset {entry.get('name', index)!r}"
-        kind = entry.get("type", "MapDataset")
-        if kind not in ("MapDataset", "SpectrumDataset", "SpectrumDatasetOnOff"):
-            raise ValueError(f"{where}: dataset type {kind!r}; fitax reads MapDataset, SpectrumDataset and SpectrumDatasetOnOff entries")
-        if "filename" not in entry:
-            raise ValueError(f"{where}: no 'filename'")
-        filename = Path(entry["filename"])
-        if not filename.is_absolute():
-            filename = path.parent / filename
-        if kind == "MapDataset":
-            datasets.append(MapDataset.read(filename, name=entry.get("name")))
-        elif kind == "SpectrumDataset":
-            datasets.append(SpectrumDataset.read(filename, name=entry.get("name")))
-        else:
-            datasets.append(SpectrumDatasetOnOff.read(filename, name=entry.get("name")))
-    return Datasets(datasets)

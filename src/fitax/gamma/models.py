@@ -6,7 +6,7 @@ Gammapy's: ``pointsrc.spectral.index``, ``gauss.spatial.sigma``, ``obs000-bkg.no
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
 import equinox as eqx
 import jax
@@ -158,6 +158,19 @@ class Models:
     def background_model(self, dataset_name: str) -> FoVBackgroundModel | None:
         found = [m for m in self if isinstance(m, FoVBackgroundModel) and m.dataset_name == dataset_name]
         return found[0] if found else None
+
+    def background_scales(self, dataset_names: Sequence[str], energy: Float[ArrayLike, " e"]) -> Float[Array, "n e"]:
+        """Each dataset's background model ``norm (E / reference)^-tilt`` at the
+        reconstructed energies ``energy`` (1 for a dataset without one: its background
+        template as it is); maps and spectra scale their backgrounds with it. The
+        parameters are stacked first, so a traced graph holds one power law, not one per
+        dataset."""
+        values = []
+        for name in dataset_names:
+            model = self.background_model(name)
+            values.append((1.0, 0.0, 1.0) if model is None else (model.norm.value, model.tilt.value, model.reference.value))
+        norm, tilt, reference = (jnp.stack([jnp.asarray(v[i], float) for v in values])[:, None] for i in range(3))
+        return norm * (jnp.asarray(energy, float)[None] / reference) ** -tilt
 
     @property
     def parameters(self) -> dict[str, Parameter]:

@@ -137,7 +137,7 @@ def plot_spectrum(datasets: Datasets, models: Models, result: FitResult, path) -
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .datasets import MapDataset
+    from .mapdataset import MapDataset
 
     if not all(isinstance(d, MapDataset) for d in datasets):
         figure, (ax_counts, ax_sed) = plt.subplots(1, 2, figsize=(13, 4.8))

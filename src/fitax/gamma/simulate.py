@@ -23,7 +23,8 @@ from astropy.coordinates import SkyCoord
 from astropy.wcs import WCS
 from jax.scipy.special import ndtr
 
-from .datasets import Datasets, MapDataset
+from .datasets import Datasets
+from .mapdataset import MapDataset
 from .io import MapDatasetFile, write_map_dataset
 from .models import Models
 

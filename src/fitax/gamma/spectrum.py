@@ -12,7 +12,8 @@ signal is
 and the statistic, summed over the safe bins, is WStat (the background profiled out bin by
 bin) for on-off spectra and Cash with ``npred_sig + background x norm (E / E_ref)^-tilt``
 (a ``FoVBackgroundModel`` of the dataset, if any) otherwise. Spectra of equal binning are
-stacked like map datasets, so a joint fit of many observations compiles once.
+stacked like map datasets (:mod:`fitax.gamma.spectrum_group`), so a joint fit of many
+observations compiles once.
 """
 
 from __future__ import annotations
@@ -20,23 +21,25 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-import equinox as eqx
-import jax.numpy as jnp
 import numpy as np
 from astropy.io import fits
 from astropy.table import Table
-from jaxtyping import Array, Bool, Float
 
-from ..stats import cash_data_term, cash_terms, wstat_terms
+from .irf import diagonal_edisp
+from .likelihood import npred, stat_sum
 from .models import Models, SkyModel
+from .spectrum_group import SpectrumGroup, bind_spectra
 
 __all__ = ["SpectrumDataset", "SpectrumDatasetOnOff", "read_ogip", "read_spectrum_dataset"]
 
 
 class _Spectrum:
-    """What 1D datasets share: their predicted signal and statistic through a group."""
+    """What 1D datasets share: their predicted signal and statistic, and the dataset
+    protocol of :mod:`fitax.gamma.likelihood` (spectra of equal binning and kind are
+    stacked into one :class:`fitax.gamma.spectrum_group.SpectrumGroup`)."""
 
     counts: np.ndarray
+    energy_true_edges: np.ndarray
 
     @property
     def shape(self) -> tuple:
@@ -44,15 +47,22 @@ class _Spectrum:
 
     def npred_signal(self, models: Models) -> np.ndarray:
         """Predicted signal counts ``(energy,)``."""
-        from .datasets import Datasets
-
-        return Datasets([self]).npred(models)[0]
+        return npred([self], models)[0]
 
     def stat_sum(self, models: Models) -> float:
         """The statistic (WStat or Cash) over the safe bins, in Gammapy's convention."""
-        from .datasets import Datasets
+        return stat_sum([self], models)
 
-        return Datasets([self]).stat_sum(models)
+    def group_key(self) -> tuple:
+        return ("spectrum", type(self).__name__, self.counts.shape, tuple(np.round(self.energy_true_edges, 12)))
+
+    @staticmethod
+    def check_models(datasets: list, sources: list[SkyModel]) -> None:
+        """Any sky model applies to a spectrum (its spatial model, if any, is not used)."""
+
+    def bind_group(self, members: list, sources: list[SkyModel], shard: bool) -> SpectrumGroup:
+        """The members stacked, on-off (WStat) or with a background spectrum (Cash)."""
+        return bind_spectra(members, sources, on_off=isinstance(self, SpectrumDatasetOnOff))
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
@@ -262,9 +272,7 @@ def read_spectrum_dataset(path, name: str | None = None) -> "SpectrumDataset | S
         raise ValueError(f"{path}: COUNTS has {len(counts)} bins for {len(energy_edges) - 1} energies, EXPOSURE "
                          f"{len(exposure)} for {len(energy_true_edges) - 1} true energies")
     if edisp is None:
-        from .datasets import _diagonal_edisp
-
-        edisp = _diagonal_edisp(energy_true_edges, energy_edges)
+        edisp = diagonal_edisp(energy_true_edges, energy_edges)
     elif edisp.shape != (len(exposure), len(counts)):
         raise ValueError(f"{path}[EDISP]: shape {edisp.shape}, expected (true energies, energies) = {(len(exposure), len(counts))}")
     for label, array in (("COUNTS", counts), ("EXPOSURE", exposure), ("COUNTS_OFF", counts_off), ("BACKGROUND", background)):
@@ -307,62 +315,3 @@ def _read_rmf(path: Path, n_true: int, n_reco: int) -> np.ndarray:
     if matrix.shape[0] != n_true:
         raise ValueError(f"{path}[MATRIX]: {matrix.shape[0]} true-energy rows, the ARF has {n_true}")
     return matrix
-
-
-class _SpectrumGroup(eqx.Module):
-    """Spectra of identical binning and kind, stacked along a leading axis: on-off
-    (``counts_off``, ``alpha``; WStat) or with a background spectrum (Cash)."""
-
-    counts: Float[Array, "n e"]
-    counts_off: Float[Array, "n e"] | None
-    alpha: Float[Array, "n e"] | None
-    background: Float[Array, "n e"] | None
-    exposure: Float[Array, "n et"]
-    edisp: Float[Array, "n et e"]
-    mask: Bool[Array, "n e"]
-    energy_true_edges: Float[Array, " et1"]
-    energy_centres: Float[Array, " e"]
-    names: tuple[str, ...] = eqx.field(static=True)
-    source_names: tuple[str, ...] = eqx.field(static=True)
-    applies: Float[Array, "s n"]  # 1 where a source applies to a dataset
-    data_constant: Float[Array, ""]  # Gammapy's -2 log L minus fitax's deviance (data: a leaf, not a jit key)
-
-    def npred(self, models: Models) -> Float[Array, "n e"]:
-        """Predicted signal counts (``npred_signal``)."""
-        edges = self.energy_true_edges
-        total = jnp.zeros_like(self.counts)
-        for name, applies in zip(self.source_names, self.applies):
-            flux = models[name].spectral.integral(edges[:-1], edges[1:])
-            total = total + applies[:, None] * jnp.einsum("nt,nte->ne", self.exposure * flux[None], self.edisp)
-        return total
-
-    def stat(self, models: Models) -> Float[Array, ""]:
-        signal = self.npred(models)
-        if self.counts_off is not None:
-            terms = wstat_terms(self.counts, self.counts_off, self.alpha, signal)
-        else:
-            from .datasets import _background_scales
-
-            terms = cash_terms(self.counts, signal + self.background * _background_scales(models, self.names, self.energy_centres))
-        return jnp.sum(jnp.where(self.mask, terms, 0.0))
-
-
-def bind_spectra(members: list, sources: list[SkyModel]) -> _SpectrumGroup:
-    stack = lambda name: jnp.asarray(np.stack([getattr(d, name) for d in members]))  # noqa: E731
-    on_off = isinstance(members[0], SpectrumDatasetOnOff)
-    # fitax's WStat deviance form is Gammapy's; its Cash adds the data term
-    constant = 0.0 if on_off else -float(cash_data_term(np.stack([d.counts for d in members]), np.stack([d.mask for d in members])))
-    first = members[0]
-    return _SpectrumGroup(
-        counts=stack("counts"), counts_off=stack("counts_off") if on_off else None, alpha=stack("alpha") if on_off else None,
-        background=None if on_off else stack("background"), exposure=stack("exposure"), edisp=stack("edisp"), mask=stack("mask"),
-        energy_true_edges=jnp.asarray(first.energy_true_edges),
-        energy_centres=jnp.asarray(np.sqrt(first.energy_edges[1:] * first.energy_edges[:-1])),
-        names=tuple(d.name for d in members), source_names=tuple(s.name for s in sources),
-        applies=jnp.asarray([[float(s.applies_to(d.name)) for d in members] for s in sources]).reshape(len(sources), len(members)),
-        data_constant=jnp.asarray(constant),
-    )
-
-
-def spectrum_key(dataset) -> tuple:
-    return ("spectrum", type(dataset).__name__, dataset.counts.shape, tuple(np.round(dataset.energy_true_edges, 12)))
