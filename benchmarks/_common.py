@@ -92,21 +92,27 @@ class CompileClock:
 
 
 def enable_compilation_cache() -> None:
-    """Turn on the caches the ``fitax`` command line uses (``FITAX_CACHE_DIR``), so that a
-    benchmark's one-job child process measures what a CLI user gets. Uses fitax's own
-    switch when the CLI module provides one; otherwise JAX's persistent compilation cache
-    set up the same way."""
-    import fitax.cli
+    """Turn on the caches the ``fitax`` command line uses (``FITAX_CACHE_DIR``: XLA's
+    compilation cache and fitax's exported programs), so that a benchmark's one-job child
+    process measures what a CLI user gets. Uses fitax's own switch
+    (``fitax.programs.enable_compilation_cache``, or the CLI's); without one, JAX's
+    persistent compilation cache set up the same way."""
+    import importlib
 
-    switch = getattr(fitax.cli, "enable_compilation_cache", None) or getattr(fitax.cli, "_enable_compilation_cache", None)
-    if switch is not None:
-        switch()
-        return
+    for module, name in (("fitax.programs", "enable_compilation_cache"), ("fitax.cli", "enable_compilation_cache"),
+                         ("fitax.cli", "_enable_compilation_cache")):
+        try:
+            switch = getattr(importlib.import_module(module), name, None)
+        except ImportError:
+            continue
+        if callable(switch):
+            switch()
+            return
     import jax
 
-    location = os.environ.get("FITAX_CACHE_DIR", str(Path.home() / ".cache" / "fitax" / "xla"))
+    location = os.environ.get("FITAX_CACHE_DIR", str(Path.home() / ".cache" / "fitax"))
     if location:
-        jax.config.update("jax_compilation_cache_dir", location)
+        jax.config.update("jax_compilation_cache_dir", str(Path(location) / "xla"))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 

@@ -125,7 +125,7 @@ def gammapy_job(datasets_path: str, models_path: str, mode: str, out: str) -> No
 def _bind_function():
     """fitax.gamma's public binding step (datasets + models -> device groups), wherever the
     package keeps it; None if it has none."""
-    for module, name in (("fitax.gamma", "bind"), ("fitax.gamma.binding", "bind"), ("fitax.gamma.datasets", "bind")):
+    for module, name in (("fitax.gamma", "bind"), ("fitax.gamma.likelihood", "bind"), ("fitax.gamma.datasets", "bind")):
         try:
             function = getattr(importlib.import_module(module), name, None)
         except ImportError:
