@@ -153,3 +153,31 @@ def test_gamma_demo_runs_and_recovers_the_truth(tmp_path, capsys):
     pulls = [(row["value"] - float(truth[row["name"]].value)) / row["error"] for row in table if not row["frozen"]]
     assert max(abs(p) for p in pulls) < 4
     assert "TS of extended" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_cli_fit_with_posterior_samples(simulated, tmp_path, capsys):
+    """``--sample 100``: after the fit, 4 NUTS chains of 100 draws write posterior.ecsv
+    (name, mean, std, q16, q50, q84, r_hat, ess per free parameter) and corner.png. The
+    11-parameter fit of ~1e4 counts is well measured, so the posterior is close to the
+    fit's Gaussian approximation: each mean within 0.1 sigma plus 4 Monte Carlo errors
+    (std / sqrt(ess)) of the fitted value, each std within 35% of the fit's error (the
+    relative MC error of a std from ess >= 50 draws is ~10%), R-hat < 1.1."""
+    _, datasets_path, models_path, _ = simulated
+    out = tmp_path / "fit"
+    code = main(["gamma", "fit", "--datasets", str(datasets_path), "--models", str(models_path), "--out", str(out),
+                 "--sample", "100"])
+    assert code == 0, capsys.readouterr().err
+    assert "r_hat" in capsys.readouterr().out
+    assert (out / "corner.png").stat().st_size > 0
+    posterior = Table.read(out / "posterior.ecsv")
+    assert list(posterior.colnames) == ["name", "mean", "std", "q16", "q50", "q84", "r_hat", "ess"]
+    results = Table.read(out / "results.ecsv")
+    fitted = {row["name"]: (row["value"], row["error"]) for row in results if not row["frozen"]}
+    assert set(posterior["name"]) == set(fitted)
+    for row in posterior:
+        value, error = fitted[row["name"]]
+        assert row["r_hat"] < 1.1 and row["ess"] >= 50, row["name"]
+        assert abs(row["mean"] - value) < 0.1 * error + 4 * row["std"] / np.sqrt(row["ess"]), row["name"]
+        assert row["std"] == pytest.approx(error, rel=0.35), row["name"]
+        assert row["q16"] < row["q50"] < row["q84"]

@@ -17,6 +17,10 @@ def add_parser(commands) -> None:
     fit.add_argument("--out", required=True, help="output folder: models.yaml, results.ecsv, maps.png, spectrum.png")
     fit.add_argument("--ts", nargs="*", default=[], metavar="SOURCE", help="also compute the TS of these sources")
     fit.add_argument("--no-plots", action="store_true", help="skip the plots")
+    fit.add_argument("--sample", type=int, default=0, metavar="N",
+                     help="after the fit, draw N posterior samples per chain (NUTS, 4 chains, N warm-up iterations): "
+                          "posterior.ecsv and corner.png")
+    fit.add_argument("--seed", type=int, default=0, help="random seed of the sampler (default: 0)")
     demo = sub.add_parser("demo", help="simulate datasets, fit them, write the results and plots")
     demo.add_argument("--out", default="results/gamma", help="output folder (default: results/gamma)")
     demo.add_argument("--datasets", type=int, default=3, help="number of simulated observations (default: 3)")
@@ -26,7 +30,10 @@ def add_parser(commands) -> None:
 def _fit(args: argparse.Namespace) -> int:
     from .pipeline import fit_files
 
-    result = fit_files(args.datasets, args.models, args.out, args.ts, plots=not args.no_plots)
+    if args.sample < 0:
+        raise ValueError(f"--sample must be >= 0, got {args.sample}")
+    result = fit_files(args.datasets, args.models, args.out, args.ts, plots=not args.no_plots, num_samples=args.sample,
+                       seed=args.seed)
     if not result.converged:
         print(f"fitax gamma fit: the fit did not converge: {result.message}", file=sys.stderr)
         return 1

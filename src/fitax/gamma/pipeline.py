@@ -12,9 +12,9 @@ import threading
 import time
 from pathlib import Path
 
-from ..io import check_not_input
+from ..io import atomic_write, check_not_input
 from .datasets import read_datasets
-from .fit import fit, ts
+from .fit import fit, sample, ts
 from .mapdataset import MapDataset
 from .modelio import read_models, write_models, write_results
 
@@ -47,13 +47,18 @@ def _elapsed(label: str):
         bar.close()
 
 
-def fit_files(datasets_path, models_path, out, ts_sources=(), plots: bool = True):
+def fit_files(datasets_path, models_path, out, ts_sources=(), plots: bool = True, num_samples: int = 0, seed: int = 0):
     """What ``fitax gamma fit`` does: read, fit, write ``out/models.yaml``,
-    ``out/results.ecsv`` and the plots; returns the :class:`fitax.FitResult`."""
+    ``out/results.ecsv`` and the plots; returns the :class:`fitax.FitResult`.
+
+    ``num_samples`` > 0: then draw that many posterior samples per chain (4 chains, as
+    many warm-up iterations) from the fit (:func:`fitax.gamma.sample`), and write their
+    summary ``out/posterior.ecsv`` (name, mean, std, q16, q50, q84, r_hat, ess per free
+    parameter) and, with the plots, ``out/corner.png``."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out}: exists and is not a folder")
-    outputs = {name: out / name for name in ("models.yaml", "results.ecsv", "maps.png", "spectrum.png")}
+    outputs = {name: out / name for name in ("models.yaml", "results.ecsv", "maps.png", "spectrum.png", "posterior.ecsv", "corner.png")}
     datasets = read_datasets(datasets_path, progress=True)
     inputs = [datasets_path, models_path] + [path for d in datasets for path in d.source_files]
     for path in outputs.values():
@@ -82,5 +87,17 @@ def fit_files(datasets_path, models_path, out, ts_sources=(), plots: bool = True
         if maps:
             written.append(plot_maps(type(datasets)(maps), result.params, outputs["maps.png"]))
         written.append(plot_spectrum(datasets, result.params, result, outputs["spectrum.png"]))
+    if num_samples > 0:
+        print(f"Sampling the posterior: 4 chains of {num_samples} draws after {num_samples} warm-up iterations...", flush=True)
+        start = time.perf_counter()
+        with _elapsed("sampling"):
+            samples = sample(datasets, result, num_samples=num_samples, seed=seed)
+        print(f"Sampling done in {time.perf_counter() - start:.1f} s.")
+        print(samples)
+        samples.write(outputs["posterior.ecsv"])
+        written.append(outputs["posterior.ecsv"])
+        if plots:
+            figure = samples.plot_corner()
+            written.append(atomic_write(outputs["corner.png"], lambda tmp: figure.savefig(tmp, dpi=100, format="png")))
     print("Wrote " + ", ".join(str(p) for p in written))
     return result
