@@ -20,7 +20,6 @@ derivatives differentiate the hand-written Hessian).
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
@@ -28,9 +27,6 @@ from jax.custom_derivatives import SymbolicZero, zero_from_primal
 from jaxtyping import Array
 
 from . import interpolation
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .model import Model
 
 __all__ = ["nll", "value_gradient_hessian"]
 
@@ -52,8 +48,11 @@ def _scatter_columns(n_rows: int, index: Array, values: Array) -> Array:
     return jnp.zeros((index.shape[-1], n_rows), values.dtype).at[cells, index].add(values)
 
 
-def value_gradient_hessian(model: Model, p: Array, data: Array, floor: float) -> tuple[Array, Array, Array]:
-    """``-2 log L``, its gradient and its Hessian in the flat parameters ``p``."""
+def value_gradient_hessian(model, p: Array, data: Array, floor: float) -> tuple[Array, Array, Array]:
+    """``-2 log L``, its gradient and its Hessian in the flat parameters ``p``.
+
+    ``model`` is a :class:`fitax.hep.Model` (not imported here: the model imports this module).
+    """
     n_par = p.shape[0]
     n_main = model.n_main_bins
     main, aux = data[:n_main], data[n_main:]
@@ -214,6 +213,6 @@ _nll.defjvp(_nll_jvp, symbolic_zeros=True)
 _gradient.defjvp(_gradient_jvp, symbolic_zeros=True)
 
 
-def nll(model: Model, p: Array, data: Array, floor: float) -> Array:
+def nll(model, p: Array, data: Array, floor: float) -> Array:
     """``-2 * model.logpdf(p, data)`` with hand-written first and second derivatives in ``p``."""
     return _nll(p, (model, data), floor)
