@@ -46,7 +46,7 @@ class BatchFitResult:
         stat, edm: arrays ``(n_problems,)``.
         covariance: ``(n_problems, n_free, n_free)``.
         converged: EDM below tolerance and positive-definite Hessian.
-        status: solver status codes (see :data:`fitax._minimize.STATUS_MESSAGES`).
+        status: solver status codes (see :class:`fitax._minimize.RESULTS`).
         n_iterations: Newton iterations per problem.
         start_errors: why each problem's start point is invalid (non-finite or out of
             bounds), ``""`` for valid starts. Invalid problems are not solved: they keep
@@ -73,8 +73,8 @@ class BatchFitResult:
         """Why problem ``i`` stopped."""
         if self.start_errors[i]:
             return f"not fitted: {self.start_errors[i]}"
-        text = _minimize.STATUS_MESSAGES.get(int(self.status[i]), "unknown status")
-        if self.status[i] == _minimize.CONVERGED and not self.converged[i]:
+        text = _minimize.RESULTS(int(self.status[i])).message
+        if self.status[i] == _minimize.RESULTS.converged and not self.converged[i]:
             text = "the Hessian is not positive definite at the end point: errors are undefined"
         return text
 
@@ -280,7 +280,7 @@ def fit_batch(
     )
     v, stat, edm, status, n_iter, cov, pd = (np.asarray(a)[:n_params] for a in outputs)
     v = np.where(invalid[:, None], start, v)
-    status = np.where(invalid, _minimize.NON_FINITE, status)
+    status = np.where(invalid, _minimize.RESULTS.nonfinite, status)
     stat, edm = np.where(invalid, np.nan, stat), np.where(invalid, np.nan, edm)
     pd = pd & ~invalid
     errors = np.where(pd[:, None], np.sqrt(np.abs(np.diagonal(cov, axis1=1, axis2=2))), np.nan)
@@ -293,7 +293,7 @@ def fit_batch(
         stat=stat,
         edm=edm,
         covariance=np.where(pd[:, None, None], cov, np.nan),
-        converged=(status == _minimize.CONVERGED) & pd,
+        converged=(status == _minimize.RESULTS.converged) & pd,
         status=status,
         n_iterations=np.where(invalid, 0, n_iter),
         start_errors=tuple(invalid_starts),
@@ -313,7 +313,7 @@ def _unsolved(space: ParameterSpace, params_batch, start: np.ndarray, invalid_st
         edm=nan,
         covariance=np.full((n, k, k), np.nan),
         converged=np.zeros(n, bool),
-        status=np.full(n, _minimize.NON_FINITE),
+        status=np.full(n, _minimize.RESULTS.nonfinite),
         n_iterations=np.zeros(n, int),
         start_errors=tuple(invalid_starts),
     )

@@ -290,8 +290,8 @@ def fit(
 def _make_result(space, params, result, n_bfgs, errordef, method) -> FitResult:
     v, hessian = np.asarray(result.v), np.asarray(result.hessian)
     status = int(result.status)
-    message = _minimize.STATUS_MESSAGES.get(status, f"unknown status {status}")
-    converged = status == _minimize.CONVERGED
+    message = _minimize.RESULTS(status).message
+    converged = status == _minimize.RESULTS.converged
     n = space.size
     try:
         chol = np.linalg.cholesky(hessian)
