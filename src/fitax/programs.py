@@ -34,16 +34,19 @@ structure travels with the program): only ever point :func:`enable` at a folder 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 import functools
 import hashlib
+import importlib.util
 import inspect
 import os
 import pickle
 import sys
 import tempfile
 import types
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -63,6 +66,9 @@ def enable(directory: str | os.PathLike) -> None:
     """Keep the programs of every :func:`cached` function in ``directory`` (created on first
     write), and load them from there."""
     global _directory
+    if importlib.util.find_spec("flatbuffers") is None:  # jax.export cannot serialise without it
+        warnings.warn("fitax.programs: the 'flatbuffers' package is missing, traced programs are not kept between runs", stacklevel=2)
+        return
     _directory = Path(directory).expanduser()
 
 
@@ -246,8 +252,9 @@ class CachedProgram:
         try:
             specs = [_array_spec(x) for x, t in zip(leaves, traced) if t]
             key = "\n".join([
-                _environment(), self.name, _describe(treedef),
-                *(repr(s) if t else _describe(x) for x, t, s in _zip_specs(leaves, traced, specs)),
+                _environment(), self.name, _describe(treedef), "".join("a" if t else "s" for t in traced),
+                *(f"{spec.shape} {spec.dtype}{' weak' if spec.weak_type else ''}" for spec in specs),
+                *(_describe(x) for x, t in zip(leaves, traced) if not t),
             ])
         except _Undescribable:
             return self._jitted(*args, **kwargs)
@@ -284,12 +291,6 @@ class CachedProgram:
         return _Loaded.from_bytes(serialized, output["value"])
 
 
-def _zip_specs(leaves, traced, specs):
-    specs = iter(specs)
-    for x, t in zip(leaves, traced):
-        yield x, t, next(specs) if t else None
-
-
 def _read(path: Path, key: str) -> _Loaded | None:
     """The program stored at ``path``, or None if absent, unreadable or another program's."""
     try:
@@ -302,17 +303,19 @@ def _read(path: Path, key: str) -> _Loaded | None:
 
 
 def _write_atomically(path: Path, payload: bytes) -> None:
-    """Readers see the old file or the whole new one; a full disk only loses the cache."""
+    """Readers see no file or a whole one; a read-only or full disk only loses the cache."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=path.name, suffix=".tmp", delete=False) as tmp:
-            tmp.write(payload)
-        os.replace(tmp.name, path)
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     except OSError:
-        try:
-            os.unlink(tmp.name)
-        except (OSError, NameError):
-            pass
+        return
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(payload)
+        os.replace(temporary, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
 
 
 def cached(fn: Callable | None = None, *, name: str | None = None):

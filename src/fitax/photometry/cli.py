@@ -1,8 +1,9 @@
 """``fitax phot calibrate`` and ``fitax phot run``: the photometry pipeline from the shell.
 
 Many images in one call are processed one after another in this process (the compiled fits
-are reused), or over ``--workers`` processes (each compiles once); for many machines use the
-Dask recipe in the README, with :func:`fitax.photometry.process_image` as the task.
+are reused: every image runs the same programs), or over ``--workers`` processes (each loads
+them from the cache under ``FITAX_CACHE_DIR``, see :mod:`fitax.programs`); for many machines
+use the Dask recipe in the README, with :func:`fitax.photometry.process_image` as the task.
 """
 
 from __future__ import annotations
