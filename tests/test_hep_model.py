@@ -516,3 +516,19 @@ def test_nll_derivatives_equal_autodiff_of_logpdf(setting):
     mixed = jax.jit(jax.jacfwd(jax.grad(model.nll), argnums=1))(x, data)
     mixed_plain = jax.jit(jax.jacfwd(jax.grad(plain), argnums=1))(x, data)
     np.testing.assert_allclose(mixed, mixed_plain, rtol=1e-12, atol=1e-12)
+
+
+def test_normsys_that_would_give_negative_yields_is_refused():
+    """normsys lo <= 0, or code4 factors that dip below 0 (pyhf: negative yields, NaN)."""
+    channels, obs = _simple()
+    channels[0][1][1]["modifiers"][0]["data"] = {"hi": 17.4, "lo": 1e-4}
+    spec = _workspace(channels, obs)
+    with pytest.raises(ValueError, match=r"modifier 'b' \(normsys lo=0.0001, hi=17.4\): the code4 interpolation .* goes <= 0"):
+        Workspace(spec).model()
+    Workspace(spec).model(modifier_settings={"normsys": {"interpcode": "code1"}})
+    grid = np.linspace(-1, 1, 2001)
+    reference = pyhf.interpolators.code4([[[[1e-4], [1.0], [17.4]]]])(pyhf.tensorlib.astensor(grid[None, :])).ravel()
+    assert reference.min() < 0  # pyhf's own code4 goes negative there
+    channels[0][1][1]["modifiers"][0]["data"] = {"hi": 1.1, "lo": 0.0}
+    with pytest.raises(ValueError, match=r"modifier 'b' \(normsys lo=0.0, hi=1.1\): lo and hi must be > 0"):
+        Workspace(_workspace(channels, obs)).model(modifier_settings={})

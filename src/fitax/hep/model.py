@@ -124,15 +124,8 @@ class Model(eqx.Module):
             if not structure.parameter_sets[names.index(poi_name)].is_scalar:
                 raise ValueError(f"the POI {poi_name!r} has one component per bin; a POI must be a scalar parameter")
         tables = structure.tables
-        if np.any(tables.normsys_lo <= 0) or np.any(tables.normsys_hi <= 0):
-            bad = _first_nonpositive_normsys(channels)
-            raise ValueError(f"{bad}: normsys lo and hi must be > 0 (relative yields), pyhf would return NaN or 0 factors")
+        _check_normsys(channels, normsys_code)
         coefficients = tables.normsys_coefficients() if normsys_code == "code4" else np.zeros((6,) + tables.normsys_lo.shape)
-        if normsys_code == "code4" and np.any(interpolation.code4_minimum(coefficients) <= 0):
-            raise ValueError(
-                "normsys code4: the interpolating polynomial of a normsys with extreme lo/hi goes <= 0 inside "
-                "|alpha| < 1 (negative yields); use code1 for it"
-            )
 
         gauss_index, gauss_pos, gauss_sigma, poisson_index, poisson_pos, poisson_factor, auxdata = ([] for _ in range(7))
         start = 0
@@ -390,10 +383,23 @@ class Model(eqx.Module):
         return derivatives.nll(self, p, data, RATE_FLOOR)
 
 
-def _first_nonpositive_normsys(channels) -> str:
+def _check_normsys(channels, code: str) -> None:
+    """normsys factors must be > 0, and under code4 stay > 0 inside |alpha| < 1.
+
+    pyhf gives NaN (log of a negative yield) or factors of 0 there. Code 4's polynomial dips
+    below 0 for extreme pairs (e.g. lo = 1e-4 with hi = 17), which code 1 never does.
+    """
     for c in channels:
         for s in c["samples"]:
             for m in s["modifiers"]:
-                if m["type"] == "normsys" and not (m["data"]["lo"] > 0 and m["data"]["hi"] > 0):
-                    return f"channel {c['name']!r}, sample {s['name']!r}, modifier {m['name']!r} (normsys lo={m['data']['lo']}, hi={m['data']['hi']})"
-    return "a normsys modifier"
+                if m["type"] != "normsys":
+                    continue
+                lo, hi = m["data"]["lo"], m["data"]["hi"]
+                where = f"channel {c['name']!r}, sample {s['name']!r}, modifier {m['name']!r} (normsys lo={lo}, hi={hi})"
+                if not (lo > 0 and hi > 0):
+                    raise ValueError(f"{where}: lo and hi must be > 0 (relative yields); pyhf would give NaN or 0 factors")
+                if code == "code4" and interpolation.code4_minimum(interpolation.code4_coefficients(lo, hi)) <= 0:
+                    raise ValueError(
+                        f"{where}: the code4 interpolation of these factors goes <= 0 inside |alpha| < 1 "
+                        "(negative yields, NaN in pyhf); use modifier_settings={'normsys': {'interpcode': 'code1'}}"
+                    )
