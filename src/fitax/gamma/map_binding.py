@@ -273,13 +273,35 @@ def _stacked_data(members: tuple, n_real: int, margin: int, used_true: tuple[int
     offsets = cash_data_term(counts, mask, axis=(1, 2, 3))
     return _StackedData(
         mask=jnp.asarray(mask), background=jnp.asarray(np.stack([d.background for d in members])),
-        padded_exposure=jnp.asarray(np.pad(np.stack([d.exposure[list(used_true)] for d in members]),
-                                           ((0, 0), (0, 0), (margin, margin), (margin, margin)))),
-        solid_angle=jnp.asarray(np.stack([d.solid_angle for d in members])),
+        padded_exposure=jnp.asarray(_padded_exposure(members, margin, list(used_true))),
+        solid_angle=jnp.asarray(np.stack(_solid_angles(members))),
         count_index=jnp.asarray(count_index), count_values=jnp.asarray(count_values), deviance_offset=jnp.asarray(offsets),
         # Gammapy's 2 (mu - n log mu) is the deviance minus 2 (n log n - n)
         constant=-float(np.sum(offsets)),
     )
+
+
+def _solid_angles(members: tuple) -> list[np.ndarray]:
+    """Each dataset's pixel solid angles, computed once per geometry (WCS header and
+    shape): datasets of one geometry, as the 10 simulated ones, share them (10 times
+    ~90 ms on a loaded machine otherwise)."""
+    keys = [(celestial(d.wcs).to_header_string(), d.shape) for d in members]
+    by_geometry = {}
+    for key, dataset in zip(keys, members):
+        if key not in by_geometry:
+            by_geometry[key] = dataset.solid_angle
+    return [by_geometry[key] for key in keys]
+
+
+def _padded_exposure(members: tuple, margin: int, used_true: list[int]) -> np.ndarray:
+    """The exposures of the true energies used, zero-padded by ``margin`` pixels, written
+    into one array (stacking, then padding, copied 34 MB twice for the 10 simulated
+    datasets)."""
+    n_true, ny, nx = members[0].exposure[used_true].shape
+    padded = np.zeros((len(members), n_true, ny + 2 * margin, nx + 2 * margin))
+    for row, dataset in enumerate(members):
+        padded[row, :, margin:margin + ny, margin:margin + nx] = dataset.exposure[used_true]
+    return padded
 
 
 def _count_width(n: int) -> int:
