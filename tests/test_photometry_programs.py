@@ -1,4 +1,4 @@
-"""Photometry traces each compiled program once per process (one batch shape for every fit
+"""Photometry traces each compiled program once per process (two batch shapes for every fit
 and refit pass, PSF values as data), and a later process with the program cache filled does
 not trace photometry's programs at all.
 
@@ -60,7 +60,8 @@ def _run_child(tmp_path, cache: str, images: int):
 def test_each_program_is_traced_once_per_process(tmp_path):
     first, second = _run_child(tmp_path, "-", 2)
     assert first["stars"] >= 25 and second["stars"] >= 40
-    # one Newton-loop program for the first fits and every refit pass of both images
+    # one Newton-loop program (both images have fewer stars than a large batch) for the first
+    # fits and every refit pass of both images
     assert first["traces"].get("_run_batch", 0) == 1 and second["traces"].get("_run_batch", 0) == 0
     # PRFs: the start PSF on 15-pixel stamps and the fitted one on 11-pixel stamps
     assert first["traces"].get("prf_boxes", 0) <= 2 and first["traces"].get("_weighted_linear_fit", 0) == 1

@@ -1,12 +1,12 @@
 """Stamps around stars, shared by the star fits (:mod:`.starfit`) and the PSF-shape fit
-(:mod:`.psfshape`): checked positions, stamp cutting, first estimates, the noise model, and
-PRFs on stamps.
+(:mod:`.psfshape`): checked positions, stamp cutting, first estimates, the noise model, PRFs
+on stamps, and the batches every compiled program here runs on.
 
-Every compiled program here and in the star fits runs on batches of exactly
-:data:`BATCH` stars (the last batch padded), so an image, and every later image of any star
-count, reuses the same few programs: one trace each per process, and none once they are in
-the program cache (:mod:`fitax.programs`). Before, each batch size and each refit pass was
-a new program (9 traces of the Newton loop, ~10 s of a 17-19 s re-run on a 5000-star
+Every program runs on batches of :data:`BATCHES` stars (full batches of 256, the rest in
+batches of 32, the last one padded), so an image, and every later image of any star count,
+reuses the same few programs: each traced once per process, and not at all once it is in
+the program cache (:mod:`fitax.programs`). Before, each batch size and each refit pass was a
+new program (9 traces of the Newton loop, ~10 s of a 17-19 s re-run on a 5000-star
 quadrant).
 """
 
@@ -20,21 +20,25 @@ import numpy as np
 
 from .. import programs
 
-__all__ = ["BATCH", "check_positions", "cut_stamps", "initial_estimates", "predicted_variance", "prf_boxes", "prf_stamps",
-           "in_batches"]
+__all__ = ["BATCHES", "batches", "pad_batch", "check_positions", "cut_stamps", "initial_estimates", "predicted_variance",
+           "prf_boxes", "prf_stamps"]
 
-BATCH = 256
-"""Stars per compiled call. Large enough that a 5000-star image takes 20 calls (dispatch
-costs ~1% of the fit time), small enough that the last, padded batch of a refit pass of a
-few stars costs little."""
-
-
-def in_batches(n: int):
-    """``(start, stop)`` of consecutive batches of :data:`BATCH` covering ``n`` items."""
-    return [(start, min(start + BATCH, n)) for start in range(0, n, BATCH)]
+BATCHES = (256, 32)
+"""Stars per compiled call: full batches of the first size, the rest in batches of the
+second. 256 makes a 5000-star image 20 calls (dispatch is ~1% of the fit time); 32 bounds the
+padding of a refit pass of a few stars to 31 problems (a refit of 10 stars padded to 256
+would cost ~80 stars' fits)."""
 
 
-def pad_batch(a: np.ndarray, length: int = BATCH) -> np.ndarray:
+def batches(n: int) -> list[tuple[int, int, int]]:
+    """``(start, stop, size)`` of the batches covering ``n`` items (see :data:`BATCHES`)."""
+    large, small = BATCHES
+    full = n - n % large
+    return ([(start, start + large, large) for start in range(0, full, large)]
+            + [(start, min(start + small, n), small) for start in range(full, n, small)])
+
+
+def pad_batch(a: np.ndarray, length: int) -> np.ndarray:
     """``a`` (leading axis <= ``length``) completed to ``length`` by repeating its last row."""
     a = np.asarray(a)
     return np.concatenate([a, np.repeat(a[-1:], length - len(a), axis=0)]) if len(a) < length else a
@@ -97,13 +101,14 @@ _prf_boxes_program = programs.cached(prf_boxes, name="fitax.photometry.prf_boxes
 
 def prf_stamps(local_x, local_y, size: int, psf) -> np.ndarray:
     """PRFs on ``size x size`` stamps for stamp-local centres (host arrays in and out),
-    computed :data:`BATCH` stars per compiled call. ``psf`` should come from
+    computed in :func:`batches`. ``psf`` should come from
     :func:`fitax.photometry.psf.psf_as_data` so its values are data, not program keys."""
     centre = size // 2
     local_x, local_y = np.asarray(local_x, dtype=float) - centre, np.asarray(local_y, dtype=float) - centre
     out = np.empty((len(local_x), size, size))
-    for start, stop in in_batches(len(local_x)):
-        out[start:stop] = np.asarray(_prf_boxes_program(pad_batch(local_x[start:stop]), pad_batch(local_y[start:stop]), psf, size))[: stop - start]
+    for start, stop, length in batches(len(local_x)):
+        boxes = _prf_boxes_program(pad_batch(local_x[start:stop], length), pad_batch(local_y[start:stop], length), psf, size)
+        out[start:stop] = np.asarray(boxes)[: stop - start]
     return out
 
 

@@ -42,7 +42,7 @@ from ..batch import fit_batch
 from ..parameters import Parameter
 from ..stats import chi2
 from .psf import GaussianPSF, ImagePSF, MoffatPSF, psf_as_data
-from .stamps import BATCH, check_positions, cut_stamps, in_batches, initial_estimates, pad_batch, predicted_variance, prf_stamps
+from .stamps import batches, check_positions, cut_stamps, initial_estimates, pad_batch, predicted_variance, prf_stamps
 
 __all__ = ["cut_stamps", "fit_stars", "forced_photometry", "render_stars", "FLAG_MASKED", "FLAG_OUTSIDE", "FLAG_NONPOSITIVE_FLUX",
            "FLAG_NOT_CONVERGED", "FLAG_NO_COVARIANCE", "FLAG_MOVED", "FLAG_OUTLIER_PIXELS", "FLAG_UNRESOLVED", "FAILURE_FLAGS"]
@@ -162,9 +162,9 @@ def _padding_problem(size: int, psf, read_noise: float) -> dict[str, np.ndarray]
 
 def _fit_stamps(stamps, good, prf, local_x, local_y, flux0, bkg0, *, size, psf, read_noise, padding) -> _StarFits:
     """Batched fits of ``flux * PRF + bkg`` to each stamp, from the given starts; ``prf``
-    holds the stamps' PRFs at the starts (for the noise model). :data:`BATCH` stars per
-    :func:`fitax.fit_batch` call, the last batch completed with ``padding`` problems, so
-    every call of every pass has one shape and runs one compiled program.
+    holds the stamps' PRFs at the starts (for the noise model). One :func:`fitax.fit_batch`
+    call per batch of :func:`~fitax.photometry.stamps.batches`, the last one completed with
+    ``padding`` problems, so every pass runs the same two compiled programs.
 
     No bounds: a flux bound at 0 biases faint stars (photutils does not bound either; flux
     <= 0 is flagged) and bound transforms cost ~40% more time per fit (measured: 7.2 -> 5.1
@@ -177,8 +177,8 @@ def _fit_stamps(stamps, good, prf, local_x, local_y, flux0, bkg0, *, size, psf, 
     names = ("flux", "x", "y", "bkg")
     values, errors = {k: np.empty(n) for k in names}, {k: np.empty(n) for k in names}
     stat, status = np.empty(n), np.empty(n, dtype=int)
-    for start, stop in in_batches(n):
-        extra = BATCH - (stop - start)
+    for start, stop, length in batches(n):
+        extra = length - (stop - start)
         batch = {k: np.concatenate([np.asarray(v[start:stop], dtype=padding[k].dtype), np.repeat(padding[k][None], extra, axis=0)])
                  for k, v in problems.items()}
         # EDM < 1e-4 (chi2 units) leaves every parameter within ~0.01 sigma of the minimum:
@@ -377,11 +377,11 @@ _weighted_linear_fit_program = programs.cached(_weighted_linear_fit, name="fitax
 
 
 def _weighted_linear_fits(stamps, weights, prf) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """:func:`_weighted_linear_fit` of every star, :data:`BATCH` stars per compiled call."""
+    """:func:`_weighted_linear_fit` of every star, in :func:`~fitax.photometry.stamps.batches`."""
     n = len(stamps)
     out = (np.empty(n), np.empty(n), np.empty((n, 2, 2)), np.empty(n))
-    for start, stop in in_batches(n):
-        batch = _weighted_linear_fit_program(*(pad_batch(a[start:stop]) for a in (stamps, weights, prf)))
+    for start, stop, length in batches(n):
+        batch = _weighted_linear_fit_program(*(pad_batch(a[start:stop], length) for a in (stamps, weights, prf)))
         for whole, part in zip(out, batch):
             whole[start:stop] = np.asarray(part)[: stop - start]
     return out
