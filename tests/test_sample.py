@@ -346,15 +346,21 @@ def test_plot_corner(line_result, tmp_path):
 
 # --------------------------------------------------- (c) a gamma fit's Laplace approximation
 @pytest.mark.slow
+# 2 x 250 draws keep the test short; R-hat estimates from so few scatter by ~0.01, so the
+# 1.01 warning may fire (it did for 3 of 10 parameters); the test asserts R-hat < 1.05.
+@pytest.mark.filterwarnings("ignore:the chains have not mixed")
 def test_gamma_posterior_agrees_with_laplace_approximation():
     """The N = 1 simulated gamma dataset (10 free parameters, ~1e4 counts): the posterior is
-    close to Gaussian, so NUTS must reproduce the fit's errors (Laplace approximation).
+    nearly Gaussian, so NUTS must reproduce the fit's values and errors (the Laplace
+    approximation) up to small genuine differences plus Monte Carlo error.
 
-    Tolerances: means within 0.2 sigma of the best fit: MC error is ~0.04 sigma (ESS ~600),
-    and the mean-mode offset of a likelihood this well measured is a few 0.01 sigma
-    (skewness ~ 1 / sqrt(counts)); stds within 12 % of the errors: 4 MC errors of a std at
-    ESS ~600 (2.9 % each, ``1 / sqrt(2 ESS)``) — measured 0.95-1.08 with 2 x 300 draws and
-    0.XX-1.XX with 4 x 1000 draws.
+    Genuine differences, measured with 4 chains x 1000 draws (MC error 0.012 sigma): the
+    posterior means sit 0.01-0.12 sigma above the best fit (largest for the Gaussian
+    source's width, whose posterior is skewed as widths are), the stds within 2.3 % of the
+    errors. Tolerances: means within 0.13 sigma plus 4 MC errors of the mean (about 0.28
+    sigma with these 2 x 250 draws); stds within 3 % plus 4 MC errors of a std (about 14 %
+    here; 2 x 300 draws gave 0.95-1.08 times the errors). A posterior in the wrong units
+    (errordef) would be off by a factor sqrt(2) in every std.
     """
     from fitax.gamma import Datasets, fit, read_models
     from fitax.gamma.datasets import bind, stat_sum_groups
@@ -365,10 +371,9 @@ def test_gamma_posterior_agrees_with_laplace_approximation():
     result = fitax.sample(stat_sum_groups, best.params, args=bind(datasets, best.params), init=best,
                           num_samples=250, num_warmup=150, num_chains=2, seed=0)
     assert result.names == best.free_names and len(result.names) == 10
-    table = result.summary()
-    for row in table:
-        name, error = row["name"], best.errors[row["name"]]
-        assert abs(row["mean"] - best.values[name]) < 0.2 * error, name
-        assert abs(row["std"] / error - 1) < 0.12, name
-        assert row["r_hat"] < 1.05 and row["ess"] > 200, name
     assert result.divergences.sum() == 0
+    for name in result.names:
+        draws, error = np.asarray(result.samples[name]), best.errors[name]
+        assert result.ess[name] > 200 and result.r_hat[name] < 1.05, name
+        assert abs(draws.mean() - best.values[name]) < 0.13 * error + mean_tolerance(draws, result.ess[name]), name
+        assert abs(draws.std() - error) < 0.03 * error + std_tolerance(draws), name
