@@ -396,7 +396,11 @@ def test_model_is_a_pytree_with_static_structure():
     model = Workspace(spec).model()
     other = copy.deepcopy(spec)
     other["channels"][0]["samples"][0]["data"] = [7.0, 11.0, 4.0]
+    # and a staterror sample whose yields (hence the combined widths) change
+    staterror_channel = next(c for c in other["channels"] if c["name"] == "staterror_A")
+    staterror_channel["samples"][1]["data"] = [25.0, 20.0, 0.0]
     model2 = Workspace(other).model()
+    assert not np.array_equal(model.gauss_sigma, model2.gauss_sigma)
     assert jax.tree_util.tree_structure(model) == jax.tree_util.tree_structure(model2)
     traces = []
 

@@ -6,7 +6,7 @@ pyhf's (0.7.6) as pure, float64 JAX functions of fitax Parameters named as pyhf 
 """
 
 from .model import DEFAULT_MODIFIER_SETTINGS, RATE_FLOOR, Model
-from .modifiers import MODIFIER_TYPES, ParameterSet
+from .modifiers import MODIFIER_TYPES, ParameterLayout, ParameterSet
 from .workspace import InvalidWorkspace, Patch, Workspace, read_patchset, validate
 
 __all__ = [
@@ -14,6 +14,7 @@ __all__ = [
     "InvalidWorkspace",
     "MODIFIER_TYPES",
     "Model",
+    "ParameterLayout",
     "ParameterSet",
     "Patch",
     "RATE_FLOOR",

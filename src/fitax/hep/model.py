@@ -34,7 +34,7 @@ from jaxtyping import Array, Float
 
 from ..parameters import Parameter, value_of
 from . import derivatives, interpolation
-from .modifiers import ParameterSet, build_structure
+from .modifiers import ParameterLayout, build_structure
 
 __all__ = ["Model", "RATE_FLOOR", "DEFAULT_MODIFIER_SETTINGS"]
 
@@ -71,14 +71,14 @@ class Model(eqx.Module):
     """HistFactory model built from a workspace (see :meth:`fitax.hep.Workspace.model`).
 
     Static structure: ``channels``, ``channel_nbins``, ``samples``, ``parameter_sets`` (pyhf's
-    order, with inits, bounds, fixed flags and constraints), ``poi_name`` and the interpolation
-    codes. Arrays: nominal yields, modifier tables and constraint terms.
+    order: names, sizes, constraints, fixed flags), ``poi_name`` and the interpolation codes.
+    Arrays: nominal yields, modifier tables, constraint terms, inits and bounds.
     """
 
     channels: tuple[str, ...] = eqx.field(static=True)
     channel_nbins: tuple[int, ...] = eqx.field(static=True)
     samples: tuple[str, ...] = eqx.field(static=True)
-    parameter_sets: tuple[ParameterSet, ...] = eqx.field(static=True)
+    parameter_sets: tuple[ParameterLayout, ...] = eqx.field(static=True)
     poi_name: str | None = eqx.field(static=True)
     normsys_code: str = eqx.field(static=True)
     histosys_code: str = eqx.field(static=True)
@@ -100,6 +100,8 @@ class Model(eqx.Module):
     poisson_aux_pos: Array
     poisson_factor: Array
     auxdata: Float[Array, " aux"]
+    inits: Float[Array, " parameters"]  # pyhf's suggested_init, flat
+    bounds: Float[Array, "parameters 2"]
 
     @classmethod
     def build(
@@ -154,7 +156,7 @@ class Model(eqx.Module):
             channels=structure.channels,
             channel_nbins=structure.channel_nbins,
             samples=structure.samples,
-            parameter_sets=structure.parameter_sets,
+            parameter_sets=tuple(p.layout() for p in structure.parameter_sets),
             poi_name=poi_name,
             normsys_code=normsys_code,
             histosys_code=histosys_code,
@@ -175,6 +177,8 @@ class Model(eqx.Module):
             poisson_aux_pos=ints(poisson_pos),
             poisson_factor=floats(poisson_factor).reshape(-1),
             auxdata=floats(auxdata).reshape(-1),
+            inits=floats([v for p in structure.parameter_sets for v in p.inits]).reshape(-1),
+            bounds=floats([b for p in structure.parameter_sets for b in p.bounds]).reshape(-1, 2),
         )
 
     # ------------------------------------------------------------------ structure, pyhf names
@@ -224,11 +228,11 @@ class Model(eqx.Module):
         return {c: slice(int(a), int(b)) for c, a, b in zip(self.channels, edges[:-1], edges[1:])}
 
     def suggested_init(self) -> np.ndarray:
-        return np.array([v for p in self.parameter_sets for v in p.inits])
+        return np.array(self.inits)
 
     def suggested_bounds(self) -> np.ndarray:
         """Shape (n_parameters, 2)."""
-        return np.array([b for p in self.parameter_sets for b in p.bounds], dtype=float).reshape(-1, 2)
+        return np.array(self.bounds)
 
     def suggested_fixed(self) -> np.ndarray:
         return np.array([f for p in self.parameter_sets for f in p.fixed], dtype=bool)
@@ -252,6 +256,7 @@ class Model(eqx.Module):
             vector = np.asarray(vector, dtype=float)  # concrete: index on the host, not op by op
         if vector.shape[-1:] != (self.n_parameters,):
             raise ValueError(f"parameter vector has length {vector.shape[-1:]} but the model has {self.n_parameters}")
+        bounds = self.suggested_bounds().tolist() if template is None else None
         out = {}
         start = 0
         for pset in self.parameter_sets:
@@ -262,7 +267,7 @@ class Model(eqx.Module):
                     like = template[pset.name] if pset.is_scalar else template[pset.name][i]
                     components.append(eqx.tree_at(lambda p: p.value, like, jnp.asarray(value, dtype=float)))
                     continue
-                low, high = pset.bounds[i]
+                low, high = bounds[start + i]
                 if low < high:
                     components.append(Parameter(value, min=low, max=high, frozen=pset.fixed[i]))
                 else:

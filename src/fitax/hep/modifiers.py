@@ -33,7 +33,7 @@ import numpy as np
 
 from .interpolation import code4_coefficients
 
-__all__ = ["MODIFIER_TYPES", "ParameterSet", "ModifierTables", "build_structure"]
+__all__ = ["MODIFIER_TYPES", "ParameterSet", "ParameterLayout", "ModifierTables", "build_structure"]
 
 MODIFIER_TYPES = ("histosys", "lumi", "normfactor", "normsys", "shapefactor", "shapesys", "staterror")
 """The seven HistFactory modifier types, in pyhf's order (which sets the parameter order)."""
@@ -77,6 +77,26 @@ class ParameterSet:
     @property
     def size(self) -> int:
         return len(self.inits)
+
+    def layout(self) -> ParameterLayout:
+        """The structural part (what a jit key may hold): no numbers derived from yields."""
+        return ParameterLayout(self.name, self.constraint, self.is_scalar, self.size, self.fixed)
+
+
+@dataclasses.dataclass(frozen=True)
+class ParameterLayout:
+    """Structure of one named parameter: a static field of :class:`fitax.hep.Model`.
+
+    The numbers of a :class:`ParameterSet` (inits, bounds, widths, auxdata) are arrays of the
+    model instead, so that two signal points whose staterror widths differ share a compiled
+    likelihood. ``fixed`` stays here: it decides which parameters a fit frees.
+    """
+
+    name: str
+    constraint: str | None
+    is_scalar: bool
+    size: int
+    fixed: tuple[bool, ...]
 
 
 @dataclasses.dataclass(frozen=True)
