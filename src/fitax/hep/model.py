@@ -122,7 +122,11 @@ class Model(eqx.Module):
         names = [p.name for p in structure.parameter_sets]
         if poi_name is not None:
             if poi_name not in names:
-                raise ValueError(f"the measurement's POI {poi_name!r} is not a parameter of the model (parameters: {', '.join(names)})")
+                free = [p.name for p in structure.parameter_sets if p.constraint is None and p.is_scalar]
+                raise ValueError(
+                    f"the measurement's POI {poi_name!r} is not a parameter of the model "
+                    f"(its {len(names)} parameters include the normfactors {', '.join(free) or 'none'})"
+                )
             if not structure.parameter_sets[names.index(poi_name)].is_scalar:
                 raise ValueError(f"the POI {poi_name!r} has one component per bin; a POI must be a scalar parameter")
         tables = structure.tables
