@@ -88,7 +88,7 @@ def blob_sparsity(start) -> np.ndarray:
     ``i`` and ``j`` share non-zero second derivatives only where both sources put counts,
     i.e. when their centres are closer than ``INTERACTION_SIGMAS * hypot(sigma_i, sigma_j)``
     (widths taken 1.5x the start's) plus ``2 * MAX_MOVE_PX``; a Gaussian's tail beyond 6
-    combined widths holds < 1e-8 of its counts. The background norm touches every source."""
+    combined widths holds ~1e-8 of its counts. The background norm touches every source."""
     names = fitax.free_parameter_names(start)
     centres = np.array([[float(b.x.value), float(b.y.value)] for b in start.blobs])
     widths = 1.5 * np.array([float(b.sigma.value) for b in start.blobs])
