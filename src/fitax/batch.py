@@ -30,7 +30,7 @@ import numpy as np
 
 from . import _minimize
 from .fit import _physical_objective
-from .parameters import ParameterSpace, _is_parameter
+from .parameters import ParameterSpace, is_parameter
 
 __all__ = ["fit_batch", "BatchFitResult"]
 
@@ -249,7 +249,7 @@ def fit_batch(
         raise ValueError(f"unknown vectorize {vectorize!r}; expected 'auto', 'map' or 'vmap'")
     if vectorize == "auto":
         vectorize = "map" if jax.default_backend() == "cpu" else "vmap"
-    values_tree = jax.tree_util.tree_map(lambda p: p.value, params_batch, is_leaf=_is_parameter)
+    values_tree = jax.tree_util.tree_map(lambda p: p.value, params_batch, is_leaf=is_parameter)
     n_params = _batch_size(values_tree, "params_batch")
     n_args = _batch_size(args, "args") if args is not None else None
     if n_params is None:
