@@ -96,8 +96,14 @@ def containment_radius(profile: np.ndarray, rad: np.ndarray, rad_edges: np.ndarr
 
 
 def _subdivide(points: np.ndarray) -> np.ndarray:
-    steps = [np.linspace(lo, hi, _RADIUS_UPSAMPLING, endpoint=False) for lo, hi in zip(points[:-1], points[1:])]
-    return np.concatenate(steps + [points[-1:]])
+    """Each interval of ``points`` cut in ``_RADIUS_UPSAMPLING`` equal steps, and the last
+    point: ``np.linspace(lo, hi, k, endpoint=False)`` of each interval (the same products
+    and sums, bit for bit) in one array operation instead of one call per interval."""
+    points = np.asarray(points, float)
+    low, high = points[:-1], points[1:]
+    step = (high - low) / _RADIUS_UPSAMPLING
+    steps = np.arange(_RADIUS_UPSAMPLING, dtype=float)[None, :] * step[:, None] + low[:, None]
+    return np.concatenate([steps.ravel(), points[-1:]])
 
 
 def _round_up_to_odd(value: float) -> int:
