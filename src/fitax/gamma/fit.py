@@ -21,7 +21,7 @@ import numpy as np
 from ..fit import fit as _core_fit
 from ..fit import FitResult
 from ..parameters import Parameter, parameters_dict
-from ..profile import TSResult, wilks_significance
+from ..profile import TSResult, warn_unless_converged, wilks_significance
 from ..sample import SampleResult
 from ..sample import sample as _core_sample
 from .datasets import Datasets
@@ -166,7 +166,7 @@ def fit(datasets, models: Models, *, tol: float = 1e-6, max_steps: int = 500, sh
         # the minimum found is that of IRFs taken elsewhere: say so rather than return it as converged
         message = (f"still moving after {_MAX_ROUNDS} bindings of the IRFs ({'; '.join(changes)}); the fit is not "
                    "converged: start it from these results")
-        warnings.warn(f"fitax.gamma.fit: {message}", stacklevel=2)
+        warnings.warn(f"fitax.gamma.fit: {message}", RuntimeWarning, stacklevel=2)
         result = dataclasses.replace(result, converged=False, message=f"{message}; {result.message}")
     return result
 
@@ -179,19 +179,18 @@ def ts(datasets, models: Models, source: str, *, tol: float = 1e-6, max_steps: i
     ``fitted``: the fit with the source from these ``models``, when already done (the fit
     without it starts from ``models`` too, so both take IRFs at the same positions).
 
-    A TS from a fit that did not converge can be anything: each such fit is named in a
-    warning, with why it stopped.
+    A TS from a fit that did not converge can be anything: ``converged`` is then false
+    and a warning names each such fit (alternative: with the source; null: without it)
+    and why it stopped.
     """
     models = models if isinstance(models, Models) else Models(models)
     with_source = fitted if fitted is not None else fit(datasets, models, tol=tol, max_steps=max_steps)
     without = fit(datasets, models.without(source), tol=tol, max_steps=max_steps)
     value = without.stat - with_source.stat
     df = sum(p.is_free for p in Models([models[source]]).parameters.values())
-    failed = [f"the fit {label} {source} did not converge ({result.message})"
-              for label, result in (("with", with_source), ("without", without)) if not result.converged]
-    if failed:
-        warnings.warn(f"fitax.gamma.ts: TS = {value:.4g} is unreliable: {'; '.join(failed)}", stacklevel=2)
-    return TSResult(float(value), df, wilks_significance(value, df), with_source, without)
+    result = TSResult(float(value), df, wilks_significance(value, df), with_source, without)
+    warn_unless_converged(result)
+    return result
 
 
 def sample(datasets, fitted: FitResult, *, num_samples: int = 1000, num_warmup: int | None = None, num_chains: int = 4,
