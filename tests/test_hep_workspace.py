@@ -213,6 +213,9 @@ def test_patchset_read_and_apply(tmp_path):
     name, values, operations = patches[1]
     assert values == (1300, 206) and operations == _sbottom_patch()
     assert ws.patch(patches[0]).model().poi_name == "mu_SIG"
+    assert len(read_patchset(path, workspace=ws)) == 2
+    with pytest.raises(InvalidWorkspace, match="the patchset is for another workspace: its sha256 digest"):
+        read_patchset(path, workspace=ws.patch(patches[0]))
     patchset["patches"][1]["metadata"]["name"] = "bad name!"
     path.write_text(json.dumps(patchset))
     with pytest.raises(InvalidWorkspace, match=r"patch 'bad name!': metadata.name"):
@@ -223,6 +226,7 @@ def test_digest_is_pyhf_digest():
     pyhf = pytest.importorskip("pyhf")
     spec = json.loads(shared_data("hep", "validation_2bin_2channel_coupledhistosys_workspace.json").read_text())
     assert Workspace(spec).digest() == pyhf.utils.digest(spec)
+    assert Workspace(spec).digest("md5") == pyhf.utils.digest(spec, "md5")
 
 
 # ----------------------------------------------------------------------------------- write

@@ -244,8 +244,13 @@ class Patch(tuple):
         return self[2]
 
 
-def read_patchset(path) -> list[Patch]:
+def read_patchset(path, workspace: Workspace | None = None) -> list[Patch]:
     """Patches of a pyhf patchset file, validated against the patchset schema.
+
+    Args:
+        path: the patchset JSON file.
+        workspace: when given, the background-only workspace the patches are meant for: its
+            digests must equal those the patchset records (as ``pyhf patchset verify``).
 
     Returns:
         a list of :class:`Patch` ``(name, values, operations)``, in file order.
@@ -255,6 +260,14 @@ def read_patchset(path) -> list[Patch]:
         validate(document, "patchset")
     except InvalidWorkspace as e:
         raise InvalidWorkspace(f"{path}: {e}") from None
+    if workspace is not None:
+        for algorithm, recorded in document["metadata"]["digests"].items():
+            actual = workspace.digest(algorithm)
+            if actual != recorded:
+                raise InvalidWorkspace(
+                    f"{path}: the patchset is for another workspace: its {algorithm} digest is {recorded}, "
+                    f"the workspace's is {actual}"
+                )
     patches = [Patch(p["metadata"]["name"], p["metadata"]["values"], p["patch"]) for p in document["patches"]]
     names = [p.name for p in patches]
     duplicated = sorted({n for n in names if names.count(n) > 1})
@@ -310,10 +323,10 @@ class Workspace:
         """A copy of the workspace dict."""
         return copy.deepcopy(self._spec)
 
-    def digest(self) -> str:
-        """sha256 of the JSON text with sorted keys: the digest pyhf's patchsets record."""
+    def digest(self, algorithm: str = "sha256") -> str:
+        """Hash of the JSON text with sorted keys: the digest pyhf's patchsets record."""
         text = json.dumps(self._spec, sort_keys=True, ensure_ascii=False)
-        return hashlib.sha256(text.encode("utf8")).hexdigest()
+        return hashlib.new(algorithm, text.encode("utf8")).hexdigest()
 
     def __eq__(self, other) -> bool:
         return isinstance(other, Workspace) and self._spec == other._spec
