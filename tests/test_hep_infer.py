@@ -18,7 +18,6 @@ from conftest import shared_data
 
 pyhf = pytest.importorskip("pyhf")
 
-import fitax  # noqa: E402
 import fitax.hep as hep  # noqa: E402
 from fitax.hep import infer  # noqa: E402
 
@@ -269,21 +268,30 @@ def test_sampled_gaussian_auxdata_have_the_constraint_width():
 
 @pytest.mark.slow
 def test_toy_cls_matches_pyhf_toys():
-    """Toy CLs (observed and median expected) within 3 Monte Carlo standard errors of
-    pyhf's ToyCalculator at the same number of toys (independent random numbers)."""
+    """Toy CLs (observed, and the median of the expected band) within 3 Monte Carlo standard
+    errors of pyhf's ToyCalculator at the same number of toys (independent random numbers).
+    pyhf 0.7.6's own band calls ``numpy.percentile(interpolation=)`` (gone in NumPy 2), so its
+    band is computed here from its background toys the way pyhf does."""
     ntoys = 400
     model, data, pmodel, pdata = both(simple_spec(obs=OBS_SIGNAL_LIKE))
     result = infer.hypotest(1.5, data, model, calctype="toybased", ntoys=ntoys, seed=3)
     assert result.converged, result.warnings
     pyhf.set_backend("numpy")
-    obs_ref, exp_ref = pyhf.infer.hypotest(
-        1.5, pdata, pmodel, calctype="toybased", ntoys=ntoys, return_expected_set=True, track_progress=False
-    )
+    calculator = pyhf.infer.utils.create_calculator("toybased", pdata, pmodel, ntoys=ntoys, track_progress=False)
+    teststat = calculator.teststatistic(1.5)
+    signal, background = calculator.distributions(1.5)
+    _, _, cls_ref = calculator.pvalues(teststat, signal, background)
+    sb, b = np.sort(np.asarray(signal.samples)), np.sort(np.asarray(background.samples))
+    tail = lambda samples, t: (samples.size - np.searchsorted(samples, t, side="left")) / samples.size  # noqa: E731
+    median_ref = np.percentile(tail(sb, b) / tail(b, b), 50.0)
     clsb, clb = result.clsb_obs, result.clb_obs
     # Binomial errors of both tail fractions, propagated to their ratio, for two independent runs.
     se = np.sqrt(2) * result.cls_obs * np.sqrt((1 - clsb) / (clsb * ntoys) + (1 - clb) / (clb * ntoys))
-    assert abs(result.cls_obs - float(obs_ref)) < 3 * se
-    assert abs(result.cls_exp[2] - float(exp_ref[2])) < 3 * np.sqrt(2) * 0.1 * max(result.cls_exp[2], 0.05)
+    assert abs(result.cls_obs - float(cls_ref)) < 3 * se
+    # The median expected CLs is CLs+b at the median background toy over 0.5: same error model.
+    median = result.cls_exp[2]
+    se_median = np.sqrt(2) * median * np.sqrt((1 - median / 2) / (median / 2 * ntoys) + 1 / ntoys)
+    assert abs(median - median_ref) < 3 * se_median
 
 
 def test_toys_agree_with_asymptotics_in_the_large_sample_limit():
@@ -304,9 +312,8 @@ def test_toys_agree_with_asymptotics_in_the_large_sample_limit():
 # --------------------------------------------------------------- pulls, ranking, yields
 def test_pulls_and_ranking_match_conditional_pyhf_fits(tight_scipy):
     """Post-fit impacts against pyhf fits with the nuisance parameter fixed at
-    theta_hat +- sigma_hat, within 1e-4 sigma_mu: each side's fits stop at an EDM below 1e-9,
-    i.e. within 3e-5 sigma of their minimum (measured 7e-6 sigma apart). Pulls from pyhf's
-    best fit within 1e-5."""
+    theta_hat +- sigma_hat, within 1e-4 sigma_mu (pyhf's SLSQP stops ~1e-5 sigma from the
+    minimum; fitax at EDM 1e-12, 1e-6 sigma). Pulls from pyhf's best fit within 1e-5."""
     model, data, pmodel, pdata = both(simple_spec(obs=OBS_SIGNAL_LIKE))
     ranking = infer.ranking(data, model)
     assert ranking.converged

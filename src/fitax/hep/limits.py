@@ -20,7 +20,7 @@ from scipy.optimize import brentq
 
 from ..batch import fit_batch
 from .calculators import AsymptoticCalculator, asymptotic_pvalues, expected_band
-from .teststat import FIT_TOLERANCE, HistFitResult, mle_fit, with_poi
+from .teststat import FIT_TOLERANCE, HistFitResult, forward_mode_nll, mle_fit, with_poi
 
 __all__ = ["UpperLimit", "upper_limit", "ProfileScan", "profile_scan"]
 
@@ -180,6 +180,15 @@ class ProfileScan:
         return f"ProfileScan({self.poi_values.size} points, all converged={bool(self.converged.all())})"
 
 
+class _ProfiledNLL(eqx.Module):
+    """``-2 log L`` with forward-mode derivatives (:func:`~fitax.hep.teststat.forward_mode_nll`)."""
+
+    model: eqx.Module
+
+    def __call__(self, params, data):
+        return forward_mode_nll(self.model, self.model.to_vector(params), data)
+
+
 def profile_scan(data, model, poi_values, init_params=None) -> ProfileScan:
     """``-2 log L`` profiled over the nuisance parameters at each POI value, relative to the
     free fit; all conditional fits in one :func:`fitax.fit_batch` call."""
@@ -192,5 +201,5 @@ def profile_scan(data, model, poi_values, init_params=None) -> ProfileScan:
     batch = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, poi_values.shape + jnp.shape(x)), fixed)
     batch = eqx.tree_at(lambda b: b[model.poi_name].value, batch, jnp.asarray(poi_values))
     data = jnp.broadcast_to(jnp.asarray(data, dtype=float), poi_values.shape + (model.n_main_bins + model.aux_size,))
-    result = fit_batch(model.nll, batch, data, tol=FIT_TOLERANCE)
+    result = fit_batch(_ProfiledNLL(model), batch, data, tol=FIT_TOLERANCE)
     return ProfileScan(poi_values=poi_values, delta_twice_nll=result.stat - mle.twice_nll, converged=result.converged, mle=mle)
