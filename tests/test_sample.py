@@ -362,14 +362,13 @@ def test_gamma_posterior_agrees_with_laplace_approximation():
     here; 2 x 300 draws gave 0.95-1.08 times the errors). A posterior in the wrong units
     (errordef) would be off by a factor sqrt(2) in every std.
     """
-    from fitax.gamma import Datasets, fit, read_models
-    from fitax.gamma.datasets import bind, stat_sum_groups
+    from fitax.gamma import Datasets, fit, read_models, sample
 
     datasets = Datasets.read(shared_data("gamma", "sim", "datasets_n1.yaml"))
     best = fit(datasets, read_models(shared_data("gamma", "sim", "models_start_n1.yaml")))
     assert best.converged
-    result = fitax.sample(stat_sum_groups, best.params, args=bind(datasets, best.params), init=best,
-                          num_samples=250, num_warmup=150, num_chains=2, seed=0)
+    # fitax.gamma.sample: fitax.sample on the fit's Cash statistic, bound at the best fit, init=best
+    result = sample(datasets, best, num_samples=250, num_warmup=150, num_chains=2, seed=0)
     assert result.names == best.free_names and len(result.names) == 10
     assert result.divergences.sum() == 0
     for name in result.names:
