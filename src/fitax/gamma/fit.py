@@ -20,7 +20,7 @@ import numpy as np
 
 from ..fit import fit as _core_fit
 from ..fit import FitResult
-from ..parameters import Parameter, parameters_dict
+from ..parameters import Parameter, is_parameter, parameters_dict
 from ..profile import TSResult, warn_unless_converged, wilks_significance
 from ..sample import SampleResult
 from ..sample import sample as _core_sample
@@ -82,8 +82,8 @@ def _parameter_owners(models: Models) -> list[tuple[str, Parameter, object, str]
     model: 'spectral', 'spatial' or '' for a background model)``, in the order of the
     fit's parameter vector. The holder is read from the pytree path, not from the dotted
     name: catalog names such as 'J1745' and 'J1745.1' make names prefixes of each other."""
-    leaves = [(path, leaf) for path, leaf in jax.tree_util.tree_flatten_with_path(
-        models, is_leaf=lambda x: isinstance(x, Parameter))[0] if isinstance(leaf, Parameter)]
+    leaves = [(path, leaf) for path, leaf in jax.tree_util.tree_flatten_with_path(models, is_leaf=is_parameter)[0]
+              if is_parameter(leaf)]
     owners = []
     for name, (path, leaf) in zip(parameters_dict(models), leaves):
         model = models[path[0].key]

@@ -184,7 +184,7 @@ def bind_maps(members: list, sources: list[SkyModel], shard: bool) -> MapGroup:
                 parts = [dataset.cached(("psf_components", position_key(position), size, fft_shape, tuple(used)),
                                          lambda i=i: basis_and_mix(kernels[i, j]))
                          if (i, j) in kernels else basis_and_mix(identity) for i, dataset in enumerate(members)]
-                rank = max(mix.shape[1] for _, mix in parts)
+                rank = _rank_bucket(max(mix.shape[1] for _, mix in parts), len(used))
                 psf_fft = jnp.asarray(np.stack([np.pad(f, ((0, rank - len(f)), (0, 0), (0, 0))) for f, _ in parts]))
                 psf_mix = jnp.asarray(np.stack([np.pad(mix, ((0, 0), (0, rank - mix.shape[1]))) for _, mix in parts]))
         pixel = jacobian = reference = grid_xyz = point_kernel = template_image = None
@@ -279,6 +279,14 @@ def _stacked_data(members: tuple, n_real: int, margin: int, used_true: tuple[int
         # Gammapy's 2 (mu - n log mu) is the deviance minus 2 (n log n - n)
         constant=-float(np.sum(offsets)),
     )
+
+
+def _rank_bucket(rank: int, n_kernels: int) -> int:
+    """PSF components kept, rounded up to a multiple of 4 (zero components, exact): the
+    rank a kernel needs depends on the source's position (14 or 15 of the 23 kernels of a
+    simulated dataset's sources 0.05 deg apart), and as a shape of the compiled fit it
+    made a new binding trace and compile the fit again."""
+    return min(-(-rank // 4) * 4, n_kernels)
 
 
 def _solid_angles(members: tuple) -> list[np.ndarray]:
