@@ -1,7 +1,9 @@
 """Maximum-likelihood fits and profile-likelihood test statistics of HistFactory models.
 
-Every fit is :func:`fitax.fit` (damped Newton with exact Hessians) of ``model.nll``
-(``-2 log L``, errordef 1), started, like pyhf's, from the model's suggested initial values.
+Every fit is :func:`fitax.fit` (damped Newton with exact Hessians) of ``-2 log L`` (errordef 1)
+with forward-mode derivatives (:func:`forward_mode_nll`), started, like pyhf's, from the
+model's suggested initial values; free and conditional fits are one compiled program
+(:class:`ConditionalObjective`).
 The test statistics follow pyhf (``pyhf.infer.test_statistics``, arXiv:1007.1727):
 ``t = 2 NLL(mu, theta_hat_hat) - 2 NLL(mu_hat, theta_hat)`` clipped at 0, with the free fit
 bounded by the POI's bounds (lower bound 0 gives the "tilde" statistics); ``q_mu`` and
