@@ -303,9 +303,9 @@ def test_errors_with_dotted_prefix_model_names_match_the_dense_hessian():
     its last exact Hessian up to one Newton step (EDM < 1e-6, ~1e-3 sigma) before the
     returned values, which moves the errors by ~1e-4 at most (measured agreement ~1e-6);
     with the prefix bug's pattern (couplings of the Gaussian to obs001 missing) they
-    are off by up to 13% (measured). The fit runs on one binding (fitax.gamma.fit may bind again when the
-    Gaussian, seen in obs001 only, moves by > 0.1 deg; the reference must use the same
-    IRFs)."""
+    are off by up to 13% (measured). The fit runs on one binding (fitax.gamma.fit may
+    bind again when the Gaussian, seen in obs001 only, moves by > 0.1 deg; the reference
+    must use the same IRFs)."""
     import fitax
     from fitax.gamma.fit import costly_parameters, hessian_sparsity
 
