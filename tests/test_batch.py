@@ -128,7 +128,7 @@ def test_invalid_starts_are_flagged_per_problem():
     (the analytic minimum of (a - x)^2 + (b - 2)^2 over a >= 0 is a = x, b = 2)."""
     x = jnp.array([1.0, 2.0, 3.0, 4.0])
     params = {"a": fitax.Parameter(jnp.array([1.0, -1.0, jnp.nan, 0.5]), min=0), "b": fitax.Parameter(jnp.zeros(4))}
-    result = fitax.fit_batch(lambda p, x: (p["a"].value - x) ** 2 + (p["b"].value - 2) ** 2, params, x)
+    result = fitax.fit_batch(lambda p, x: (p["a"].value - x) ** 2 + (p["b"].value - 2) ** 2, params, x, tol=1e-14)
     assert result.converged.tolist() == [True, False, False, True]
     assert "parameter 'a' starts at -1, outside its bounds [0, inf]" in result.message(1)
     assert "parameter 'a' has a non-finite start value nan" in result.message(2)

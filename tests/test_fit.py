@@ -214,12 +214,12 @@ def test_hessian_plans_give_the_dense_hessian():
     """Colored columns, costly columns computed in full and the cheap block from products
     that hold the costly parameters constant assemble the same Hessian as jax.hessian."""
     from fitax import _minimize
-    from fitax.fit import _physical_objective
+    from fitax.fit import physical_objective
 
     params = {"amplitude": fitax.Parameter(1.5), "slope": fitax.Parameter(0.5, min=0.0),
               **{f"offset{i}": fitax.Parameter(0.2 * i) for i in range(4)}}
     space = fitax.ParameterSpace.from_params(params)
-    physical = _physical_objective(_joint_exponentials, space, params, 1.0)
+    physical = physical_objective(_joint_exponentials, space, params, 1.0)
     v = space.values(params) + 0.1
     dense = jax.hessian(physical)(v, None)
     offsets = np.array([name.startswith("offset") for name in space.names])

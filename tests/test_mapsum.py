@@ -92,21 +92,21 @@ def test_item_sum_hessians_item_by_item_equal_the_plain_sum():
     without a Hessian plan, and so does the whole fit."""
     import fitax
     from fitax import _minimize
-    from fitax.fit import _physical_objective
+    from fitax.fit import physical_objective
     from fitax.mapsum import ItemSum
 
     params, data, term, plain = _item_sum_problem()
     summed = ItemSum(lambda d: [(term, d)])
     space = fitax.ParameterSpace.from_params(params)
     v = space.values(params) * 1.1
-    by_item = _physical_objective(summed, space, params, 1.0)
+    by_item = physical_objective(summed, space, params, 1.0)
     assert hasattr(by_item, "item_terms")
-    reference = jax.hessian(_physical_objective(plain, space, params, 1.0))(v, data)
+    reference = jax.hessian(physical_objective(plain, space, params, 1.0))(v, data)
     is_offset = np.array([name.startswith("offset") for name in space.names])
     pattern = ~(is_offset[:, None] & is_offset[None, :]) | np.eye(6, dtype=bool)  # offsets of two items never meet
     for plan in (None, _minimize.hessian_plan(6, pattern, np.array([name == "slope" for name in space.names]))):
         value, grad, hessian = jax.jit(lambda v, d, plan=plan: _minimize.value_grad_hessian(by_item, v, d, plan))(v, data)
-        assert float(value) == pytest.approx(float(_physical_objective(plain, space, params, 1.0)(v, data)), rel=1e-13)
+        assert float(value) == pytest.approx(float(physical_objective(plain, space, params, 1.0)(v, data)), rel=1e-13)
         np.testing.assert_allclose(hessian, reference, rtol=1e-10, atol=1e-10)
     fitted, expected = fitax.fit(summed, params, args=data), fitax.fit(plain, params, args=data)
     assert fitted.converged and fitted.stat == pytest.approx(expected.stat, rel=1e-12)

@@ -23,13 +23,12 @@ import functools
 from collections.abc import Callable
 from typing import Any, Literal
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _minimize
-from .fit import _physical_objective
+from . import _minimize, programs
+from .fit import physical_objective
 from .parameters import ParameterSpace, is_parameter
 
 __all__ = ["fit_batch", "BatchFitResult"]
@@ -142,7 +141,7 @@ def _solve_one(objective, space: ParameterSpace, errordef, edm_tol, max_steps, s
     params, args = problem
     if shared is not None:
         args = (args, shared)
-    physical = _physical_objective(objective, space, params, errordef)
+    physical = physical_objective(objective, space, params, errordef)
     result = _minimize.newton(physical, space, space.values(params), args, errordef=errordef, edm_tol=edm_tol, max_steps=max_steps)
     v = result.v
     chol = jnp.linalg.cholesky(result.hessian)
@@ -159,7 +158,7 @@ def _solve_all(objective, space, params_batch, args, shared, errordef, edm_tol, 
     return jax.lax.map(solve, (params_batch, args), batch_size=chunk)
 
 
-@eqx.filter_jit
+@programs.cached(name="fitax.fit_batch")
 def _run_batch(objective, space, params_batch, args, shared, errordef, edm_tol, max_steps, vectorize, chunk):
     devices = jax.devices()
     if len(devices) == 1:

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _minimize
+from . import _minimize, programs
 from .mapsum import ItemSum
 from .parameters import ParameterSpace, parameters_dict
 
@@ -113,7 +113,7 @@ class FitResult:
         return "\n".join(lines)
 
 
-def _physical_objective(objective, space: ParameterSpace, params, errordef: float):
+def physical_objective(objective, space: ParameterSpace, params, errordef: float):
     """``objective`` (priors added) as a function of the free parameters' values ``v``; for
     an :class:`~fitax.mapsum.ItemSum`, it also gives its terms as functions of ``v``
     (``item_terms``), so that exact Hessians are computed item by item."""
@@ -137,10 +137,10 @@ def _term_of_values(function, space: ParameterSpace, params, v, item):
     return function(space.with_values(params, v), item)
 
 
-@eqx.filter_jit
+@programs.cached(name="fitax.fit")
 def _run_fit(objective, space: ParameterSpace, params, args, method: str, errordef, edm_tol, max_steps, hessian_every, plan):
     v0 = space.values(params)
-    physical = _physical_objective(objective, space, params, errordef)
+    physical = physical_objective(objective, space, params, errordef)
     if method != "bfgs":
         return _minimize.newton(
             physical, space, v0, args, errordef=errordef, edm_tol=edm_tol, max_steps=max_steps, hessian_every=hessian_every,
