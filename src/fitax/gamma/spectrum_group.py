@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float
 
-from ..stats import cash_data_term, cash_terms, wstat_terms
+from ..stats import cash, cash_data_term, wstat
 from .models import Models, SkyModel
 
 __all__ = ["SpectrumGroup", "bind_spectra"]
@@ -43,12 +43,12 @@ class SpectrumGroup(eqx.Module):
         return total
 
     def stat(self, models: Models) -> Float[Array, ""]:
+        # The statistics sanitise masked bins before their logarithms (alpha = 0 or no
+        # prediction there must not make the gradient NaN).
         signal = self.npred(models)
         if self.counts_off is not None:
-            terms = wstat_terms(self.counts, self.counts_off, self.alpha, signal)
-        else:
-            terms = cash_terms(self.counts, signal + self.background * models.background_scales(self.names, self.energy_centres))
-        return jnp.sum(jnp.where(self.mask, terms, 0.0))
+            return wstat(self.counts, self.counts_off, self.alpha, signal, self.mask)
+        return cash(self.counts, signal + self.background * models.background_scales(self.names, self.energy_centres), self.mask)
 
     def stat_terms(self) -> list:
         """One :class:`fitax.ItemSum` term for the whole group: stacked spectra are cheap."""
