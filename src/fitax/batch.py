@@ -235,7 +235,7 @@ def fit_batch(
     A problem whose start point is invalid (a non-finite value, or one outside the bounds)
     does not stop the batch: it is not fitted and comes back with ``converged=False`` and
     :meth:`BatchFitResult.message` saying why. Problems whose objective is non-finite at
-    the start come back flagged likewise (status ``NON_FINITE``).
+    the start come back flagged likewise (status ``RESULTS.nonfinite``).
 
     Example (multi-start):
         >>> import jax.numpy as jnp, numpy as np, fitax
