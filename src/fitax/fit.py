@@ -316,7 +316,8 @@ def _make_result(space, params, result, n_bfgs, errordef, method) -> FitResult:
     if at_bound:
         message += f"; warning: parameters at a bound {at_bound}, their errors are not meaningful"
 
-    fitted = space.with_values(params, jnp.asarray(v))
+    # one device transfer per scalar: indexing a device vector would be one dispatched op each
+    fitted = space.with_values(params, [jnp.asarray(x) for x in v])
     all_params = parameters_dict(fitted)
     free_error = dict(zip(space.names, errors_free.tolist()))
     values, errors, units, frozen = {}, {}, {}, {}
