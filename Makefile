@@ -19,8 +19,15 @@ demo: install
 	$(BIN)/fitax gamma demo --out results/gamma
 	$(BIN)/fitax phot demo --out results/photometry
 
+# The core's tests run a second time with jaxtyping's runtime checker on every annotated
+# function of fitax (shapes and dtypes enforced, not decorative). Bad-input tests are left
+# out of that pass: the checker rejects their wrong types before fitax's own clearer errors.
+TYPECHECKED_TESTS := tests/test_stats.py tests/test_parameters.py tests/test_bijectors.py tests/test_mapsum.py \
+	tests/test_integrate.py tests/test_minimize.py tests/test_profile.py tests/test_batch.py tests/test_sample.py
+
 test: install-test
 	$(BIN)/python -m pytest -q -rs
+	$(BIN)/python -m pytest -q -o addopts="" --jaxtyping-packages=fitax,typecheck.checker -m "not slow" -k "not bad and not invalid" $(TYPECHECKED_TESTS)
 
 bench: install-test
 	$(BIN)/python benchmarks/core_fit.py

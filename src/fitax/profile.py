@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+from jaxtyping import ArrayLike, Float
 from jax.scipy.special import gammaincc, gammaln, ndtri
 
 from .fit import FitResult, call_objective, fit
@@ -102,7 +103,7 @@ def profile(
     objective: Callable,
     params,
     name: str,
-    values: Sequence[float],
+    values: Sequence[float] | Float[ArrayLike, " n"],
     *,
     args: Any = None,
     errordef: float = 1.0,

@@ -34,13 +34,13 @@ def _pixel_nodes(points: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def gaussian_prf(
-    dx: Float[ArrayLike, "*pix"],
-    dy: Float[ArrayLike, "*pix"],
+    dx: Float[ArrayLike, "*#pix"],
+    dy: Float[ArrayLike, "*#pix"],
     sigma_x: Float[ArrayLike, ""],
     sigma_y: Float[ArrayLike, ""],
     rho: Float[ArrayLike, ""] = 0.0,
     points: int = 6,
-) -> Float[Array, "*pix"]:
+) -> Float[Array, "*#pix"]:
     """Integral of a unit-flux 2-d Gaussian over pixels centred at offsets ``(dx, dy)``.
 
     Args:
@@ -82,14 +82,14 @@ def gaussian_prf(
 
 
 def moffat_prf(
-    dx: Float[ArrayLike, "*pix"],
-    dy: Float[ArrayLike, "*pix"],
+    dx: Float[ArrayLike, "*#pix"],
+    dy: Float[ArrayLike, "*#pix"],
     gamma: Float[ArrayLike, ""],
     alpha: Float[ArrayLike, ""],
     ellipticity: Float[ArrayLike, ""] = 0.0,
     theta: Float[ArrayLike, ""] = 0.0,
     points: int = 4,
-) -> Float[Array, "*pix"]:
+) -> Float[Array, "*#pix"]:
     """Integral of a unit-flux elliptical Moffat profile over pixels at offsets ``(dx, dy)``.
 
     ``f = (alpha - 1) / (pi gamma_1 gamma_2) [1 + (u / gamma_1)^2 + (v / gamma_2)^2]^-alpha``
