@@ -26,7 +26,7 @@ TYPECHECKED_TESTS := tests/test_stats.py tests/test_parameters.py tests/test_bij
 	tests/test_integrate.py tests/test_minimize.py tests/test_profile.py tests/test_batch.py tests/test_sample.py
 
 test: install-test
-	$(BIN)/python -m pytest -q -rs
+	$(BIN)/python -m pytest -q -rs --durations=25
 	$(BIN)/python -m pytest -q -o addopts="" --jaxtyping-packages=fitax,typecheck.checker -m "not slow" -k "not bad and not invalid" $(TYPECHECKED_TESTS)
 
 bench: install-test

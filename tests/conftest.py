@@ -14,6 +14,12 @@ from fitax.fit import call_objective
 
 REPO = Path(__file__).resolve().parents[1]
 
+# In-process CLI tests would otherwise turn on the on-disk caches (XLA executables and
+# exported programs under ~/.cache/fitax) for the whole test session: the suite would write
+# into the user's home and every later compilation would go through the cache. Tests of the
+# caches enable them explicitly in folders of their own.
+os.environ["FITAX_CACHE_DIR"] = ""
+
 
 def shared_data(*parts: str) -> Path:
     """Path under the shared data folder; skips the test with a clear message when absent."""

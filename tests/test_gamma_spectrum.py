@@ -118,12 +118,24 @@ def _gadf_spectra(tmp_path):
     return paths
 
 
+
+def _gammapy_models_with_background(models_path):
+    """Gammapy's models of ``models_path`` plus the dataset's FoVBackgroundModel (norm 1.3,
+    tilt 0.2), as the fitax side builds them."""
+    from gammapy.modeling.models import FoVBackgroundModel, Models
+
+    models = Models.read(models_path)
+    models.append(FoVBackgroundModel(dataset_name="spec", spectral_model=None))
+    models["spec-bkg"].spectral_model.norm.value = 1.3
+    models["spec-bkg"].spectral_model.tilt.value = 0.2
+    return models
+
 def test_gammapy_format_spectra_match_gammapy_and_ogip(tmp_path, precise_gammapy):
     """On-off spectra read from Gammapy's FITS format equal the same spectra read from
     OGIP; SpectrumDatasets (Cash with a background spectrum and its FoVBackgroundModel)
     give Gammapy's npred_signal and stat_sum."""
     from gammapy.datasets import SpectrumDataset, SpectrumDatasetOnOff
-    from gammapy.modeling.models import FoVBackgroundModel, Models
+    from gammapy.modeling.models import Models
 
     models_path = tmp_path / "models.yaml"
     models_path.write_text(yaml.safe_dump(CRAB))
@@ -138,11 +150,7 @@ def test_gammapy_format_spectra_match_gammapy_and_ogip(tmp_path, precise_gammapy
 
         ours = fg.SpectrumDataset.read(spectrum_path, name="spec")
         theirs = SpectrumDataset.read(spectrum_path, name="spec")
-        gammapy_models = Models.read(models_path)
-        gammapy_models.append(FoVBackgroundModel(dataset_name="spec", spectral_model=None))
-        gammapy_models["spec-bkg"].spectral_model.norm.value = 1.3
-        gammapy_models["spec-bkg"].spectral_model.tilt.value = 0.2
-        theirs.models = gammapy_models
+        theirs.models = _gammapy_models_with_background(models_path)
         with_background = fg.Models([*models, fg.FoVBackgroundModel("spec", norm=1.3, tilt=0.2)])
         # the log-parabola is integrated numerically by Gammapy (10 000 points with the
         # fixture): 1e-6 and 1e-3 bound that (a power law: test_power_law_spectra_match_gammapy_to_round_off)
@@ -180,7 +188,6 @@ def test_power_law_spectra_match_gammapy_to_round_off(tmp_path):
     npred to 1e-14 relative (measured <= 9e-16: sums of ~20 products), stat to 1e-12
     absolute (measured <= 6e-14 on |stat| ~ 200)."""
     from gammapy.datasets import SpectrumDataset
-    from gammapy.modeling.models import FoVBackgroundModel, Models
 
     power_law = {"components": [{"name": "crab", "type": "SkyModel", "spectral": {"type": "PowerLawSpectralModel", "parameters": [
         {"name": "amplitude", "value": 3.8e-11, "unit": "TeV-1 s-1 cm-2"}, {"name": "reference", "value": 1.0, "unit": "TeV"},
@@ -190,11 +197,7 @@ def test_power_law_spectra_match_gammapy_to_round_off(tmp_path):
     models = fg.Models([*fg.read_models(models_path), fg.FoVBackgroundModel("spec", norm=1.3, tilt=0.2)])
     for _, _, spectrum_path in _gadf_spectra(tmp_path):
         theirs = SpectrumDataset.read(spectrum_path, name="spec")
-        gammapy_models = Models.read(models_path)
-        gammapy_models.append(FoVBackgroundModel(dataset_name="spec", spectral_model=None))
-        gammapy_models["spec-bkg"].spectral_model.norm.value = 1.3
-        gammapy_models["spec-bkg"].spectral_model.tilt.value = 0.2
-        theirs.models = gammapy_models
+        theirs.models = _gammapy_models_with_background(models_path)
         ours = fg.SpectrumDataset.read(spectrum_path, name="spec")
         np.testing.assert_allclose(ours.npred_signal(models), theirs.npred_signal().data.ravel(), rtol=1e-14)
         assert ours.stat_sum(models) == pytest.approx(theirs.stat_sum(), abs=1e-12)

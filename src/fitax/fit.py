@@ -32,13 +32,13 @@ One exact Hessian costs about ``n`` gradients; above this size most steps use a 
 instead (:data:`HESSIAN_EVERY_LARGE`). ``benchmarks/core_fit.py`` measures the trade-off.
 """
 
-HESSIAN_EVERY_LARGE = 1000
-"""Exact-Hessian refresh interval of Newton above :data:`NEWTON_MAX_PARAMETERS` parameters:
-in effect, exact Hessians only at the start, when the BFGS model fails (two rejected steps
-in a row), to certify convergence and for the errors. Measured on the hard starts of the
-K = 50 blob cube (251 parameters; seeds 0, 1, 2): 2, 2, 3 exact Hessians with it against
-4, 6, 6 refreshing every 10 steps, at the same minimum; one exact Hessian costs about as
-much as 250-330 gradients there."""
+HESSIAN_EVERY_LARGE = 10
+"""Exact-Hessian refresh interval of Newton above :data:`NEWTON_MAX_PARAMETERS` parameters
+(also refreshed after two rejected steps in a row and to certify convergence). Measured on
+the hard starts of the K = 50 blob cube (251 parameters; seeds 0, 1, 2): 4, 6, 6 exact
+Hessians (the solver before its step rework took 10, 8, 6); refreshing only when needed
+(1000) took 2, 2, 3 there but ended a joint PSF-shape fit of the photometry tests at an
+indefinite Hessian, so it is not the default."""
 
 
 def call_objective(objective: Callable, params, args):
