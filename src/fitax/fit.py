@@ -316,8 +316,7 @@ def _make_result(space, params, result, n_bfgs, errordef, method) -> FitResult:
     if at_bound:
         message += f"; warning: parameters at a bound {at_bound}, their errors are not meaningful"
 
-    # one device transfer per scalar: indexing a device vector would be one dispatched op each
-    fitted = space.with_values(params, [jnp.asarray(x) for x in v])
+    fitted = space.with_values(params, list(v))  # host scalars: no device op per parameter
     all_params = parameters_dict(fitted)
     free_error = dict(zip(space.names, errors_free.tolist()))
     values, errors, units, frozen = {}, {}, {}, {}

@@ -34,6 +34,7 @@ __all__ = [
     "ParameterSpace",
     "is_parameter",
     "get_parameter",
+    "with_value",
     "parameter_names",
     "parameters_dict",
     "free_parameter_names",
@@ -105,7 +106,7 @@ class Parameter(eqx.Module):
         Parameter(2e-11, min=0.0, unit='TeV-1 s-1 cm-2')
     """
 
-    value: Float[Array, "*batch"]
+    value: Float[Array | np.ndarray, "*batch"]
     min: float | None = eqx.field(default=None, static=True)
     max: float | None = eqx.field(default=None, static=True)
     frozen: bool = eqx.field(default=False, static=True)
@@ -129,7 +130,7 @@ class Parameter(eqx.Module):
             if unit is None:
                 unit = value.unit
             value = value.to_value(unit)
-        self.value = jnp.asarray(value, dtype=float)
+        self.value = _as_value(value)
         self.min = None if min is None else float(min)
         self.max = None if max is None else float(max)
         self.frozen = bool(frozen)
@@ -167,6 +168,25 @@ class Parameter(eqx.Module):
     @property
     def is_free(self) -> bool:
         return not self.frozen and self.tied_to is None
+
+
+def _as_value(value):
+    """A parameter value as float64. Host values stay NumPy: building and updating
+    Parameters (results, model set-up) is then free of per-scalar device transfers, which
+    cost ~50 us each and dominated small fits; jit and jnp take NumPy leaves as they are."""
+    if isinstance(value, (jax.Array, jax.core.Tracer)):
+        return value if value.dtype == jnp.float64 else jnp.asarray(value, dtype=float)
+    return np.asarray(value, dtype=float)
+
+
+def with_value(parameter: Parameter, value) -> Parameter:
+    """``parameter`` with another value and the same (already validated) metadata; without
+    re-running ``__init__``, which costs ~100 us per Parameter in equinox."""
+    new = object.__new__(type(parameter))
+    for field in dataclasses.fields(parameter):
+        object.__setattr__(new, field.name, getattr(parameter, field.name))
+    object.__setattr__(new, "value", _as_value(value))
+    return new
 
 
 def is_parameter(x: Any) -> bool:
@@ -406,7 +426,10 @@ class ParameterSpace:
         leaves = self._leaves(params)
         if not self._leaf_positions:
             return jnp.zeros((0,))
-        return jnp.stack([leaves[i].value for i in self._leaf_positions], axis=-1)
+        values = [leaves[i].value for i in self._leaf_positions]
+        if all(isinstance(v, np.ndarray) for v in values):
+            return np.stack(values, axis=-1)
+        return jnp.stack(values, axis=-1)
 
     def with_values(self, params, values: Float[ArrayLike, "*batch n_free"] | list | tuple):
         """``params`` with the free parameters set to ``values`` and ties applied.
@@ -417,9 +440,9 @@ class ParameterSpace:
         leaves = list(self._leaves(params))
         for j, i in enumerate(self._leaf_positions):
             value = values[j] if isinstance(values, (list, tuple)) else values[..., j]
-            leaves[i] = dataclasses.replace(leaves[i], value=value)
+            leaves[i] = with_value(leaves[i], value)
         for target, source in self._tie_positions:
-            leaves[target] = dataclasses.replace(leaves[target], value=leaves[source].value)
+            leaves[target] = with_value(leaves[target], leaves[source].value)
         return jax.tree_util.tree_unflatten(self._treedef, leaves)
 
     def prior_penalty(self, params) -> Float[Array, "*batch"]:

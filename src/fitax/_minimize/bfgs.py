@@ -6,7 +6,6 @@ from collections.abc import Callable
 from typing import Any
 
 import jax.numpy as jnp
-import optimistix as optx
 from jaxtyping import Array, Float
 
 
@@ -26,6 +25,10 @@ def quasi_newton(
     minimum on 250-parameter Poisson fits): callers polish with :func:`fitax._minimize.newton`,
     which stops only when the EDM at an exact Hessian is small.
     """
+    # Imported here: optimistix (and lineax under it) is a quarter of fitax's import time
+    # and only this optional phase needs it.
+    import optimistix as optx
+
     solver = optx.BFGS(rtol=rtol, atol=atol)
     solution = optx.minimise(fun, solver, u0, args, max_steps=max_steps, throw=False)
     u = solution.value

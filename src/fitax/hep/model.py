@@ -23,6 +23,7 @@ finite and huge-negative where the model is unphysical, so a fit backs away from
 
 from __future__ import annotations
 
+
 from collections.abc import Mapping, Sequence
 
 import equinox as eqx
@@ -32,7 +33,7 @@ import numpy as np
 from jax.scipy.special import gammaln, xlogy
 from jaxtyping import Array, Float
 
-from ..parameters import Parameter, value_of
+from ..parameters import Parameter, value_of, with_value
 from . import derivatives, interpolation
 from .modifiers import ParameterLayout, build_structure
 
@@ -261,7 +262,7 @@ class Model(eqx.Module):
         if vector.shape[-1:] != (self.n_parameters,):
             raise ValueError(f"parameter vector has length {vector.shape[-1:]} but the model has {self.n_parameters}")
         bounds = self.suggested_bounds().tolist() if template is None else None
-        out = {}
+        out, prototypes = {}, {}
         start = 0
         for pset in self.parameter_sets:
             components = []
@@ -269,13 +270,15 @@ class Model(eqx.Module):
                 value = vector[..., start + i]
                 if template is not None:
                     like = template[pset.name] if pset.is_scalar else template[pset.name][i]
-                    components.append(eqx.tree_at(lambda p: p.value, like, jnp.asarray(value, dtype=float)))
+                    components.append(with_value(like, value))
                     continue
                 low, high = bounds[start + i]
-                if low < high:
-                    components.append(Parameter(value, min=low, max=high, frozen=pset.fixed[i]))
-                else:
-                    components.append(Parameter(value, frozen=True))
+                metadata = (low, high, bool(pset.fixed[i])) if low < high else (None, None, True)
+                if metadata not in prototypes:
+                    # Parameters of a model share a few kinds of bounds; copying a prototype
+                    # is ~20x cheaper than equinox's __init__ for each of ~100 parameters.
+                    prototypes[metadata] = Parameter(0.0, min=metadata[0], max=metadata[1], frozen=metadata[2])
+                components.append(with_value(prototypes[metadata], value))
             out[pset.name] = components[0] if pset.is_scalar else tuple(components)
             start += pset.size
         return out
