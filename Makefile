@@ -18,6 +18,7 @@ install-test: $(BIN)/python
 demo: install
 	$(BIN)/fitax gamma demo --out results/gamma
 	$(BIN)/fitax phot demo --out results/photometry
+	$(BIN)/fitax hep demo --out results/hep
 
 # The core's tests run a second time with jaxtyping's runtime checker on every annotated
 # function of fitax (shapes and dtypes enforced, not decorative). Bad-input tests are left

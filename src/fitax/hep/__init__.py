@@ -7,7 +7,7 @@ pyhf's (0.7.6) as pure, float64 JAX functions of fitax Parameters named as pyhf 
 
 from .model import DEFAULT_MODIFIER_SETTINGS, RATE_FLOOR, Model
 from .modifiers import MODIFIER_TYPES, ParameterLayout, ParameterSet
-from .workspace import InvalidWorkspace, Patch, Workspace, read_patchset, validate
+from .workspace import InvalidWorkspace, Patch, Workspace, patchset_labels, read_patchset, validate
 
 __all__ = [
     "DEFAULT_MODIFIER_SETTINGS",
@@ -19,6 +19,7 @@ __all__ = [
     "Patch",
     "RATE_FLOOR",
     "Workspace",
+    "patchset_labels",
     "read_patchset",
     "validate",
 ]

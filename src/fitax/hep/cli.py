@@ -1,4 +1,4 @@
-"""``fitax hep cls | fit | limit``: pyhf's command-line habits on fitax fits.
+"""``fitax hep cls | fit | limit | ranking | patchset | demo``: pyhf's command-line habits on fitax fits.
 
 As ``pyhf cls``, the workspace is read from a file (or ``-`` for stdin), patches are applied
 in order with ``-p``, the model uses pyhf's command-line interpolation codes (normsys code4,
@@ -48,9 +48,21 @@ def add_parser(commands) -> None:
     limit.add_argument("--level", type=float, default=0.05, help="CLs level (default 0.05: 95%% CL)")
     limit.add_argument("--test-stat", choices=["q", "qtilde"], default="qtilde")
     limit.add_argument("--plot", default=None, help="write a Brazil plot (PNG) of the CLs scan here")
+    ranking = sub.add_parser("ranking", help="pre- and post-fit impacts of the nuisance parameters on the POI")
+    _common(ranking)
+    ranking.add_argument("--plot", default=None, help="write the ranking (impact) plot (PNG) here")
+    ranking.add_argument("--top", type=int, default=20, help="parameters shown in the plot (default 20)")
+    patchset = sub.add_parser("patchset", help="CLs hypotest of every signal point of a pyhf patchset")
+    _common(patchset)
+    patchset.add_argument("patchset", help="pyhf patchset JSON (its digest must match the workspace)")
+    patchset.add_argument("--test-poi", type=float, default=1.0, help="POI value tested (default 1)")
+    patchset.add_argument("--test-stat", choices=["q", "qtilde"], default="qtilde")
+    patchset.add_argument("--plot", default=None, help="write the exclusion plot (PNG) here")
+    demo = sub.add_parser("demo", help="fit, CLs, limit, ranking and a patchset on the shared ATLAS sbottom workspace")
+    demo.add_argument("--out", default="results/hep", help="output folder (default: results/hep)")
 
 
-def _load(args):
+def _read_workspace(args):
     from .workspace import Workspace
 
     if args.workspace == "-":
@@ -60,11 +72,12 @@ def _load(args):
     for path in args.patch:
         with open(path, encoding="utf-8") as stream:
             workspace = workspace.patch(json.load(stream))
-    try:
-        settings = json.loads(args.modifier_settings)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"--modifier-settings is not valid JSON: {error}") from None
-    model = workspace.model(measurement=args.measurement, modifier_settings=settings)
+    return workspace
+
+
+def _load(args):
+    workspace = _read_workspace(args)
+    model = workspace.model(measurement=args.measurement, modifier_settings=_settings(args))
     return model, workspace.data(model)
 
 
@@ -76,13 +89,61 @@ def _emit(result: dict, output_file) -> None:
         Path(output_file).write_text(text + "\n", encoding="utf-8")
 
 
+def _settings(args) -> dict:
+    try:
+        return json.loads(args.modifier_settings)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"--modifier-settings is not valid JSON: {error}") from None
+
+
+def _patchset(args) -> tuple[dict, bool]:
+    from .patchsets import hypotest_patchset
+
+    result = hypotest_patchset(
+        _read_workspace(args), args.patchset, args.test_poi, args.test_stat, measurement=args.measurement, modifier_settings=_settings(args)
+    )
+    if args.plot:
+        from .plots import exclusion_plot
+
+        exclusion_plot(result, args.plot)
+    return result.to_dict(), bool(result.converged.all())
+
+
 def run(args) -> int:
     """Run ``fitax hep <step>``; returns the exit status (1 when a fit did not converge)."""
+    if args.hep_command == "demo":
+        from .demo import run_hep_demo
+
+        try:
+            summary = run_hep_demo(args.out)
+        except OSError as error:
+            print(f"fitax hep demo: {error}", file=sys.stderr)
+            return 2
+        print(json.dumps(summary, indent=2, sort_keys=True))
+        return 0 if summary["converged"] else 1
     try:
+        if args.hep_command == "patchset":
+            output, converged = _patchset(args)
+            _emit(output, args.output_file)
+            return _exit_status(converged)
         model, data = _load(args)
     except (OSError, ValueError, KeyError) as error:
         print(f"fitax hep: {error}", file=sys.stderr)
         return 2
+    if args.hep_command == "ranking":
+        from .infer import ranking
+
+        try:
+            result = ranking(data, model)
+        except RuntimeError as error:  # the free fit did not converge
+            print(f"fitax hep: {error}", file=sys.stderr)
+            return 1
+        if args.plot:
+            from .plots import impact_plot
+
+            impact_plot(result, args.plot, top=args.top)
+        _emit({"ranking": result.to_dict(), "converged": result.converged}, args.output_file)
+        return _exit_status(result.converged)
     if args.hep_command == "cls":
         from .calculators import hypotest
 
@@ -112,6 +173,10 @@ def run(args) -> int:
 
             brazil_plot(limit, args.plot)
     _emit(output, args.output_file)
+    return _exit_status(converged)
+
+
+def _exit_status(converged: bool) -> int:
     if not converged:
         print("fitax hep: warning: a fit did not converge; see 'warnings' in the output", file=sys.stderr)
         return 1

@@ -33,7 +33,7 @@ import numpy as np
 
 from .model import Model
 
-__all__ = ["Workspace", "InvalidWorkspace", "Patch", "read_patchset", "validate"]
+__all__ = ["Workspace", "InvalidWorkspace", "Patch", "patchset_labels", "read_patchset", "validate"]
 
 SCHEMA_VERSION = "1.0.0"
 
@@ -242,6 +242,16 @@ class Patch(tuple):
     @property
     def operations(self) -> list:
         return self[2]
+
+
+def patchset_labels(path) -> tuple[str, ...]:
+    """The coordinate names of a patchset's points (its ``metadata.labels``)."""
+    document = _read_json(path)
+    try:
+        validate(document, "patchset")
+    except InvalidWorkspace as e:
+        raise InvalidWorkspace(f"{path}: {e}") from None
+    return tuple(document["metadata"]["labels"])
 
 
 def read_patchset(path, workspace: Workspace | None = None) -> list[Patch]:
