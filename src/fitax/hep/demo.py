@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .cli import PYHF_CLI_MODIFIER_SETTINGS
+from .model import DEFAULT_MODIFIER_SETTINGS as PYHF_CLI_MODIFIER_SETTINGS
 from .workspace import Workspace
 
 __all__ = ["run_hep_demo", "demo_patchset"]
