@@ -37,6 +37,7 @@ _one_cpu_device_per_core()
 from . import integrate, stats  # noqa: E402
 from .batch import BatchFitResult, fit_batch  # noqa: E402
 from .fit import FitResult, fit  # noqa: E402
+from .implicit import implicit_minimum  # noqa: E402
 from .mapsum import ItemSum, map_sum  # noqa: E402
 from .sample import SampleResult, sample  # noqa: E402
 from .profile import ConfidenceInterval, ProfileResult, TSResult, confidence_interval, profile, ts  # noqa: E402
