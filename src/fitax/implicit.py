@@ -13,8 +13,8 @@ theorem), which autodiff of ``f(implicit_minimum(...), a)`` gives since ``grad_v
 Example:
     >>> import jax, jax.numpy as jnp, numpy as np
     >>> f = lambda v, a: jnp.sum((v - a) ** 2)  # the minimum is v* = a
-    >>> a = jnp.array([1.0, 2.0])
-    >>> jax.jacobian(lambda a: implicit_minimum(f, np.asarray(a), a, np.array([True, False])))(a)
+    >>> a = np.array([1.0, 2.0])  # the fit, made beforehand, found v* = a
+    >>> jax.jacobian(lambda a: implicit_minimum(f, np.array([1.0, 2.0]), a, np.array([True, False])))(jnp.asarray(a))
     Array([[1., 0.],
            [0., 0.]], dtype=float64)
 """
