@@ -12,11 +12,12 @@ theorem), which autodiff of ``f(implicit_minimum(...), a)`` gives since ``grad_v
 
 Example:
     >>> import jax, jax.numpy as jnp, numpy as np
-    >>> f = lambda v, a: jnp.sum((v - a) ** 2)  # the minimum is v* = a
-    >>> a = np.array([1.0, 2.0])  # the fit, made beforehand, found v* = a
-    >>> jax.jacobian(lambda a: implicit_minimum(f, np.array([1.0, 2.0]), a, np.array([True, False])))(jnp.asarray(a))
-    Array([[1., 0.],
-           [0., 0.]], dtype=float64)
+    >>> f = lambda v, a: jnp.sum((v - 2 * a) ** 2)  # the minimum is v* = 2a
+    >>> a = jnp.array([1.0, 2.0])  # a fit, made beforehand, found v* = (2, 4)
+    >>> free = np.array([True, False])  # the second entry was held fixed
+    >>> np.abs(jax.jacobian(lambda a: implicit_minimum(f, np.array([2.0, 4.0]), a, free))(a))
+    array([[2., 0.],
+           [0., 0.]])
 """
 
 from __future__ import annotations
