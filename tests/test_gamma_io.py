@@ -76,5 +76,9 @@ def test_bad_files_are_clear_errors(obs000, tmp_path):
     truncated.write_bytes(open(obs000, "rb").read()[:200_000])
     with pytest.raises(ValueError, match="truncated.fits"):
         read_map_dataset(truncated)
+    truncated_gzip = tmp_path / "truncated.fits.gz"  # decompressed in memory, not by astropy
+    truncated_gzip.write_bytes(open(obs000, "rb").read()[:200_000])
+    with pytest.raises(ValueError, match="truncated.fits.gz: not a readable FITS file"):
+        read_map_dataset(truncated_gzip)
     with pytest.raises(FileNotFoundError, match="nowhere.fits"):
         read_map_dataset(tmp_path / "nowhere.fits")

@@ -18,6 +18,8 @@ from astropy.io import fits
 from astropy.table import Table
 from astropy.wcs import WCS
 
+from ..io import atomic_write, open_fits
+
 __all__ = ["MapDatasetFile", "read_map_dataset", "write_map_dataset"]
 
 
@@ -131,7 +133,7 @@ def read_map_dataset(path) -> MapDatasetFile:
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file")
     try:
-        hdul = fits.open(path)
+        hdul = open_fits(path)
     except (OSError, fits.VerifyError, TypeError, EOFError) as error:
         raise ValueError(f"{path}: not a readable FITS file (truncated or corrupt?): {error}") from error
     with hdul:
@@ -257,8 +259,6 @@ def write_map_dataset(contents: MapDatasetFile, path) -> Path:
     """Write a MapDataset file in Gammapy's format (readable by ``MapDataset.read`` and by
     :func:`read_map_dataset`), atomically. PSF and energy dispersion must be maps with a
     sky grid (``psf_wcs``/``edisp_wcs``)."""
-    from ..io import atomic_write
-
     reco = [("ENERGY", contents.energy_edges, "log")]
     true = [("ENERGY_TRUE", contents.energy_true_edges, "log")]
     hdus = [fits.PrimaryHDU(header=fits.Header([("NAME", contents.name), ("CREATOR", "fitax")]))]

@@ -22,9 +22,9 @@ import dataclasses
 from pathlib import Path
 
 import numpy as np
-from astropy.io import fits
 from astropy.table import Table
 
+from ..io import open_fits
 from .irf import diagonal_edisp
 from .likelihood import npred, stat_sum
 from .models import Models, SkyModel
@@ -140,7 +140,7 @@ def _open(path: Path, what: str):
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file ({what})")
     try:
-        return fits.open(path)
+        return open_fits(path)
     except (OSError, TypeError, ValueError) as error:
         raise ValueError(f"{path}: not a readable FITS file: {error}") from error
 

@@ -21,6 +21,7 @@ from astropy.table import Table
 from astropy.wcs import WCS
 from astropy.wcs.utils import wcs_to_celestial_frame
 
+from ..io import open_fits
 from ..parameters import Parameter
 from ._common import parameter
 
@@ -49,7 +50,7 @@ class TemplateMap:
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"{path}: no such file (template map)")
-        with fits.open(path) as hdul:
+        with open_fits(path) as hdul:
             image = next((h for h in hdul if getattr(h, "is_image", False) and h.data is not None), None)
             if image is None:
                 raise ValueError(f"{path}: no image HDU with data (template map)")

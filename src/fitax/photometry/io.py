@@ -8,7 +8,7 @@ import numpy as np
 from astropy.io import fits
 from astropy.table import Table
 
-from ..io import atomic_write, check_not_input
+from ..io import atomic_write, check_not_input, open_fits
 
 __all__ = ["read_image", "write_catalog", "image_hdu_index"]
 
@@ -27,7 +27,7 @@ def read_image(path: str | Path) -> tuple[np.ndarray, fits.Header]:
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file")
     try:
-        with fits.open(path) as hdul:
+        with open_fits(path) as hdul:
             index = image_hdu_index(hdul, path)
             data = np.asarray(hdul[index].data, dtype=np.float64)
             header = hdul[index].header.copy()

@@ -14,6 +14,7 @@ import numpy as np
 from astropy.io import fits
 from astropy.table import Table
 
+from ..io import open_fits
 from .detect import detect_stars
 from .psfshape import PSFShape, fit_psf_shape, select_psf_stars
 from .starfit import fit_stars, render_stars
@@ -44,7 +45,7 @@ def read_calibrated(path, read_noise: float | None = None) -> ImageData:
     path = Path(path)
     image, header = read_image(path)
     mask = np.zeros(image.shape, dtype=bool)
-    with fits.open(path) as hdul:
+    with open_fits(path) as hdul:
         if "MASK" in hdul:
             mask = np.asarray(hdul["MASK"].data, dtype=bool)
             if mask.shape != image.shape:
