@@ -419,3 +419,51 @@ def test_bad_input_is_named():
         infer.hypotest(1.0, data, model, calctype="bootstrap")
     with pytest.raises(ValueError, match="non-finite"):
         infer.mle_fit(np.where(np.arange(4) == 0, np.nan, data), model)
+
+
+# -------------------------------------------------- a fit that the bound transform once trapped
+def many_small_samples_spec(seed: int = 4) -> dict:
+    """Two channels, many background samples with shapesys, a lumi and normsys, one fixed
+    normsys, data well above the prediction (found by a random search over such workspaces,
+    seed 4: 27 samples x 5 bins, yields x67)."""
+    rng = np.random.default_rng(seed)
+    scale, n_samples, n_bins, excess = 10 ** rng.uniform(-1, 2), int(rng.integers(5, 30)), int(rng.integers(2, 8)), rng.uniform(0.3, 3)
+    channels, observations = [], []
+    for c in range(2):
+        samples = [{"name": "signal", "data": list(scale * rng.uniform(0.5, 3, n_bins)),
+                    "modifiers": [{"name": "mu", "type": "normfactor", "data": None}]}]
+        total = np.zeros(n_bins)
+        for s in range(n_samples):
+            y = scale * rng.uniform(0.0001, 0.05, n_bins) * (100 if s == 0 else 1)
+            total += y
+            modifiers = [{"name": f"shapesys_c{c}_s{s}", "type": "shapesys", "data": list(y * rng.uniform(0.5, 2.0, n_bins))},
+                         {"name": "lumi", "type": "lumi", "data": None}]
+            if s < 3:
+                modifiers.append({"name": f"norm_s{s}", "type": "normsys", "data": {"hi": 1.3, "lo": 0.7}})
+            samples.append({"name": f"bkg{s}", "data": list(y), "modifiers": modifiers})
+        channels.append({"name": f"ch{c}", "samples": samples})
+        observations.append({"name": f"ch{c}", "data": list(rng.poisson(total * excess).astype(float))})
+    parameters = [{"name": "lumi", "auxdata": [1.0], "sigmas": [0.02], "bounds": [[0.9, 1.1]], "inits": [1.0]},
+                  {"name": "norm_s2", "fixed": True, "inits": [1.0]}]
+    return {"channels": channels, "observations": observations,
+            "measurements": [{"name": "m", "config": {"poi": "mu", "parameters": parameters}}], "version": "1.0.0"}
+
+
+@pytest.mark.slow
+def test_a_parameter_thrown_onto_a_bound_is_brought_back():
+    """On this workspace fitax's Newton steps once threw four shapesys gammas onto their
+    upper bound 10, where the bound transform is flat, and stopped unconverged 68.3 above the
+    minimum that pyhf's default fit (SLSQP) finds. A parameter on a bound with the gradient
+    pointing inside is now refitted from its start: fitax converges, at or below pyhf."""
+    from fitax.hep.teststat import mle_fit
+
+    spec = many_small_samples_spec()
+    workspace = hep.Workspace(spec)
+    model = workspace.model()
+    fit = mle_fit(workspace.data(model), model)
+    assert fit.converged, fit.warnings
+    pws = pyhf.Workspace(spec)
+    pmodel = pws.model()
+    _, twice_nll = pyhf.infer.mle.fit(pws.data(pmodel), pmodel, return_fitted_val=True)
+    assert fit.twice_nll <= float(twice_nll) + 1e-6
+    assert np.all(np.abs(fit.bestfit[[model.par_names.index(n) for n in model.par_names if n.startswith("shapesys")]] - 10.0) > 1.0)

@@ -290,7 +290,46 @@ def fit(
         plan,
     )
     _raise_for_bad_start(space, params, result)
+    stuck = _stuck_at_bounds(space, result, float(tol * errordef))
+    if stuck.any():
+        # A parameter on a bound whose gradient points inside is no constrained minimum: the
+        # bound transform's flat end caught it (a step overshot there). Fit once more from
+        # the point reached, those parameters back at their start values.
+        v_start, v_end = np.asarray(space.values(params)), np.asarray(result.v)
+        retry_params = space.with_values(params, list(np.where(stuck, v_start, v_end)))
+        retried, n_retry = _run_fit(
+            objective, space, retry_params, args, resolved, float(errordef), float(tol * errordef), int(max_steps),
+            int(hessian_every), plan,
+        )
+        if np.isfinite(float(retried.fun)) and float(retried.fun) < float(result.fun):
+            first = result
+            result = eqx.tree_at(
+                lambda r: (r.n_hessians, r.n_gradients, r.n_evaluations, r.n_iterations, r.start_fun, r.start_grad), retried,
+                (retried.n_hessians + first.n_hessians, retried.n_gradients + first.n_gradients,
+                 retried.n_evaluations + first.n_evaluations, retried.n_iterations + first.n_iterations, first.start_fun,
+                 first.start_grad),
+            )
+            n_bfgs += n_retry
     return _make_result(space, params, result, int(n_bfgs), errordef, resolved)
+
+
+def _stuck_at_bounds(space: ParameterSpace, result, edm_tol: float) -> np.ndarray:
+    """Free parameters of an unconverged fit that sit on a bound although the objective
+    decreases into the interior (by more than the EDM tolerance on its own)."""
+    n = space.size
+    if int(result.status) == _minimize.RESULTS.converged:
+        return np.zeros(n, bool)
+    v, grad, hessian = np.asarray(result.v), np.asarray(result.grad), np.asarray(result.hessian)
+    if not (np.all(np.isfinite(v)) and np.all(np.isfinite(grad))):
+        return np.zeros(n, bool)
+    lower = np.array([-np.inf if lo is None else lo for lo, _ in space.bounds])
+    upper = np.array([np.inf if hi is None else hi for _, hi in space.bounds])
+    span = np.where(np.isfinite(upper - lower), upper - lower, np.maximum(np.abs(v), 1.0))
+    curvature = np.abs(np.diagonal(hessian)) if hessian.shape == (n, n) else np.ones(n)
+    significant = grad**2 > 2.0 * edm_tol * np.where(np.isfinite(curvature) & (curvature > 0), curvature, np.inf)
+    on_lower = np.isfinite(lower) & (v - lower <= 1e-9 * span) & (grad < 0)
+    on_upper = np.isfinite(upper) & (upper - v <= 1e-9 * span) & (grad > 0)
+    return (on_lower | on_upper) & significant
 
 
 def _make_result(space, params, result, n_bfgs, errordef, method) -> FitResult:
