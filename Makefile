@@ -26,8 +26,12 @@ demo: install
 TYPECHECKED_TESTS := tests/test_stats.py tests/test_parameters.py tests/test_bijectors.py tests/test_mapsum.py \
 	tests/test_integrate.py tests/test_minimize.py tests/test_profile.py tests/test_batch.py tests/test_sample.py
 
+# The sampler's tests run in a process of their own: late in a full session XLA has aborted
+# or segfaulted compiling their NUTS programs (three times, at different tests of that file;
+# each passes alone). The cause is not found yet.
 test: install-test
-	$(BIN)/python -m pytest -q -rs --durations=25
+	$(BIN)/python -m pytest -q -rs --durations=25 --ignore=tests/test_sample.py
+	$(BIN)/python -m pytest -q -rs tests/test_sample.py
 	$(BIN)/python -m pytest -q -o addopts="" --jaxtyping-packages=fitax,typecheck.checker -m "not slow" -k "not bad and not invalid" $(TYPECHECKED_TESTS)
 
 bench: install-test

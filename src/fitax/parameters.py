@@ -291,7 +291,7 @@ def set_values(tree, values: dict[str, ArrayLike]):
     """Return ``tree`` with new parameter values given by dotted name."""
     return _replace_parameters(
         tree,
-        {n: (lambda p, v=v: dataclasses.replace(p, value=jnp.asarray(v, dtype=float))) for n, v in values.items()},
+        {n: (lambda p, v=v: with_value(p, v)) for n, v in values.items()},
     )
 
 
