@@ -54,7 +54,7 @@ class Prior:
     Priors are frozen dataclasses (hashable) because they are static parameter metadata.
     """
 
-    def neg2_log_density(self, value: Float[Array, "*batch"]) -> Float[Array, "*batch"]:  # pragma: no cover - abstract
+    def neg2_log_density(self, value: Float[Array | np.ndarray, "*batch"]) -> Float[Array, "*batch"]:  # pragma: no cover - abstract
         raise NotImplementedError
 
 
@@ -69,8 +69,8 @@ class GaussianPrior(Prior):
         if not self.sigma > 0:
             raise ValueError(f"GaussianPrior: sigma must be > 0, got {self.sigma}")
 
-    def neg2_log_density(self, value: Float[Array, "*batch"]) -> Float[Array, "*batch"]:
-        return ((value - self.mu) / self.sigma) ** 2
+    def neg2_log_density(self, value: Float[Array | np.ndarray, "*batch"]) -> Float[Array, "*batch"]:
+        return jnp.asarray(((value - self.mu) / self.sigma) ** 2)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,7 +80,7 @@ class UniformPrior(Prior):
     min: float
     max: float
 
-    def neg2_log_density(self, value: Float[Array, "*batch"]) -> Float[Array, "*batch"]:
+    def neg2_log_density(self, value: Float[Array | np.ndarray, "*batch"]) -> Float[Array, "*batch"]:
         return jnp.zeros_like(value)
 
 
@@ -420,7 +420,7 @@ class ParameterSpace:
                 raise ValueError(f"parameter {name!r} differs from the model being fitted: {', '.join(diffs)}")
         raise ValueError("params have a different pytree structure (container types) than the model being fitted")
 
-    def values(self, params) -> Float[Array, "*batch n_free"]:
+    def values(self, params) -> Float[Array | np.ndarray, "*batch n_free"]:
         """Physical values of the free parameters, as a vector (leading axes: a batch of
         values, as in :func:`fitax.fit_batch`)."""
         leaves = self._leaves(params)
