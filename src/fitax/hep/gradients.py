@@ -6,13 +6,14 @@ CLs from them as a JAX function of ``(data, model)``: each fitted parameter vect
 :func:`fitax.implicit.implicit_minimum` of its fit (derivative from the implicit function
 theorem), the Asimov data are the model's expectation at the background-only fit (so they move
 with the model), and the statistics and p-values are the calculator's own JAX formulas. Its
-value equals the hypotest's; ``jax.grad`` of it gives the derivatives with respect to every
+value equals the hypotest's; ``equinox.filter_grad`` of it (the model also holds integer index
+arrays, which ``jax.grad`` refuses) gives the derivatives with respect to every
 array of the :class:`~fitax.hep.model.Model` (``nominal``, ``histosys_*``, ``normsys_*``,
 ``gauss_sigma``, ...) and to the observed data.
 
 Example:
     >>> result = hypotest(1.0, data, model)  # doctest: +SKIP
-    >>> d_model = jax.grad(lambda m: differentiable_cls(result, data, m)[0])(model)  # doctest: +SKIP
+    >>> d_model = eqx.filter_grad(lambda m: differentiable_cls(result, data, m)[0])(model)  # doctest: +SKIP
     >>> d_model.nominal  # dCLs_obs / d(nominal yield of each sample and bin)  # doctest: +SKIP
 """
 
