@@ -161,6 +161,7 @@ def write_json(path: str | None, tables: dict) -> None:
     if not path:
         return
     payload = {"machine": machine_summary(), "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **tables}
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(payload, indent=1, default=_json_default))
     print(f"\nrows written to {path}")
 

@@ -55,7 +55,7 @@ def test_calibrate_then_run_recovers_the_truth(frames, tmp_path):
     np.testing.assert_allclose(catalog["dec"], dec, atol=1e-9)
 
 
-def test_run_with_a_catalog_and_a_gaussian_psf_on_many_images(frames, tmp_path):
+def test_run_with_a_catalog_and_a_gaussian_psf_on_many_images(frames, tmp_path, capsys):
     folder, science, biases, flats, truth = frames
     out = tmp_path / "cal"
     out.mkdir()
@@ -68,8 +68,13 @@ def test_run_with_a_catalog_and_a_gaussian_psf_on_many_images(frames, tmp_path):
     Table({"x": truth["x"], "y": truth["y"]}).write(positions)
     catalogs = tmp_path / "catalogs"
     catalogs.mkdir()
-    args = ["phot", "run", str(first), str(second), "--catalog", str(positions), "--psf", "gaussian", "-o", str(catalogs)]
-    assert main([*args, "--workers", "2"]) == 0  # two spawned processes, one image each
+    corrupt = tmp_path / "c.fits"
+    corrupt.write_bytes(first.read_bytes()[:4000])
+    args = ["phot", "run", str(first), str(second), str(corrupt), "--catalog", str(positions), "--psf", "gaussian", "-o", str(catalogs)]
+    assert main([*args, "--workers", "2"]) == 1  # two spawned processes; one image failed, the others were measured
+    err = capsys.readouterr().err
+    assert "c.fits: FAILED:" in err and "1 of 3 image(s) failed" in err
+    assert not (catalogs / "c_cat.fits").exists()
     for name in ("a_cat.fits", "b_cat.fits"):
         catalog = Table.read(catalogs / name)
         assert len(catalog) == len(truth) and catalog.meta["PSFKIND"] == "gaussian"
@@ -89,9 +94,11 @@ def test_bad_inputs_are_clear_errors(frames, tmp_path, capsys):
     calibrated = tmp_path / "cal.fits"
     assert main(["phot", "calibrate", science, "--bias", *biases, "--flat", *flats, "-o", str(calibrated)]) == 0
     bad_catalog = tmp_path / "bad.fits"
-    Table({"ra": [1.0], "dec": [2.0]}).write(bad_catalog)
+    Table({"mag": [1.0]}).write(bad_catalog)
     assert main(["phot", "run", str(calibrated), "--catalog", str(bad_catalog), "-o", str(tmp_path / "c.fits")]) == 2
-    assert "missing column(s) ['x', 'y']" in capsys.readouterr().err
+    assert "bad.fits: no position columns; expected one of x/y" in capsys.readouterr().err
+    assert main(["phot", "run", str(calibrated), "--mask-bits", "3,x", "-o", str(tmp_path / "c.fits")]) == 2
+    assert "--mask-bits '3,x': expected comma-separated bit numbers" in capsys.readouterr().err
     outside = tmp_path / "outside.fits"
     Table({"x": [10.0, 5000.0, 50.0, 80.0], "y": [10.0, 20.0, 60.0, 90.0]}).write(outside)
     assert main(["phot", "run", str(calibrated), "--catalog", str(outside), "-o", str(tmp_path / "d.fits")]) == 2

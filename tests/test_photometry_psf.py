@@ -67,6 +67,21 @@ def test_point_sampling_would_bias_the_flux():
     assert float(moffat_fwhm(gamma, alpha)) == pytest.approx(2.50, abs=0.01)
 
 
+def test_fwhm_of_a_moffat_fitted_to_a_gaussian_psf():
+    # A Moffat fitted to a Gaussian star runs to alpha ~ 1e18 with gamma ~ sigma sqrt(2 alpha):
+    # its FWHM is the Gaussian's 2 sqrt(2 ln 2) sigma, not the 0 that 2**(1/alpha) - 1 rounds to.
+    from fitax.photometry import MoffatPSF
+    from fitax.photometry.varying import VaryingPSF
+
+    sigma, alpha = 1.5, 1.7e18
+    gamma = sigma * np.sqrt(2 * alpha)
+    gaussian_fwhm = 2 * np.sqrt(2 * np.log(2)) * sigma
+    assert float(moffat_fwhm(gamma, alpha)) == pytest.approx(gaussian_fwhm, rel=1e-9)
+    assert MoffatPSF(gamma, alpha).fwhm == pytest.approx(gaussian_fwhm, rel=1e-9)
+    low, high = VaryingPSF.constant(MoffatPSF(gamma, alpha), 1, (100, 100)).fwhm_range((100, 100))
+    assert low == pytest.approx(gaussian_fwhm, rel=1e-6) and high == pytest.approx(gaussian_fwhm, rel=1e-6)
+
+
 def test_total_flux_and_gradients():
     yy, xx = jnp.mgrid[-15:16, -15:16].astype(float)
     total = gaussian_prf(xx - 0.2, yy, 1.2, 0.9, 0.3).sum()

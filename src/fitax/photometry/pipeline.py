@@ -7,6 +7,7 @@ machines (see the README's Dask recipe).
 from __future__ import annotations
 
 import dataclasses
+import time
 from pathlib import Path
 from typing import Literal
 
@@ -14,12 +15,15 @@ import numpy as np
 from astropy.io import fits
 from astropy.table import Table
 
-from ..io import open_fits
 from .detect import detect_stars
-from .psfshape import PSFShape, fit_psf_shape, select_psf_stars
-from .starfit import fit_stars, render_stars
+from .gridded import GriddedPSF
+from .io import celestial_wcs
+from .psfshape import PSFShape, choose_psf_degree, fit_psf_shape, fit_varying_psf_shape, select_psf_stars
+from .sources import carry_input_columns, source_positions
+from .aperture import APER_OFF_IMAGE
+from .starfit import FLAG_OUTSIDE, fit_stars, render_stars
 
-__all__ = ["ImageData", "read_calibrated", "process_image", "photometry_columns"]
+__all__ = ["ImageData", "read_calibrated", "process_image", "photometry_columns", "add_apertures", "STAGE_KEYWORDS"]
 
 POGSON = 2.5 / np.log(10)
 # FITS keywords (<= 8 characters, distinct) for the fitted PSF shape in catalog headers
@@ -28,28 +32,35 @@ _PSF_KEYWORDS = {"gamma": "PSFGAMMA", "alpha": "PSFALPHA", "sigma_x": "PSFSIGX",
 
 @dataclasses.dataclass(frozen=True)
 class ImageData:
-    """A calibrated image [e-] with its mask, header and the read noise it needs."""
+    """A calibrated image [e-] with its mask, header and the read noise it needs.
+
+    ``saturation`` is the level [e-] at and above which pixels were masked (the header's
+    ``SATURATE``), ``mask_origin`` says where the rest of the mask came from.
+    """
 
     image: np.ndarray
     mask: np.ndarray
     header: fits.Header
     read_noise: float
     name: str = "image"
+    saturation: float | None = None
+    n_saturated: int = 0
+    mask_origin: str = "none"
 
 
-def read_calibrated(path, read_noise: float | None = None) -> ImageData:
+def read_calibrated(path, read_noise: float | None = None, *, mask_path=None, bad_bits: int | None = None) -> ImageData:
     """Read a calibrated image (written by ``fitax phot calibrate`` or any image in
-    electrons with ``READNOI`` in its header) and its ``MASK`` extension if present."""
-    from .io import read_image
+    electrons with ``READNOI`` in its header) with its bad-pixel mask.
+
+    The mask combines: the mask image (see :func:`fitax.photometry.io.read_mask`: ``mask_path``,
+    a ``MASK``/``BPM``/``DQ``/``MSK``/``FLAGS`` extension or ZTF's sibling ``*mskimg.fits``,
+    bit masks read with ``bad_bits``), pixels at or above the header's ``SATURATE`` level (as
+    survey images, e.g. ZTF's, declare saturation), and non-finite pixels.
+    """
+    from .io import read_image, read_mask
 
     path = Path(path)
     image, header = read_image(path)
-    mask = np.zeros(image.shape, dtype=bool)
-    with open_fits(path) as hdul:
-        if "MASK" in hdul:
-            mask = np.asarray(hdul["MASK"].data, dtype=bool)
-            if mask.shape != image.shape:
-                raise ValueError(f"{path}: MASK extension has shape {mask.shape}, the image {image.shape}")
     if header.get("GAIN", 1.0) != 1.0 or str(header.get("BUNIT", "electron")).lower() not in ("electron", "electrons", "e-"):
         raise ValueError(
             f"{path}: expected a calibrated image in electrons (GAIN = 1, BUNIT = 'electron'), got GAIN = "
@@ -59,26 +70,26 @@ def read_calibrated(path, read_noise: float | None = None) -> ImageData:
         if "READNOI" not in header:
             raise ValueError(f"{path}: header has no READNOI (read noise, e-); pass read_noise (CLI: --read-noise)")
         read_noise = float(header["READNOI"])
+    mask, mask_origin = read_mask(path, image.shape, mask_path=mask_path, bad_bits=bad_bits)
+    saturation, n_saturated = None, 0
+    if "SATURATE" in header:
+        try:
+            saturation = float(header["SATURATE"])
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{path}: header SATURATE = {header['SATURATE']!r} is not a number") from error
+        with np.errstate(invalid="ignore"):
+            saturated = image >= saturation
+        n_saturated = int(saturated.sum())
+        mask |= saturated
     mask |= ~np.isfinite(image)
-    return ImageData(image=np.where(mask, 0.0, image), mask=mask, header=header, read_noise=float(read_noise), name=str(path))
-
-
-def _celestial_wcs(header: fits.Header):
-    """The header's celestial WCS, or None. astropy.wcs is imported only for a header with
-    axis types: it brings astropy.coordinates, most of a second of start-up."""
-    if not any(key.startswith("CTYPE") for key in header):
-        return None
-    from astropy.wcs import WCS
-
-    with np.errstate(all="ignore"):
-        wcs = WCS(header)
-    return wcs.celestial if wcs.has_celestial else None
+    return ImageData(image=np.where(mask, 0.0, image), mask=mask, header=header, read_noise=float(read_noise), name=str(path),
+                     saturation=saturation, n_saturated=n_saturated, mask_origin=mask_origin)
 
 
 def photometry_columns(catalog: Table, header: fits.Header) -> Table:
     """Add ``ra, dec`` [deg] when the header has a celestial WCS and ``mag, mag_err`` when it
     has ``MAGZP`` (``mag = MAGZP - 2.5 log10(flux)``, NaN for flux <= 0)."""
-    wcs = _celestial_wcs(header)
+    wcs = celestial_wcs(header)
     if wcs is not None:
         ra, dec = wcs.pixel_to_world_values(np.asarray(catalog["x"]), np.asarray(catalog["y"]))  # 0-based
         catalog["ra"], catalog["dec"] = ra, dec
@@ -98,35 +109,207 @@ def process_image(
     data: ImageData,
     *,
     positions: tuple[np.ndarray, np.ndarray] | None = None,
+    sources: Table | None = None,
+    position_columns: tuple[str, str] | None = None,
+    pixel_origin: int | None = None,
     psf: Literal["moffat", "gaussian"] = "moffat",
+    psf_degree: int | Literal["auto"] = "auto",
+    psf_grid: GriddedPSF | None = None,
     fit_shape: int = 11,
     threshold: float = 5.0,
     fwhm0: float = 3.0,
+    apertures: tuple[float, ...] | None = None,
+    annulus: tuple[float, float] | None = None,
+    reference: Table | None = None,
+    reference_magnitude: str | None = None,
+    reference_colour: str | None = None,
+    match_radius: float = 2.0,
 ) -> tuple[Table, PSFShape]:
-    """Catalog of one image: stars from ``positions`` (x, y, 0-based) or detected at
-    ``threshold`` sigma, PSF fitted on the brightest isolated ones, then every star fitted.
+    """Catalog of one image: stars from ``positions`` (x, y, 0-based), from a source list
+    ``sources`` (any table :func:`fitax.photometry.sources.source_positions` reads; every one
+    of its columns and rows is carried to the catalog) or detected at ``threshold`` sigma;
+    the PSF fitted on the brightest isolated ones, then every star fitted with the PSF at its
+    position.
 
-    Returns ``(catalog, psf_shape)``; the catalog's meta records the PSF and the detection.
+    ``psf_degree``: the polynomial degree of the PSF shape's variation across the image
+    (:class:`~fitax.photometry.varying.VaryingPSF`; 0 is a constant PSF), or ``"auto"`` to let
+    the data choose among 0-2 (:func:`~fitax.photometry.psfshape.choose_psf_degree`).
+    ``psf_grid``: a grid of empirical ePSFs made elsewhere (e.g. read with
+    :func:`~fitax.photometry.gridded.read_gridded_psf`) used as it is instead of fitting the
+    PSF; it must cover the image.
+
+    Sky sources of ``sources`` that fall outside the image keep their row, with NaN
+    measurements and flag 2.
+
+    ``apertures`` (radii in pixels) adds aperture sums at the fitted positions (see
+    :func:`add_apertures`; ``annulus`` defaults to 3-6 pixels beyond the largest radius) and
+    the PSF-to-aperture correction of the largest. ``reference`` (a catalogue table, see
+    :func:`fitax.photometry.zeropoint.calibrate_catalog`) fits the zero point, which then
+    replaces the header's ``MAGZP`` in ``mag``.
+
+    Returns ``(catalog, psf_shape)``; the catalog's meta records the PSF, the detection, the
+    mask, the saturation level, the aperture correction and the zero point.
     """
     image, mask = data.image, data.mask
-    if positions is None:
+    clock = _StageClock()
+    if reference is not None and celestial_wcs(data.header) is None:
+        raise ValueError(f"{data.name}: a zero point needs sky positions, but the image header has no celestial WCS")
+    if positions is not None and sources is not None:
+        raise ValueError("give positions or sources, not both")
+    located = None
+    if sources is not None:
+        located = source_positions(sources, data.header, shape=image.shape, columns=position_columns, origin=pixel_origin,
+                                   source=str(sources.meta.get("SOURCE", "catalog")))
+        if located.inside.sum() < 3:
+            raise ValueError(f"{data.name}: only {located.inside.sum()} of the {len(sources)} catalog sources fall on the image; need at least 3")
+        x, y = located.x[located.inside], located.y[located.inside]
+    elif positions is None:
         found = detect_stars(image, fwhm=fwhm0, read_noise=data.read_noise, threshold=threshold, mask=mask)
         if len(found) < 3:
             raise ValueError(f"{data.name}: only {len(found)} stars detected at {threshold} sigma; need at least 3")
         x, y = np.asarray(found["x"]), np.asarray(found["y"])
     else:
         x, y = (np.asarray(a, dtype=float) for a in positions)
-    chosen = select_psf_stars(image, x, y, saturation_mask=mask)
-    # the detection FWHM guess only seeds the shape fit; a second detection pass is not needed
-    shape = fit_psf_shape(image, x[chosen], y[chosen], read_noise=data.read_noise, kind=psf, mask=mask, fwhm0=fwhm0)
+    clock.lap("detect")
+    if psf_degree != "auto" and psf_degree not in (0, 1, 2, 3):
+        raise ValueError(f"psf_degree must be 0-3 or 'auto', got {psf_degree!r}")
+    # spare candidates beyond those fitted replace the ones the shape fit rejects (blends);
+    # a varying PSF needs more stars, over more of the image
+    n_fitted = 40 if psf_degree == 0 else 80
+    if psf_grid is not None:
+        psf_grid.check_covers(image.shape)
+        shape = PSFShape(psf_grid, {}, {}, 0, None)
+    else:
+        chosen = select_psf_stars(image, x, y, n_max=3 * n_fitted // 2, saturation_mask=mask)
+        # the detection FWHM guess only seeds the shape fit; a second detection pass is not needed
+        shape = fit_psf_shape(image, x[chosen], y[chosen], read_noise=data.read_noise, kind=psf, mask=mask, fwhm0=fwhm0,
+                              max_stars=n_fitted)
+        if psf_degree == "auto":
+            shape = choose_psf_degree(image, shape, read_noise=data.read_noise, mask=mask)
+        elif psf_degree > 0:
+            shape = fit_varying_psf_shape(image, shape, degree=psf_degree, read_noise=data.read_noise, mask=mask)
+    clock.lap("psf")
     catalog = fit_stars(image, x, y, psf=shape.psf, read_noise=data.read_noise, fit_shape=fit_shape, mask=mask)
+    if located is not None:
+        catalog = carry_input_columns(_all_rows(catalog, located.inside), sources, located)
     catalog = photometry_columns(catalog, data.header)
+    clock.lap("stars")
+    if apertures:
+        catalog = add_apertures(catalog, data, apertures, annulus, fwhm=shape.fwhm)
+        clock.lap("apertures")
+    if reference is not None:
+        from .zeropoint import calibrate_catalog
+
+        catalog, _ = calibrate_catalog(catalog, data.header, reference, magnitude=reference_magnitude, colour=reference_colour,
+                                       radius_arcsec=match_radius)
+        clock.lap("zero point")
     catalog.meta.update(
-        {"IMAGE": Path(data.name).name, "PSFKIND": psf, "PSFFWHM": round(shape.fwhm, 4),
-         **{_PSF_KEYWORDS[name]: value for name, value in shape.values.items()},
-         "DETECT": "catalog" if positions is not None else f"matched filter, {threshold} sigma"}
+        {"IMAGE": Path(data.name).name, "PSFKIND": "gridded" if psf_grid is not None else psf, "PSFFWHM": round(shape.fwhm, 4), "PSFNSTAR": shape.n_stars, "PSFREJ": shape.rejected,
+         **_psf_cards(shape, image.shape),
+         "DETECT": "catalog" if positions is not None or sources is not None else f"matched filter, {threshold} sigma",
+         "MASK": data.mask_origin, "NMASKED": int(mask.sum()), **clock.cards()}
     )
+    if data.saturation is not None:
+        catalog.meta["SATURATE"], catalog.meta["NSATPIX"] = data.saturation, data.n_saturated
     return catalog, shape
+
+
+class _StageClock:
+    """Seconds spent in each stage of :func:`process_image`, for the catalog header
+    (``T_DETECT``, ``T_PSF``, ``T_STARS``, ``T_APER``, ``T_ZP``) and the run's breakdown."""
+
+    keywords = {"detect": "T_DETECT", "psf": "T_PSF", "stars": "T_STARS", "apertures": "T_APER", "zero point": "T_ZP"}
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.seconds[stage] = now - self._last
+        self._last = now
+
+    def cards(self) -> dict:
+        return {self.keywords[stage]: round(value, 4) for stage, value in self.seconds.items()}
+
+
+STAGE_KEYWORDS = _StageClock.keywords
+"""Catalog header keyword of each stage's time [s]."""
+
+
+def _psf_cards(shape: PSFShape, image_shape) -> dict:
+    """Header keywords of the fitted PSF: the constant shape's parameters, or the degree and
+    every polynomial coefficient (``PSFC_<PARAM>_<term>``, linked parameters, terms in the
+    order of :func:`~fitax.photometry.varying.polynomial_terms`) and the FWHM range."""
+    if isinstance(shape.psf, GriddedPSF):
+        return {"PSFGRID": Path(shape.psf.source).name if shape.psf.source else "given", "PSFGRIDN": "{} x {}".format(*shape.psf.grid_shape)}
+    if shape.degree == 0:
+        return {_PSF_KEYWORDS[name]: value for name, value in shape.values.items()}
+    low, high = shape.psf.fwhm_range(image_shape)
+    cards = {"PSFDEG": shape.degree, "PSFFWMIN": round(low, 4), "PSFFWMAX": round(high, 4),
+             "PSFXC": shape.psf.centre[0], "PSFYC": shape.psf.centre[1], "PSFSCALE": shape.psf.scale}
+    short = {"sigma_x": "SX", "sigma_y": "SY", "rho": "RHO", "gamma": "GAM", "alpha": "ALP"}
+    for name, coefficients in shape.psf.coefficients.items():
+        for i, value in enumerate(coefficients):
+            cards[f"PSFC{short[name]}{i}"] = float(value)
+    return cards
+
+
+def add_apertures(catalog: Table, data: ImageData, radii, annulus=None, *, fwhm: float) -> Table:
+    """Aperture sums (:func:`fitax.photometry.aperture.aperture_photometry`) at each star's
+    fitted position (its input position where the fit failed), with the data variance
+    ``max(image, 0) + read_noise^2``; and the correction from PSF to aperture flux at the
+    largest radius, from unflagged, isolated stars with S/N > 20, in ``catalog.meta``
+    (``APCOR``, ``APCORERR``, ``APCORN``, ``APCORRAD``)."""
+    from .aperture import aperture_correction, aperture_photometry, radius_label
+
+    radii = tuple(sorted(float(r) for r in radii))
+    annulus = (radii[-1] + 3.0, radii[-1] + 6.0) if annulus is None else tuple(annulus)
+    x, y = np.asarray(catalog["x"], float), np.asarray(catalog["y"], float)
+    if "x_init" in catalog.colnames:
+        failed = ~(np.isfinite(x) & np.isfinite(y))
+        x, y = np.where(failed, catalog["x_init"], x), np.where(failed, catalog["y_init"], y)
+    ny, nx = data.image.shape
+    on_image = np.isfinite(x) & np.isfinite(y) & (x >= -0.5) & (x <= nx - 0.5) & (y >= -0.5) & (y <= ny - 0.5)
+    variance = np.maximum(data.image, 0.0) + data.read_noise**2
+    measured = aperture_photometry(data.image, x[on_image], y[on_image], radii=radii, annulus=annulus, variance=variance, mask=data.mask)
+    out = catalog.copy(copy_data=False)
+    for name in measured.colnames:
+        column = np.asarray(measured[name])
+        full = np.full(len(out), np.nan if column.dtype.kind == "f" else APER_OFF_IMAGE, dtype=column.dtype)
+        full[on_image] = column
+        out[name] = full
+        if name != "aper_flags":
+            out[name].unit = "electron"
+    flux, flux_err = np.asarray(out["flux"], float), np.asarray(out["flux_err"], float)
+    largest = radius_label(radii[-1])
+    from scipy.spatial import cKDTree
+
+    points = np.c_[np.nan_to_num(x, nan=-1e9), np.nan_to_num(y, nan=-1e9)]
+    nearest, _ = cKDTree(points).query(points, k=2)
+    isolated = nearest[:, 1] > radii[-1] + 2 * fwhm
+    usable = (np.asarray(out["flags"]) == 0) & (np.asarray(out["aper_flags"]) == 0) & isolated & (flux > 20 * flux_err)
+    ratio, error, n_used = aperture_correction(flux, out[f"aper_sum_{largest}"], out[f"aper_sum_err_{largest}"], usable)
+    out.meta.update(measured.meta)
+    out.meta.update({"APCOR": ratio, "APCORERR": error, "APCORN": n_used, "APCORRAD": radii[-1]})
+    return out
+
+
+def _all_rows(catalog: Table, inside: np.ndarray) -> Table:
+    """``catalog`` of the sources ``inside`` the image expanded to every source: the others
+    unmeasured (NaN, flag 2)."""
+    if inside.all():
+        return catalog
+    full = Table(meta=catalog.meta)
+    for name in catalog.colnames:
+        column = np.asarray(catalog[name])
+        filler = FLAG_OUTSIDE if name == "flags" else (-1 if column.dtype.kind in "iu" else np.nan)
+        values = np.full(len(inside), filler, dtype=column.dtype)
+        values[inside] = column
+        full[name] = values
+        full[name].unit = catalog[name].unit
+    full["id"] = np.arange(len(inside))
+    return full
 
 
 def residual_image(data: ImageData, catalog: Table, psf) -> np.ndarray:

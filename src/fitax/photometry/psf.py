@@ -146,8 +146,10 @@ def moffat_points(gamma: float) -> int:
 
 
 def moffat_fwhm(gamma, alpha):
-    """Full width at half maximum of a Moffat profile: ``2 gamma sqrt(2^(1/alpha) - 1)``."""
-    return 2 * gamma * jnp.sqrt(2 ** (1 / jnp.asarray(alpha, dtype=float)) - 1)
+    """Full width at half maximum of a Moffat profile: ``2 gamma sqrt(2^(1/alpha) - 1)``,
+    written with ``expm1``: a Moffat fitted to a Gaussian PSF runs to ``alpha ~ 1e18`` (its
+    Gaussian limit), where ``2^(1/alpha) - 1`` rounds to 0."""
+    return 2 * gamma * jnp.sqrt(jnp.expm1(jnp.log(2.0) / jnp.asarray(alpha, dtype=float)))
 
 
 class MoffatPSF(eqx.Module):
@@ -184,7 +186,7 @@ class MoffatPSF(eqx.Module):
     @property
     def fwhm(self) -> float:
         gamma, alpha = float(self.gamma), float(self.alpha)  # NumPy: no compiled program for a number
-        return 2 * gamma * np.sqrt(2 ** (1 / alpha) - 1)
+        return 2 * gamma * np.sqrt(np.expm1(np.log(2.0) / alpha))
 
     def __repr__(self) -> str:
         return f"MoffatPSF(gamma={float(self.gamma):.4g}, alpha={float(self.alpha):.4g}, FWHM={self.fwhm:.2f} px)"

@@ -17,24 +17,39 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..fit import FitResult, fit
-from ..parameters import Parameter, is_parameter
+from ..parameters import Parameter, is_parameter, with_value
 from ..stats import chi2
 from .psf import GaussianPSF, MoffatPSF, psf_as_data
 from .stamps import check_positions, cut_stamps, initial_estimates, predicted_variance, prf_boxes, prf_stamps
+from .gridded import GriddedPSF
+from .varying import SHAPE_PARAMETERS, VaryingPSF, polynomial_terms
 
-__all__ = ["PSFShape", "fit_psf_shape", "select_psf_stars"]
+__all__ = ["PSFShape", "fit_psf_shape", "fit_varying_psf_shape", "choose_psf_degree", "select_psf_stars"]
 
 
 @dataclasses.dataclass(frozen=True)
 class PSFShape:
     """A fitted PSF shape: ``psf`` (ready for :func:`fitax.photometry.fit_stars`) and the
-    shape parameters' values and errors."""
+    shape parameters' values and errors. A PSF given rather than fitted (a grid of ePSFs)
+    has no values, no stars and no ``result``."""
 
-    psf: MoffatPSF | GaussianPSF
+    psf: MoffatPSF | GaussianPSF | VaryingPSF | GriddedPSF
     values: dict[str, float]
     errors: dict[str, float]
     n_stars: int
-    result: FitResult
+    result: FitResult | None
+    rejected: int = 0
+    """Candidates replaced because their stamps did not fit the common shape (blends, ...)."""
+    positions: tuple[np.ndarray, np.ndarray] | None = None
+    """Positions of the stars the shape was fitted on."""
+    variance: np.ndarray | None = None
+    """The stamps' variance the fit weighted them with: the fits of higher degree on the same
+    stars reuse it, so their chi2 values compare (nested models, same weights)."""
+
+    @property
+    def degree(self) -> int:
+        """Polynomial degree of the shape's variation over the image (0: constant)."""
+        return self.psf.degree if isinstance(self.psf, VaryingPSF) else 0
 
     @property
     def fwhm(self) -> float:
@@ -42,7 +57,7 @@ class PSFShape:
 
     def __repr__(self) -> str:
         shape = ", ".join(f"{k}={v:.4f} +- {self.errors[k]:.4f}" for k, v in self.values.items())
-        return f"PSFShape({type(self.psf).__name__}: {shape}, FWHM={self.fwhm:.3f} px, from {self.n_stars} stars)"
+        return f"PSFShape({type(self.psf).__name__}: {shape}, FWHM={self.fwhm:.3f} px, from {self.n_stars} stars, {self.rejected} rejected)"
 
 
 class _Star(eqx.Module):
@@ -121,14 +136,191 @@ def select_psf_stars(image, x, y, *, n_max: int = 40, isolation: float = 12.0, e
 
 def fit_psf_shape(
     image, x, y, *, read_noise: float, kind: Literal["moffat", "gaussian"] = "moffat", fit_shape: int = 15,
-    fwhm0: float = 3.0, mask=None,
+    fwhm0: float = 3.0, mask=None, max_stars: int | None = None, reject_sigma: float = 5.0,
 ) -> PSFShape:
-    """Fit the PSF shape jointly to the stars at ``(x, y)`` (choose them with
-    :func:`select_psf_stars`), starting from a PSF of FWHM ``fwhm0`` pixels."""
+    """Fit the PSF shape jointly to the stars at ``(x, y)`` (candidates in order of
+    preference, e.g. from :func:`select_psf_stars`), starting from a PSF of FWHM ``fwhm0``.
+
+    The first ``max_stars`` candidates (default: all) are fitted; stars whose reduced chi2
+    exceeds the others' by more than ``reject_sigma`` robust standard deviations (unresolved
+    blends, galaxies, defects, which widen the PSF) are then replaced by the next candidates
+    and the shape is fitted again, with the same number of stars so that the compiled fit is
+    reused.
+    """
     image, x, y = check_positions(image, x, y)
     if len(x) < 3:
         raise ValueError(f"need at least 3 stars to fit the PSF shape, got {len(x)}")
+    n = len(x) if max_stars is None else min(int(max_stars), len(x))
     start, free = _start_psf(kind, fwhm0)
+    order = np.arange(n)
+    result, reduced, variance = _fit_shape(image, x[order], y[order], read_noise, fit_shape, mask, start, free)
+    centre = np.median(reduced)
+    width = 1.4826 * np.median(np.abs(reduced - centre))
+    outliers = reduced > max(1.5 * centre, centre + reject_sigma * width)
+    spares = np.arange(n, len(x))[: int(outliers.sum())]
+    kept = order[~outliers]
+    if outliers.any() and len(kept) + len(spares) >= 3:
+        order = np.r_[kept, spares]
+        if _inside_bounds(result.params.psf):  # from the first fit's shape the refit needs few steps
+            # host numbers, as in the first fit, so the compiled fit is reused
+            free = jax.tree_util.tree_map(lambda p: with_value(p, np.asarray(float(p.value))), result.params.psf, is_leaf=is_parameter)
+            start = jax.tree_util.tree_map(lambda p: float(p.value), free, is_leaf=is_parameter)
+        result, _, variance = _fit_shape(image, x[order], y[order], read_noise, fit_shape, mask, start, free)
+    rejected = int(outliers.sum())
+    if not result.converged:
+        # a star whose own flux and position are not determined (a clipped, flat-topped core
+        # in an image that does not declare its saturation: a saddle in position) leaves the
+        # joint Hessian indefinite; it does not belong among the PSF stars either
+        undetermined = ~_stars_determined(result.params, image, x[order], y[order], read_noise, fit_shape, mask)
+        spares = np.arange(n + len(spares), len(x))[: int(undetermined.sum())]  # candidates not tried yet
+        if undetermined.any() and (~undetermined).sum() + len(spares) >= 3:
+            order = np.r_[order[~undetermined], spares]
+            free = jax.tree_util.tree_map(lambda p: with_value(p, np.asarray(float(p.value))), result.params.psf, is_leaf=is_parameter)
+            start = jax.tree_util.tree_map(lambda p: float(p.value), free, is_leaf=is_parameter)
+            result, _, variance = _fit_shape(image, x[order], y[order], read_noise, fit_shape, mask, start, free)
+            rejected += int(undetermined.sum())
+    if not result.converged:
+        raise RuntimeError(f"the PSF shape fit did not converge: {result.message}")
+    names = ("gamma", "alpha") if kind == "moffat" else ("sigma_x", "sigma_y", "rho")
+    values = {n: float(result.values[f"psf.{n}"]) for n in names}
+    errors = {n: float(result.errors[f"psf.{n}"]) for n in names}
+    psf = MoffatPSF(**values) if kind == "moffat" else GaussianPSF(**values)
+    return PSFShape(psf=psf, values=values, errors=errors, n_stars=len(order), result=result, rejected=rejected,
+                    positions=(x[order], y[order]), variance=variance)
+
+
+@dataclasses.dataclass(frozen=True)
+class _VaryingChi2:
+    """chi2 of the stars under a polynomial PSF evaluated at each star's position; hashable
+    by its static description, so equal degrees and kinds share one compiled fit."""
+
+    kind: str
+    degree: int
+    centre: tuple[float, float]
+    scale: float
+    points: int
+
+    def __call__(self, model, data):
+        stamps, variance, good, star_x, star_y = data
+        size = stamps.shape[-1]
+        coefficients = {k: jnp.stack([c.value for c in v]) for k, v in model.coefficients.items()}
+        psf = VaryingPSF(coefficients, self.kind, self.degree, self.centre, self.scale, self.points).at(star_x, star_y)
+        field = lambda name: jnp.stack([getattr(s, name).value for s in model.stars])  # noqa: E731
+        npred = field("flux")[:, None, None] * prf_boxes(field("x") - size // 2, field("y") - size // 2, psf, size) + field("bkg")[:, None, None]
+        return chi2(stamps, npred, jnp.sqrt(variance), good)
+
+
+class _VaryingShapeModel(eqx.Module):
+    coefficients: dict
+    stars: tuple[_Star, ...]
+
+
+def _arrowhead(n_shape: int, n_stars: int) -> np.ndarray:
+    """Hessian sparsity of a joint shape fit: the shape parameters (first) couple to
+    everything, each star's four parameters only to themselves and the shape."""
+    n_free = n_shape + 4 * n_stars
+    pattern = np.zeros((n_free, n_free), bool)
+    pattern[:n_shape, :] = pattern[:, :n_shape] = True
+    for i in range(n_stars):
+        block = slice(n_shape + 4 * i, n_shape + 4 * i + 4)
+        pattern[block, block] = True
+    return pattern
+
+
+def fit_varying_psf_shape(image, constant: PSFShape, *, degree: int, read_noise: float, fit_shape: int = 15, mask=None) -> PSFShape:
+    """Fit a PSF whose shape parameters are polynomials of ``degree`` in the position
+    (:class:`~fitax.photometry.varying.VaryingPSF`) to the stars the constant shape
+    ``constant`` was fitted on, starting from it. The Hessian's sparsity (each star's
+    parameters couple only to themselves and the shape) keeps the exact Newton steps cheap."""
+    image = np.asarray(image, dtype=float)
+    x, y = constant.positions
+    start = VaryingPSF.constant(constant.psf, degree, image.shape)
+    per_star = start.at(x, y)
+    stamps, good, origin_x, origin_y = cut_stamps(image, x, y, fit_shape, mask)
+    bkg0, flux0 = initial_estimates(stamps, good, fit_shape, per_star)
+    local_x, local_y = x - origin_x, y - origin_y
+    if constant.variance is not None and constant.variance.shape == stamps.shape:
+        variance = constant.variance
+    else:
+        variance = predicted_variance(flux0, prf_stamps(local_x, local_y, fit_shape, per_star), bkg0, read_noise)
+    model = _VaryingShapeModel(
+        coefficients={k: tuple(Parameter(float(c)) for c in v) for k, v in start.coefficients.items()},
+        stars=tuple(
+            _Star(Parameter(f, min=0.0), Parameter(cx, min=-0.5, max=fit_shape - 0.5), Parameter(cy, min=-0.5, max=fit_shape - 0.5), Parameter(b))
+            for f, cx, cy, b in zip(flux0, local_x, local_y, bkg0)
+        ),
+    )
+    pattern = _arrowhead(sum(len(v) for v in start.coefficients.values()), len(x))
+    objective = _VaryingChi2(start.kind, degree, start.centre, start.scale, start.points)
+    data = (jnp.asarray(stamps), jnp.asarray(variance), jnp.asarray(good), jnp.asarray(x), jnp.asarray(y))
+    result = fit(objective, model, args=data, hessian_sparsity=pattern)
+    if not result.converged:
+        raise RuntimeError(f"the degree-{degree} PSF shape fit did not converge: {result.message}")
+    coefficients = {k: np.array([float(c.value) for c in v]) for k, v in result.params.coefficients.items()}
+    psf = VaryingPSF(coefficients, start.kind, degree, start.centre, start.scale, start.points)
+    values = {f"{k}[{i}]": float(c) for k, v in coefficients.items() for i, c in enumerate(v)}
+    errors = {f"{k}[{i}]": float(result.errors[f"coefficients.{k}[{i}]"]) if f"coefficients.{k}[{i}]" in result.errors else float("nan")
+              for k, v in coefficients.items() for i in range(len(v))}
+    return PSFShape(psf=psf, values=values, errors=errors, n_stars=len(x), result=result, rejected=constant.rejected, positions=(x, y),
+                    variance=variance)
+
+
+def choose_psf_degree(image, constant: PSFShape, *, read_noise: float, max_degree: int = 2, fit_shape: int = 15, mask=None) -> PSFShape:
+    """The PSF of the lowest degree (0 to ``max_degree``) that the data do not reject: each
+    higher degree is kept only if its chi2 improvement exceeds the Bayesian information
+    criterion's price of its extra parameters (``k ln n_pixels``). Every degree is fitted to the
+    same stamps with the same weights (``constant.variance``), so the chi2 values compare."""
+    best = constant
+    for degree in range(1, max_degree + 1):
+        candidate = fit_varying_psf_shape(image, constant, degree=degree, read_noise=read_noise, fit_shape=fit_shape, mask=mask)
+        n_pixels = len(constant.positions[0]) * fit_shape**2
+        extra = len(SHAPE_PARAMETERS[candidate.psf.kind]) * (len(polynomial_terms(degree)) - len(polynomial_terms(best.degree)))
+        if best.result.stat - candidate.result.stat <= extra * np.log(n_pixels):
+            break
+        best = candidate
+    return best
+
+
+def _inside_bounds(psf) -> bool:
+    """Whether every shape parameter lies off its bounds (a fit cannot start on one: e.g. a
+    Moffat alpha at its maximum, where a Gaussian image drives it)."""
+    leaves = jax.tree_util.tree_leaves(psf, is_leaf=is_parameter)
+    def off(p):
+        value, span = float(p.value), abs(float(p.value)) * 1e-6 + 1e-12
+        return (p.min is None or value > p.min + span) and (p.max is None or value < p.max - span)
+    return all(off(p) for p in leaves if is_parameter(p))
+
+
+@jax.jit
+def _star_chi2(model: _ShapeModel, data):
+    """chi2 of each star's stamp under the fitted model."""
+    stamps, variance, good = data
+    size = stamps.shape[-1]
+    field = lambda name: jnp.stack([getattr(s, name).value for s in model.stars])  # noqa: E731
+    psf = jax.tree_util.tree_map(lambda p: p.value, model.psf, is_leaf=is_parameter)
+    npred = field("flux")[:, None, None] * prf_boxes(field("x") - size // 2, field("y") - size // 2, psf, size) + field("bkg")[:, None, None]
+    return jnp.sum(jnp.where(good, (stamps - npred) ** 2 / variance, 0.0), axis=(1, 2))
+
+
+def _stars_determined(params, image, x, y, read_noise, fit_shape, mask) -> np.ndarray:
+    """Whether each star's own flux, position and background are determined at the fitted
+    shape: its 4 x 4 block of the chi2 Hessian (the PSF held fixed) is positive definite."""
+    stamps, good, origin_x, origin_y = cut_stamps(image, x, y, fit_shape, mask)
+    psf = jax.tree_util.tree_map(lambda p: p.value, params.psf, is_leaf=is_parameter)
+    theta = np.array([[float(s.flux.value), float(s.x.value), float(s.y.value), float(s.bkg.value)] for s in params.stars])
+    variance = predicted_variance(theta[:, 0], prf_stamps(theta[:, 1], theta[:, 2], fit_shape, psf_as_data(psf)), theta[:, 3], read_noise)
+
+    def star_chi2(t, stamp, var, g):
+        prf = prf_boxes(t[1:2] - fit_shape // 2, t[2:3] - fit_shape // 2, psf, fit_shape)[0]
+        return jnp.sum(jnp.where(g, (stamp - t[0] * prf - t[3]) ** 2 / var, 0.0))
+
+    hessians = jax.vmap(jax.hessian(star_chi2))(jnp.asarray(theta), jnp.asarray(stamps), jnp.asarray(variance), jnp.asarray(good))
+    return np.linalg.eigvalsh(np.asarray(hessians))[:, 0] > 0
+
+
+def _fit_shape(image, x, y, read_noise, fit_shape, mask, start, free):
+    """The joint fit of the shape and every star's flux, position and background; with each
+    star's reduced chi2."""
     stamps, good, origin_x, origin_y = cut_stamps(image, x, y, fit_shape, mask)
     start = psf_as_data(start)
     bkg0, flux0 = initial_estimates(stamps, good, fit_shape, start)
@@ -142,11 +334,7 @@ def fit_psf_shape(
         ),
     )
     data = (jnp.asarray(stamps), jnp.asarray(variance), jnp.asarray(good))
-    result = fit(_joint_chi2, model, args=data)
-    if not result.converged:
-        raise RuntimeError(f"the PSF shape fit did not converge: {result.message}")
-    names = ("gamma", "alpha") if kind == "moffat" else ("sigma_x", "sigma_y", "rho")
-    values = {n: float(result.values[f"psf.{n}"]) for n in names}
-    errors = {n: float(result.errors[f"psf.{n}"]) for n in names}
-    psf = MoffatPSF(**values) if kind == "moffat" else GaussianPSF(**values)
-    return PSFShape(psf=psf, values=values, errors=errors, n_stars=len(x), result=result)
+    n_shape = len([p for p in jax.tree_util.tree_leaves(free, is_leaf=is_parameter) if is_parameter(p)])
+    result = fit(_joint_chi2, model, args=data, hessian_sparsity=_arrowhead(n_shape, len(x)))
+    reduced = np.asarray(_star_chi2(result.params, data)) / np.maximum(good.sum(axis=(1, 2)) - 4, 1)
+    return result, reduced, variance

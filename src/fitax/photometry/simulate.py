@@ -8,6 +8,7 @@ import numpy as np
 from astropy.table import Table
 
 from .psf import MoffatPSF, moffat_prf
+from .varying import VaryingPSF
 
 __all__ = ["simulate_image", "simulate_raw_frames", "simulate_stamps", "stamp_model"]
 
@@ -42,7 +43,8 @@ def simulate_image(
     uniform positions at least ``edge`` pixels inside the image; each is rendered over a
     41 x 41 box (the PRF outside it is < 1e-5 of the flux). ``saturation`` clips pixels;
     ``cosmic_rays`` short tracks (2-4 pixels of 500-5000 e-) are added after the noise;
-    ``psf`` (a :class:`MoffatPSF` or :class:`GaussianPSF`) overrides ``gamma, alpha``.
+    ``psf`` (a :class:`MoffatPSF`, :class:`GaussianPSF` or a spatially varying
+    :class:`~fitax.photometry.varying.VaryingPSF`) overrides ``gamma, alpha``.
     """
     psf = MoffatPSF(gamma, alpha) if psf is None else psf
     rng = np.random.default_rng(seed)
@@ -56,9 +58,14 @@ def simulate_image(
     ix, iy = np.round(x).astype(int), np.round(y).astype(int)
     cols = ix[:, None, None] + offsets[None, None, :]
     rows = iy[:, None, None] + offsets[None, :, None]
-    prf = jax.vmap(lambda cx, cy: psf.prf(offsets[None, :] - cx, offsets[:, None] - cy))(
-        jnp.asarray(x - ix), jnp.asarray(y - iy)
-    )
+    if isinstance(psf, VaryingPSF):  # each star the PSF at its position
+        stars = psf.at(x, y)
+        prf = jax.vmap(lambda cx, cy, p: p.prf(offsets[None, :] - cx, offsets[:, None] - cy), in_axes=(0, 0, stars.in_axes()))(
+            jnp.asarray(x - ix), jnp.asarray(y - iy), stars.psf)
+    else:
+        prf = jax.vmap(lambda cx, cy: psf.prf(offsets[None, :] - cx, offsets[:, None] - cy))(
+            jnp.asarray(x - ix), jnp.asarray(y - iy)
+        )
     contribution = flux[:, None, None] * np.asarray(prf)
     rows_b, cols_b = np.broadcast_arrays(rows, cols)
     inside = (rows_b >= 0) & (rows_b < ny) & (cols_b >= 0) & (cols_b < nx)

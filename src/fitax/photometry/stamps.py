@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import programs
+from .varying import PerStarPSF
 
 __all__ = ["BATCHES", "batches", "pad_batch", "check_positions", "cut_stamps", "initial_estimates", "predicted_variance",
            "prf_boxes", "prf_stamps"]
@@ -93,6 +94,9 @@ def prf_boxes(centre_x, centre_y, psf, size: int):
     """PRFs on ``size x size`` boxes of stars at ``(centre_x, centre_y)`` relative to each
     box's middle pixel; pure, for use inside traced code."""
     offsets = jnp.arange(size, dtype=float) - size // 2
+    if isinstance(psf, PerStarPSF):  # each star its own PSF
+        return jax.vmap(lambda cx, cy, p: p.prf(offsets[None, :] - cx, offsets[:, None] - cy), in_axes=(0, 0, psf.in_axes()))(
+            centre_x, centre_y, psf.psf)
     return jax.vmap(lambda cx, cy: psf.prf(offsets[None, :] - cx, offsets[:, None] - cy))(centre_x, centre_y)
 
 
@@ -107,7 +111,10 @@ def prf_stamps(local_x, local_y, size: int, psf) -> np.ndarray:
     local_x, local_y = np.asarray(local_x, dtype=float) - centre, np.asarray(local_y, dtype=float) - centre
     out = np.empty((len(local_x), size, size))
     for start, stop, length in batches(len(local_x)):
-        boxes = _prf_boxes_program(pad_batch(local_x[start:stop], length), pad_batch(local_y[start:stop], length), psf, size)
+        batch_psf = psf
+        if isinstance(psf, PerStarPSF):
+            batch_psf = PerStarPSF(jax.tree_util.tree_map(lambda a: pad_batch(np.asarray(a)[start:stop], length), psf.psf))
+        boxes = _prf_boxes_program(pad_batch(local_x[start:stop], length), pad_batch(local_y[start:stop], length), batch_psf, size)
         out[start:stop] = np.asarray(boxes)[: stop - start]
     return out
 
@@ -122,7 +129,10 @@ def initial_estimates(stamps, good, size: int, psf) -> tuple[np.ndarray, np.ndar
         warnings.simplefilter("ignore", RuntimeWarning)
         bkg = np.nanmedian(border_values.reshape(len(stamps), -1), axis=1)
     bkg = np.where(np.isfinite(bkg), bkg, 0.0)
-    enclosed = float(prf_stamps(np.array([size // 2]), np.array([size // 2]), size, psf).sum())
+    if isinstance(psf, PerStarPSF):
+        enclosed = prf_stamps(np.full(len(stamps), size // 2), np.full(len(stamps), size // 2), size, psf).sum(axis=(1, 2))
+    else:
+        enclosed = float(prf_stamps(np.array([size // 2]), np.array([size // 2]), size, psf).sum())
     flux = np.sum(np.where(good, stamps - bkg[:, None, None], 0.0), axis=(1, 2)) / enclosed
     return bkg, np.maximum(flux, 1.0)
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from astropy.table import Table
@@ -43,8 +44,10 @@ from ..parameters import Parameter
 from ..stats import chi2
 from .psf import GaussianPSF, ImagePSF, MoffatPSF, psf_as_data
 from .stamps import batches, check_positions, cut_stamps, initial_estimates, pad_batch, predicted_variance, prf_stamps
+from .gridded import GriddedPSF
+from .varying import PerStarPSF, VaryingPSF, take_stars
 
-__all__ = ["cut_stamps", "fit_stars", "forced_photometry", "render_stars", "FLAG_MASKED", "FLAG_OUTSIDE", "FLAG_NONPOSITIVE_FLUX",
+__all__ = ["cut_stamps", "fit_stars", "flag_summary", "FLAG_MEANINGS", "forced_photometry", "render_stars", "FLAG_MASKED", "FLAG_OUTSIDE", "FLAG_NONPOSITIVE_FLUX",
            "FLAG_NOT_CONVERGED", "FLAG_NO_COVARIANCE", "FLAG_MOVED", "FLAG_OUTLIER_PIXELS", "FLAG_UNRESOLVED", "FAILURE_FLAGS"]
 
 FLAG_MASKED = 1
@@ -61,6 +64,28 @@ FAILURE_FLAGS = (
     FLAG_MASKED | FLAG_OUTSIDE | FLAG_NONPOSITIVE_FLUX | FLAG_NOT_CONVERGED | FLAG_NO_COVARIANCE | FLAG_MOVED
     | FLAG_UNRESOLVED
 )
+FLAG_MEANINGS = {
+    FLAG_MASKED: "masked pixels in the stamp", FLAG_OUTSIDE: "centre outside the image", FLAG_NONPOSITIVE_FLUX: "flux <= 0",
+    FLAG_NOT_CONVERGED: "not converged", FLAG_NO_COVARIANCE: "no covariance", FLAG_MOVED: "centre moved too far",
+    FLAG_OUTLIER_PIXELS: "outlier pixels rejected (informational)", FLAG_UNRESOLVED: "unresolved pair",
+}
+"""Short cause of each flag bit, as the CLI reports them."""
+
+
+def flag_summary(flags) -> str:
+    """How many stars carry each flag, e.g. ``"12 failed (9 masked pixels in the stamp, 3
+    unresolved pair); 5 informational (5 outlier pixels rejected (informational))"``.
+    A star with several bits counts under each."""
+    flags = np.asarray(flags)
+    failed = int(np.sum(flags & FAILURE_FLAGS != 0))
+    informational = int(np.sum((flags != 0) & (flags & FAILURE_FLAGS == 0)))
+    def causes(bits):
+        counts = [(int(np.sum(flags & bit != 0)), text) for bit, text in FLAG_MEANINGS.items() if bit & bits]
+        return ", ".join(f"{n} {text}" for n, text in counts if n)
+    text = f"{failed} failed" + (f" ({causes(FAILURE_FLAGS)})" if failed else "")
+    if informational:
+        text += f"; {informational} with only informational flags"
+    return text
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,8 +95,9 @@ class _StarObjective:
 
     size: int
 
-    def __call__(self, p, data, psf):
-        stamp, variance, good = data
+    def __call__(self, p, data, shared=None):
+        stamp, variance, good, *own = data  # a fourth item: this star's own PSF
+        psf = own[0] if own else shared
         grid = jnp.arange(self.size, dtype=float)
         prf = psf.prf(grid[None, :] - p["x"].value, grid[:, None] - p["y"].value)
         return chi2(stamp, p["flux"].value * prf + p["bkg"].value, jnp.sqrt(variance), good)
@@ -81,9 +107,9 @@ def _prepare(image, x, y, fit_shape, psf, mask):
     """Checked inputs, the PSF as data, stamps and first estimates shared by free and forced
     photometry."""
     image, x, y = check_positions(image, x, y)
-    if not isinstance(psf, (MoffatPSF, GaussianPSF, ImagePSF)):
-        raise TypeError(f"psf must be a MoffatPSF, GaussianPSF or ImagePSF, got {type(psf).__name__}")
-    psf = psf_as_data(psf)
+    if not isinstance(psf, (MoffatPSF, GaussianPSF, ImagePSF, VaryingPSF, GriddedPSF)):
+        raise TypeError(f"psf must be a MoffatPSF, GaussianPSF, ImagePSF, VaryingPSF or GriddedPSF, got {type(psf).__name__}")
+    psf = psf.at(x, y) if isinstance(psf, (VaryingPSF, GriddedPSF)) else psf_as_data(psf)
     size = int(fit_shape)
     cut = cut_stamps(image, x, y, size, mask)
     estimates = initial_estimates(cut[0], cut[1], size, psf)
@@ -101,7 +127,8 @@ def render_stars(shape, flux, x, y, *, psf, half: int = 15) -> np.ndarray:
     flux, x, y = (np.asarray(a, dtype=float) for a in (flux, x, y))
     offsets = np.arange(-half, half + 1)
     ix, iy = np.round(x).astype(int), np.round(y).astype(int)
-    prf = prf_stamps(x - ix + half, y - iy + half, 2 * half + 1, psf_as_data(psf))
+    psf = psf.at(x, y) if isinstance(psf, (VaryingPSF, GriddedPSF)) else psf_as_data(psf)
+    prf = prf_stamps(x - ix + half, y - iy + half, 2 * half + 1, psf)
     rows, cols = np.broadcast_arrays(iy[:, None, None] + offsets[None, :, None], ix[:, None, None] + offsets[None, None, :])
     inside = (rows >= 0) & (rows < shape[0]) & (cols >= 0) & (cols < shape[1])
     flat_index = rows[inside] * shape[1] + cols[inside]
@@ -133,7 +160,7 @@ def _neighbour_light(pairs, flux, origin_x, origin_y, x, y, size, psf) -> np.nda
     light = np.zeros((len(x), size, size))
     if target.size:
         weight = np.where(np.isfinite(flux[source]), flux[source], 0.0)
-        prf = prf_stamps(x[source] - origin_x[target], y[source] - origin_y[target], size, psf)
+        prf = prf_stamps(x[source] - origin_x[target], y[source] - origin_y[target], size, take_stars(psf, source))
         np.add.at(light, target, weight[:, None, None] * prf)
     return light
 
@@ -153,8 +180,10 @@ def _padding_problem(size: int, psf, read_noise: float) -> dict[str, np.ndarray]
     solution, which converges at its first Hessian (measured: 0 Newton steps, ~1/3 of a real
     star's fit time), where repeating a real star would cost a whole fit."""
     centre, flux, bkg = float(size // 2), 1e4, 1e2
+    psf = take_stars(psf, [0])
     prf = prf_stamps(np.array([centre]), np.array([centre]), size, psf)
-    return {
+    own = {"psf": psf.psf} if isinstance(psf, PerStarPSF) else {}
+    return own | {
         "stamp": (flux * prf + bkg)[0], "variance": predicted_variance(np.array([flux]), prf, np.array([bkg]), read_noise)[0],
         "good": np.ones((size, size), bool), "flux": np.array(flux), "x": np.array(centre), "y": np.array(centre), "bkg": np.array(bkg),
     }
@@ -173,6 +202,7 @@ def _fit_stamps(stamps, good, prf, local_x, local_y, flux0, bkg0, *, size, psf, 
     """
     problems = {"stamp": stamps, "variance": predicted_variance(flux0, prf, bkg0, read_noise), "good": good,
                 "flux": flux0, "x": local_x, "y": local_y, "bkg": bkg0}
+    own = isinstance(psf, PerStarPSF)
     n = len(stamps)
     names = ("flux", "x", "y", "bkg")
     values, errors = {k: np.empty(n) for k in names}, {k: np.empty(n) for k in names}
@@ -181,10 +211,13 @@ def _fit_stamps(stamps, good, prf, local_x, local_y, flux0, bkg0, *, size, psf, 
         extra = length - (stop - start)
         batch = {k: np.concatenate([np.asarray(v[start:stop], dtype=padding[k].dtype), np.repeat(padding[k][None], extra, axis=0)])
                  for k, v in problems.items()}
+        data = (batch["stamp"], batch["variance"], batch["good"])
+        if own:
+            data += (jax.tree_util.tree_map(lambda a, pad: np.concatenate([np.asarray(a)[start:stop], np.repeat(np.asarray(pad), extra, axis=0)]),
+                                            psf.psf, padding["psf"]),)
         # EDM < 1e-4 (chi2 units) leaves every parameter within ~0.01 sigma of the minimum:
         # far below the errors, and ~7% fewer Newton steps than the core's default 1e-6
-        result = fit_batch(_StarObjective(size), {k: Parameter(batch[k]) for k in names},
-                           (batch["stamp"], batch["variance"], batch["good"]), shared=psf, tol=1e-4)
+        result = fit_batch(_StarObjective(size), {k: Parameter(batch[k]) for k in names}, data, shared=None if own else psf, tol=1e-4)
         for k in names:
             values[k][start:stop], errors[k][start:stop] = result.values[k][: stop - start], result.errors[k][: stop - start]
         stat[start:stop], status[start:stop] = result.stat[: stop - start], result.status[: stop - start]
@@ -206,7 +239,7 @@ def fit_stars(
     x: Float[np.ndarray, " n"],
     y: Float[np.ndarray, " n"],
     *,
-    psf: MoffatPSF | GaussianPSF | ImagePSF,
+    psf: MoffatPSF | GaussianPSF | ImagePSF | VaryingPSF | GriddedPSF,
     read_noise: float,
     fit_shape: int = 11,
     mask: np.ndarray | None = None,
@@ -232,7 +265,10 @@ def fit_stars(
         image: calibrated image in electrons.
         x, y: initial positions (0-based pixel centres).
         psf: the PSF (:class:`MoffatPSF`, :class:`GaussianPSF` or an empirical
-            :class:`ImagePSF`), e.g. from :func:`fitax.photometry.fit_psf_shape`.
+            :class:`ImagePSF`), e.g. from :func:`fitax.photometry.fit_psf_shape`; or one that
+            changes across the image (:class:`~fitax.photometry.varying.VaryingPSF`, a grid of
+            ePSFs :class:`~fitax.photometry.gridded.GriddedPSF`): each star is fitted with the
+            PSF at its input position.
         read_noise: read noise [electrons] for the noise model.
         fit_shape: stamp size (odd).
         mask: boolean image, True where pixels must be ignored (saturated, bad columns, ...).
@@ -260,8 +296,8 @@ def fit_stars(
 
     # The fainter star of a pair closer than one FWHM cannot be separated with free
     # positions (the pair trades light and position freely): it is flagged, and neither
-    # subtracted nor refitted, so its brighter neighbour measures the blend (photutils flags
-    # such stars too).
+    # subtracted nor refitted, so its brighter neighbour measures the blend (photutils fits
+    # both in one group and splits the light arbitrarily, unflagged).
     close_i, close_j = _close_pairs(x, y, psf.fwhm)
     fitted = np.where(np.isfinite(values["flux"]), values["flux"], -np.inf)
     unresolved = np.zeros(len(x), bool)
@@ -279,8 +315,9 @@ def fit_stars(
         restart = from_start | (trusted_flux()[idx] == 0)
         start = lambda k, first: np.where(restart, first[idx], values[k][idx])  # noqa: E731
         local_x, local_y = start("x", start_x), start("y", start_y)
-        redone = fit(cleaned, good_idx, prf_stamps(local_x, local_y, size, psf), local_x, local_y,
-                     start("flux", flux0), start("bkg", bkg0))
+        own_psf = take_stars(psf, idx)
+        redone = fit(cleaned, good_idx, prf_stamps(local_x, local_y, size, own_psf), local_x, local_y,
+                     start("flux", flux0), start("bkg", bkg0), psf=own_psf)
         change = np.abs(redone.values["flux"] - values["flux"][idx])
         for k in values:
             values[k][idx], errors[k][idx] = redone.values[k], redone.errors[k]
