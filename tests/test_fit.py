@@ -13,15 +13,15 @@ import fitax
 from fitax.examples import blob_cube, blob_cube_stat
 
 
-def _assert_matches_reference(result, params, objective, args=None, errordef=1.0, value_rtol=1e-3, error_rtol=0.01):
+def _assert_matches_reference(result, params, objective, args=None, errordef=1.0, value_rtol=1e-3, error_rtol=0.01, strategy=2):
     """Values (and errors, unless ``error_rtol`` is None because the caller checks them
     against an exact reference instead) agree with iminuit's MIGRAD + HESSE."""
-    values, errors, fval = iminuit_reference(objective, params, args, errordef)
+    values, errors, fval = iminuit_reference(objective, params, args, errordef, strategy=strategy, hesse=error_rtol is not None)
     assert result.converged, result.message
     assert result.stat <= fval + 1e-6, f"fitax stat {result.stat} above iminuit {fval}"
     for name in result.free_names:
-        # relative where it means something; for values near 0, relative to iminuit's error
-        scale = max(abs(values[name]), errors[name])
+        # relative where it means something; for values near 0, relative to the error
+        scale = max(abs(values[name]), (errors or result.errors)[name])
         assert result.values[name] == pytest.approx(values[name], abs=value_rtol * scale), name
         if error_rtol is not None:
             assert result.errors[name] == pytest.approx(errors[name], rel=error_rtol), name
@@ -34,12 +34,32 @@ def test_blob_cube_matches_iminuit(n_sources):
     _assert_matches_reference(result, start, blob_cube_stat, data)
 
 
+def _finite_difference_errors(result, start, data):
+    """Errors from central finite differences of the gradient at fitax's minimum: independent
+    of any optimiser and of fitax's Hessian code."""
+    space = fitax.ParameterSpace.from_params(start)
+    grad = jax.jit(jax.grad(lambda v: blob_cube_stat(space.with_values(start, v), data)))
+    v = jnp.asarray([result.values[n] for n in result.free_names])
+    sigma = np.array([result.errors[n] for n in result.free_names])
+    hessian = np.empty((v.size, v.size))
+    for i in range(v.size):
+        h = 1e-3 * sigma[i]
+        hessian[:, i] = (np.asarray(grad(v.at[i].add(h))) - np.asarray(grad(v.at[i].add(-h)))) / (2 * h)
+    covariance = 2 * np.linalg.inv(0.5 * (hessian + hessian.T))
+    return np.sqrt(np.diag(covariance)), sigma
+
+
 @pytest.mark.slow
 def test_blob_cube_50_sources_matches_iminuit():
+    """251 parameters. Values against MIGRAD; errors against finite differences of the
+    gradient, not HESSE: HESSE takes 125 s here with strategy 2 (and is 6% off with
+    strategy 1) where 502 gradients take 1 s and agree with fitax's exact Hessian to 1e-4."""
     truth, start, data = blob_cube(50, n_energy=10, n_pix=100, seed=3)
     result = fitax.fit(blob_cube_stat, start, args=data)
     assert result.n_hessians < result.n_evaluations  # the large-problem quasi-Newton path ran
-    _assert_matches_reference(result, start, blob_cube_stat, data)
+    _assert_matches_reference(result, start, blob_cube_stat, data, error_rtol=None, strategy=1)
+    reference, errors = _finite_difference_errors(result, start, data)
+    np.testing.assert_allclose(errors, reference, rtol=1e-4)
 
 
 @pytest.mark.parametrize("n_sources,seed", [(10, 0), (10, 1), (10, 2), pytest.param(50, 0, marks=pytest.mark.slow)])
@@ -57,16 +77,8 @@ def test_errors_are_the_exact_curvature_errors():
     # independent of any optimiser: central finite differences of the gradient at the minimum
     truth, start, data = blob_cube(10, n_energy=10, n_pix=60, seed=3)
     result = fitax.fit(blob_cube_stat, start, args=data)
-    space = fitax.ParameterSpace.from_params(start)
-    grad = jax.jit(jax.grad(lambda v: blob_cube_stat(space.with_values(start, v), data)))
-    v = jnp.asarray([result.values[n] for n in result.free_names])
-    sigma = np.array([result.errors[n] for n in result.free_names])
-    hessian = np.empty((v.size, v.size))
-    for i in range(v.size):
-        h = 1e-3 * sigma[i]
-        hessian[:, i] = (np.asarray(grad(v.at[i].add(h))) - np.asarray(grad(v.at[i].add(-h)))) / (2 * h)
-    covariance = 2 * np.linalg.inv(0.5 * (hessian + hessian.T))
-    np.testing.assert_allclose(np.sqrt(np.diag(covariance)), sigma, rtol=1e-4)
+    reference, errors = _finite_difference_errors(result, start, data)
+    np.testing.assert_allclose(errors, reference, rtol=1e-4)
 
 
 def test_blob_cube_recovers_truth_within_errors():
