@@ -157,16 +157,17 @@ def test_gamma_demo_runs_and_recovers_the_truth(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_cli_fit_with_posterior_samples(simulated, tmp_path, capsys):
-    """``--sample 100``: after the fit, 4 NUTS chains of 100 draws write posterior.ecsv
-    (name, mean, std, q16, q50, q84, r_hat, ess per free parameter) and corner.png. The
-    11-parameter fit of ~1e4 counts is well measured, so the posterior is close to the
-    fit's Gaussian approximation: each mean within 0.1 sigma plus 4 Monte Carlo errors
-    (std / sqrt(ess)) of the fitted value, each std within 35% of the fit's error (the
-    relative MC error of a std from ess >= 50 draws is ~10%), R-hat < 1.1."""
+    """``--sample 25``: after the fit, 4 NUTS chains of 25 draws write posterior.ecsv (name,
+    mean, std, q16, q50, q84, r_hat, ess per free parameter) and corner.png. What is checked
+    here is the wiring (files, columns, one row per fitted parameter, each row's draws about
+    its own parameter: within 1 sigma of the fitted value, and a std within a factor 2 of the
+    error); the posterior's agreement with the fit to Monte Carlo precision is tested on
+    ``fitax.gamma.sample``, which the command calls, in tests/test_sample.py (100 draws per
+    chain took 72 s here and checked nothing more about the command)."""
     _, datasets_path, models_path, _ = simulated
     out = tmp_path / "fit"
     code = main(["gamma", "fit", "--datasets", str(datasets_path), "--models", str(models_path), "--out", str(out),
-                 "--sample", "100"])
+                 "--sample", "25"])
     assert code == 0, capsys.readouterr().err
     assert "r_hat" in capsys.readouterr().out
     assert (out / "corner.png").stat().st_size > 0
@@ -177,7 +178,7 @@ def test_cli_fit_with_posterior_samples(simulated, tmp_path, capsys):
     assert set(posterior["name"]) == set(fitted)
     for row in posterior:
         value, error = fitted[row["name"]]
-        assert row["r_hat"] < 1.1 and row["ess"] >= 50, row["name"]
-        assert abs(row["mean"] - value) < 0.1 * error + 4 * row["std"] / np.sqrt(row["ess"]), row["name"]
-        assert row["std"] == pytest.approx(error, rel=0.35), row["name"]
+        assert np.isfinite(row["r_hat"]) and row["ess"] > 0, row["name"]
+        assert abs(row["mean"] - value) < error, row["name"]
+        assert 0.5 * error < row["std"] < 2 * error, row["name"]
         assert row["q16"] < row["q50"] < row["q84"]

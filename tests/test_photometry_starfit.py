@@ -107,6 +107,31 @@ def test_psf_shape_is_recovered_from_bright_isolated_stars():
     assert "FWHM" in repr(shape)
 
 
+def test_ghost_stars_that_pad_the_shape_fit_change_nothing(monkeypatch):
+    """The joint shape fits pad their stars to a multiple of STAR_BUCKET with masked ghost
+    stars (so that images share compiled fits): values, errors and chi2 of the constant and
+    the degree-1 fit equal those without ghosts (measured: 1e-12 relative)."""
+    from fitax.photometry import psfshape
+
+    image, truth = simulate_image((300, 300), 60, psf=GaussianPSF(1.5, 1.4, 0.05), flux_range=(2e4, 3e5), seed=6)
+    chosen = psfshape.select_psf_stars(image, truth["x"], truth["y"], n_max=13)
+    x, y = np.asarray(truth["x"])[chosen], np.asarray(truth["y"])[chosen]
+    assert len(chosen) % psfshape.STAR_BUCKET != 0  # so that ghosts are added
+
+    def fits():
+        constant = psfshape.fit_psf_shape(image, x, y, read_noise=10.0, kind="gaussian")
+        varying = psfshape.fit_varying_psf_shape(image, constant, degree=1, read_noise=10.0)
+        return [(shape.values, shape.errors, float(shape.result.stat)) for shape in (constant, varying)]
+
+    padded = fits()
+    monkeypatch.setattr(psfshape, "STAR_BUCKET", 1)
+    for (values, errors, stat), (values_1, errors_1, stat_1) in zip(padded, fits()):
+        for name in values:
+            assert values[name] == pytest.approx(values_1[name], rel=1e-9, abs=1e-12)
+            assert errors[name] == pytest.approx(errors_1[name], rel=1e-7)
+        assert stat == pytest.approx(stat_1, rel=1e-10)
+
+
 def test_blended_pair_is_separated_by_neighbour_subtraction():
     from fitax.photometry.starfit import render_stars
 

@@ -4,6 +4,13 @@ The shape parameters (Moffat ``gamma``, ``alpha``; Gaussian ``sigma_x``, ``sigma
 ``rho``) are shared by all stars; each star keeps its own flux, position and background. One
 :func:`fitax.fit` over ``n_shape + 4 n`` parameters, so the shape errors account for every
 star's nuisance parameters.
+
+A fit compiles once per number of stars (every star's parameters are separate leaves of the
+model). The stars are therefore padded to a multiple of :data:`STAR_BUCKET` with *ghost*
+stars: fully masked stamps whose parameters are held at their start by a quadratic penalty.
+A ghost adds nothing to the chi2 at the minimum and does not couple to the shape, so the
+fitted shape, its errors and the chi2 are those of the real stars, while images with
+similar numbers of PSF stars (and the refit after rejections) share one compiled fit.
 """
 
 from __future__ import annotations
@@ -60,6 +67,14 @@ class PSFShape:
         return f"PSFShape({type(self.psf).__name__}: {shape}, FWHM={self.fwhm:.3f} px, from {self.n_stars} stars, {self.rejected} rejected)"
 
 
+STAR_BUCKET = 16
+"""The joint shape fits pad their stars to a multiple of this (see the module docstring)."""
+
+
+def _ghost_count(n_stars: int) -> int:
+    return -n_stars % STAR_BUCKET
+
+
 class _Star(eqx.Module):
     flux: Parameter
     x: Parameter
@@ -72,15 +87,43 @@ class _ShapeModel(eqx.Module):
     stars: tuple[_Star, ...]
 
 
-def _joint_chi2(model: _ShapeModel, data):
-    stamps, variance, good = data
+def _stars(flux0, x0, y0, bkg0, fit_shape: int) -> tuple[_Star, ...]:
+    """Each star's free flux, position (within its stamp) and background; then the ghost
+    stars that pad them to a multiple of :data:`STAR_BUCKET`, at their penalty's minimum."""
+    n_ghosts = _ghost_count(len(flux0))
+    centre = float(fit_shape // 2)
+    flux0, x0, y0, bkg0 = (np.r_[a, np.full(n_ghosts, g)] for a, g in ((flux0, 1.0), (x0, centre), (y0, centre), (bkg0, 0.0)))
+    return tuple(
+        _Star(Parameter(f, min=0.0), Parameter(cx, min=-0.5, max=fit_shape - 0.5), Parameter(cy, min=-0.5, max=fit_shape - 0.5), Parameter(b))
+        for f, cx, cy, b in zip(flux0, x0, y0, bkg0)
+    )
+
+
+def _padded_data(stamps, variance, good, *per_star):
+    """The fit's data with ghost stars appended (fully masked stamps, unit variance) and the
+    ghost mask last; ``per_star`` arrays (positions) are padded with zeros."""
+    n_ghosts = _ghost_count(len(stamps))
+    pad = lambda a, value: np.concatenate([a, np.full((n_ghosts, *np.shape(a)[1:]), value, dtype=np.asarray(a).dtype)])  # noqa: E731
+    ghost = np.r_[np.zeros(len(stamps), bool), np.ones(n_ghosts, bool)]
+    arrays = (pad(stamps, 0.0), pad(variance, 1.0), pad(good, False), *(pad(a, 0.0) for a in per_star), ghost)
+    return tuple(jnp.asarray(a) for a in arrays)
+
+
+def _star_terms(model, stamps, variance, good, ghost, psf):
+    """chi2 of the real stars' stamps plus the ghosts' penalty (0 at their start)."""
     size = stamps.shape[-1]
     field = lambda name: jnp.stack([getattr(s, name).value for s in model.stars])  # noqa: E731
     flux, x, y, bkg = field("flux"), field("x"), field("y"), field("bkg")
+    npred = flux[:, None, None] * prf_boxes(x - size // 2, y - size // 2, psf, size) + bkg[:, None, None]
+    centre = size // 2
+    penalty = jnp.sum(jnp.where(ghost, (flux - 1.0) ** 2 + (x - centre) ** 2 + (y - centre) ** 2 + bkg**2, 0.0))
+    return chi2(stamps, npred, jnp.sqrt(variance), good) + penalty
+
+
+def _joint_chi2(model: _ShapeModel, data):
+    stamps, variance, good, ghost = data
     psf = jax.tree_util.tree_map(lambda p: p.value, model.psf, is_leaf=is_parameter)
-    prf = prf_boxes(x - size // 2, y - size // 2, psf, size)
-    npred = flux[:, None, None] * prf + bkg[:, None, None]
-    return chi2(stamps, npred, jnp.sqrt(variance), good)
+    return _star_terms(model, stamps, variance, good, ghost, psf)
 
 
 def _start_psf(kind: str, fwhm0: float):
@@ -144,8 +187,8 @@ def fit_psf_shape(
     The first ``max_stars`` candidates (default: all) are fitted; stars whose reduced chi2
     exceeds the others' by more than ``reject_sigma`` robust standard deviations (unresolved
     blends, galaxies, defects, which widen the PSF) are then replaced by the next candidates
-    and the shape is fitted again, with the same number of stars so that the compiled fit is
-    reused.
+    and the shape is fitted again, with the same number of stars where spares remain (fewer
+    otherwise; the compiled fit is reused either way within a bucket of :data:`STAR_BUCKET`).
     """
     image, x, y = check_positions(image, x, y)
     if len(x) < 3:
@@ -191,23 +234,19 @@ def fit_psf_shape(
 
 @dataclasses.dataclass(frozen=True)
 class _VaryingChi2:
-    """chi2 of the stars under a polynomial PSF evaluated at each star's position; hashable
-    by its static description, so equal degrees and kinds share one compiled fit."""
+    """chi2 of the stars under a polynomial PSF evaluated at each star's normalised position;
+    hashable by its static description, so equal degrees and kinds share one compiled fit."""
 
     kind: str
     degree: int
-    centre: tuple[float, float]
-    scale: float
     points: int
 
     def __call__(self, model, data):
-        stamps, variance, good, star_x, star_y = data
-        size = stamps.shape[-1]
+        stamps, variance, good, u, v, ghost = data
         coefficients = {k: jnp.stack([c.value for c in v]) for k, v in model.coefficients.items()}
-        psf = VaryingPSF(coefficients, self.kind, self.degree, self.centre, self.scale, self.points).at(star_x, star_y)
-        field = lambda name: jnp.stack([getattr(s, name).value for s in model.stars])  # noqa: E731
-        npred = field("flux")[:, None, None] * prf_boxes(field("x") - size // 2, field("y") - size // 2, psf, size) + field("bkg")[:, None, None]
-        return chi2(stamps, npred, jnp.sqrt(variance), good)
+        # positions come normalised (u, v), so images of any size share the compiled fit
+        psf = VaryingPSF(coefficients, self.kind, self.degree, (0.0, 0.0), 1.0, self.points).at(u, v)
+        return _star_terms(model, stamps, variance, good, ghost, psf)
 
 
 class _VaryingShapeModel(eqx.Module):
@@ -245,22 +284,19 @@ def fit_varying_psf_shape(image, constant: PSFShape, *, degree: int, read_noise:
         variance = predicted_variance(flux0, prf_stamps(local_x, local_y, fit_shape, per_star), bkg0, read_noise)
     model = _VaryingShapeModel(
         coefficients={k: tuple(Parameter(float(c)) for c in v) for k, v in start.coefficients.items()},
-        stars=tuple(
-            _Star(Parameter(f, min=0.0), Parameter(cx, min=-0.5, max=fit_shape - 0.5), Parameter(cy, min=-0.5, max=fit_shape - 0.5), Parameter(b))
-            for f, cx, cy, b in zip(flux0, local_x, local_y, bkg0)
-        ),
+        stars=_stars(flux0, local_x, local_y, bkg0, fit_shape),
     )
-    pattern = _arrowhead(sum(len(v) for v in start.coefficients.values()), len(x))
-    objective = _VaryingChi2(start.kind, degree, start.centre, start.scale, start.points)
-    data = (jnp.asarray(stamps), jnp.asarray(variance), jnp.asarray(good), jnp.asarray(x), jnp.asarray(y))
+    pattern = _arrowhead(sum(len(v) for v in start.coefficients.values()), len(model.stars))
+    objective = _VaryingChi2(start.kind, degree, start.points)
+    u, v = (np.asarray(x) - start.centre[0]) / start.scale, (np.asarray(y) - start.centre[1]) / start.scale
+    data = _padded_data(stamps, variance, good, u, v)
     result = fit(objective, model, args=data, hessian_sparsity=pattern)
     if not result.converged:
         raise RuntimeError(f"the degree-{degree} PSF shape fit did not converge: {result.message}")
     coefficients = {k: np.array([float(c.value) for c in v]) for k, v in result.params.coefficients.items()}
     psf = VaryingPSF(coefficients, start.kind, degree, start.centre, start.scale, start.points)
     values = {f"{k}[{i}]": float(c) for k, v in coefficients.items() for i, c in enumerate(v)}
-    errors = {f"{k}[{i}]": float(result.errors[f"coefficients.{k}[{i}]"]) if f"coefficients.{k}[{i}]" in result.errors else float("nan")
-              for k, v in coefficients.items() for i in range(len(v))}
+    errors = {f"{k}[{i}]": float(result.errors[f"coefficients.{k}.{i}"]) for k, v in coefficients.items() for i in range(len(v))}
     return PSFShape(psf=psf, values=values, errors=errors, n_stars=len(x), result=result, rejected=constant.rejected, positions=(x, y),
                     variance=variance)
 
@@ -293,8 +329,8 @@ def _inside_bounds(psf) -> bool:
 
 @jax.jit
 def _star_chi2(model: _ShapeModel, data):
-    """chi2 of each star's stamp under the fitted model."""
-    stamps, variance, good = data
+    """chi2 of each star's stamp under the fitted model (0 for ghosts)."""
+    stamps, variance, good, _ = data
     size = stamps.shape[-1]
     field = lambda name: jnp.stack([getattr(s, name).value for s in model.stars])  # noqa: E731
     psf = jax.tree_util.tree_map(lambda p: p.value, model.psf, is_leaf=is_parameter)
@@ -307,7 +343,7 @@ def _stars_determined(params, image, x, y, read_noise, fit_shape, mask) -> np.nd
     shape: its 4 x 4 block of the chi2 Hessian (the PSF held fixed) is positive definite."""
     stamps, good, origin_x, origin_y = cut_stamps(image, x, y, fit_shape, mask)
     psf = jax.tree_util.tree_map(lambda p: p.value, params.psf, is_leaf=is_parameter)
-    theta = np.array([[float(s.flux.value), float(s.x.value), float(s.y.value), float(s.bkg.value)] for s in params.stars])
+    theta = np.array([[float(s.flux.value), float(s.x.value), float(s.y.value), float(s.bkg.value)] for s in params.stars[: len(x)]])
     variance = predicted_variance(theta[:, 0], prf_stamps(theta[:, 1], theta[:, 2], fit_shape, psf_as_data(psf)), theta[:, 3], read_noise)
 
     def star_chi2(t, stamp, var, g):
@@ -326,15 +362,9 @@ def _fit_shape(image, x, y, read_noise, fit_shape, mask, start, free):
     bkg0, flux0 = initial_estimates(stamps, good, fit_shape, start)
     local_x, local_y = x - origin_x, y - origin_y
     variance = predicted_variance(flux0, prf_stamps(local_x, local_y, fit_shape, start), bkg0, read_noise)
-    model = _ShapeModel(
-        psf=free,
-        stars=tuple(
-            _Star(Parameter(f, min=0.0), Parameter(cx, min=-0.5, max=fit_shape - 0.5), Parameter(cy, min=-0.5, max=fit_shape - 0.5), Parameter(b))
-            for f, cx, cy, b in zip(flux0, local_x, local_y, bkg0)
-        ),
-    )
-    data = (jnp.asarray(stamps), jnp.asarray(variance), jnp.asarray(good))
+    model = _ShapeModel(psf=free, stars=_stars(flux0, local_x, local_y, bkg0, fit_shape))
+    data = _padded_data(stamps, variance, good)
     n_shape = len([p for p in jax.tree_util.tree_leaves(free, is_leaf=is_parameter) if is_parameter(p)])
-    result = fit(_joint_chi2, model, args=data, hessian_sparsity=_arrowhead(n_shape, len(x)))
-    reduced = np.asarray(_star_chi2(result.params, data)) / np.maximum(good.sum(axis=(1, 2)) - 4, 1)
+    result = fit(_joint_chi2, model, args=data, hessian_sparsity=_arrowhead(n_shape, len(model.stars)))
+    reduced = np.asarray(_star_chi2(result.params, data))[: len(x)] / np.maximum(good.sum(axis=(1, 2)) - 4, 1)
     return result, reduced, variance
