@@ -99,10 +99,12 @@ def test_bad_inputs_are_clear_errors(frames, tmp_path, capsys):
     assert "bad.fits: no position columns; expected one of x/y" in capsys.readouterr().err
     assert main(["phot", "run", str(calibrated), "--mask-bits", "3,x", "-o", str(tmp_path / "c.fits")]) == 2
     assert "--mask-bits '3,x': expected comma-separated bit numbers" in capsys.readouterr().err
+    assert main(["phot", "run", str(calibrated), "--mask-bits", "12-2", "-o", str(tmp_path / "c.fits")]) == 2  # not silently no bits
+    assert "--mask-bits '12-2': expected comma-separated bit numbers 0-63 or increasing ranges" in capsys.readouterr().err
     outside = tmp_path / "outside.fits"
-    Table({"x": [10.0, 5000.0, 50.0, 80.0], "y": [10.0, 20.0, 60.0, 90.0]}).write(outside)
+    Table({"x": [10.0, 5000.0, 50.0, -80.0], "y": [10.0, 20.0, 60.0, 90.0]}).write(outside)
     assert main(["phot", "run", str(calibrated), "--catalog", str(outside), "-o", str(tmp_path / "d.fits")]) == 2
-    assert "outside the 320x300 image" in capsys.readouterr().err
+    assert "only 2 of the 4 catalog sources fall on the image; need at least 3" in capsys.readouterr().err
     # a raw (uncalibrated) frame given to 'run'
     assert main(["phot", "run", science, "-o", str(tmp_path / "e.fits")]) == 2
     assert "run 'fitax phot calibrate' first" in capsys.readouterr().err

@@ -81,6 +81,33 @@ def test_saturate_keyword_is_honoured_and_input_columns_reach_the_catalog(satura
     assert abs(np.median(flux[good] / true_flux[good] - 1)) < 0.005
 
 
+def test_an_image_in_dn_gives_the_same_catalog_in_electrons(saturated_quadrant, tmp_path):
+    """The quadrant as ZTF's science images carry it: in DN (BUNIT = 'DN', GAIN = 6.2 e-/DN,
+    SATURATE and MAGZP for DN). Fluxes, saturation and magnitudes come out as from the same
+    quadrant in electrons (an image in DN read as electrons would have fluxes 6.2x low; a
+    GAIN without BUNIT is refused rather than guessed)."""
+    folder, image_path, sources_path, truth = saturated_quadrant
+    gain, magzp = 6.2, 26.0
+    with fits.open(image_path) as hdul:
+        header, data = hdul[0].header.copy(), hdul[0].data.astype(np.float64)
+    electrons = tmp_path / "electrons.fits"
+    in_electrons = header.copy()
+    in_electrons["MAGZP"] = magzp + 2.5 * np.log10(gain)
+    fits.PrimaryHDU(data.astype(np.float32), in_electrons).writeto(electrons)
+    # SATURATE as the DN image stores its clipped pixels (float32), so they are >= it
+    header.update(BUNIT="DN", GAIN=gain, SATURATE=float(np.float32(SATURATE / gain)), MAGZP=magzp)
+    in_dn = tmp_path / "ztf_sciimg.fits"
+    fits.PrimaryHDU((data / gain).astype(np.float32), header).writeto(in_dn)
+    reference, dn = _run(electrons, sources_path, tmp_path / "e_cat.fits"), _run(in_dn, sources_path, tmp_path / "dn_cat.fits")
+    assert dn.meta["IMGGAIN"] == gain and dn.meta["SATURATE"] == pytest.approx(SATURATE) and dn.meta["NSATPIX"] == reference.meta["NSATPIX"]
+    ok = reference["flags"] == 0
+    np.testing.assert_allclose(dn["flux"][ok], reference["flux"][ok], rtol=1e-4)  # float32 pixels, rounded differently
+    np.testing.assert_allclose(dn["mag"][ok], reference["mag"][ok], atol=1e-4)
+    del header["BUNIT"]
+    fits.PrimaryHDU((data / gain).astype(np.float32), header).writeto(tmp_path / "unitless.fits")
+    assert main(["phot", "run", str(tmp_path / "unitless.fits"), "-o", str(tmp_path / "u.fits")]) == 2
+
+
 def test_without_saturate_saturated_stars_pass_unflagged_and_low(saturated_quadrant, tmp_path):
     """The checks above can fail: the same quadrant with SATURATE removed (what an earlier
     release read) returns the saturated stars unflagged, their fluxes biased low."""
@@ -131,6 +158,11 @@ def test_sky_sources_off_the_image_keep_their_rows(saturated_quadrant):
     measured = np.asarray(catalog["flags"][:-2]) == 0
     ratio = np.asarray(catalog["flux"][:-2])[measured] / np.asarray(truth["flux"])[keep][measured]
     assert measured.sum() > 50 and abs(np.median(ratio) - 1) < 0.005
+    # the same list in pixels (made for a wider frame): the same rows, ids and measurements
+    pixels, _ = process_image(data, sources=Table({"id": ids, "x": x, "y": y}), psf="gaussian")
+    np.testing.assert_array_equal(pixels["id"], ids)
+    assert (pixels["flags"][-2:] & FLAG_OUTSIDE).all() and np.isnan(pixels["flux"][-2:]).all()
+    np.testing.assert_allclose(pixels["flux"][:-2], catalog["flux"][:-2], rtol=1e-6)
 
 
 def test_source_list_column_conventions():
@@ -158,15 +190,18 @@ def test_source_list_column_conventions():
 
 
 def test_bit_masks_keep_source_planes_usable(tmp_path):
-    values = np.array([[0, 2, 1], [256, 2 | 256, 0]], dtype=np.int16)
-    ztf = fits.Header()
-    ztf["BIT00"] = (0, "AIRCRAFT/SATELLITE TRACK")
-    ztf["BIT01"] = (1, "OBJECT (detected by SExtractor)")
-    ztf["BIT08"] = (8, "SATURATED")
-    assert informational_bits(ztf) == 2
+    values = np.array([[0, 2 | 2048, 1], [256, 2 | 256, 4096]], dtype=np.int16)
+    ztf = fits.Header()  # a ZTF mskimg header's bit definitions, as IPAC writes them
+    for bit, meaning in enumerate(["AIRCRAFT/SATELLITE TRACK", "CONTAINS SEXTRACTOR DETECTION", "LOW RESPONSIVITY",
+                                   "HIGH RESPONSIVITY", "NOISY", "GHOST FROM BRIGHT SOURCE", "RESERVED FOR FUTURE USE",
+                                   "PIXEL SPIKE (POSSIBLE RAD HIT)", "SATURATED", "DEAD (UNRESPONSIVE)", "NAN (not a number)",
+                                   "CONTAINS PSF-EXTRACTED SOURCE POSITION", "HALO FROM BRIGHT SOURCE"]):
+        ztf[f"BIT{bit:02d}"] = (bit, meaning)
+    # every bit but the two source planes: ZTF's recommended bad-pixel mask
+    assert ~informational_bits(ztf) & (2**13 - 1) == 6141
     bad, rule = bad_pixels(values, ztf)
-    np.testing.assert_array_equal(bad, [[False, False, True], [True, True, False]])
-    assert "but 1" in rule
+    np.testing.assert_array_equal(bad, [[False, False, True], [True, True, True]])
+    assert "but 1, 11" in rule
     lsst = fits.Header({"MP_BAD": 0, "MP_DETECTED": 5, "MP_SAT": 1})
     assert informational_bits(lsst) == 32
     np.testing.assert_array_equal(bad_pixels(values, fits.Header(), bad_bits=1 << 8)[0], [[False, False, False], [True, True, False]])

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .io import image_hdu_index, read_image
+from .io import image_hdu_index
 
 __all__ = ["master_bias", "master_flat", "calibrate"]
 

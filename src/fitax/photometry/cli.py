@@ -42,7 +42,7 @@ def add_parser(commands) -> None:
     run_p.add_argument("--mask", help="bad-pixel mask image for one image (default: a MASK/BPM/DQ/MSK/FLAGS extension, "
                        "or ZTF's sibling *mskimg.fits)")
     run_p.add_argument("--mask-bits", metavar="BITS", help="comma-separated bit numbers of an integer mask that mark bad pixels, "
-                       "e.g. 0,2-12 (default: every bit but the source planes the mask header names, e.g. ZTF's OBJECT)")
+                       "e.g. 0,2-10,12 (default: every bit but the source planes the mask header names, e.g. ZTF's bits 1 and 11)")
     run_p.add_argument("--psf", choices=("moffat", "gaussian"), default="moffat", help="PSF model (default: moffat)")
     run_p.add_argument("--psf-degree", default="auto", choices=("auto", "0", "1", "2", "3"),
                        help="polynomial degree of the PSF shape's variation across the image; 0: constant "
@@ -50,7 +50,8 @@ def add_parser(commands) -> None:
     run_p.add_argument("--psf-grid", metavar="FILE", help="use this grid of ePSFs (photutils GriddedPSFModel / WebbPSF FITS "
                        "layout: DET_YX<i>, OVERSAMP) instead of fitting the PSF; it must cover the image")
     run_p.add_argument("--save-psf-grid", action="store_true", help="also write the fitted PSF as a 3 x 3 grid of ePSFs, "
-                       "<catalog>_psfgrid.fits, which photutils' GriddedPSFModel.read reads")
+                       "<catalog>_psfgrid.fits, in the WebbPSF layout (DET_YX = '(y, x)'; photutils up to 3.0 reads it as (x, y), "
+                       "transposing the grid positions)")
     run_p.add_argument("-o", "--out", required=True, help="catalog file (one image) or folder (several)")
     run_p.add_argument("--threshold", type=float, default=5.0, help="detection threshold [sigma] (default: 5)")
     run_p.add_argument("--fit-shape", type=int, default=11, help="stamp size [pixels, odd] (default: 11)")
@@ -175,12 +176,13 @@ def _bits(text: str) -> int:
     try:
         for part in text.split(","):
             low, _, high = part.strip().partition("-")
-            for bit in range(int(low), int(high or low) + 1):
-                if not 0 <= bit < 64:
-                    raise ValueError
+            low, high = int(low), int(high or low)
+            if not 0 <= low <= high < 64:
+                raise ValueError
+            for bit in range(low, high + 1):
                 bits |= 1 << bit
     except ValueError:
-        raise ValueError(f"--mask-bits {text!r}: expected comma-separated bit numbers 0-63 or ranges, e.g. 0,2-12") from None
+        raise ValueError(f"--mask-bits {text!r}: expected comma-separated bit numbers 0-63 or increasing ranges, e.g. 0,2-10,12") from None
     return bits
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -17,8 +18,10 @@ __all__ = ["read_image", "read_image_header", "write_catalog", "update_image_hea
 MASK_EXTENSIONS = ("MASK", "BPM", "DQ", "MSK", "FLAGS")
 """Extension names under which survey images carry their pixel masks (fitax, DECam, HST/JWST,
 ZTF and others), tried in this order."""
-_INFORMATIONAL_PLANE = re.compile(r"DETECT|OBJECT")
-"""Mask planes that mark where sources are (ZTF's 'OBJECT', LSST's 'DETECTED'), not bad pixels."""
+_INFORMATIONAL_PLANE = re.compile(r"DETECT|OBJECT|SOURCE POSITION")
+"""Mask planes that mark where sources are, not bad pixels: ZTF's bit 1 'CONTAINS SEXTRACTOR
+DETECTION' and bit 11 'CONTAINS PSF-EXTRACTED SOURCE POSITION' (the bits ZTF's recommended
+bad-pixel mask 6141 leaves out; 'GHOST/HALO FROM BRIGHT SOURCE' stay bad), LSST's 'DETECTED'."""
 
 
 def image_hdu_index(hdul, path) -> int:
@@ -146,14 +149,22 @@ def read_mask(path, shape: tuple[int, int], *, mask_path=None, bad_bits: int | N
     return bad, f"{origin}, {rule}"
 
 
-def update_image_header(path, cards: dict) -> Path:
-    """Add ``cards`` to the header of the image HDU of ``path``, rewriting the file
-    atomically (a crash leaves the old file whole)."""
+def update_image_header(path, cards: dict, remove=()) -> Path:
+    """Set ``cards`` in (and delete the keywords ``remove`` from) the header of the image HDU
+    of ``path``, rewriting the file atomically (a crash leaves the old file whole). A file the
+    user may not write is refused, its permissions are kept, and checksums (``CHECKSUM``,
+    ``DATASUM``) are recomputed where the file had them."""
     path = Path(path)
+    if not os.access(path, os.W_OK):
+        raise PermissionError(f"{path}: the image is not writable; refusing to update its header (run without --update-header)")
     with open_fits(path) as hdul:
         for hdu in hdul:
             hdu.data  # noqa: B018 - load every HDU before the file is replaced
         index = image_hdu_index(hdul, path)
+        header = hdul[index].header
+        for key in remove:
+            header.remove(key, ignore_missing=True, remove_all=True)
         for key, value in cards.items():
-            hdul[index].header[key] = value
-        return atomic_write(path, lambda tmp: hdul.writeto(tmp, overwrite=True))
+            header[key] = value
+        checksum = any("CHECKSUM" in hdu.header for hdu in hdul)
+        return atomic_write(path, lambda tmp: hdul.writeto(tmp, overwrite=True, checksum=checksum))

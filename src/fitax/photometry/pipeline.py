@@ -35,7 +35,8 @@ class ImageData:
     """A calibrated image [e-] with its mask, header and the read noise it needs.
 
     ``saturation`` is the level [e-] at and above which pixels were masked (the header's
-    ``SATURATE``), ``mask_origin`` says where the rest of the mask came from.
+    ``SATURATE``), ``mask_origin`` says where the rest of the mask came from; ``gain`` [e-/DN]
+    is what an image in DN was multiplied by when read (1 for an image in electrons).
     """
 
     image: np.ndarray
@@ -46,11 +47,45 @@ class ImageData:
     saturation: float | None = None
     n_saturated: int = 0
     mask_origin: str = "none"
+    gain: float = 1.0
+
+
+_ELECTRONS = ("electron", "electrons", "e-", "e")
+
+
+def _gain_to_electrons(path, header: fits.Header) -> float:
+    """The factor from the image's units to electrons: 1 for an image in electrons
+    (``BUNIT`` electron; or no ``BUNIT`` and no ``GAIN`` other than 1), ``GAIN`` [e-/DN] for a
+    calibrated image in data numbers (``BUNIT = 'DN'``, as ZTF's science images). Anything else
+    is an error, as guessing would scale every flux: a ``GAIN`` other than 1 without ``BUNIT``
+    (detector gain recorded on an image in electrons, or an image in DN?), and ``ADU`` or
+    ``counts``, which raw frames carry (``fitax phot calibrate`` makes them electrons)."""
+    unit = str(header.get("BUNIT", "")).strip().lower()
+    try:
+        gain = float(header.get("GAIN", 1.0))
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{path}: header GAIN = {header['GAIN']!r} is not a number") from error
+    if unit in _ELECTRONS or (not unit and gain == 1.0):
+        return 1.0
+    if unit == "dn":
+        if not gain > 0:
+            raise ValueError(f"{path}: the image is in {header['BUNIT']!r} but its header GAIN = {header.get('GAIN')!r} [e-/DN] is not positive")
+        return gain
+    if not unit:
+        raise ValueError(f"{path}: header GAIN = {gain:g} but no BUNIT: is the image in electrons or in DN? Set BUNIT "
+                         "('electron' or 'DN'), or run 'fitax phot calibrate' first")
+    raise ValueError(f"{path}: BUNIT = {header['BUNIT']!r}; expected a calibrated image in electrons ('electron') or in DN "
+                     "('DN', with GAIN [e-/DN]); for a raw frame run 'fitax phot calibrate' first")
 
 
 def read_calibrated(path, read_noise: float | None = None, *, mask_path=None, bad_bits: int | None = None) -> ImageData:
-    """Read a calibrated image (written by ``fitax phot calibrate`` or any image in
-    electrons with ``READNOI`` in its header) with its bad-pixel mask.
+    """Read a calibrated image (written by ``fitax phot calibrate``, or any image in
+    electrons or in DN with ``GAIN``, with ``READNOI`` [e-] in its header) with its bad-pixel
+    mask, in electrons.
+
+    An image in DN (``BUNIT = 'DN'``, as ZTF's science images) is multiplied by ``GAIN``; its
+    ``SATURATE`` (in the image's units) likewise, and a ``MAGZP`` (for fluxes in DN) becomes
+    ``MAGZP + 2.5 log10(GAIN)``, the zero point of the fluxes in electrons that fitax reports.
 
     The mask combines: the mask image (see :func:`fitax.photometry.io.read_mask`: ``mask_path``,
     a ``MASK``/``BPM``/``DQ``/``MSK``/``FLAGS`` extension or ZTF's sibling ``*mskimg.fits``,
@@ -61,11 +96,11 @@ def read_calibrated(path, read_noise: float | None = None, *, mask_path=None, ba
 
     path = Path(path)
     image, header = read_image(path)
-    if header.get("GAIN", 1.0) != 1.0 or str(header.get("BUNIT", "electron")).lower() not in ("electron", "electrons", "e-"):
-        raise ValueError(
-            f"{path}: expected a calibrated image in electrons (GAIN = 1, BUNIT = 'electron'), got GAIN = "
-            f"{header.get('GAIN')}, BUNIT = {header.get('BUNIT')!r}; run 'fitax phot calibrate' first"
-        )
+    gain = _gain_to_electrons(path, header)
+    if gain != 1.0:
+        image = image * gain
+        if "MAGZP" in header:
+            header["MAGZP"] = float(header["MAGZP"]) + 2.5 * np.log10(gain)
     if read_noise is None:
         if "READNOI" not in header:
             raise ValueError(f"{path}: header has no READNOI (read noise, e-); pass read_noise (CLI: --read-noise)")
@@ -74,7 +109,7 @@ def read_calibrated(path, read_noise: float | None = None, *, mask_path=None, ba
     saturation, n_saturated = None, 0
     if "SATURATE" in header:
         try:
-            saturation = float(header["SATURATE"])
+            saturation = float(header["SATURATE"]) * gain
         except (TypeError, ValueError) as error:
             raise ValueError(f"{path}: header SATURATE = {header['SATURATE']!r} is not a number") from error
         with np.errstate(invalid="ignore"):
@@ -83,7 +118,7 @@ def read_calibrated(path, read_noise: float | None = None, *, mask_path=None, ba
         mask |= saturated
     mask |= ~np.isfinite(image)
     return ImageData(image=np.where(mask, 0.0, image), mask=mask, header=header, read_noise=float(read_noise), name=str(path),
-                     saturation=saturation, n_saturated=n_saturated, mask_origin=mask_origin)
+                     saturation=saturation, n_saturated=n_saturated, mask_origin=mask_origin, gain=gain)
 
 
 def photometry_columns(catalog: Table, header: fits.Header) -> Table:
@@ -211,6 +246,8 @@ def process_image(
     )
     if data.saturation is not None:
         catalog.meta["SATURATE"], catalog.meta["NSATPIX"] = data.saturation, data.n_saturated
+    if data.gain != 1.0:
+        catalog.meta["IMGGAIN"] = data.gain  # the image was in DN: fluxes, SATURATE and MAGZP here are for electrons
     return catalog, shape
 
 
@@ -244,7 +281,7 @@ def _psf_cards(shape: PSFShape, image_shape) -> dict:
     if isinstance(shape.psf, GriddedPSF):
         return {"PSFGRID": Path(shape.psf.source).name if shape.psf.source else "given", "PSFGRIDN": "{} x {}".format(*shape.psf.grid_shape)}
     if shape.degree == 0:
-        return {_PSF_KEYWORDS[name]: value for name, value in shape.values.items()}
+        return {"PSFDEG": 0, **{_PSF_KEYWORDS[name]: value for name, value in shape.values.items()}}
     low, high = shape.psf.fwhm_range(image_shape)
     cards = {"PSFDEG": shape.degree, "PSFFWMIN": round(low, 4), "PSFFWMAX": round(high, 4),
              "PSFXC": shape.psf.centre[0], "PSFYC": shape.psf.centre[1], "PSFSCALE": shape.psf.scale}

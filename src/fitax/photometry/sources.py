@@ -15,8 +15,9 @@ Pixel columns, tried in this order (case-insensitive):
 
 With none of these, sky columns ``ra, dec`` (or ``ALPHA_J2000, DELTA_J2000``, ``RAJ2000,
 DEJ2000``, ``RA_ICRS, DE_ICRS``; degrees unless the column carries a unit) are projected with
-the image's celestial WCS; sky sources that fall outside the image stay in the catalog,
-unmeasured and flagged 2 (outside), so no row and no id is lost.
+the image's celestial WCS. Sources outside the image (sky sources beyond its edges; pixel
+positions of a list made for a larger or mosaicked frame) stay in the catalog, unmeasured and
+flagged 2 (outside), so no row and no id is lost.
 
 Example:
     >>> from astropy.table import Table
@@ -44,8 +45,8 @@ SKY_COLUMNS = (("ra", "dec"), ("alpha_j2000", "delta_j2000"), ("raj2000", "dej20
 
 @dataclasses.dataclass(frozen=True)
 class SourcePositions:
-    """0-based pixel positions of a source list; ``inside`` is False for sky sources that
-    project outside the image (their ``x, y`` are still given)."""
+    """0-based pixel positions of a source list; ``inside`` is False for sources outside the
+    image (their ``x, y`` are still given)."""
 
     x: np.ndarray
     y: np.ndarray
@@ -100,7 +101,7 @@ def source_positions(table: Table, header=None, *, shape: tuple[int, int] | None
     Args:
         table: the user's source list.
         header: the image header, whose celestial WCS projects sky columns.
-        shape: the image shape ``(ny, nx)``, to mark sky sources outside it.
+        shape: the image shape ``(ny, nx)``, to mark sources outside it.
         columns: the two position columns to use instead of the automatic choice.
         origin: their pixel origin (0 or 1) instead of the one their names imply (1 for
             SExtractor's ``*_IMAGE``, else 0).
@@ -121,7 +122,7 @@ def source_positions(table: Table, header=None, *, shape: tuple[int, int] | None
     if pairs:
         cx, cy, o = pairs[0]
         x, y = _numeric(table, cx, source) - o, _numeric(table, cy, source) - o
-        return SourcePositions(x, y, np.ones(len(x), bool), f"{cx}, {cy} ({o}-based)")
+        return SourcePositions(x, y, _inside(x, y, shape), f"{cx}, {cy} ({o}-based)")
     sky = [(find_column(table, cr), find_column(table, cd)) for cr, cd in SKY_COLUMNS]
     sky = [p for p in sky if p[0] is not None and p[1] is not None]
     if not sky:
@@ -134,11 +135,16 @@ def source_positions(table: Table, header=None, *, shape: tuple[int, int] | None
                          "give pixel columns x, y")
     x, y = wcs.world_to_pixel_values(sky_degrees(table, cr, source), sky_degrees(table, cd, source))
     x, y = np.asarray(x, float), np.asarray(y, float)
+    return SourcePositions(x, y, _inside(x, y, shape), f"{cr}, {cd} (sky, deg, through the image WCS)")
+
+
+def _inside(x: np.ndarray, y: np.ndarray, shape: tuple[int, int] | None) -> np.ndarray:
+    """Whether each position is finite and on the image (pixel edges included)."""
     inside = np.isfinite(x) & np.isfinite(y)
     if shape is not None:
         ny, nx = shape
         inside &= (x >= -0.5) & (x <= nx - 0.5) & (y >= -0.5) & (y <= ny - 0.5)
-    return SourcePositions(x, y, inside, f"{cr}, {cd} (sky, deg, through the image WCS)")
+    return inside
 
 
 def carry_input_columns(catalog: Table, table: Table, positions: SourcePositions) -> Table:
