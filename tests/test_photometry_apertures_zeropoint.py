@@ -126,10 +126,17 @@ def _write(path, image, header):
     return str(path)
 
 
+def _mirrored_wcs(header):
+    """The header of the image flipped in y: pixel y' = ny - 1 - y sees the same sky."""
+    mirrored = header.copy()
+    mirrored["CDELT2"], mirrored["CRPIX2"] = -header["CDELT2"], 301.0 - header["CRPIX2"]
+    return mirrored
+
+
 def test_run_over_many_images_with_apertures_and_a_reference(field, tmp_path, capsys):
     image, header, truth, reference = field
     first = _write(tmp_path / "q1.fits", image, header)
-    second = _write(tmp_path / "q2.fits", image[::-1], header)  # same stars, mirrored
+    second = _write(tmp_path / "q2.fits", image[::-1], _mirrored_wcs(header))  # same stars, mirrored, and a WCS that says so
     corrupt = tmp_path / "q3.fits"
     corrupt.write_bytes(open(first, "rb").read()[:4000])
     reference_path = tmp_path / "refcat.csv"
@@ -151,6 +158,15 @@ def test_run_over_many_images_with_apertures_and_a_reference(field, tmp_path, ca
     assert "q2.fits: skipped" in err
     assert main([*args[:-2], "--match-radius", "1.5", "-o", str(out)]) == 1
     assert ": skipped" not in capsys.readouterr().err
+    # a re-run asking for more outputs (a residual image) is not skipped; one without a colour
+    # term leaves no colour-term cards of the earlier run in the image header
+    assert "CLRCOEFF" in fits.getheader(first)
+    no_colour = [a for a in args if a not in ("--ref-colour", "g_mag-r_mag")]
+    assert main([*no_colour, "--residual"]) == 1
+    assert ": skipped" not in capsys.readouterr().err and (out / "q1_cat_residual.fits").exists()
+    assert "CLRCOEFF" not in fits.getheader(first) and fits.getheader(first)["MAGZP"] == Table.read(out / "q1_cat.fits").meta["MAGZP"]
+    assert main([*no_colour, "--residual"]) == 1
+    assert "q1.fits: skipped" in capsys.readouterr().err
 
 
 def test_zero_point_inputs_that_cannot_work_are_clear_errors(field, tmp_path, capsys):
@@ -172,3 +188,7 @@ def test_zero_point_inputs_that_cannot_work_are_clear_errors(field, tmp_path, ca
     assert "the image header has no celestial WCS" in capsys.readouterr().err
     assert main(["phot", "run", path, "--apertures", "3,x", "-o", str(tmp_path / "e.fits")]) == 2
     assert "--apertures '3,x': expected one or more comma-separated radii" in capsys.readouterr().err
+    # the image flipped, its WCS not: 250 stars on 250 reference stars still pair up by chance
+    wrong_wcs = _write(tmp_path / "flipped.fits", image[::-1], header)
+    assert main(["phot", "run", wrong_wcs, "--reference", str(ambiguous), "--ref-mag", "r_mag", "-o", str(tmp_path / "f.fits")]) == 2
+    assert "no more than chance gives with these star densities" in capsys.readouterr().err

@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import io
 import os
+import stat
 import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -27,7 +28,9 @@ def check_not_input(output: str | os.PathLike, inputs: Iterable[str | os.PathLik
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp_path)`` and move the result to ``path`` atomically.
+    """Call ``write(tmp_path)`` and move the result to ``path`` atomically. A file replaced
+    keeps its permissions, and a symbolic link keeps pointing where it did (its target is
+    replaced).
 
     Example:
         >>> from fitax.io import atomic_write
@@ -38,15 +41,21 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
         'ok'
     """
     path = Path(path)
+    if path.is_symlink():
+        path = path.resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         write(tmp_path)
-        umask = os.umask(0)
-        os.umask(umask)
-        tmp_path.chmod(0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
+        if path.exists():
+            mode = stat.S_IMODE(path.stat().st_mode)
+        else:
+            umask = os.umask(0)
+            os.umask(umask)
+            mode = 0o666 & ~umask  # mkstemp creates 0600; give a new file the usual permissions
+        tmp_path.chmod(mode)
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():

@@ -22,7 +22,6 @@ import hashlib
 import json
 import os
 import resource
-import sys
 import time
 from pathlib import Path
 
@@ -94,18 +93,41 @@ def _describe(value):
     return value
 
 
-def _finished(out: str, key: str) -> bool:
+def _image_zero_point_cards(catalog_meta) -> dict:
+    """The zero-point cards of a catalog as the image header should carry them: ``MAGZP`` for
+    the image's units (DN when the image was read with a gain, ``IMGGAIN``)."""
+    cards = {k: catalog_meta[k] for k in _ZERO_POINT_KEYS if k in catalog_meta}
+    if "MAGZP" in cards and "IMGGAIN" in catalog_meta:
+        cards["MAGZP"] = float(cards["MAGZP"]) - 2.5 * np.log10(float(catalog_meta["IMGGAIN"]))
+    return cards
+
+
+def _extra_outputs(out: str, options: dict) -> dict[str, Path]:
+    """The files besides the catalog ``out`` that ``options`` ask for, by kind."""
+    wanted = {"residual": options["residual"], "model": options["model"], "psfgrid": options["save_psf_grid"] and options["psf_grid"] is None}
+    return {kind: Path(out).with_name(f"{Path(out).stem}_{kind}.fits") for kind, asked in wanted.items() if asked}
+
+
+def _finished(image_path: str, out: str, key: str, options: dict) -> bool:
     """Whether ``out`` is a whole catalog made with the options ``key`` (catalogs are written
-    atomically, so a readable one is complete)."""
-    if not Path(out).exists():
+    atomically and last, so a readable one is complete) and every other output asked for now
+    exists: the residual and model images, the PSF grid, the zero point in the image header."""
+    if not Path(out).exists() or not all(path.exists() for path in _extra_outputs(out, options).values()):
         return False
     from astropy.io import fits
 
+    from .io import read_image_header
+
     try:
         with fits.open(out) as hdul:
-            return hdul[1].header.get("FITAXOPT") == key
+            catalog_header = hdul[1].header
+            if catalog_header.get("FITAXOPT") != key:
+                return False
     except (OSError, IndexError, ValueError):
         return False
+    if options["reference"] is not None and options["update_header"]:
+        return read_image_header(image_path).get("MAGZP") == _image_zero_point_cards(catalog_header).get("MAGZP")
+    return True
 
 
 def _peak_memory_mb() -> float:
@@ -122,7 +144,7 @@ def process_file(image_path: str, out: str, options: dict, *, raise_errors: bool
     start = time.perf_counter()
     try:
         key = _options_key(image_path, options)
-        if not options["overwrite"] and _finished(out, key):
+        if not options["overwrite"] and _finished(image_path, out, key, options):
             return ImageOutcome(image_path, "skipped", f"{Path(image_path).name}: skipped, {Path(out).name} exists with the same "
                                 "options (--overwrite to redo)", StageTimes({}), _peak_memory_mb())
         text, catalog, read, write = _process(image_path, out, options, key)
@@ -157,19 +179,20 @@ def _process(image_path: str, out: str, options: dict, key: str):
         reference_magnitude=options["ref_mag"], reference_colour=options["ref_colour"], match_radius=options["match_radius"])
     catalog.meta["FITAXOPT"] = key
     t0 = time.perf_counter()
+    extra = _extra_outputs(out, options)
     if options["residual"] or options["model"]:
         residual = residual_image(data, catalog, shape.psf)
-        for wanted, suffix, image in ((options["residual"], "_residual", residual), (options["model"], "_model", data.image - residual)):
-            if wanted:
+        for name, image in (("residual", residual), ("model", data.image - residual)):
+            if name in extra:
                 hdu = fits.PrimaryHDU(image.astype(np.float32), data.header)
-                atomic_write(Path(out).with_name(Path(out).stem + suffix + ".fits"), lambda tmp, hdu=hdu: hdu.writeto(tmp, overwrite=True))
-    if options["save_psf_grid"] and not isinstance(shape.psf, GriddedPSF):
+                atomic_write(extra[name], lambda tmp, hdu=hdu: hdu.writeto(tmp, overwrite=True))
+    if "psfgrid" in extra:
         fitted = shape.psf.at_point if isinstance(shape.psf, VaryingPSF) else (lambda x, y: shape.psf)
-        write_gridded_psf(GriddedPSF.from_function(fitted, image_shape=data.image.shape), Path(out).with_name(Path(out).stem + "_psfgrid.fits"),
-                          overwrite=True)
+        write_gridded_psf(GriddedPSF.from_function(fitted, image_shape=data.image.shape), extra["psfgrid"], overwrite=True)
     meta = catalog.meta
     if options["reference"] is not None and options["update_header"]:
-        update_image_header(image_path, {k: meta[k] for k in _ZERO_POINT_KEYS if k in meta})
+        # cards of an earlier run that this one does not write (a colour term) must not survive
+        update_image_header(image_path, _image_zero_point_cards(meta), remove=[k for k in _ZERO_POINT_KEYS if k not in meta])
     # the catalog last: its presence tells a re-run that everything of this image was done
     write_catalog(catalog, out, inputs=[image_path])
     write = time.perf_counter() - t0

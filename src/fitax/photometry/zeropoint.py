@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from typing import NamedTuple
 
 import numpy as np
 from astropy.table import Table
@@ -29,7 +30,7 @@ from astropy.table import Table
 from .io import celestial_wcs
 from .sources import SKY_COLUMNS, find_column, float_column, sky_degrees
 
-__all__ = ["ZeroPoint", "fit_zero_point", "read_reference", "reference_magnitudes", "match_to_reference", "calibrate_catalog"]
+__all__ = ["ZeroPoint", "fit_zero_point", "read_reference", "reference_magnitudes", "match_to_reference", "Matches", "calibrate_catalog"]
 
 POGSON = 2.5 / np.log(10)
 
@@ -147,10 +148,20 @@ def reference_magnitudes(reference: Table, magnitude: str | None = None, colour:
     return name, mag, mag_err, colour, float_column(reference, found[0]) - float_column(reference, found[1])
 
 
-def match_to_reference(x, y, reference: Table, header, radius_arcsec: float = 2.0) -> tuple[np.ndarray, np.ndarray]:
+class Matches(NamedTuple):
+    """Matched indices, and how many matches the two lists would give by chance."""
+
+    catalog_index: np.ndarray
+    reference_index: np.ndarray
+    expected_by_chance: float
+    """``n_catalog x n_reference on the image x pi r^2 / image area``: the matches of unrelated
+    positions with these densities (a wrong field or WCS gives about this many)."""
+
+
+def match_to_reference(x, y, reference: Table, header, radius_arcsec: float = 2.0) -> Matches:
     """Mutual nearest neighbours within ``radius_arcsec`` between catalog pixel positions
-    ``x, y`` (0-based) and the reference's sky positions projected through the header's WCS.
-    Returns the matched indices ``(catalog_index, reference_index)``."""
+    ``x, y`` (0-based) and the reference's sky positions projected through the header's WCS
+    (whose ``NAXIS1, NAXIS2`` give the image area; else the catalog's bounding box)."""
     from scipy.spatial import cKDTree
 
     source = reference.meta.get("SOURCE", "reference catalogue")
@@ -170,14 +181,22 @@ def match_to_reference(x, y, reference: Table, header, radius_arcsec: float = 2.
     ok_cat = np.flatnonzero(np.isfinite(x) & np.isfinite(y))
     ok_ref = np.flatnonzero(np.isfinite(rx) & np.isfinite(ry))
     if len(ok_cat) == 0 or len(ok_ref) == 0:
-        return np.zeros(0, int), np.zeros(0, int)
+        return Matches(np.zeros(0, int), np.zeros(0, int), 0.0)
     cat_points, ref_points = np.c_[x[ok_cat], y[ok_cat]], np.c_[rx[ok_ref], ry[ok_ref]]
     d_cat, to_ref = cKDTree(ref_points).query(cat_points, distance_upper_bound=radius_px)
     _, to_cat = cKDTree(cat_points).query(ref_points)
     matched = np.isfinite(d_cat)
     mutual = matched.copy()
     mutual[matched] = to_cat[to_ref[matched]] == np.flatnonzero(matched)
-    return ok_cat[mutual], ok_ref[to_ref[mutual]]
+    if "NAXIS1" in header and "NAXIS2" in header:
+        x_range, y_range = (-0.5, header["NAXIS1"] - 0.5), (-0.5, header["NAXIS2"] - 0.5)
+    else:
+        x_range, y_range = (x[ok_cat].min(), x[ok_cat].max()), (y[ok_cat].min(), y[ok_cat].max())
+    area = max((x_range[1] - x_range[0]) * (y_range[1] - y_range[0]), 1.0)
+    on_image = np.sum((ref_points[:, 0] >= x_range[0]) & (ref_points[:, 0] <= x_range[1]) & (ref_points[:, 1] >= y_range[0])
+                      & (ref_points[:, 1] <= y_range[1]))
+    expected = len(ok_cat) * on_image * np.pi * radius_px**2 / area
+    return Matches(ok_cat[mutual], ok_ref[to_ref[mutual]], float(expected))
 
 
 def calibrate_catalog(catalog: Table, header, reference: Table, *, magnitude: str | None = None, colour: str | None = None,
@@ -189,12 +208,16 @@ def calibrate_catalog(catalog: Table, header, reference: Table, *, magnitude: st
     source = reference.meta.get("SOURCE", "reference catalogue")
     mag_name, ref_mag, ref_err, colour_name, ref_colour = reference_magnitudes(reference, magnitude, colour)
     flux, flux_err = np.asarray(catalog["flux"], float), np.asarray(catalog["flux_err"], float)
-    usable = (np.asarray(catalog["flags"]) == 0) if usable is None else np.asarray(usable, bool)
+    usable = (np.asarray(catalog["flags"]) == 0) if usable is None else np.array(usable, bool)
     usable &= (flux > 0) & np.isfinite(flux_err)
-    idx_cat, idx_ref = match_to_reference(catalog["x"], catalog["y"], reference, header, radius_arcsec)
+    idx_cat, idx_ref, by_chance = match_to_reference(catalog["x"], catalog["y"], reference, header, radius_arcsec)
     if len(idx_cat) == 0:
         raise ValueError(f"{source}: no reference star within {radius_arcsec:g} arcsec of any of the {len(catalog)} catalog stars "
                          "(does the catalogue cover this image? is the WCS right?)")
+    # a wrong field or WCS still matches some stars by chance: require clearly more (5 sigma)
+    if len(idx_cat) <= by_chance + 5 * np.sqrt(by_chance):
+        raise ValueError(f"{source}: {len(idx_cat)} stars match within {radius_arcsec:g} arcsec, no more than chance gives with these "
+                         f"star densities ({by_chance:.1f} expected): the catalogue does not match this image (is the WCS right?)")
     keep = usable[idx_cat]
     idx_cat, idx_ref = idx_cat[keep], idx_ref[keep]
     with np.errstate(divide="ignore", invalid="ignore"):
