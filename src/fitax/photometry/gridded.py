@@ -149,13 +149,16 @@ class GriddedPSF(eqx.Module):
     def cropped(self, size: int) -> "GriddedPSF":
         """The grid with its ePSF tables cut to the central ``size`` image pixels (odd) and
         normalised again: star fits hold one table per star, so a WebbPSF-sized table (~100 px
-        at x4, 1.3 MB) costs memory that the 11-15 px stamps do not use."""
-        half = (int(size) * self.oversampling) // 2
+        at x4, 1.3 MB) costs memory that the 11-15 px stamps do not use. The cut keeps the
+        table's centre, ``(n - 1) / 2``: it has as many samples as ``size`` pixels hold, one
+        more where needed to keep the parity of ``n`` (WebbPSF tables are often even)."""
         tables = np.asarray(self.data)[:, 2:-2, 2:-2]
-        centre_y, centre_x = (tables.shape[1] - 1) // 2, (tables.shape[2] - 1) // 2
-        if half >= min(centre_x, centre_y):
+        samples = int(size) * self.oversampling
+        lengths = [samples + (n - samples) % 2 for n in tables.shape[1:]]
+        if any(length >= n for length, n in zip(lengths, tables.shape[1:])):
             return self
-        cut = tables[:, centre_y - half : centre_y + half + 1, centre_x - half : centre_x + half + 1]
+        start_y, start_x = ((n - length) // 2 for n, length in zip(tables.shape[1:], lengths))
+        cut = tables[:, start_y : start_y + lengths[0], start_x : start_x + lengths[1]]
         positions = [(x, y) for y in self.grid_y for x in self.grid_x]
         return GriddedPSF(cut, positions, self.oversampling, source=self.source)
 
