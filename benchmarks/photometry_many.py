@@ -8,7 +8,11 @@ DIR/*.fits -o OUT --overwrite --workers W --report R`` in a new process, with a 
 cache (one untimed run of 2 images fills ``FITAX_CACHE_DIR`` first; each timed run starts from
 its own copy of that cache, so no run inherits programs another compiled). The 1-worker run is
 pinned to one core (``taskset -c 0``): quadrants/hour/core is then a per-core figure, not two
-cores' work. Parallel efficiency = (T1 / TW) / W.
+cores' work. Parallel efficiency = (T1 / TW) / W, where the 1-worker run is what ``--workers
+1`` does, images one after another in the command's own process (no Dask), and W > 1 adds the
+Dask cluster's start-up and task traffic to its time. Apertures and zero points are not
+asked for: the timed work is reading, detection, PSF and star fits and writing (``T_APER`` and
+``T_ZP`` in a catalog's header time those stages where a run asks for them).
 
 Reported per run: wall time, quadrants/hour, quadrants/hour/core, seconds per quadrant per
 core, mean seconds per stage inside the workers (read, detect, PSF, stars, write), and the
