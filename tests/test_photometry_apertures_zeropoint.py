@@ -143,7 +143,7 @@ def test_run_over_many_images_with_apertures_and_a_reference(field, tmp_path, ca
     reference.write(reference_path, format="ascii.csv")
     out = tmp_path / "catalogs"
     out.mkdir()
-    args = ["phot", "run", first, second, str(corrupt), "--psf", "gaussian", "--apertures", "3,5", "--reference", str(reference_path),
+    args = ["phot", "run", first, second, str(corrupt), "--psf", "gaussian", "--psf-degree", "0", "--apertures", "3,5", "--reference", str(reference_path),
             "--ref-mag", "r_mag", "--ref-colour", "g_mag-r_mag", "--update-header", "-o", str(out)]
     assert main(args) == 1  # one image failed; the others were processed
     err = capsys.readouterr().err

@@ -70,7 +70,9 @@ def test_run_with_a_catalog_and_a_gaussian_psf_on_many_images(frames, tmp_path, 
     catalogs.mkdir()
     corrupt = tmp_path / "c.fits"
     corrupt.write_bytes(first.read_bytes()[:4000])
-    args = ["phot", "run", str(first), str(second), str(corrupt), "--catalog", str(positions), "--psf", "gaussian", "-o", str(catalogs)]
+    # a constant PSF (--psf-degree 0): each fresh worker process then compiles one shape fit, not three
+    args = ["phot", "run", str(first), str(second), str(corrupt), "--catalog", str(positions), "--psf", "gaussian", "--psf-degree", "0",
+            "-o", str(catalogs)]
     assert main([*args, "--workers", "2"]) == 1  # two spawned processes; one image failed, the others were measured
     err = capsys.readouterr().err
     assert "c.fits: FAILED:" in err and "1 of 3 image(s) failed" in err

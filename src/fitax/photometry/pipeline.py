@@ -205,6 +205,10 @@ def process_image(
         x, y = np.asarray(found["x"]), np.asarray(found["y"])
     else:
         x, y = (np.asarray(a, dtype=float) for a in positions)
+    if reference is not None:  # a catalogue that does not match the image fails before any fitting
+        from .zeropoint import checked_matches
+
+        checked_matches(x, y, reference, data.header, match_radius)
     clock.lap("detect")
     if psf_degree != "auto" and psf_degree not in (0, 1, 2, 3):
         raise ValueError(f"psf_degree must be 0-3 or 'auto', got {psf_degree!r}")

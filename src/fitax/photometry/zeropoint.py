@@ -30,7 +30,7 @@ from astropy.table import Table
 from .io import celestial_wcs
 from .sources import SKY_COLUMNS, find_column, float_column, sky_degrees
 
-__all__ = ["ZeroPoint", "fit_zero_point", "read_reference", "reference_magnitudes", "match_to_reference", "Matches", "calibrate_catalog"]
+__all__ = ["ZeroPoint", "fit_zero_point", "read_reference", "reference_magnitudes", "match_to_reference", "checked_matches", "Matches", "calibrate_catalog"]
 
 POGSON = 2.5 / np.log(10)
 
@@ -199,25 +199,35 @@ def match_to_reference(x, y, reference: Table, header, radius_arcsec: float = 2.
     return Matches(ok_cat[mutual], ok_ref[to_ref[mutual]], float(expected))
 
 
+def checked_matches(x, y, reference: Table, header, radius_arcsec: float = 2.0) -> Matches:
+    """:func:`match_to_reference`, raising a ValueError that names the catalogue when it does
+    not match the image: no star within ``radius_arcsec``, or no more matches than chance
+    gives (5 sigma). Also run on the detected or input positions before any fitting, so that
+    an image with a wrong WCS or field fails in a fraction of a second."""
+    source = reference.meta.get("SOURCE", "reference catalogue")
+    matches = match_to_reference(x, y, reference, header, radius_arcsec)
+    n_matched, by_chance = len(matches.catalog_index), matches.expected_by_chance
+    if n_matched == 0:
+        raise ValueError(f"{source}: no reference star within {radius_arcsec:g} arcsec of any of the {len(x)} catalog stars "
+                         "(does the catalogue cover this image? is the WCS right?)")
+    # a wrong field or WCS still matches some stars by chance: require clearly more (5 sigma)
+    if n_matched <= by_chance + 5 * np.sqrt(by_chance):
+        raise ValueError(f"{source}: {n_matched} stars match within {radius_arcsec:g} arcsec, no more than chance gives with these "
+                         f"star densities ({by_chance:.1f} expected): the catalogue does not match this image (is the WCS right?)")
+    return matches
+
+
 def calibrate_catalog(catalog: Table, header, reference: Table, *, magnitude: str | None = None, colour: str | None = None,
                       radius_arcsec: float = 2.0, usable=None) -> tuple[Table, ZeroPoint]:
     """Fit the zero point of ``catalog`` (PSF fluxes in e-) against ``reference`` and add
     ``mag, mag_err`` (instrumental + MAGZP), ``ref_mag`` (and ``ref_colour``) of matched
     stars, ``zp_used``; the keywords go to ``catalog.meta``. ``usable`` (default: flags == 0)
     selects the stars allowed into the fit."""
-    source = reference.meta.get("SOURCE", "reference catalogue")
     mag_name, ref_mag, ref_err, colour_name, ref_colour = reference_magnitudes(reference, magnitude, colour)
     flux, flux_err = np.asarray(catalog["flux"], float), np.asarray(catalog["flux_err"], float)
     usable = (np.asarray(catalog["flags"]) == 0) if usable is None else np.array(usable, bool)
     usable &= (flux > 0) & np.isfinite(flux_err)
-    idx_cat, idx_ref, by_chance = match_to_reference(catalog["x"], catalog["y"], reference, header, radius_arcsec)
-    if len(idx_cat) == 0:
-        raise ValueError(f"{source}: no reference star within {radius_arcsec:g} arcsec of any of the {len(catalog)} catalog stars "
-                         "(does the catalogue cover this image? is the WCS right?)")
-    # a wrong field or WCS still matches some stars by chance: require clearly more (5 sigma)
-    if len(idx_cat) <= by_chance + 5 * np.sqrt(by_chance):
-        raise ValueError(f"{source}: {len(idx_cat)} stars match within {radius_arcsec:g} arcsec, no more than chance gives with these "
-                         f"star densities ({by_chance:.1f} expected): the catalogue does not match this image (is the WCS right?)")
+    idx_cat, idx_ref, _ = checked_matches(catalog["x"], catalog["y"], reference, header, radius_arcsec)
     keep = usable[idx_cat]
     idx_cat, idx_ref = idx_cat[keep], idx_ref[keep]
     with np.errstate(divide="ignore", invalid="ignore"):
