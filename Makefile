@@ -27,10 +27,12 @@ TYPECHECKED_TESTS := tests/test_stats.py tests/test_parameters.py tests/test_bij
 	tests/test_integrate.py tests/test_minimize.py tests/test_profile.py tests/test_batch.py tests/test_sample.py
 
 # The suite runs in separate pytest processes, two at a time (one per core): gamma, the
-# sampler, the core with the doctests and the type-checked pass in one lane; HEP and
-# photometry in the other. tests/conftest.py drops JAX's compiled programs after each test
-# module: one session holding every program passed Linux's limit of 65530 memory mappings
-# (each XLA:CPU executable maps its code) and XLA crashed in backend_compile_and_load.
+# sampler, the core with the doctests and the type-checked pass in one lane; HEP, then
+# photometry in the other. tests/conftest.py drops JAX's compiled programs after a test module
+# once the process holds many memory mappings: one session holding every program passed
+# Linux's limit of 65530 (each XLA:CPU executable maps its code) and XLA crashed in
+# backend_compile_and_load. Photometry runs in its own process because after HEP's programs
+# the release came after every module and each recompiled the shared pipeline.
 test: install-test
 	$(MAKE) --no-print-directory -j2 --output-sync=target test-gamma-core test-hep-photometry
 
@@ -42,7 +44,8 @@ test-gamma-core:
 	$(BIN)/python -m pytest -q -o addopts="" --jaxtyping-packages=fitax,typecheck.checker -m "not slow" -k "not bad and not invalid" $(TYPECHECKED_TESTS)
 
 test-hep-photometry:
-	$(BIN)/python -m pytest -q -rs --durations=10 tests/test_hep_*.py tests/test_photometry_*.py
+	$(BIN)/python -m pytest -q -rs --durations=5 tests/test_hep_*.py
+	$(BIN)/python -m pytest -q -rs --durations=10 tests/test_photometry_*.py
 
 bench: install-test
 	$(BIN)/python benchmarks/core_fit.py
