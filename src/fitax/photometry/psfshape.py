@@ -205,9 +205,7 @@ def fit_psf_shape(
     if outliers.any() and len(kept) + len(spares) >= 3:
         order = np.r_[kept, spares]
         if _inside_bounds(result.params.psf):  # from the first fit's shape the refit needs few steps
-            # host numbers, as in the first fit, so the compiled fit is reused
-            free = jax.tree_util.tree_map(lambda p: with_value(p, np.asarray(float(p.value))), result.params.psf, is_leaf=is_parameter)
-            start = jax.tree_util.tree_map(lambda p: float(p.value), free, is_leaf=is_parameter)
+            start, free = _restart_from(result)
         result, _, variance = _fit_shape(image, x[order], y[order], read_noise, fit_shape, mask, start, free)
     rejected = int(outliers.sum())
     if not result.converged:
@@ -218,8 +216,7 @@ def fit_psf_shape(
         spares = np.arange(n + len(spares), len(x))[: int(undetermined.sum())]  # candidates not tried yet
         if undetermined.any() and (~undetermined).sum() + len(spares) >= 3:
             order = np.r_[order[~undetermined], spares]
-            free = jax.tree_util.tree_map(lambda p: with_value(p, np.asarray(float(p.value))), result.params.psf, is_leaf=is_parameter)
-            start = jax.tree_util.tree_map(lambda p: float(p.value), free, is_leaf=is_parameter)
+            start, free = _restart_from(result)
             result, _, variance = _fit_shape(image, x[order], y[order], read_noise, fit_shape, mask, start, free)
             rejected += int(undetermined.sum())
     if not result.converged:
@@ -328,6 +325,13 @@ def choose_psf_degree(image, constant: PSFShape, *, read_noise: float, max_degre
     if bic(highest) >= bic(constant):
         return constant
     return min([constant, *(fitted(degree) for degree in range(1, max_degree)), highest], key=bic)
+
+
+def _restart_from(result: FitResult):
+    """``(start, free)`` PSFs for a refit from a fit's shape: host numbers, as in the first
+    fit, so that the compiled fit is reused."""
+    free = jax.tree_util.tree_map(lambda p: with_value(p, np.asarray(float(p.value))), result.params.psf, is_leaf=is_parameter)
+    return jax.tree_util.tree_map(lambda p: float(p.value), free, is_leaf=is_parameter), free
 
 
 def _inside_bounds(psf) -> bool:
