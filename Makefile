@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-gamma-core test-hep-photometry bench install install-test clean
+.PHONY: demo test test-slow lane-gamma-core lane-hep-photometry bench install install-test clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,26 +26,43 @@ demo: install
 TYPECHECKED_TESTS := tests/test_stats.py tests/test_parameters.py tests/test_bijectors.py tests/test_mapsum.py \
 	tests/test_integrate.py tests/test_minimize.py tests/test_profile.py tests/test_batch.py tests/test_sample.py
 
-# The suite runs in separate pytest processes, two at a time (one per core): gamma, the
-# sampler, the core with the doctests and the type-checked pass in one lane; HEP, then
+# The suite runs in separate pytest processes, two lanes at a time (one per core): gamma, the
+# sampler, the core with the doctests, then the type-checked pass in one lane; HEP, then
 # photometry in the other. tests/conftest.py drops JAX's compiled programs after a test module
 # once the process holds many memory mappings: one session holding every program passed
 # Linux's limit of 65530 (each XLA:CPU executable maps its code) and XLA crashed in
 # backend_compile_and_load. Photometry runs in its own process because after HEP's programs
 # the release came after every module and each recompiled the shared pipeline.
+#
+# Each lane keeps XLA's compilation cache in a folder of its own for the run (removed after):
+# a program compiled again (after that release, in the type-checked pass) is read back, not
+# recompiled. Lanes run at the same time and do not share a folder.
+#
+# `make test` runs every test not marked slow (the long comparisons with iminuit, Gammapy,
+# pyhf and photutils on large problems); `make test-slow` runs those; CI runs both.
+PYTEST := $(BIN)/python -m pytest -q -rs
+LANE_CACHE := cache=$$(mktemp -d) && trap 'rm -rf "$$cache"' EXIT && export FITAX_TEST_XLA_CACHE=$$cache
+NOT_GAMMA_HEP_PHOTOMETRY := --ignore-glob='tests/test_gamma_*' --ignore-glob='tests/test_hep_*' \
+	--ignore-glob='tests/test_photometry_*' --ignore=tests/test_sample.py
+
 test: install-test
-	$(MAKE) --no-print-directory -j2 --output-sync=target test-gamma-core test-hep-photometry
+	$(MAKE) --no-print-directory -j2 --output-sync=target lane-gamma-core lane-hep-photometry MARK="not slow"
 
-test-gamma-core:
-	$(BIN)/python -m pytest -q -rs --durations=10 tests/test_gamma_*.py
-	$(BIN)/python -m pytest -q -rs --durations=5 tests/test_sample.py
-	$(BIN)/python -m pytest -q -rs --durations=10 --ignore-glob='tests/test_gamma_*' --ignore-glob='tests/test_hep_*' \
-		--ignore-glob='tests/test_photometry_*' --ignore=tests/test_sample.py
-	$(BIN)/python -m pytest -q -o addopts="" --jaxtyping-packages=fitax,typecheck.checker -m "not slow" -k "not bad and not invalid" $(TYPECHECKED_TESTS)
+test-slow: install-test
+	$(MAKE) --no-print-directory -j2 --output-sync=target lane-gamma-core lane-hep-photometry MARK="slow"
 
-test-hep-photometry:
-	$(BIN)/python -m pytest -q -rs --durations=5 tests/test_hep_*.py
-	$(BIN)/python -m pytest -q -rs --durations=10 tests/test_photometry_*.py
+lane-gamma-core:
+	$(LANE_CACHE) \
+	&& $(PYTEST) -m "$(MARK)" --durations=10 tests/test_gamma_*.py \
+	&& $(PYTEST) -m "$(MARK)" --durations=5 tests/test_sample.py \
+	&& $(PYTEST) -m "$(MARK)" --durations=10 $(NOT_GAMMA_HEP_PHOTOMETRY) \
+	&& if [ "$(MARK)" = "not slow" ]; then $(PYTEST) -o addopts="" --jaxtyping-packages=fitax,typecheck.checker \
+		-m "not slow" -k "not bad and not invalid" $(TYPECHECKED_TESTS); fi
+
+lane-hep-photometry:
+	$(LANE_CACHE) \
+	&& $(PYTEST) -m "$(MARK)" --durations=5 tests/test_hep_*.py \
+	&& $(PYTEST) -m "$(MARK)" --durations=10 tests/test_photometry_*.py
 
 bench: install-test
 	$(BIN)/python benchmarks/core_fit.py

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import gc
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import jax
@@ -20,6 +23,18 @@ REPO = Path(__file__).resolve().parents[1]
 # into the user's home and every later compilation would go through the cache. Tests of the
 # caches enable them explicitly in folders of their own.
 os.environ["FITAX_CACHE_DIR"] = ""
+
+# XLA's persistent compilation cache in a folder of this test run (``make test`` gives each
+# lane of pytest processes one, FITAX_TEST_XLA_CACHE; alone, a process makes its own and
+# removes it at exit): the executables are the same, only their compile time is saved when
+# a program comes back, after the release of compiled programs below or in the type-checked
+# pass of the same tests. Lanes run at once, so they do not share a folder (JAX writes cache
+# files unlocked).
+_XLA_CACHE = os.environ.get("FITAX_TEST_XLA_CACHE") or tempfile.mkdtemp(prefix="fitax-test-xla-")
+if "FITAX_TEST_XLA_CACHE" not in os.environ:
+    atexit.register(shutil.rmtree, _XLA_CACHE, ignore_errors=True)
+jax.config.update("jax_compilation_cache_dir", _XLA_CACHE)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
 
 
 def _memory_mappings() -> int | None:
