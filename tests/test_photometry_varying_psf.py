@@ -97,3 +97,24 @@ def test_field_curvature_without_linear_terms_is_found():
     low, high = best.psf.fwhm_range(shape)
     true_low, true_high = curved.fwhm_range(shape)
     assert abs(low / true_low - 1) < 0.01 and abs(high / true_high - 1) < 0.01
+
+
+@pytest.mark.parametrize("kind, function", [
+    ("gaussian", lambda u, v: {"sigma_x": 1.4 + 0.14 * u, "sigma_y": 1.35 + 0.12 * v * u, "rho": 0.08 * u}),
+    ("moffat", lambda u, v: {"gamma": 2.0 + 0.2 * u * v, "alpha": 2.5 + 0.3 * v}),
+])
+def test_host_positions_give_the_jax_values_without_tracing(kind, function):
+    """The shape at host (NumPy) positions is computed with NumPy, as the JAX path computes
+    it for traced ones (to 1e-14), and traces no program."""
+    import jax.numpy as jnp
+    from test_device import traced_programs
+
+    psf = VaryingPSF.from_function(kind, function, degree=2, shape=SHAPE)
+    x, y = np.random.default_rng(3).uniform(0, 599, (2, 23))
+    with traced_programs() as traced:
+        host = psf.values_at(x, y)
+    on_device = psf.values_at(jnp.asarray(x), jnp.asarray(y))
+    assert traced == []
+    for name in host:
+        assert isinstance(host[name], np.ndarray)
+        np.testing.assert_allclose(host[name], np.asarray(on_device[name]), rtol=1e-14)

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
+from ..device import to_device
 from ..mapsum import map_items
 
 class HessianColoring(eqx.Module):
@@ -77,8 +78,8 @@ def hessian_coloring(pattern) -> HessianColoring | None:
         seeds.append(np.eye(n)[group].sum(axis=0))
     direct = dense[None, :] | (~dense[:, None] & pattern)
     mirrored = ~dense[None, :] & dense[:, None]
-    return HessianColoring(seeds=jnp.asarray(np.array(seeds)), color=jnp.asarray(color), direct=jnp.asarray(direct, float),
-                           mirrored=jnp.asarray(mirrored, float))
+    return HessianColoring(seeds=to_device(np.array(seeds)), color=to_device(color), direct=to_device(direct.astype(float)),
+                           mirrored=to_device(mirrored.astype(float)))
 
 
 class HessianPlan(eqx.Module):

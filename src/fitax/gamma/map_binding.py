@@ -26,6 +26,7 @@ from astropy.coordinates import SkyCoord
 from astropy.wcs import WCS
 from jaxtyping import Array, Bool, Float, Int
 
+from ..device import to_device
 from ..mapsum import map_items
 from ..stats import cash_data_term
 from . import irf
@@ -176,7 +177,7 @@ def bind_maps(members: list, sources: list[SkyModel], shard: bool) -> MapGroup:
             identity = np.ones((len(used), 1, 1))
             if isinstance(spatial, TemplateSpatialModel) and spatial.is_energy_dependent:
                 # one image per true energy: each needs its own kernel
-                psf_fft = jnp.asarray(np.stack([
+                psf_fft = to_device(np.stack([
                     dataset.cached(("psf_fft", position_key(position), size, fft_shape, tuple(used)),
                                     lambda i=i: padded_fft(kernels[i, j]))
                     if (i, j) in kernels else padded_fft(identity) for i, dataset in enumerate(members)]))
@@ -185,27 +186,27 @@ def bind_maps(members: list, sources: list[SkyModel], shard: bool) -> MapGroup:
                                          lambda i=i: basis_and_mix(kernels[i, j]))
                          if (i, j) in kernels else basis_and_mix(identity) for i, dataset in enumerate(members)]
                 rank = _rank_bucket(max(mix.shape[1] for _, mix in parts), len(used))
-                psf_fft = jnp.asarray(np.stack([np.pad(f, ((0, rank - len(f)), (0, 0), (0, 0))) for f, _ in parts]))
-                psf_mix = jnp.asarray(np.stack([np.pad(mix, ((0, 0), (0, rank - mix.shape[1]))) for _, mix in parts]))
+                psf_fft = to_device(np.stack([np.pad(f, ((0, rank - len(f)), (0, 0), (0, 0))) for f, _ in parts]))
+                psf_mix = to_device(np.stack([np.pad(mix, ((0, 0), (0, rank - mix.shape[1]))) for _, mix in parts]))
         pixel = jacobian = reference = grid_xyz = point_kernel = template_image = None
         oversampling = 1
         if isinstance(spatial, TemplateSpatialModel):
-            template_image = jnp.asarray(np.stack([_template_image(spatial, d)[used if spatial.is_energy_dependent else slice(None)]
+            template_image = to_device(np.stack([_template_image(spatial, d)[used if spatial.is_energy_dependent else slice(None)]
                                                    for d in members]))
         elif is_point:
-            point_kernel = jnp.asarray(np.stack([padded(kernels.get((i, j), np.ones((len(used), 1, 1))))
+            point_kernel = to_device(np.stack([padded(kernels.get((i, j), np.ones((len(used), 1, 1))))
                                                  for i in range(len(members))]))
             lon, lat = float(spatial.lon_0.value), float(spatial.lat_0.value)
             linear = [d.pixel_linearisation(lon, lat, spatial.frame) for d in members]
-            pixel = jnp.asarray(np.stack([p for p, _ in linear]))
-            jacobian = jnp.asarray(np.stack([jac for _, jac in linear]))
-            reference = jnp.asarray([[lon, lat]] * len(members))
+            pixel = to_device(np.stack([p for p, _ in linear]))
+            jacobian = to_device(np.stack([jac for _, jac in linear]))
+            reference = to_device([[lon, lat]] * len(members))
         else:
             oversampling = max(oversampling_factor(spatial, d.wcs) for d in members)
-            grid_xyz = jnp.asarray(np.stack([d.cached(("grid", oversampling, spatial.frame),
+            grid_xyz = to_device(np.stack([d.cached(("grid", oversampling, spatial.frame),
                                                        lambda d=d: _grid_in_frame(d, oversampling, spatial.frame)) for d in members]))
         source_arrays.append(SourceArrays(
-            applies=jnp.asarray([float(source.applies_to(d.name)) for d in members]), edisp=jnp.asarray(edisp),
+            applies=to_device([float(source.applies_to(d.name)) for d in members]), edisp=to_device(edisp),
             psf_fft=psf_fft, psf_mix=psf_mix, pixel=pixel, pixel_jacobian=jacobian, reference=reference, psf_kernel=point_kernel,
             grid_xyz=grid_xyz, template_image=template_image, oversampling=oversampling, is_point=is_point,
         ))
@@ -214,10 +215,10 @@ def bind_maps(members: list, sources: list[SkyModel], shard: bool) -> MapGroup:
         mask=data.mask, background=data.background, padded_exposure=data.padded_exposure,
         solid_angle=data.solid_angle,
         count_index=data.count_index, count_values=data.count_values, deviance_offset=data.deviance_offset,
-        energy_true_bounds=jnp.asarray(np.stack([first.energy_true_edges[:-1], first.energy_true_edges[1:]])[:, used]),
-        energy_centres=jnp.asarray(first.energy_centres),
+        energy_true_bounds=to_device(np.stack([first.energy_true_edges[:-1], first.energy_true_edges[1:]])[:, used]),
+        energy_centres=to_device(first.energy_centres),
         sources=tuple(source_arrays), names=tuple(d.name if i < n_real else "" for i, d in enumerate(members)), source_names=tuple(s.name for s in sources),
-        kernel_size=size, fft_shape=fft_shape, data_constant=jnp.asarray(data.constant), sharded=shard and n_real > 1,
+        kernel_size=size, fft_shape=fft_shape, data_constant=to_device(data.constant), sharded=shard and n_real > 1,
     )
 
 
@@ -272,10 +273,10 @@ def _stacked_data(members: tuple, n_real: int, margin: int, used_true: tuple[int
         count_values[row, :len(index)] = c.reshape(-1)[index]
     offsets = cash_data_term(counts, mask, axis=(1, 2, 3))
     return _StackedData(
-        mask=jnp.asarray(mask), background=jnp.asarray(np.stack([d.background for d in members])),
-        padded_exposure=jnp.asarray(_padded_exposure(members, margin, list(used_true))),
-        solid_angle=jnp.asarray(np.stack(_solid_angles(members))),
-        count_index=jnp.asarray(count_index), count_values=jnp.asarray(count_values), deviance_offset=jnp.asarray(offsets),
+        mask=to_device(mask), background=to_device(np.stack([d.background for d in members])),
+        padded_exposure=to_device(_padded_exposure(members, margin, list(used_true))),
+        solid_angle=to_device(np.stack(_solid_angles(members))),
+        count_index=to_device(count_index), count_values=to_device(count_values), deviance_offset=to_device(offsets),
         # Gammapy's 2 (mu - n log mu) is the deviance minus 2 (n log n - n)
         constant=-float(np.sum(offsets)),
     )

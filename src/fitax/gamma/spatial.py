@@ -30,10 +30,13 @@ __all__ = [
 _EDGE_WIDTH_95 = 2.326174307353347  # erf argument at which a smooth edge falls from 95% to 5%
 
 
-def unit_vectors(lon, lat) -> Float[Array, "3 *pix"]:
-    """Cartesian unit vectors of sky positions given in degrees."""
-    lon, lat = jnp.deg2rad(jnp.asarray(lon, float)), jnp.deg2rad(jnp.asarray(lat, float))
-    return jnp.stack([jnp.cos(lat) * jnp.cos(lon), jnp.cos(lat) * jnp.sin(lon), jnp.sin(lat)])
+def unit_vectors(lon, lat) -> Float[Array | np.ndarray, "3 *pix"]:
+    """Cartesian unit vectors of sky positions given in degrees: computed with NumPy for
+    host (NumPy) inputs, as when a dataset is bound (JAX would compile a small program for
+    each operation and shape there), with JAX otherwise."""
+    xp = np if isinstance(lon, np.ndarray | float | int) and isinstance(lat, np.ndarray | float | int) else jnp
+    lon, lat = xp.deg2rad(xp.asarray(lon, float)), xp.deg2rad(xp.asarray(lat, float))
+    return xp.stack([xp.cos(lat) * xp.cos(lon), xp.cos(lat) * xp.sin(lon), xp.sin(lat)])
 
 
 class _Offsets(eqx.Module):

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float
 
+from ..device import to_device
 from ..stats import cash, cash_data_term, wstat
 from .models import Models, SkyModel
 
@@ -61,16 +62,16 @@ class SpectrumGroup(eqx.Module):
 def bind_spectra(members: list, sources: list[SkyModel], on_off: bool) -> SpectrumGroup:
     """Stack spectra of equal binning: on-off ones (``on_off``: ``counts_off``, ``alpha``)
     or ones with a background spectrum."""
-    stack = lambda name: jnp.asarray(np.stack([getattr(d, name) for d in members]))  # noqa: E731
+    stack = lambda name: to_device(np.stack([getattr(d, name) for d in members]))  # noqa: E731
     # fitax's WStat deviance form is Gammapy's; its Cash adds the data term
     constant = 0.0 if on_off else -float(cash_data_term(np.stack([d.counts for d in members]), np.stack([d.mask for d in members])))
     first = members[0]
     return SpectrumGroup(
         counts=stack("counts"), counts_off=stack("counts_off") if on_off else None, alpha=stack("alpha") if on_off else None,
         background=None if on_off else stack("background"), exposure=stack("exposure"), edisp=stack("edisp"), mask=stack("mask"),
-        energy_true_edges=jnp.asarray(first.energy_true_edges),
-        energy_centres=jnp.asarray(np.sqrt(first.energy_edges[1:] * first.energy_edges[:-1])),
+        energy_true_edges=to_device(first.energy_true_edges),
+        energy_centres=to_device(np.sqrt(first.energy_edges[1:] * first.energy_edges[:-1])),
         names=tuple(d.name for d in members), source_names=tuple(s.name for s in sources),
-        applies=jnp.asarray([[float(s.applies_to(d.name)) for d in members] for s in sources]).reshape(len(sources), len(members)),
-        data_constant=jnp.asarray(constant),
+        applies=to_device([[float(s.applies_to(d.name)) for d in members] for s in sources]).reshape(len(sources), len(members)),
+        data_constant=to_device(constant),
     )

@@ -19,7 +19,7 @@ import numpy as np
 from scipy.optimize import brentq
 
 from ..batch import fit_batch
-from .calculators import AsymptoticCalculator, asymptotic_pvalues, expected_band
+from .calculators import AsymptoticCalculator, pvalues_and_band
 from .teststat import FIT_TOLERANCE, HistFitResult, forward_mode_nll, mle_fit, with_poi
 
 __all__ = ["UpperLimit", "upper_limit", "ProfileScan", "profile_scan"]
@@ -86,11 +86,12 @@ class _CLsCurves:
             value, fit = self.calculator.sqrt_q(mu)
             self.sqrt_q[mu] = value
             self.fits.append(fit)
-        _, _, _, cls = asymptotic_pvalues(self.calculator.test_stat, self.sqrt_q[mu], self._asimov(mu))
+        (_, _, _, cls), _ = pvalues_and_band(self.calculator.test_stat, self.sqrt_q[mu], self._asimov(mu))
         return float(cls)
 
     def expected(self, mu: float) -> np.ndarray:
-        return np.asarray(expected_band(self.calculator.test_stat, self._asimov(mu)))
+        sqrt_qa = self._asimov(mu)
+        return np.asarray(pvalues_and_band(self.calculator.test_stat, sqrt_qa, sqrt_qa)[1])  # the band needs sqrt(q_A) only
 
     def all_curves(self, mu: float) -> np.ndarray:
         """Observed then the five expected CLs at ``mu``."""

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..device import to_device
 from ..fit import FitResult, fit
 from ..parameters import Parameter, is_parameter, with_value
 from ..stats import chi2
@@ -106,15 +107,21 @@ def _padded_data(stamps, variance, good, *per_star):
     pad = lambda a, value: np.concatenate([a, np.full((n_ghosts, *np.shape(a)[1:]), value, dtype=np.asarray(a).dtype)])  # noqa: E731
     ghost = np.r_[np.zeros(len(stamps), bool), np.ones(n_ghosts, bool)]
     arrays = (pad(stamps, 0.0), pad(variance, 1.0), pad(good, False), *(pad(a, 0.0) for a in per_star), ghost)
-    return tuple(jnp.asarray(a) for a in arrays)
+    return tuple(to_device(a) for a in arrays)
+
+
+def _stamp_model(stars: tuple[_Star, ...], psf, size: int):
+    """Every star's ``(flux, x, y, bkg)`` values and its predicted ``size x size`` stamp."""
+    field = lambda name: jnp.stack([getattr(s, name).value for s in stars])  # noqa: E731
+    flux, x, y, bkg = field("flux"), field("x"), field("y"), field("bkg")
+    npred = flux[:, None, None] * prf_boxes(x - size // 2, y - size // 2, psf, size) + bkg[:, None, None]
+    return (flux, x, y, bkg), npred
 
 
 def _star_terms(model, stamps, variance, good, ghost, psf):
     """chi2 of the real stars' stamps plus the ghosts' penalty (0 at their start)."""
     size = stamps.shape[-1]
-    field = lambda name: jnp.stack([getattr(s, name).value for s in model.stars])  # noqa: E731
-    flux, x, y, bkg = field("flux"), field("x"), field("y"), field("bkg")
-    npred = flux[:, None, None] * prf_boxes(x - size // 2, y - size // 2, psf, size) + bkg[:, None, None]
+    (flux, x, y, bkg), npred = _stamp_model(model.stars, psf, size)
     centre = size // 2
     penalty = jnp.sum(jnp.where(ghost, (flux - 1.0) ** 2 + (x - centre) ** 2 + (y - centre) ** 2 + bkg**2, 0.0))
     return chi2(stamps, npred, jnp.sqrt(variance), good) + penalty
@@ -348,10 +355,8 @@ def _inside_bounds(psf) -> bool:
 def _star_chi2(model: _ShapeModel, data):
     """chi2 of each star's stamp under the fitted model (0 for ghosts)."""
     stamps, variance, good, _ = data
-    size = stamps.shape[-1]
-    field = lambda name: jnp.stack([getattr(s, name).value for s in model.stars])  # noqa: E731
     psf = jax.tree_util.tree_map(lambda p: p.value, model.psf, is_leaf=is_parameter)
-    npred = field("flux")[:, None, None] * prf_boxes(field("x") - size // 2, field("y") - size // 2, psf, size) + field("bkg")[:, None, None]
+    _, npred = _stamp_model(model.stars, psf, stamps.shape[-1])
     return jnp.sum(jnp.where(good, (stamps - npred) ** 2 / variance, 0.0), axis=(1, 2))
 
 

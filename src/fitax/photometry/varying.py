@@ -34,10 +34,25 @@ from .psf import GaussianPSF, ImagePSF, MoffatPSF, moffat_fwhm, moffat_points
 __all__ = ["VaryingPSF", "PerStarPSF", "take_stars", "polynomial_terms", "SHAPE_PARAMETERS"]
 
 SHAPE_PARAMETERS = {"gaussian": ("sigma_x", "sigma_y", "rho"), "moffat": ("gamma", "alpha")}
-_LINKS = {
-    "sigma_x": (jnp.log, jnp.exp), "sigma_y": (jnp.log, jnp.exp), "gamma": (jnp.log, jnp.exp),
-    "rho": (jnp.arctanh, jnp.tanh), "alpha": (lambda a: jnp.log(a - 1.0), lambda t: 1.0 + jnp.exp(t)),
-}
+
+
+def _links(xp) -> dict:
+    """Each shape parameter's map to the unbounded quantity the polynomial describes, and
+    back, in the array namespace ``xp``."""
+    return {
+        "sigma_x": (xp.log, xp.exp), "sigma_y": (xp.log, xp.exp), "gamma": (xp.log, xp.exp),
+        "rho": (xp.arctanh, xp.tanh), "alpha": (lambda a: xp.log(a - 1.0), lambda t: 1.0 + xp.exp(t)),
+    }
+
+
+_LINKS = _links(jnp)
+# Host (NumPy) inputs are computed with NumPy: JAX would compile a small program for each
+# operation and shape, ~14 ms each in a new process.
+_HOST_LINKS = _links(np)
+
+
+def _on_host(*arrays) -> bool:
+    return all(isinstance(a, np.ndarray | float | int) for a in arrays)
 
 
 def polynomial_terms(degree: int) -> tuple[tuple[int, int], ...]:
@@ -99,7 +114,7 @@ class VaryingPSF(eqx.Module):
         """The constant ``psf`` as a polynomial of ``degree`` (higher terms 0)."""
         kind = "gaussian" if isinstance(psf, GaussianPSF) else "moffat"
         n_terms = len(polynomial_terms(degree))
-        coefficients = {name: np.r_[float(_LINKS[name][0](float(getattr(psf, name)))), np.zeros(n_terms - 1)]
+        coefficients = {name: np.r_[float(_HOST_LINKS[name][0](float(getattr(psf, name)))), np.zeros(n_terms - 1)]
                         for name in SHAPE_PARAMETERS[kind]}
         points = psf.points if isinstance(psf, MoffatPSF) else 4
         return cls(coefficients, kind, degree, ((shape[1] - 1) / 2, (shape[0] - 1) / 2), max(shape) / 2, points)
@@ -111,7 +126,7 @@ class VaryingPSF(eqx.Module):
         u, v = (a.ravel() for a in np.meshgrid(np.linspace(-1, 1, 9), np.linspace(-1, 1, 9)))
         design = np.stack([u**i * v**j for i, j in polynomial_terms(degree)], axis=1)
         values = parameters(u, v)
-        coefficients = {name: np.linalg.lstsq(design, np.asarray(_LINKS[name][0](np.asarray(values[name], float))), rcond=None)[0]
+        coefficients = {name: np.linalg.lstsq(design, _HOST_LINKS[name][0](np.asarray(values[name], float)), rcond=None)[0]
                         for name in SHAPE_PARAMETERS[kind]}
         if kind == "moffat" and points is None:
             points = moffat_points(float(np.min(values["gamma"]))) + 1
@@ -119,14 +134,17 @@ class VaryingPSF(eqx.Module):
 
     def values_at(self, x, y) -> dict:
         """Shape parameters at pixel positions ``x, y`` (0-based)."""
-        u = (jnp.asarray(x, float) - self.centre[0]) / self.scale
-        v = (jnp.asarray(y, float) - self.centre[1]) / self.scale
-        design = jnp.stack([u**i * v**j for i, j in polynomial_terms(self.degree)], axis=-1)
-        return {name: _LINKS[name][1](design @ jnp.asarray(c)) for name, c in self.coefficients.items()}
+        host = _on_host(x, y, *self.coefficients.values())
+        xp, links = (np, _HOST_LINKS) if host else (jnp, _LINKS)
+        u = (xp.asarray(x, float) - self.centre[0]) / self.scale
+        v = (xp.asarray(y, float) - self.centre[1]) / self.scale
+        design = xp.stack([u**i * v**j for i, j in polynomial_terms(self.degree)], axis=-1)
+        return {name: links[name][1](design @ xp.asarray(c)) for name, c in self.coefficients.items()}
 
     def at(self, x, y) -> PerStarPSF:
         """The PSF of each star at ``x, y``."""
-        values = self.values_at(jnp.atleast_1d(x), jnp.atleast_1d(y))
+        atleast_1d = np.atleast_1d if _on_host(x, y) else jnp.atleast_1d
+        values = self.values_at(atleast_1d(x), atleast_1d(y))
         if self.kind == "gaussian":
             return PerStarPSF(GaussianPSF(values["sigma_x"], values["sigma_y"], values["rho"]))
         return PerStarPSF(MoffatPSF(values["gamma"], values["alpha"], points=self.points))
