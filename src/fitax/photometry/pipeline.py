@@ -22,10 +22,10 @@ from .psfshape import PSFShape, choose_psf_degree, fit_psf_shape, fit_varying_ps
 from .sources import carry_input_columns, source_positions
 from .aperture import APER_OFF_IMAGE
 from .starfit import FLAG_OUTSIDE, fit_stars, render_stars
+from .zeropoint import calibrate_catalog, checked_matches, instrumental_magnitudes
 
 __all__ = ["ImageData", "read_calibrated", "process_image", "photometry_columns", "add_apertures", "STAGE_KEYWORDS"]
 
-POGSON = 2.5 / np.log(10)
 # FITS keywords (<= 8 characters, distinct) for the fitted PSF shape in catalog headers
 _PSF_KEYWORDS = {"gamma": "PSFGAMMA", "alpha": "PSFALPHA", "sigma_x": "PSFSIGX", "sigma_y": "PSFSIGY", "rho": "PSFRHO"}
 
@@ -130,11 +130,8 @@ def photometry_columns(catalog: Table, header: fits.Header) -> Table:
         catalog["ra"], catalog["dec"] = ra, dec
         catalog["ra"].unit = catalog["dec"].unit = "deg"
     if "MAGZP" in header:
-        flux, error = np.asarray(catalog["flux"]), np.asarray(catalog["flux_err"])
-        positive = flux > 0
-        with np.errstate(divide="ignore", invalid="ignore"):
-            catalog["mag"] = np.where(positive, float(header["MAGZP"]) - 2.5 * np.log10(np.where(positive, flux, 1.0)), np.nan)
-            catalog["mag_err"] = np.where(positive, POGSON * error / flux, np.nan)
+        m_inst, m_inst_err = instrumental_magnitudes(catalog["flux"], catalog["flux_err"])
+        catalog["mag"], catalog["mag_err"] = float(header["MAGZP"]) + m_inst, m_inst_err
         catalog["mag"].unit = catalog["mag_err"].unit = "mag"
         catalog.meta["MAGZP"] = float(header["MAGZP"])
     return catalog
@@ -206,8 +203,6 @@ def process_image(
     else:
         x, y = (np.asarray(a, dtype=float) for a in positions)
     if reference is not None:  # a catalogue that does not match the image fails before any fitting
-        from .zeropoint import checked_matches
-
         checked_matches(x, y, reference, data.header, match_radius)
     clock.lap("detect")
     if psf_degree != "auto" and psf_degree not in (0, 1, 2, 3):
@@ -237,8 +232,6 @@ def process_image(
         catalog = add_apertures(catalog, data, apertures, annulus, fwhm=shape.fwhm)
         clock.lap("apertures")
     if reference is not None:
-        from .zeropoint import calibrate_catalog
-
         catalog, _ = calibrate_catalog(catalog, data.header, reference, magnitude=reference_magnitude, colour=reference_colour,
                                        radius_arcsec=match_radius)
         clock.lap("zero point")

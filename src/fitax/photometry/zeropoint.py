@@ -30,7 +30,8 @@ from astropy.table import Table
 from .io import celestial_wcs
 from .sources import SKY_COLUMNS, find_column, float_column, sky_degrees
 
-__all__ = ["ZeroPoint", "fit_zero_point", "read_reference", "reference_magnitudes", "match_to_reference", "checked_matches", "Matches", "calibrate_catalog"]
+__all__ = ["ZeroPoint", "fit_zero_point", "read_reference", "reference_magnitudes", "match_to_reference", "checked_matches", "Matches", "calibrate_catalog",
+           "instrumental_magnitudes"]
 
 POGSON = 2.5 / np.log(10)
 
@@ -217,6 +218,20 @@ def checked_matches(x, y, reference: Table, header, radius_arcsec: float = 2.0) 
     return matches
 
 
+def instrumental_magnitudes(flux, flux_err) -> tuple[np.ndarray, np.ndarray]:
+    """``-2.5 log10(flux)`` and its error ``(2.5 / ln 10) flux_err / flux``; NaN where the
+    flux is not positive.
+
+    Example:
+        >>> instrumental_magnitudes(np.array([100.0, -1.0]), np.array([1.0, 1.0]))[0]
+        array([-5., nan])
+    """
+    flux, flux_err = np.asarray(flux, float), np.asarray(flux_err, float)
+    positive = flux > 0
+    safe = np.where(positive, flux, 1.0)
+    return np.where(positive, -2.5 * np.log10(safe), np.nan), np.where(positive, POGSON * flux_err / safe, np.nan)
+
+
 def calibrate_catalog(catalog: Table, header, reference: Table, *, magnitude: str | None = None, colour: str | None = None,
                       radius_arcsec: float = 2.0, usable=None) -> tuple[Table, ZeroPoint]:
     """Fit the zero point of ``catalog`` (PSF fluxes in e-) against ``reference`` and add
@@ -230,15 +245,11 @@ def calibrate_catalog(catalog: Table, header, reference: Table, *, magnitude: st
     idx_cat, idx_ref, _ = checked_matches(catalog["x"], catalog["y"], reference, header, radius_arcsec)
     keep = usable[idx_cat]
     idx_cat, idx_ref = idx_cat[keep], idx_ref[keep]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        m_inst = -2.5 * np.log10(flux)
-        m_inst_err = POGSON * flux_err / flux
+    m_inst, m_inst_err = instrumental_magnitudes(flux, flux_err)
     zero_point = fit_zero_point(m_inst[idx_cat], m_inst_err[idx_cat], ref_mag[idx_ref], None if ref_err is None else ref_err[idx_ref],
                                 colour=None if ref_colour is None else ref_colour[idx_ref])
     out = catalog.copy(copy_data=False)
-    positive = flux > 0
-    out["mag"] = np.where(positive, zero_point.magzp + m_inst, np.nan)
-    out["mag_err"] = np.where(positive, m_inst_err, np.nan)
+    out["mag"], out["mag_err"] = zero_point.magzp + m_inst, m_inst_err
     out["mag"].unit = out["mag_err"].unit = "mag"
     out["ref_mag"] = np.full(len(out), np.nan)
     out["ref_mag"][idx_cat] = ref_mag[idx_ref]
