@@ -41,6 +41,7 @@ TYPECHECKED_TESTS := tests/test_stats.py tests/test_parameters.py tests/test_bij
 # `make test` runs every test not marked slow (the long comparisons with iminuit, Gammapy,
 # pyhf and photutils on large problems); `make test-slow` runs those; CI runs both.
 PYTEST := $(BIN)/python -m pytest -q -rs
+MARK ?= not slow
 LANE_CACHE := cache=$$(mktemp -d) && trap 'rm -rf "$$cache"' EXIT && export FITAX_TEST_XLA_CACHE=$$cache
 NOT_GAMMA_HEP_PHOTOMETRY := --ignore-glob='tests/test_gamma_*' --ignore-glob='tests/test_hep_*' \
 	--ignore-glob='tests/test_photometry_*' --ignore=tests/test_sample.py

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import gc
 import os
 import shutil
@@ -10,6 +11,7 @@ import tempfile
 from pathlib import Path
 
 import jax
+import jax.monitoring
 import numpy as np
 import pytest
 
@@ -30,8 +32,10 @@ os.environ["FITAX_CACHE_DIR"] = ""
 # a program comes back, after the release of compiled programs below or in the type-checked
 # pass of the same tests. Lanes run at once, so they do not share a folder (JAX writes cache
 # files unlocked).
-_XLA_CACHE = os.environ.get("FITAX_TEST_XLA_CACHE") or tempfile.mkdtemp(prefix="fitax-test-xla-")
-if "FITAX_TEST_XLA_CACHE" not in os.environ:
+# Only programs that take >= 0.2 s to compile are kept (the fits, not each small operation).
+_XLA_CACHE = os.environ.get("FITAX_TEST_XLA_CACHE")
+if not _XLA_CACHE:
+    _XLA_CACHE = tempfile.mkdtemp(prefix="fitax-test-xla-")
     atexit.register(shutil.rmtree, _XLA_CACHE, ignore_errors=True)
 jax.config.update("jax_compilation_cache_dir", _XLA_CACHE)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
@@ -67,6 +71,23 @@ def _release_compiled_programs():
     if mappings is None or mappings > _MAPPINGS_BEFORE_RELEASE:
         jax.clear_caches()
         gc.collect()
+
+
+@contextlib.contextmanager
+def traced_programs():
+    """The programs JAX traces inside the block, as a list of trace durations (an eager
+    operation on a new shape, or a jitted function called for the first time, is one each)."""
+    events = []
+
+    def listener(event, duration, **kwargs):
+        if event == "/jax/core/compile/jaxpr_trace_duration":
+            events.append(duration)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield events
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
 
 
 def shared_data(*parts: str) -> Path:

@@ -2,8 +2,7 @@
 nothing (every compiled program costs a shell re-run ~14 ms even from the cache)."""
 
 import jax
-from conftest import shared_data
-from test_device import traced_programs
+from conftest import shared_data, traced_programs
 
 import fitax.gamma as fg
 from fitax.gamma.datasets import bind

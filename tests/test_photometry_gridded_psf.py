@@ -131,6 +131,24 @@ def test_a_grid_that_does_not_cover_the_image_is_refused(tmp_path, capsys):
     centred.check_covers(SHAPE)
 
 
+def test_star_fits_with_a_grid_read_back_from_its_file(tmp_path):
+    """The fast version of the check below (make test runs it): 80 bright stars fitted with
+    a 5 x 5 grid of the true ePSFs, from positions off by 0.2 px, have a median flux error
+    below 0.3% (measured: ~0.05%), and the grid written to FITS and read back gives the same
+    catalog to 1e-9."""
+    image, truth = simulate_image(SHAPE, 80, psf=TRUE_PSF, flux_range=(5e4, 5e5), flux_slope=1.3, seed=5)
+    grid = GriddedPSF.from_function(TRUE_PSF.at_point, image_shape=SHAPE, grid_shape=(5, 5), size=21)
+    rng = np.random.default_rng(4)
+    x0, y0 = truth["x"] + rng.normal(0, 0.2, len(truth)), truth["y"] + rng.normal(0, 0.2, len(truth))
+    catalog = fit_stars(image, x0, y0, psf=grid, read_noise=10.0)
+    ok = np.asarray(catalog["flags"]) == 0
+    assert ok.sum() > 60
+    assert abs(np.median(np.asarray(catalog["flux"])[ok] / truth["flux"][ok] - 1)) < 0.003
+    write_gridded_psf(grid, tmp_path / "grid.fits")
+    again = fit_stars(image, x0, y0, psf=read_gridded_psf(tmp_path / "grid.fits"), read_noise=10.0)
+    np.testing.assert_allclose(np.asarray(again["flux"]), np.asarray(catalog["flux"]), rtol=1e-9)
+
+
 @pytest.mark.slow
 def test_star_fits_with_the_grid_are_unbiased_and_the_cli_writes_and_reads_grids(tmp_path, capsys):
     """700 stars (2e4-1e6 e-) under a PSF whose FWHM changes by 25%, fitted with a 5 x 5 grid

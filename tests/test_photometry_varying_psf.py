@@ -107,7 +107,7 @@ def test_host_positions_give_the_jax_values_without_tracing(kind, function):
     """The shape at host (NumPy) positions is computed with NumPy, as the JAX path computes
     it for traced ones (to 1e-14), and traces no program."""
     import jax.numpy as jnp
-    from test_device import traced_programs
+    from conftest import traced_programs
 
     psf = VaryingPSF.from_function(kind, function, degree=2, shape=SHAPE)
     x, y = np.random.default_rng(3).uniform(0, 599, (2, 23))

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _minimize, programs
+from .device import on_host
 from .fit import physical_objective
 from .parameters import ParameterSpace, is_parameter
 
@@ -108,7 +109,7 @@ def _repeat_last(x, extra: int):
     would compile a small program per shape for them, ~14 ms each in a new process)."""
     if extra == 0:
         return x
-    xp = np if isinstance(x, np.ndarray) else jnp
+    xp = np if on_host(x) else jnp
     return xp.concatenate([x, xp.repeat(x[-1:], extra, axis=0)])
 
 
@@ -276,7 +277,7 @@ def fit_batch(
     if invalid.any():
         # Invalid rows are solved from a valid start (static shapes) and their results discarded.
         substitute = np.where(invalid[:, None], start[np.argmax(~invalid)], start)
-        params_batch = space.with_values(params_batch, jnp.asarray(substitute))
+        params_batch = space.with_values(params_batch, substitute)
 
     wrapped = objective if shared is None else _WithShared(objective)
     # Pad by repeating the last problem, so new batch sizes rarely trigger a new compilation.

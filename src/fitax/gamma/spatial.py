@@ -20,6 +20,7 @@ from jax.scipy.special import erf
 from jaxtyping import Array, ArrayLike, Float
 
 from ..parameters import Parameter
+from ..device import on_host
 from ._common import parameter
 
 __all__ = [
@@ -34,7 +35,7 @@ def unit_vectors(lon, lat) -> Float[Array | np.ndarray, "3 *pix"]:
     """Cartesian unit vectors of sky positions given in degrees: computed with NumPy for
     host (NumPy) inputs, as when a dataset is bound (JAX would compile a small program for
     each operation and shape there), with JAX otherwise."""
-    xp = np if isinstance(lon, np.ndarray | float | int) and isinstance(lat, np.ndarray | float | int) else jnp
+    xp = np if on_host(lon, lat) else jnp
     lon, lat = xp.deg2rad(xp.asarray(lon, float)), xp.deg2rad(xp.asarray(lat, float))
     return xp.stack([xp.cos(lat) * xp.cos(lon), xp.cos(lat) * xp.sin(lon), xp.sin(lat)])
 

@@ -72,6 +72,6 @@ def bind_spectra(members: list, sources: list[SkyModel], on_off: bool) -> Spectr
         energy_true_edges=to_device(first.energy_true_edges),
         energy_centres=to_device(np.sqrt(first.energy_edges[1:] * first.energy_edges[:-1])),
         names=tuple(d.name for d in members), source_names=tuple(s.name for s in sources),
-        applies=to_device([[float(s.applies_to(d.name)) for d in members] for s in sources]).reshape(len(sources), len(members)),
+        applies=to_device(np.reshape([[float(s.applies_to(d.name)) for d in members] for s in sources], (len(sources), len(members)))),
         data_constant=to_device(constant),
     )

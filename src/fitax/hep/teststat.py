@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..device import to_device
+from ..device import on_host, to_device
 from ..fit import FitResult, fit
 from ..parameters import Parameter, parameters_dict
 
@@ -169,7 +169,7 @@ def _summarise(model, result: FitResult, expected_at_bound=()) -> HistFitResult:
 def _as_data(model, data) -> jnp.ndarray:
     # host data are checked with NumPy and copied to the device once (eager JAX would
     # compile a program per operation, ~14 ms each in a new process)
-    host = not isinstance(data, jax.Array)
+    host = on_host(data)
     data = np.asarray(data, dtype=float) if host else jnp.asarray(data, dtype=float)
     expected = model.n_main_bins + model.aux_size
     if data.ndim != 1 or data.shape[0] != expected:

@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..device import on_host
 from .psf import GaussianPSF, ImagePSF, MoffatPSF, moffat_fwhm, moffat_points
 
 __all__ = ["VaryingPSF", "PerStarPSF", "take_stars", "polynomial_terms", "SHAPE_PARAMETERS"]
@@ -49,10 +50,6 @@ _LINKS = _links(jnp)
 # Host (NumPy) inputs are computed with NumPy: JAX would compile a small program for each
 # operation and shape, ~14 ms each in a new process.
 _HOST_LINKS = _links(np)
-
-
-def _on_host(*arrays) -> bool:
-    return all(isinstance(a, np.ndarray | float | int) for a in arrays)
 
 
 def polynomial_terms(degree: int) -> tuple[tuple[int, int], ...]:
@@ -134,7 +131,7 @@ class VaryingPSF(eqx.Module):
 
     def values_at(self, x, y) -> dict:
         """Shape parameters at pixel positions ``x, y`` (0-based)."""
-        host = _on_host(x, y, *self.coefficients.values())
+        host = on_host(x, y, *self.coefficients.values())
         xp, links = (np, _HOST_LINKS) if host else (jnp, _LINKS)
         u = (xp.asarray(x, float) - self.centre[0]) / self.scale
         v = (xp.asarray(y, float) - self.centre[1]) / self.scale
@@ -143,7 +140,7 @@ class VaryingPSF(eqx.Module):
 
     def at(self, x, y) -> PerStarPSF:
         """The PSF of each star at ``x, y``."""
-        atleast_1d = np.atleast_1d if _on_host(x, y) else jnp.atleast_1d
+        atleast_1d = np.atleast_1d if on_host(x, y) else jnp.atleast_1d
         values = self.values_at(atleast_1d(x), atleast_1d(y))
         if self.kind == "gaussian":
             return PerStarPSF(GaussianPSF(values["sigma_x"], values["sigma_y"], values["rho"]))
