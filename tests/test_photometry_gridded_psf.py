@@ -131,16 +131,22 @@ def test_a_grid_that_does_not_cover_the_image_is_refused(tmp_path, capsys):
     centred.check_covers(SHAPE)
 
 
+def _fitted_with_true_grid(n_stars, flux_range, seed):
+    """A simulated image under TRUE_PSF, the 5 x 5 grid of its true ePSFs, start positions
+    off by 0.2 px, and the stars fitted from them with the grid."""
+    image, truth = simulate_image(SHAPE, n_stars, psf=TRUE_PSF, flux_range=flux_range, flux_slope=1.3, seed=seed)
+    grid = GriddedPSF.from_function(TRUE_PSF.at_point, image_shape=SHAPE, grid_shape=(5, 5), size=21)
+    rng = np.random.default_rng(seed + 2)
+    x0, y0 = truth["x"] + rng.normal(0, 0.2, len(truth)), truth["y"] + rng.normal(0, 0.2, len(truth))
+    return image, truth, grid, (x0, y0), fit_stars(image, x0, y0, psf=grid, read_noise=10.0)
+
+
 def test_star_fits_with_a_grid_read_back_from_its_file(tmp_path):
     """The fast version of the check below (make test runs it): 80 bright stars fitted with
     a 5 x 5 grid of the true ePSFs, from positions off by 0.2 px, have a median flux error
     below 0.3% (measured: ~0.05%), and the grid written to FITS and read back gives the same
     catalog to 1e-9."""
-    image, truth = simulate_image(SHAPE, 80, psf=TRUE_PSF, flux_range=(5e4, 5e5), flux_slope=1.3, seed=5)
-    grid = GriddedPSF.from_function(TRUE_PSF.at_point, image_shape=SHAPE, grid_shape=(5, 5), size=21)
-    rng = np.random.default_rng(4)
-    x0, y0 = truth["x"] + rng.normal(0, 0.2, len(truth)), truth["y"] + rng.normal(0, 0.2, len(truth))
-    catalog = fit_stars(image, x0, y0, psf=grid, read_noise=10.0)
+    image, truth, grid, (x0, y0), catalog = _fitted_with_true_grid(80, (5e4, 5e5), seed=5)
     ok = np.asarray(catalog["flags"]) == 0
     assert ok.sum() > 60
     assert abs(np.median(np.asarray(catalog["flux"])[ok] / truth["flux"][ok] - 1)) < 0.003
@@ -161,11 +167,7 @@ def test_star_fits_with_the_grid_are_unbiased_and_the_cli_writes_and_reads_grids
     that photutils fits jointly are 0.1-0.4 px off in fitax, which subtracts neighbours
     instead). Then the CLI fits the PSF (on a quarter of the image), saves it as a grid, and a
     second run with that grid gives the same fluxes within 0.3%."""
-    image, truth = simulate_image(SHAPE, 700, psf=TRUE_PSF, flux_range=(2e4, 1e6), flux_slope=1.3, seed=1)
-    grid = GriddedPSF.from_function(TRUE_PSF.at_point, image_shape=SHAPE, grid_shape=(5, 5), size=21)
-    rng = np.random.default_rng(3)
-    x0, y0 = truth["x"] + rng.normal(0, 0.2, len(truth)), truth["y"] + rng.normal(0, 0.2, len(truth))
-    catalog = fit_stars(image, x0, y0, psf=grid, read_noise=10.0)
+    image, truth, grid, (x0, y0), catalog = _fitted_with_true_grid(700, (2e4, 1e6), seed=1)
     ok = np.asarray(catalog["flags"]) == 0
     assert ok.sum() > 500
     error = np.asarray(catalog["flux"]) / truth["flux"] - 1
