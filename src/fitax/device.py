@@ -18,9 +18,9 @@ __all__ = ["to_device", "on_host"]
 def to_device(values: npt.ArrayLike) -> jax.Array:
     """``values`` (a NumPy array, a number or a nested sequence of numbers) as a JAX array of
     the same dtype (64-bit kept: fitax runs with ``jax_enable_x64``). Host values are copied
-    first, so the device array never shares memory with an array the caller may change
-    (``device_put`` may alias a NumPy buffer on CPU); a JAX array is returned as it is (a
-    sharded one stays where it is).
+    first, so the device array never shares memory with an array the caller may change,
+    whatever ``device_put`` does on a platform (here on CPU it copies too); a JAX array is
+    returned as it is, so a sharded one is not gathered onto one device.
 
     Example:
         >>> to_device(np.arange(3.0)).dtype

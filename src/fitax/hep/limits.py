@@ -81,13 +81,16 @@ class _CLsCurves:
             self.fits.append(fit)
         return self.sqrt_qa[mu]
 
-    def observed(self, mu: float) -> float:
+    def _observed_and_band(self, mu: float):
         if mu not in self.sqrt_q:
             value, fit = self.calculator.sqrt_q(mu)
             self.sqrt_q[mu] = value
             self.fits.append(fit)
-        (_, _, _, cls), _ = pvalues_and_band(self.calculator.test_stat, self.sqrt_q[mu], self._asimov(mu))
-        return float(cls)
+        (_, _, _, cls), band = pvalues_and_band(self.calculator.test_stat, self.sqrt_q[mu], self._asimov(mu))
+        return float(cls), np.asarray(band)
+
+    def observed(self, mu: float) -> float:
+        return self._observed_and_band(mu)[0]
 
     def expected(self, mu: float) -> np.ndarray:
         sqrt_qa = self._asimov(mu)
@@ -95,7 +98,8 @@ class _CLsCurves:
 
     def all_curves(self, mu: float) -> np.ndarray:
         """Observed then the five expected CLs at ``mu``."""
-        return np.concatenate([[self.observed(mu)], self.expected(mu)])
+        observed, band = self._observed_and_band(mu)
+        return np.concatenate([[observed], band])
 
 
 def upper_limit(data, model, level: float = 0.05, test_stat: str = "qtilde", init_params=None, bracket=None) -> UpperLimit:

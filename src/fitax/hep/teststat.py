@@ -170,14 +170,15 @@ def _as_data(model, data) -> jnp.ndarray:
     # host data are checked with NumPy and copied to the device once (eager JAX would
     # compile a program per operation, ~14 ms each in a new process)
     host = on_host(data)
-    data = np.asarray(data, dtype=float) if host else jnp.asarray(data, dtype=float)
+    xp = np if host else jnp
+    data = xp.asarray(data, dtype=float)
     expected = model.n_main_bins + model.aux_size
     if data.ndim != 1 or data.shape[0] != expected:
         raise ValueError(
             f"data has shape {tuple(data.shape)}; the model expects {expected} values "
             f"({model.n_main_bins} main bins + {model.aux_size} auxiliary data)"
         )
-    if not bool((np if host else jnp).all((np if host else jnp).isfinite(data))):
+    if not bool(xp.all(xp.isfinite(data))):
         raise ValueError("data contain non-finite values")
     return to_device(data) if host else data
 
