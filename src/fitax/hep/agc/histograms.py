@@ -1,0 +1,208 @@
+"""AGC histograms of a set of samples: the kernel run over every chunk of every file.
+
+:func:`fill_histograms` reads each sample's files in chunks, runs the compiled kernel
+(:func:`fitax.hep.agc.selection.chunk_histograms`) on each and sums on the device; a chunk's
+shapes come from a few buckets, so a whole file set compiles a handful of times. Events whose
+4j2b trijets did not fit the kernel's trijet cap are recomputed exactly with the chunk's full
+jet cap (a small second call on those events only). The result, :class:`Histograms`, names
+each histogram as AGC's ``histograms.root`` does (``4j1b_ttbar``, ``4j2b_ttbar_pt_scale_up``,
+``4j1b_wjets_scale_var_down``, ``4j2b_pseudodata``, ...) and writes that file with uproot.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from ...device import to_device
+from ..nanoaod import EventChunk, read_chunks, subset
+from .inputs import Sample
+from .selection import BINNING, REGIONS, ROWS, Binning, Cuts, Softness, chunk_histograms
+
+__all__ = ["FIELDS", "Histograms", "fill_histograms", "rebin_for_fit", "resolution_key"]
+
+FIELDS = {
+    "Electron": ("pt", "eta", "cutBased", "sip3d"),
+    "Muon": ("pt", "eta", "tightId", "sip3d", "pfRelIso04_all"),
+    "Jet": ("pt", "eta", "phi", "mass", "btagCSVV2", "jetId"),
+}
+"""The NanoAOD branches the AGC selection reads (``Jet_pt``, ...), and ``event``."""
+
+TRIJET_CAP = 8
+
+_kernel = jax.jit(chunk_histograms, static_argnames=("trijet_cap", "binning"))
+
+
+class Histograms:
+    """Named histograms (sums of weights and of squared weights) on one binning.
+
+    Example:
+        >>> h = fill_histograms(read_inputs("inputs.json"))  # doctest: +SKIP
+        >>> h["4j2b_ttbar"]  # doctest: +SKIP
+        array([...])  # 25 bins, 50-550 GeV
+    """
+
+    def __init__(self, sumw: dict[str, np.ndarray], sumw2: dict[str, np.ndarray], binning: Binning, notes: Sequence[str] = ()):
+        self.sumw = dict(sumw)
+        self.sumw2 = dict(sumw2)
+        self.binning = binning
+        self.notes = tuple(notes)
+
+    @property
+    def edges(self) -> np.ndarray:
+        return np.linspace(self.binning.low, self.binning.high, self.binning.n_bins + 1)
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        try:
+            return self.sumw[name]
+        except KeyError:
+            raise KeyError(f"no histogram {name!r}; there are {sorted(self.sumw)}") from None
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.sumw
+
+    def __repr__(self) -> str:
+        b = self.binning
+        return f"Histograms({len(self.sumw)} histograms, {b.n_bins} bins over {b.low:g}-{b.high:g} GeV)"
+
+    def write_root(self, path) -> str:
+        """Write every histogram as a TH1D (with its sums of squared weights) to ``path``,
+        through a temporary file renamed at the end (an interrupted write leaves no half file)."""
+        import uproot
+
+        path = os.fspath(path)
+        partial = path + ".partial"
+        with uproot.recreate(partial) as file:
+            for name in sorted(self.sumw):
+                file[name] = _th1d(name, self.sumw[name], self.sumw2[name], self.edges)
+        os.replace(partial, path)
+        return path
+
+
+def _th1d(name: str, sumw: np.ndarray, sumw2: np.ndarray, edges: np.ndarray):
+    from uproot.writing.identify import to_TAxis, to_TH1x
+
+    flow = lambda values: np.concatenate([[0.0], values, [0.0]])  # noqa: E731  (no under/overflow kept)
+    centres = 0.5 * (edges[1:] + edges[:-1])
+    axis = to_TAxis("xaxis", "observable [GeV]", len(sumw), float(edges[0]), float(edges[-1]))
+    return to_TH1x(
+        name, name, flow(sumw), float(np.sum(sumw)), float(np.sum(sumw)), float(np.sum(sumw2)),
+        float(np.sum(sumw * centres)), float(np.sum(sumw * centres**2)), flow(sumw2), axis,
+    )  # fmt: skip
+
+
+def resolution_key(seed: int, sample: Sample, index: int) -> jax.Array:
+    """The key of the jet resolution factors of file ``index`` of ``sample``."""
+    return jax.random.fold_in(jax.random.key(seed), zlib.crc32(f"{sample.label}/{index}".encode()))
+
+
+def _chunk_sums(chunk: EventChunk, weight, key, cuts, softness, binning):
+    def run(piece: EventChunk, cap: int):
+        return _kernel(piece.collections, piece.valid, piece.scalars["event"], weight, key, cuts, softness, trijet_cap=cap, binning=binning)
+
+    sumw, sumw2, overflow = run(chunk, TRIJET_CAP)
+    overflow = np.flatnonzero(np.asarray(overflow))
+    full_cap = chunk.collections["Jet"].cap
+    if overflow.size and full_cap > TRIJET_CAP:
+        few = subset(chunk, overflow)
+        capped_w, capped_w2, _ = run(few, TRIJET_CAP)
+        exact_w, exact_w2, _ = run(few, full_cap)
+        sumw, sumw2 = sumw - capped_w + exact_w, sumw2 - capped_w2 + exact_w2
+    return sumw, sumw2
+
+
+def _sample_sums(sample: Sample, cuts, softness, binning, step_size, seed, progress, max_cap):
+    sumw = sumw2 = 0.0
+    weight = to_device(np.float64(sample.event_weight))
+    over_cap = 0
+    for index, path in enumerate(sample.files):
+        key = resolution_key(seed, sample, index)
+        for chunk in read_chunks(path, FIELDS, scalars=("event",), step_size=step_size, max_cap=max_cap):
+            w, w2 = _chunk_sums(chunk, weight, key, cuts, softness, binning)
+            sumw, sumw2 = sumw + w, sumw2 + w2
+            over_cap += sum(chunk.over_cap.values())
+            progress.update(chunk.n_events)
+    return sumw, sumw2, over_cap
+
+
+def _names(sample: Sample) -> list[tuple[int, str]]:
+    """(row of :data:`ROWS`, histogram name suffix) kept for a sample, as AGC fills them:
+    systematics only for nominal samples, the scale variation only for W+jets."""
+    if sample.variation != "nominal":
+        return [(0, f"{sample.process}_{sample.variation}")]
+    kept = []
+    for row, name in enumerate(ROWS):
+        if name.startswith("scale_var") and sample.process != "wjets":
+            continue
+        kept.append((row, sample.process if name == "nominal" else f"{sample.process}_{name}"))
+    return kept
+
+
+def fill_histograms(
+    samples: Sequence[Sample],
+    cuts: Cuts = Cuts(),
+    *,
+    softness: Softness | None = None,
+    binning: Binning = BINNING,
+    step_size: int = 200_000,
+    seed: int = 0,
+    max_cap: int | None = None,
+    progress: bool = True,
+) -> Histograms:
+    """The AGC histograms of ``samples`` (from :func:`~fitax.hep.agc.inputs.read_inputs`), with
+    ``{region}_pseudodata`` as AGC builds it ((ttbar ME_var + PS_var) / 2 + W+jets) when those
+    samples are there, else the sum of the nominal samples (said in ``notes``)."""
+    sumw: dict[str, np.ndarray] = {}
+    sumw2: dict[str, np.ndarray] = {}
+    notes = []
+    total = sum(sample.n_generated for sample in samples)
+    with tqdm(total=total, unit="events", desc="AGC histograms", disable=not progress) as bar:
+        for sample in samples:
+            w, w2, over_cap = _sample_sums(sample, cuts, softness, binning, step_size, seed, bar, max_cap)
+            if over_cap:
+                notes.append(f"{sample.label}: {over_cap} events had more objects than max_cap={max_cap}; their extra objects were dropped")
+            w, w2 = np.asarray(w), np.asarray(w2)
+            for row, suffix in _names(sample):
+                for r, region in enumerate(REGIONS):
+                    sumw[f"{region}_{suffix}"] = w[row, r]
+                    sumw2[f"{region}_{suffix}"] = w2[row, r]
+    _add_pseudodata(sumw, sumw2, notes, [s.process for s in samples if s.variation == "nominal"])
+    return Histograms(sumw, sumw2, binning, notes)
+
+
+def _add_pseudodata(sumw, sumw2, notes, processes) -> None:
+    for region in REGIONS:
+        parts = [f"{region}_ttbar_ME_var", f"{region}_ttbar_PS_var", f"{region}_wjets"]
+        if all(name in sumw for name in parts):
+            sumw[f"{region}_pseudodata"] = (sumw[parts[0]] + sumw[parts[1]]) / 2 + sumw[parts[2]]
+            sumw2[f"{region}_pseudodata"] = (sumw2[parts[0]] + sumw2[parts[1]]) / 4 + sumw2[parts[2]]
+        else:
+            nominal = [f"{region}_{process}" for process in processes]
+            sumw[f"{region}_pseudodata"] = sum(sumw[name] for name in nominal)
+            sumw2[f"{region}_pseudodata"] = sum(sumw2[name] for name in nominal)
+            if region == REGIONS[0]:
+                notes.append("pseudodata: the sum of the nominal samples (AGC's needs ttbar ME_var, ttbar PS_var and wjets)")
+
+
+def rebin_for_fit(histograms: Histograms) -> Histograms:
+    """AGC's fit binning: the bins from 110 GeV on, merged in pairs (25 bins over 50-550 GeV ->
+    11 bins over 110-550 GeV), as its ``h[110j::hist.rebin(2)]``."""
+    b = histograms.binning
+    width = (b.high - b.low) / b.n_bins
+    first = int(round((110.0 - b.low) / width))
+    if not np.isclose(b.low + first * width, 110.0) or (b.n_bins - first) % 2:
+        raise ValueError(f"cannot rebin {b} to AGC's 11 bins over 110-550 GeV")
+
+    def merge(values):
+        return values[first:].reshape(-1, 2).sum(axis=1)
+
+    binning = Binning((b.n_bins - first) // 2, 110.0, b.high)
+    return Histograms(
+        {k: merge(v) for k, v in histograms.sumw.items()}, {k: merge(v) for k, v in histograms.sumw2.items()}, binning, histograms.notes
+    )

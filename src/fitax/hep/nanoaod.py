@@ -1,0 +1,191 @@
+"""NanoAOD branches from ROOT files (uproot) into fixed-shape chunks for jit-compiled kernels.
+
+The I/O edge of the columnar layer. uproot reads each jagged branch as flat content + offsets
+(it hands them over as an awkward layout; fitax only takes its buffers, computing nothing in
+awkward). Each chunk becomes an :class:`EventChunk`: per collection a
+:class:`~fitax.hep.jagged.Collection` of ``(size, cap)`` arrays, per event scalar a ``(size,)``
+array, and ``valid`` marking the real events. Full chunks have ``step_size`` events, a file's
+last chunk is padded to a power of two, and ``cap`` is the largest multiplicity rounded up to a
+power of two, so a kernel compiles once per bucket — a handful of times for a whole file set —
+and ``cap`` holds every entry:
+nothing is cut. With ``max_cap`` a user bounds the padding instead; the events with more
+entries are then counted in :attr:`EventChunk.over_cap` (and the entries beyond ``max_cap``
+dropped), never silently.
+
+Example:
+    >>> chunks = read_chunks(path, {"Jet": ("pt", "eta")}, scalars=("genWeight",))  # doctest: +SKIP
+    >>> next(chunks).collections["Jet"].pt.shape  # doctest: +SKIP
+    (256, 16)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping, Sequence
+
+import equinox as eqx
+import numpy as np
+
+from ..device import to_device
+from .jagged import Collection
+
+__all__ = ["EventChunk", "InvalidEvents", "bucket", "read_chunks", "subset"]
+
+_MIN_SIZE = 64
+_MIN_CAP = 4
+
+
+class InvalidEvents(ValueError):
+    """An input file is not what the analysis reads: not ROOT, no such tree or branch."""
+
+
+def bucket(n: int, minimum: int) -> int:
+    """The smallest power of two >= ``max(n, minimum)``: the static size of a chunk axis."""
+    n = max(int(n), int(minimum), 1)
+    return 1 << (n - 1).bit_length()
+
+
+class EventChunk(eqx.Module):
+    """Events ``start`` to ``start + n_events`` of one file, padded to ``size`` events."""
+
+    collections: dict[str, Collection]
+    scalars: dict[str, object]
+    valid: object
+    source: str = eqx.field(static=True)
+    start: int = eqx.field(static=True)
+    n_events: int = eqx.field(static=True)
+    over_cap: dict[str, int] = eqx.field(static=True)
+
+    @property
+    def size(self) -> int:
+        return int(self.valid.shape[0])
+
+    def __repr__(self) -> str:
+        caps = ", ".join(f"{name}: cap {c.cap}" for name, c in self.collections.items())
+        return f"EventChunk({self.source!r}, events {self.start}..{self.start + self.n_events} in {self.size}; {caps})"
+
+
+def _open_tree(path: str, tree: str):
+    import uproot
+
+    if not os.path.exists(path):
+        raise InvalidEvents(f"{path}: no such file")
+    try:
+        file = uproot.open(path)
+    except Exception as error:  # uproot raises several types for a file that is not ROOT
+        raise InvalidEvents(f"{path}: not a ROOT file ({error})") from error
+    if tree not in file:
+        raise InvalidEvents(f"{path}: no tree {tree!r} (a NanoAOD file has 'Events'; found {sorted(file.keys())})")
+    return file[tree]
+
+
+def _branch_names(collections: Mapping[str, Sequence[str]], scalars: Sequence[str]) -> list[str]:
+    return [f"{name}_{field}" for name, fields in collections.items() for field in fields] + list(scalars)
+
+
+def _flat(array) -> tuple[np.ndarray, np.ndarray]:
+    """Content and zero-based offsets of one jagged branch as uproot returns it."""
+    import awkward as ak
+
+    layout = ak.to_layout(array)
+    if not hasattr(layout, "to_ListOffsetArray64"):
+        raise TypeError("not a jagged branch")
+    layout = layout.to_ListOffsetArray64(True)
+    return np.asarray(layout.content.data), np.asarray(layout.offsets.data)
+
+
+def _pad(content: np.ndarray, offsets: np.ndarray, size: int, cap: int) -> tuple[np.ndarray, np.ndarray]:
+    counts = np.diff(offsets)
+    slots = np.arange(cap)
+    mask = np.zeros((size, cap), dtype=bool)
+    mask[: counts.size] = slots[None, :] < counts[:, None]
+    values = np.zeros((size, cap), dtype=content.dtype)
+    values[: counts.size][mask[: counts.size]] = content[(offsets[:-1, None] + slots[None, :])[mask[: counts.size]]]
+    return values, mask
+
+
+def read_chunks(
+    path,
+    collections: Mapping[str, Sequence[str]],
+    scalars: Sequence[str] = (),
+    *,
+    step_size: int = 200_000,
+    tree: str = "Events",
+    max_cap: int | None = None,
+) -> Iterator[EventChunk]:
+    """Chunks of ``step_size`` events of ``path``'s ``tree`` with the given collection fields
+    (``{"Jet": ("pt", "eta")}`` reads ``Jet_pt`` and ``Jet_eta``) and per-event ``scalars``.
+
+    Raises :class:`InvalidEvents` naming the file and the missing branches."""
+    path = os.fspath(path)
+    events = _open_tree(path, tree)
+    wanted = _branch_names(collections, scalars)
+    missing = [name for name in wanted if name not in events]
+    if missing:
+        raise InvalidEvents(f"{path}: tree {tree!r} has no branch {', '.join(missing)} (needed by the analysis)")
+    for start, arrays in _iterate(events, wanted, step_size):
+        yield _chunk(path, start, arrays, collections, scalars, max_cap, step_size)
+
+
+def _iterate(events, wanted: list[str], step_size: int):
+    start = 0
+    for arrays in events.iterate(wanted, step_size=step_size, library="ak", how=dict):
+        yield start, arrays
+        start += len(next(iter(arrays.values())))
+
+
+def _chunk(path, start, arrays, collections, scalars, max_cap, step_size) -> EventChunk:
+    n_events = len(next(iter(arrays.values())))
+    # Full chunks keep their size; the last chunk of a file rounds up to a power of two.
+    size = n_events if n_events == step_size else min(bucket(n_events, _MIN_SIZE), step_size)
+    padded: dict[str, Collection] = {}
+    over_cap: dict[str, int] = {}
+    for name, fields in collections.items():
+        flats = {}
+        for field in fields:
+            try:
+                flats[field] = _flat(arrays[f"{name}_{field}"])
+            except TypeError as error:
+                raise InvalidEvents(f"{path}: branch {name}_{field} is not a per-object (jagged) branch") from error
+        offsets = next(iter(flats.values()))[1]
+        for field, (_, other) in flats.items():
+            if not np.array_equal(other, offsets):
+                raise InvalidEvents(f"{path}: {name}_{field} has other multiplicities than {name}_{fields[0]}")
+        counts = np.diff(offsets)
+        largest = int(counts.max(initial=0))
+        cap = bucket(largest, _MIN_CAP)
+        if max_cap is not None and largest > max_cap:
+            cap = max_cap
+            over_cap[name] = int(np.sum(counts > max_cap))
+        else:
+            over_cap[name] = 0
+        columns = {field: _pad(content, offsets, size, cap) for field, (content, offsets) in flats.items()}
+        mask = next(iter(columns.values()))[1]
+        padded[name] = Collection({field: to_device(values) for field, (values, _) in columns.items()}, to_device(mask))
+    values = {}
+    for name in scalars:
+        column = np.asarray(arrays[name])
+        if column.ndim != 1:
+            raise InvalidEvents(f"{path}: branch {name} is not a per-event number")
+        values[name] = to_device(np.concatenate([column, np.zeros(size - n_events, dtype=column.dtype)]))
+    valid = np.arange(size) < n_events
+    return EventChunk(padded, values, to_device(valid), path, start, n_events, over_cap)
+
+
+def subset(chunk: EventChunk, events: np.ndarray) -> EventChunk:
+    """The chunk's events at positions ``events`` (host indices) as a chunk of their own, padded
+    to a power of two, with the same caps."""
+    events = np.asarray(events)
+    size = bucket(events.size, _MIN_SIZE)
+
+    def take(values):
+        picked = np.asarray(values)[events]
+        padding = np.zeros((size - events.size,) + picked.shape[1:], dtype=picked.dtype)
+        return to_device(np.concatenate([picked, padding]))
+
+    collections = {
+        name: Collection({field: take(v) for field, v in c.fields.items()}, take(c.mask)) for name, c in chunk.collections.items()
+    }
+    valid = to_device(np.arange(size) < events.size)
+    scalars = {name: take(v) for name, v in chunk.scalars.items()}
+    return EventChunk(collections, scalars, valid, chunk.source, chunk.start, int(events.size), dict(chunk.over_cap))

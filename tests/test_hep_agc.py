@@ -1,0 +1,165 @@
+"""The AGC ttbar histograms against an independent awkward + NumPy implementation (tests/agc_awkward.py).
+
+Tolerance: equal event counts in every bin and sums of weights within 1e-12 relative, for
+every region, process and variation, on generated files and on the shared CMS NanoAOD file.
+"""
+
+from __future__ import annotations
+
+import json
+
+import awkward as ak
+import jax
+import numpy as np
+import pytest
+import uproot
+
+import agc_awkward
+from conftest import shared_data
+from fitax.hep import nanoaod
+from fitax.hep.agc import Cuts, InvalidInputs, fill_histograms, histograms, read_inputs
+from fitax.hep.agc.selection import jet_resolution_factors
+from fitax.hep.generate import write_nanoaod
+
+SAMPLES = {
+    ("ttbar", "nominal"): 30_000,
+    ("ttbar", "scaleup"): 6_000,
+    ("ttbar", "ME_var"): 6_000,
+    ("ttbar", "PS_var"): 6_000,
+    ("single_top_t_chan", "nominal"): 8_000,
+    ("wjets", "nominal"): 30_000,
+}
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("agc")
+    document: dict = {}
+    for seed, ((process, variation), n) in enumerate(SAMPLES.items()):
+        files = []
+        parts = 2 if (process, variation) == ("ttbar", "nominal") else 1  # a sample of several files
+        for part in range(parts):
+            name = f"{process}_{variation}_{part}.root"
+            write_nanoaod(folder / name, process, n // parts, seed=10 * seed + part)
+            files.append({"path": name, "nevts": n // parts})
+        document.setdefault(process, {})[variation] = {"files": files}
+    path = folder / "inputs.json"
+    path.write_text(json.dumps(document))
+    return path
+
+
+def _reference(samples, seed=0, cuts=agc_awkward.DEFAULT_CUTS) -> dict:
+    total: dict = {}
+    for sample in samples:
+        for index, path in enumerate(sample.files):
+            events = agc_awkward.read(path)
+            counts = ak.num(events.Jet_pt)
+            factors = jet_resolution_factors(
+                histograms.resolution_key(seed, sample, index), jax.numpy.asarray(np.asarray(events.event)), max(int(ak.max(counts)), 1)
+            )
+            slots = np.arange(factors.shape[1])[None, :] < np.asarray(counts)[:, None]
+            resolution = ak.unflatten(np.asarray(factors)[slots], counts)
+            for name, (w, w2) in agc_awkward.histograms(events, sample.event_weight, sample.process, sample.variation, resolution, cuts).items():
+                old = total.get(name, (0.0, 0.0))
+                total[name] = (old[0] + w, old[1] + w2)
+    return total
+
+
+def _assert_same(fitax_histograms, reference: dict, weights: dict) -> None:
+    names = {n for n in fitax_histograms.sumw if not n.endswith("pseudodata")}
+    assert names == set(reference)
+    for name in sorted(names):
+        w_ref, w2_ref = reference[name]
+        np.testing.assert_allclose(fitax_histograms[name], w_ref, rtol=1e-12, atol=0, err_msg=name)
+        np.testing.assert_allclose(fitax_histograms.sumw2[name], w2_ref, rtol=1e-12, atol=0, err_msg=name)
+        if name in weights:  # an unweighted histogram: equal event counts per bin
+            assert np.array_equal(np.rint(fitax_histograms[name] / weights[name]), np.rint(w_ref / weights[name])), name
+
+
+def _unweighted(samples) -> dict:
+    """Histograms whose every event has the sample's weight (no weight systematic)."""
+    out = {}
+    for s in samples:
+        label = s.process if s.variation == "nominal" else f"{s.process}_{s.variation}"
+        for region in ("4j1b", "4j2b"):
+            out[f"{region}_{label}"] = s.event_weight
+            if s.variation == "nominal":
+                out[f"{region}_{label}_pt_scale_up"] = out[f"{region}_{label}_pt_res_up"] = s.event_weight
+    return out
+
+
+def test_hard_histograms_equal_the_awkward_implementation_on_generated_files(inputs):
+    samples = read_inputs(inputs)
+    result = fill_histograms(samples, progress=False, step_size=16_384)
+    reference = _reference(samples)
+    _assert_same(result, reference, _unweighted(samples))
+    assert result["4j2b_ttbar"].sum() > 1000 and result["4j1b_wjets"].sum() > 1000  # the selection is not empty
+    me, ps, wjets = (result[f"4j1b_{n}"] for n in ("ttbar_ME_var", "ttbar_PS_var", "wjets"))
+    np.testing.assert_allclose(result["4j1b_pseudodata"], (me + ps) / 2 + wjets, rtol=1e-15)
+
+
+def test_events_beyond_the_trijet_cap_are_recomputed_exactly(inputs, monkeypatch):
+    samples = [s for s in read_inputs(inputs) if s.label == "ttbar__nominal"]
+    monkeypatch.setattr(histograms, "TRIJET_CAP", 4)  # nearly every 4j2b event overflows it
+    result = fill_histograms(samples, progress=False)
+    _assert_same(result, _reference(samples), _unweighted(samples))
+
+
+def test_loose_cuts_on_the_shared_cms_file_equal_the_awkward_implementation(tmp_path):
+    path = shared_data("hep", "nanoAOD_2015_CMS_Open_Data_ttbar.root")
+    # None of its 200 events passes AGC's cuts; looser ones select some, in both regions.
+    loose = {"lepton_pt": 10.0, "lepton_eta": 2.4, "lepton_sip3d": 10.0, "muon_isolation": 0.5, "jet_pt": 15.0, "jet_eta": 2.4, "btag": 0.3}
+    (tmp_path / "inputs.json").write_text(json.dumps({"ttbar": {"nominal": {"files": [{"path": str(path), "nevts": 200}]}}}))
+    samples = read_inputs(tmp_path / "inputs.json")
+    result = fill_histograms(samples, Cuts(**loose), progress=False)
+    reference = _reference(samples, cuts=loose)
+    _assert_same(result, reference, _unweighted(samples))
+    assert result["4j1b_ttbar"].sum() > 0 and result["4j2b_ttbar"].sum() > 0
+
+
+def test_written_root_file_holds_every_histogram_with_its_variances(inputs, tmp_path):
+    samples = [s for s in read_inputs(inputs) if s.process == "wjets"]
+    result = fill_histograms(samples, progress=False)
+    path = result.write_root(tmp_path / "histograms.root")
+    with uproot.open(path) as file:
+        names = {key.split(";")[0] for key in file.keys()}
+        assert names == set(result.sumw)
+        assert {"4j1b_wjets", "4j2b_wjets_pt_scale_up", "4j1b_wjets_scale_var_down", "4j2b_wjets_btag_var_3_up", "4j2b_pseudodata"} <= names
+        np.testing.assert_array_equal(file["4j2b_wjets"].values(), result["4j2b_wjets"])
+        np.testing.assert_array_equal(file["4j2b_wjets"].variances(), result.sumw2["4j2b_wjets"])
+        np.testing.assert_array_equal(file["4j2b_wjets"].axis().edges(), np.linspace(50, 550, 26))
+    assert not (tmp_path / "histograms.root.partial").exists()
+
+
+def test_bad_inputs_are_clear_errors(inputs, tmp_path):
+    (tmp_path / "missing.json").write_text(json.dumps({"ttbar": {"nominal": {"files": [{"path": "nowhere.root", "nevts": 5}]}}}))
+    with pytest.raises(InvalidInputs, match=r"ttbar.nominal.files\[0\]: no such file .*nowhere.root"):
+        read_inputs(tmp_path / "missing.json")
+    (tmp_path / "nevts.json").write_text(json.dumps({"ttbar": {"nominal": {"files": [{"path": str(inputs)}]}}}))
+    with pytest.raises(InvalidInputs, match="'nevts' must be a positive integer"):
+        read_inputs(tmp_path / "nevts.json")
+    (tmp_path / "xsec.json").write_text(json.dumps({"zjets": {"nominal": {"files": [{"path": str(inputs), "nevts": 3}]}}}))
+    with pytest.raises(InvalidInputs, match="no cross section for process 'zjets'"):
+        read_inputs(tmp_path / "xsec.json")
+    not_root = tmp_path / "not.root"
+    not_root.write_text("hello")
+    with pytest.raises(nanoaod.InvalidEvents, match="not a ROOT file"):
+        next(nanoaod.read_chunks(not_root, {"Jet": ("pt",)}))
+    with uproot.recreate(tmp_path / "other.root") as file:
+        file["Other"] = {"x": np.arange(3.0)}
+    with pytest.raises(nanoaod.InvalidEvents, match="no tree 'Events'"):
+        next(nanoaod.read_chunks(tmp_path / "other.root", {"Jet": ("pt",)}))
+    with uproot.recreate(tmp_path / "partial.root") as file:
+        file.mktree("Events", {"Jet": ak.zip({"pt": ak.Array([[1.0]])}).type}, field_name=lambda o, i: f"{o}_{i}", counter_name=lambda c: f"n{c}")
+    with pytest.raises(nanoaod.InvalidEvents, match="no branch Jet_eta"):
+        next(nanoaod.read_chunks(tmp_path / "partial.root", {"Jet": ("pt", "eta")}))
+
+
+def test_events_above_max_cap_are_counted_and_reported(inputs):
+    samples = [s for s in read_inputs(inputs) if s.label == "wjets__nominal"]
+    chunk = next(nanoaod.read_chunks(samples[0].files[0], {"Jet": ("pt",)}))
+    counts = np.asarray(chunk.collections["Jet"].mask).sum(axis=1)
+    chunk = next(nanoaod.read_chunks(samples[0].files[0], {"Jet": ("pt",)}, max_cap=3))
+    assert chunk.collections["Jet"].cap == 3 and chunk.over_cap == {"Jet": int(np.sum(counts > 3))} and chunk.over_cap["Jet"] > 0
+    result = fill_histograms(samples, progress=False, max_cap=6)
+    assert any("more objects than max_cap=6" in note for note in result.notes)
