@@ -1,4 +1,5 @@
-"""An independent awkward + NumPy implementation of the AGC ttbar histograms (the reference).
+"""Independent implementations of the AGC ttbar analysis: awkward + NumPy histograms, and
+AGC's cabinetry configuration of its statistical model (the references).
 
 Written as AGC's ``ttbar_analysis_pipeline.py`` processor does it — jagged masks, ``ak.num``,
 ``ak.combinations``, ``ak.argmax`` — without coffea (four-vectors by hand) and with
@@ -115,3 +116,44 @@ def _trijet_mass(jets, btag_cut):
     best = ak.argmax(pt, axis=1, keepdims=True)
     mass2 = (energy**2 - px**2 - py**2 - pz**2)[best]
     return np.sqrt(np.maximum(ak.to_numpy(ak.flatten(mass2)), 0.0))
+
+
+def cabinetry_config(histograms_path, folder) -> dict:
+    """AGC's ``cabinetry_config.yml`` (iris-hep/analysis-grand-challenge c37bf59), reading the
+    rebinned histograms from ``histograms_path``."""
+    binning = list(range(110, 551, 40))
+    samples = [("ttbar", "ttbar"), ("wjets", "W+jets"), ("single_top_s_chan", "single top, s-channel"),
+               ("single_top_t_chan", "single top, t-channel"), ("single_top_tW", "tW")]  # fmt: skip
+
+    def norm_plus_shape(name, up, down=None, samples=None):
+        entry = {"Name": name, "Up": {"VariationPath": up}, "Type": "NormPlusShape"}
+        entry["Down"] = {"Symmetrize": True} if down is None else {"VariationPath": down}
+        if samples:
+            entry["Samples"] = samples
+        return entry
+
+    return {
+        "General": {
+            "Measurement": "CMS_ttbar",
+            "POI": "ttbar_norm",
+            "InputPath": f"{histograms_path}:{{RegionPath}}_{{SamplePath}}{{VariationPath}}",
+            "HistogramFolder": str(folder),
+        },
+        "Regions": [
+            {"Name": "4j1b CR", "RegionPath": "4j1b", "Variable": "H_T [GeV]", "Binning": binning},
+            {"Name": "4j2b SR", "RegionPath": "4j2b", "Variable": "m_bjj [GeV]", "Binning": binning},
+        ],
+        "Samples": [{"Name": "Pseudodata", "SamplePath": "pseudodata", "Data": True}]
+        + [{"Name": name, "SamplePath": path} for path, name in samples],
+        "Systematics": [
+            norm_plus_shape("ME variation", "_ME_var", samples="ttbar"),
+            norm_plus_shape("PS variation", "_PS_var", samples="ttbar"),
+            norm_plus_shape("ttbar scale variations", "_scaleup", "_scaledown", samples="ttbar"),
+            norm_plus_shape("Jet energy scale", "_pt_scale_up"),
+            norm_plus_shape("Jet energy resolution", "_pt_res_up"),
+            *(norm_plus_shape(f"b-tag NP {i + 1}", f"_btag_var_{i}_up", f"_btag_var_{i}_down") for i in range(4)),
+            norm_plus_shape("W+jets scale variations", "_scale_var_up", "_scale_var_down", samples="W+jets"),
+            {"Name": "Luminosity", "Up": {"Normalization": 0.03}, "Down": {"Normalization": -0.03}, "Type": "Normalization"},
+        ],
+        "NormFactors": [{"Name": "ttbar_norm", "Samples": "ttbar", "Nominal": 1.0, "Bounds": [0, 10]}],
+    }
