@@ -5,7 +5,7 @@ The I/O edge of the columnar layer. uproot reads each jagged branch as flat cont
 awkward). Each chunk becomes an :class:`EventChunk`: per collection a
 :class:`~fitax.hep.jagged.Collection` of ``(size, cap)`` arrays, per event scalar a ``(size,)``
 array, and ``valid`` marking the real events. Full chunks have ``step_size`` events, a file's
-last chunk is padded to a power of two, and ``cap`` is the largest multiplicity rounded up to a
+last chunk is padded to one of four sizes per octave (:func:`event_bucket`), and ``cap`` is the largest multiplicity rounded up to a
 power of two, so a kernel compiles once per bucket — a handful of times for a whole file set —
 and ``cap`` holds every entry:
 nothing is cut. With ``max_cap`` a user bounds the padding instead; the events with more
@@ -29,7 +29,7 @@ import numpy as np
 from ..device import to_device
 from .jagged import Collection
 
-__all__ = ["EventChunk", "InvalidEvents", "bucket", "read_chunks", "subset"]
+__all__ = ["EventChunk", "InvalidEvents", "bucket", "event_bucket", "read_chunks", "subset"]
 
 _MIN_SIZE = 64
 _MIN_CAP = 4
@@ -43,6 +43,14 @@ def bucket(n: int, minimum: int) -> int:
     """The smallest power of two >= ``max(n, minimum)``: the static size of a chunk axis."""
     n = max(int(n), int(minimum), 1)
     return 1 << (n - 1).bit_length()
+
+
+def event_bucket(n: int, minimum: int = 64) -> int:
+    """The smallest of ``2^k x (1, 1.25, 1.5, 1.75)`` >= ``max(n, minimum)``: the padded size of
+    a partial chunk (at most 25% padding, four shapes per octave)."""
+    n = max(int(n), int(minimum), 1)
+    octave = bucket(n, 1) // 2 if n > 1 else 1
+    return next(octave * q // 4 for q in (4, 5, 6, 7, 8) if octave * q // 4 >= n)
 
 
 class EventChunk(eqx.Module):
@@ -137,7 +145,7 @@ def _iterate(events, wanted: list[str], step_size: int):
 def _chunk(path, start, arrays, collections, scalars, max_cap, step_size) -> EventChunk:
     n_events = len(next(iter(arrays.values())))
     # Full chunks keep their size; the last chunk of a file rounds up to a power of two.
-    size = n_events if n_events == step_size else min(bucket(n_events, _MIN_SIZE), step_size)
+    size = n_events if n_events == step_size else min(event_bucket(n_events, _MIN_SIZE), step_size)
     padded: dict[str, Collection] = {}
     over_cap: dict[str, int] = {}
     for name, fields in collections.items():
@@ -176,7 +184,7 @@ def subset(chunk: EventChunk, events: np.ndarray) -> EventChunk:
     """The chunk's events at positions ``events`` (host indices) as a chunk of their own, padded
     to a power of two, with the same caps."""
     events = np.asarray(events)
-    size = bucket(events.size, _MIN_SIZE)
+    size = event_bucket(events.size, _MIN_SIZE)
 
     def take(values):
         picked = np.asarray(values)[events]

@@ -25,7 +25,7 @@ from ..nanoaod import EventChunk, read_chunks, subset
 from .inputs import Sample
 from .selection import BINNING, REGIONS, ROWS, Binning, Cuts, Softness, chunk_histograms
 
-__all__ = ["FIELDS", "Histograms", "fill_histograms", "rebin_for_fit", "resolution_key"]
+__all__ = ["FIELDS", "TRIJET_CAP", "Histograms", "fill_histograms", "histogram_names", "rebin_for_fit", "rebin_values", "resolution_key"]
 
 FIELDS = {
     "Electron": ("pt", "eta", "cutBased", "sip3d"),
@@ -131,7 +131,7 @@ def _sample_sums(sample: Sample, cuts, softness, binning, step_size, seed, progr
     return sumw, sumw2, over_cap
 
 
-def _names(sample: Sample) -> list[tuple[int, str]]:
+def histogram_names(sample: Sample) -> list[tuple[int, str]]:
     """(row of :data:`ROWS`, histogram name suffix) kept for a sample, as AGC fills them:
     systematics only for nominal samples, the scale variation only for W+jets."""
     if sample.variation != "nominal":
@@ -168,7 +168,7 @@ def fill_histograms(
             if over_cap:
                 notes.append(f"{sample.label}: {over_cap} events had more objects than max_cap={max_cap}; their extra objects were dropped")
             w, w2 = np.asarray(w), np.asarray(w2)
-            for row, suffix in _names(sample):
+            for row, suffix in histogram_names(sample):
                 for r, region in enumerate(REGIONS):
                     sumw[f"{region}_{suffix}"] = w[row, r]
                     sumw2[f"{region}_{suffix}"] = w2[row, r]
@@ -190,19 +190,25 @@ def _add_pseudodata(sumw, sumw2, notes, processes) -> None:
                 notes.append("pseudodata: the sum of the nominal samples (AGC's needs ttbar ME_var, ttbar PS_var and wjets)")
 
 
-def rebin_for_fit(histograms: Histograms) -> Histograms:
-    """AGC's fit binning: the bins from 110 GeV on, merged in pairs (25 bins over 50-550 GeV ->
-    11 bins over 110-550 GeV), as its ``h[110j::hist.rebin(2)]``."""
-    b = histograms.binning
+def _fit_rebinning(b: Binning) -> tuple[int, Binning]:
     width = (b.high - b.low) / b.n_bins
     first = int(round((110.0 - b.low) / width))
     if not np.isclose(b.low + first * width, 110.0) or (b.n_bins - first) % 2:
         raise ValueError(f"cannot rebin {b} to AGC's 11 bins over 110-550 GeV")
+    return first, Binning((b.n_bins - first) // 2, 110.0, b.high)
 
-    def merge(values):
-        return values[first:].reshape(-1, 2).sum(axis=1)
 
-    binning = Binning((b.n_bins - first) // 2, 110.0, b.high)
-    return Histograms(
-        {k: merge(v) for k, v in histograms.sumw.items()}, {k: merge(v) for k, v in histograms.sumw2.items()}, binning, histograms.notes
-    )
+def rebin_values(values, binning: Binning = BINNING):
+    """AGC's fit binning of one histogram's bins (NumPy or JAX): the bins from 110 GeV on,
+    merged in pairs (25 bins over 50-550 GeV -> 11 bins over 110-550 GeV), as its
+    ``h[110j::hist.rebin(2)]``."""
+    first, _ = _fit_rebinning(binning)
+    return values[..., first:].reshape(values.shape[:-1] + (-1, 2)).sum(axis=-1)
+
+
+def rebin_for_fit(histograms: Histograms) -> Histograms:
+    """Every histogram in AGC's fit binning (:func:`rebin_values`)."""
+    _, binning = _fit_rebinning(histograms.binning)
+    rebin = lambda v: rebin_values(v, histograms.binning)  # noqa: E731
+    sumw = {k: rebin(v) for k, v in histograms.sumw.items()}
+    return Histograms(sumw, {k: rebin(v) for k, v in histograms.sumw2.items()}, binning, histograms.notes)

@@ -44,18 +44,24 @@ LUMINOSITY_UNCERTAINTY = 0.03
 POI = "ttbar_norm"
 
 
-def _norm_plus_shape(name: str, nominal: np.ndarray, up: np.ndarray, down: np.ndarray | None) -> list[dict]:
-    total = nominal.sum()
-    up_ratio = up.sum() / total
+def norm_plus_shape(nominal, up, down=None, xp=np) -> tuple:
+    """cabinetry's "NormPlusShape" of one sample: ``(normsys hi, normsys lo, histosys hi_data,
+    histosys lo_data)``; a variation without ``down`` is symmetrised about the nominal. ``xp``:
+    ``numpy`` for the JSON workspace, ``jax.numpy`` for the differentiable one."""
+    total = xp.sum(nominal)
+    up_ratio = xp.sum(up) / total
     up_shape = up / up_ratio
     if down is None:
-        down_ratio, down_shape = 2.0 - up_ratio, 2.0 * nominal - up_shape
-    else:
-        down_ratio = down.sum() / total
-        down_shape = down / down_ratio
+        return up_ratio, 2.0 - up_ratio, up_shape, 2.0 * nominal - up_shape
+    down_ratio = xp.sum(down) / total
+    return up_ratio, down_ratio, up_shape, down / down_ratio
+
+
+def _norm_plus_shape(name: str, nominal: np.ndarray, up: np.ndarray, down: np.ndarray | None) -> list[dict]:
+    hi, lo, hi_data, lo_data = norm_plus_shape(nominal, up, down)
     return [
-        {"name": name, "type": "normsys", "data": {"hi": float(up_ratio), "lo": float(down_ratio)}},
-        {"name": name, "type": "histosys", "data": {"hi_data": up_shape.tolist(), "lo_data": down_shape.tolist()}},
+        {"name": name, "type": "normsys", "data": {"hi": float(hi), "lo": float(lo)}},
+        {"name": name, "type": "histosys", "data": {"hi_data": hi_data.tolist(), "lo_data": lo_data.tolist()}},
     ]
 
 
