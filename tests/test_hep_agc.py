@@ -199,7 +199,7 @@ def test_written_root_file_holds_every_histogram_with_its_variances(inputs, tmp_
         np.testing.assert_array_equal(file["4j2b_wjets"].values(), result["4j2b_wjets"])
         np.testing.assert_array_equal(file["4j2b_wjets"].variances(), result.sumw2["4j2b_wjets"])
         np.testing.assert_array_equal(file["4j2b_wjets"].axis().edges(), np.linspace(50, 550, 26))
-    assert not (tmp_path / "histograms.root.partial").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["histograms.root"]  # no temporary file left
 
 
 def test_bad_inputs_are_clear_errors(inputs, tmp_path):
@@ -234,3 +234,48 @@ def test_events_above_max_cap_are_counted_and_reported(inputs):
     assert chunk.collections["Jet"].cap == 3 and chunk.over_cap == {"Jet": int(np.sum(counts > 3))} and chunk.over_cap["Jet"] > 0
     result = fill_histograms(samples, progress=False, max_cap=6)
     assert any("more objects than max_cap=6" in note for note in result.notes)
+
+
+AGC_NAMES_PER_REGION = (
+    [f"{p}{suffix}" for p in ("ttbar", "wjets", "single_top_s_chan", "single_top_t_chan", "single_top_tW")
+     for suffix in ["", "_pt_scale_up", "_pt_res_up"] + [f"_btag_var_{i}_{d}" for i in range(4) for d in ("up", "down")]]
+    + [f"ttbar_{v}" for v in ("scaleup", "scaledown", "ME_var", "PS_var")]
+    + ["wjets_scale_var_up", "wjets_scale_var_down", "pseudodata"]
+)  # fmt: skip
+
+
+def test_cli_runs_the_analysis_end_to_end(tmp_path, capsys):
+    from fitax.cli import main
+
+    status = main(["hep", "generate", "--out", str(tmp_path / "data"), "--events", "40000"])
+    assert status == 0
+    status = main(["hep", "agc", "--inputs", str(tmp_path / "data" / "inputs.json"), "--out", str(tmp_path / "out"), "--quiet"])
+    assert status == 0
+    summary = json.loads(capsys.readouterr().out.split("\n}\n", 1)[1])  # after generate's own JSON
+    assert summary["converged"] is True and summary["histograms"] == 124
+    out = tmp_path / "out"
+    with uproot.open(out / "histograms.root") as file:
+        names = {key.split(";")[0] for key in file.keys()}
+    # AGC's reference histograms.root: 2 regions x 62 names (reference/histos_*_file_per_process.json)
+    assert names == {f"{region}_{name}" for region in ("4j1b", "4j2b") for name in AGC_NAMES_PER_REGION}
+    fit = json.loads((out / "fit.json").read_text())
+    assert fit["fit"]["converged"] and 0 < fit["ttbar_norm"][0] < 10 and fit["ttbar_norm"][1] > 0
+    assert set(fit["postfit_yields"]) == {"4j1b CR", "4j2b SR"}
+    spec = json.loads((out / "workspace.json").read_text())
+    assert Workspace(spec).model().poi_name == "ttbar_norm"
+    assert (out / "stacked.png").stat().st_size > 0 and (out / "postfit.png").stat().st_size > 0
+
+
+def test_cli_with_a_single_process_and_with_bad_inputs(tmp_path, capsys):
+    from fitax.cli import main
+
+    main(["hep", "generate", "--out", str(tmp_path / "data"), "--events", "2000", "--processes", "wjets"])
+    capsys.readouterr()
+    status = main(["hep", "agc", "--inputs", str(tmp_path / "data" / "inputs.json"), "--out", str(tmp_path / "out"), "--quiet"])
+    summary = json.loads(capsys.readouterr().out)
+    assert status == 0 and summary["converged"] is None
+    assert any("needs a ttbar sample" in note for note in summary["notes"])
+    assert (tmp_path / "out" / "histograms.root").exists() and not (tmp_path / "out" / "fit.json").exists()
+    (tmp_path / "bad.json").write_text(json.dumps({"ttbar": {"nominal": {"files": [{"path": "gone.root", "nevts": 10}]}}}))
+    status = main(["hep", "agc", "--inputs", str(tmp_path / "bad.json"), "--out", str(tmp_path / "out2"), "--quiet"])
+    assert status == 2 and "no such file" in capsys.readouterr().err

@@ -58,6 +58,20 @@ def add_parser(commands) -> None:
     patchset.add_argument("--test-poi", type=float, default=1.0, help="POI value tested (default 1)")
     patchset.add_argument("--test-stat", choices=["q", "qtilde"], default="qtilde")
     patchset.add_argument("--plot", default=None, help="write the exclusion plot (PNG) here")
+    agc = sub.add_parser("agc", help="the AGC ttbar analysis: NanoAOD -> histograms.root, workspace, fit, plots")
+    agc.add_argument("--inputs", required=True, help="inputs JSON (AGC's nanoaod_inputs.json format)")
+    agc.add_argument("--out", required=True, help="output folder")
+    agc.add_argument("--max-files", type=int, default=None, help="use the first N files of each sample (AGC's N_FILES_MAX_PER_SAMPLE)")
+    agc.add_argument("--step-size", type=int, default=200_000, help="events per chunk (default 200000)")
+    agc.add_argument("--seed", type=int, default=0, help="seed of the jet resolution variation (default 0)")
+    agc.add_argument("--optimise", type=int, default=0, metavar="STEPS", help="also optimise the cuts by gradient descent for STEPS steps")
+    agc.add_argument("--quiet", action="store_true", help="no progress bars")
+    generate = sub.add_parser("generate", help="write NanoAOD-like files of the AGC samples and their inputs.json")
+    generate.add_argument("--out", required=True, help="output folder")
+    generate.add_argument("--events", type=int, default=100_000, help="events per nominal sample (default 100000)")
+    generate.add_argument("--files", type=int, default=1, help="files per sample (default 1)")
+    generate.add_argument("--processes", nargs="+", default=None, help="only these processes (default: all five)")
+    generate.add_argument("--seed", type=int, default=0)
     demo = sub.add_parser("demo", help="fit, CLs, limit, ranking and a patchset on the shared ATLAS sbottom workspace")
     demo.add_argument("--out", default="results/hep", help="output folder (default: results/hep)")
 
@@ -121,6 +135,8 @@ def run(args) -> int:
             return 2
         print(json.dumps(summary, indent=2, sort_keys=True))
         return 0 if summary["converged"] else 1
+    if args.hep_command in ("agc", "generate"):
+        return _run_agc(args)
     try:
         if args.hep_command == "patchset":
             output, converged = _patchset(args)
@@ -174,6 +190,30 @@ def run(args) -> int:
             brazil_plot(limit, args.plot)
     _emit(output, args.output_file)
     return _exit_status(converged)
+
+
+def _run_agc(args) -> int:
+    from .agc import InvalidInputs
+    from .nanoaod import InvalidEvents
+
+    try:
+        if args.hep_command == "generate":
+            from .generate import write_agc_inputs
+
+            path = write_agc_inputs(args.out, args.events, files=args.files, seed=args.seed, processes=args.processes)
+            print(json.dumps({"inputs": path}, indent=2))
+            return 0
+        from .agc.run import run_agc
+
+        summary = run_agc(
+            args.inputs, args.out, max_files=args.max_files, step_size=args.step_size, seed=args.seed,
+            optimise_steps=args.optimise, progress=not args.quiet,
+        )  # fmt: skip
+    except (InvalidInputs, InvalidEvents, OSError, ValueError) as error:
+        print(f"fitax hep {args.hep_command}: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary, indent=2, sort_keys=True))
+    return 0 if summary["converged"] in (True, None) else 1
 
 
 def _exit_status(converged: bool) -> int:

@@ -22,18 +22,19 @@ from collections.abc import Mapping
 
 import numpy as np
 
-__all__ = ["PROCESSES", "write_nanoaod"]
+__all__ = ["AGC_SAMPLES", "PROCESSES", "write_agc_inputs", "write_nanoaod"]
 
 TOP_MASS, W_MASS, B_MASS = 172.5, 80.4, 4.8
 
 # Per process: chance of 0/1/2 prompt leptons, mean number of extra light jets, whether it has
-# a hadronic top (3 jets) and how many further b jets.
+# a hadronic top (3 jets), how many further b jets, and the fraction of events with a b pair
+# (W+jets: W + bb).
 PROCESSES: dict[str, dict] = {
     "ttbar": {"leptons": (0.45, 0.45, 0.10), "light_jets": 1.5, "hadronic_top": True, "b_jets": 1},
     "single_top_s_chan": {"leptons": (0.3, 0.7, 0.0), "light_jets": 1.5, "hadronic_top": False, "b_jets": 2},
     "single_top_t_chan": {"leptons": (0.3, 0.7, 0.0), "light_jets": 2.5, "hadronic_top": False, "b_jets": 1},
     "single_top_tW": {"leptons": (0.3, 0.55, 0.15), "light_jets": 1.5, "hadronic_top": True, "b_jets": 0},
-    "wjets": {"leptons": (0.1, 0.9, 0.0), "light_jets": 3.2, "hadronic_top": False, "b_jets": 0},
+    "wjets": {"leptons": (0.1, 0.9, 0.0), "light_jets": 1.3, "hadronic_top": False, "b_jets": 0, "bb_fraction": 0.02},
 }
 
 
@@ -100,6 +101,10 @@ def _jets(rng, process: Mapping, n):
         event = np.arange(n)[rng.uniform(size=n) < 0.9]  # the b escapes acceptance 10% of the time
         part = _single_jets(rng, event.size, 1.0, True)
         parts.append((event[part[0]],) + part[1:])
+    pair = np.arange(n)[rng.uniform(size=n) < process.get("bb_fraction", 0.0)]
+    for _ in range(2 if pair.size else 0):
+        part = _single_jets(rng, pair.size, 1.0, True)
+        parts.append((pair[part[0]],) + part[1:])
     if process["hadronic_top"]:
         kinematics, b_flags = _hadronic_top(rng, n)
         for (pt, eta, phi, mass), is_b in zip(kinematics, b_flags):
@@ -201,4 +206,42 @@ def write_nanoaod(path, process: str, n_events: int, *, seed: int = 0, chunk: in
             tree.extend(events)
             written += n
     os.replace(partial, path)
+    return path
+
+
+# AGC's samples: every process nominal, and ttbar's generator variations (separate samples).
+AGC_SAMPLES = tuple((p, "nominal") for p in PROCESSES) + tuple(("ttbar", v) for v in ("scaleup", "scaledown", "ME_var", "PS_var"))
+
+
+def write_agc_inputs(folder, events: int, *, files: int = 1, seed: int = 0, processes=None, variation_fraction: float = 0.25) -> str:
+    """Write NanoAOD-like files for AGC's samples to ``folder`` and the inputs file describing
+    them (``folder/inputs.json``, AGC's format, relative paths); returns its path.
+
+    ``events`` per nominal sample, split over ``files`` files; ttbar's variations get
+    ``variation_fraction`` of that (as AGC's variation samples are smaller). ``processes``
+    limits the processes (default: all five)."""
+    import json
+
+    from ..io import atomic_write
+
+    folder = os.fspath(folder)
+    os.makedirs(folder, exist_ok=True)
+    wanted = set(PROCESSES if processes is None else processes)
+    unknown = wanted - set(PROCESSES)
+    if unknown:
+        raise ValueError(f"unknown process {sorted(unknown)}; expected some of {sorted(PROCESSES)}")
+    document: dict = {}
+    for index, (process, variation) in enumerate(s for s in AGC_SAMPLES if s[0] in wanted):
+        total = events if variation == "nominal" else max(1, int(events * variation_fraction))
+        entries = []
+        for part in range(files):
+            n = total // files + (1 if part < total % files else 0)
+            if n == 0:
+                continue
+            name = f"{process}__{variation}__{part}.root"
+            write_nanoaod(os.path.join(folder, name), process, n, seed=seed * 10_000 + index * 100 + part)
+            entries.append({"path": name, "nevts": n})
+        document.setdefault(process, {})[variation] = {"nevts_total": total, "files": entries}
+    path = os.path.join(folder, "inputs.json")
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(document, indent=1) + "\n"))
     return path

@@ -21,6 +21,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ...device import to_device
+from ...io import atomic_write
 from ..nanoaod import EventChunk, read_chunks, subset
 from .inputs import Sample
 from .selection import BINNING, REGIONS, ROWS, Binning, Cuts, Softness, chunk_histograms
@@ -76,13 +77,12 @@ class Histograms:
         through a temporary file renamed at the end (an interrupted write leaves no half file)."""
         import uproot
 
-        path = os.fspath(path)
-        partial = path + ".partial"
-        with uproot.recreate(partial) as file:
-            for name in sorted(self.sumw):
-                file[name] = _th1d(name, self.sumw[name], self.sumw2[name], self.edges)
-        os.replace(partial, path)
-        return path
+        def write(tmp):
+            with uproot.recreate(tmp) as file:
+                for name in sorted(self.sumw):
+                    file[name] = _th1d(name, self.sumw[name], self.sumw2[name], self.edges)
+
+        return os.fspath(atomic_write(path, write))
 
 
 def _th1d(name: str, sumw: np.ndarray, sumw2: np.ndarray, edges: np.ndarray):
