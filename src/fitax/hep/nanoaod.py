@@ -102,14 +102,22 @@ def _flat(array) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(layout.content.data), np.asarray(layout.offsets.data)
 
 
-def _pad(content: np.ndarray, offsets: np.ndarray, size: int, cap: int) -> tuple[np.ndarray, np.ndarray]:
+def _padding_mask(offsets: np.ndarray, size: int, cap: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """The ``(size, cap)`` mask of existing entries, and which content entries fit (``None``:
+    all of them, the usual case)."""
     counts = np.diff(offsets)
-    slots = np.arange(cap)
     mask = np.zeros((size, cap), dtype=bool)
-    mask[: counts.size] = slots[None, :] < counts[:, None]
-    values = np.zeros((size, cap), dtype=content.dtype)
-    values[: counts.size][mask[: counts.size]] = content[(offsets[:-1, None] + slots[None, :])[mask[: counts.size]]]
-    return values, mask
+    mask[: counts.size] = np.arange(cap)[None, :] < counts[:, None]
+    if counts.max(initial=0) <= cap:
+        return mask, None
+    return mask, (np.arange(offsets[-1]) - np.repeat(offsets[:-1], counts)) < cap
+
+
+def _pad(content: np.ndarray, mask: np.ndarray, kept: np.ndarray | None) -> np.ndarray:
+    # Row-major boolean assignment fills the entries in content order, event after event.
+    values = np.zeros(mask.shape, dtype=content.dtype)
+    values[mask] = content if kept is None else content[kept]
+    return values
 
 
 def read_chunks(
@@ -167,9 +175,9 @@ def _chunk(path, start, arrays, collections, scalars, max_cap, step_size) -> Eve
             over_cap[name] = int(np.sum(counts > max_cap))
         else:
             over_cap[name] = 0
-        columns = {field: _pad(content, offsets, size, cap) for field, (content, offsets) in flats.items()}
-        mask = next(iter(columns.values()))[1]
-        padded[name] = Collection({field: to_device(values) for field, (values, _) in columns.items()}, to_device(mask))
+        mask, kept = _padding_mask(offsets, size, cap)
+        columns = {field: to_device(_pad(content, mask, kept)) for field, (content, _) in flats.items()}
+        padded[name] = Collection(columns, to_device(mask))
     values = {}
     for name in scalars:
         column = np.asarray(arrays[name])

@@ -26,7 +26,7 @@ from ..nanoaod import EventChunk, read_chunks, subset
 from .inputs import Sample
 from .selection import BINNING, REGIONS, ROWS, Binning, Cuts, Softness, chunk_histograms
 
-__all__ = ["FIELDS", "TRIJET_CAP", "Histograms", "fill_histograms", "histogram_names", "rebin_for_fit", "rebin_values", "resolution_key"]
+__all__ = ["FIELDS", "TRIJET_CAP", "Histograms", "chunk_sums", "fill_histograms", "histogram_names", "rebin_for_fit", "rebin_values", "resolution_key"]
 
 FIELDS = {
     "Electron": ("pt", "eta", "cutBased", "sip3d"),
@@ -37,7 +37,12 @@ FIELDS = {
 
 TRIJET_CAP = 8
 
-_kernel = jax.jit(chunk_histograms, static_argnames=("trijet_cap", "binning"))
+# Trijets are computed for at most size / REGION_FRACTION events of a chunk (the 4j2b ones);
+# a chunk with more is recomputed for all its events.
+REGION_FRACTION = 8
+_MIN_REGION_CAPACITY = 64
+
+_kernel = jax.jit(chunk_histograms, static_argnames=("trijet_cap", "binning", "region_capacity"))
 
 
 class Histograms:
@@ -97,22 +102,30 @@ def _th1d(name: str, sumw: np.ndarray, sumw2: np.ndarray, edges: np.ndarray):
     )  # fmt: skip
 
 
-def resolution_key(seed: int, sample: Sample, index: int) -> jax.Array:
-    """The key of the jet resolution factors of file ``index`` of ``sample``."""
-    return jax.random.fold_in(jax.random.key(seed), zlib.crc32(f"{sample.label}/{index}".encode()))
+def resolution_key(seed: int, sample: Sample, index: int) -> np.uint64:
+    """The seed of the jet resolution factors of file ``index`` of ``sample``."""
+    return np.uint64((int(seed) << 32) ^ zlib.crc32(f"{sample.label}/{index}".encode()))
 
 
-def _chunk_sums(chunk: EventChunk, weight, key, cuts, softness, binning):
-    def run(piece: EventChunk, cap: int):
-        return _kernel(piece.collections, piece.valid, piece.scalars["event"], weight, key, cuts, softness, trijet_cap=cap, binning=binning)
+def chunk_sums(chunk: EventChunk, weight, key, cuts: Cuts = Cuts(), softness: Softness | None = None, binning: Binning = BINNING):
+    """Sums of weights and of squared weights (``(rows, regions, bins)``, rows as
+    :data:`~fitax.hep.agc.selection.ROWS`) of one chunk whose events weigh ``weight``, with
+    the jet resolution factors of ``key``; events beyond the trijet cap recomputed exactly."""
+    def run(piece: EventChunk, cap: int, capacity: int | None):
+        return _kernel(
+            piece.collections, piece.valid, piece.scalars["event"], weight, key, cuts, softness,
+            trijet_cap=cap, binning=binning, region_capacity=capacity,
+        )  # fmt: skip
 
-    sumw, sumw2, overflow = run(chunk, TRIJET_CAP)
+    sumw, sumw2, overflow, exceeded = run(chunk, TRIJET_CAP, max(_MIN_REGION_CAPACITY, chunk.size // REGION_FRACTION))
+    if exceeded:
+        sumw, sumw2, overflow, _ = run(chunk, TRIJET_CAP, None)
     overflow = np.flatnonzero(np.asarray(overflow))
     full_cap = chunk.collections["Jet"].cap
     if overflow.size and full_cap > TRIJET_CAP:
         few = subset(chunk, overflow)
-        capped_w, capped_w2, _ = run(few, TRIJET_CAP)
-        exact_w, exact_w2, _ = run(few, full_cap)
+        capped_w, capped_w2, _, _ = run(few, TRIJET_CAP, None)
+        exact_w, exact_w2, _, _ = run(few, full_cap, None)
         sumw, sumw2 = sumw - capped_w + exact_w, sumw2 - capped_w2 + exact_w2
     return sumw, sumw2
 
@@ -124,7 +137,7 @@ def _sample_sums(sample: Sample, cuts, softness, binning, step_size, seed, progr
     for index, path in enumerate(sample.files):
         key = resolution_key(seed, sample, index)
         for chunk in read_chunks(path, FIELDS, scalars=("event",), step_size=step_size, max_cap=max_cap):
-            w, w2 = _chunk_sums(chunk, weight, key, cuts, softness, binning)
+            w, w2 = chunk_sums(chunk, weight, key, cuts, softness, binning)
             sumw, sumw2 = sumw + w, sumw2 + w2
             over_cap += sum(chunk.over_cap.values())
             progress.update(chunk.n_events)

@@ -67,7 +67,7 @@ def soft_histograms(loaded: LoadedSamples, cuts: Cuts, softness: Softness) -> tu
     sumw2: dict = {}
     for chunk, weight, key, names in zip(loaded.chunks, loaded.weights, loaded.keys, loaded.names):
         cap = min(SOFT_TRIJET_CAP, chunk.collections["Jet"].cap)
-        w, w2, _ = _soft_kernel(chunk.collections, chunk.valid, chunk.scalars["event"], weight, key, cuts, softness, trijet_cap=cap, binning=BINNING)
+        w, w2, _, _ = _soft_kernel(chunk.collections, chunk.valid, chunk.scalars["event"], weight, key, cuts, softness, trijet_cap=cap, binning=BINNING)
         for row, suffix in names:
             for r, region in enumerate(REGIONS):
                 name = f"{region}_{suffix}"
