@@ -145,4 +145,5 @@ def test_expected_significance_derivative_equals_central_differences_with_refits
         model = mapping(significance(shift), sumw2)
         return expected_significance(model, background_only_fit(model).bestfit)
 
-    _assert_derivative(gradient, _central_difference(refitted, 0.0, 1e-3), "d Z_A / d (4j2b ttbar yield scale)")
+    # step 1e-2: each refit is exact to its EDM (~1e-11 on these yields), which a smaller step amplifies
+    _assert_derivative(gradient, _central_difference(refitted, 0.0, 1e-2), "d Z_A / d (4j2b ttbar yield scale)")
