@@ -19,6 +19,8 @@ demo: install
 	$(BIN)/fitax gamma demo --out results/gamma
 	$(BIN)/fitax phot demo --out results/photometry
 	$(BIN)/fitax hep demo --out results/hep
+	$(BIN)/fitax hep generate --out results/agc/data --events 40000
+	$(BIN)/fitax hep agc --inputs results/agc/data/inputs.json --out results/agc --optimise 5
 
 # The core's tests run a second time with jaxtyping's runtime checker on every annotated
 # function of fitax (shapes and dtypes enforced, not decorative). Bad-input tests are left

@@ -279,3 +279,12 @@ def test_cli_with_a_single_process_and_with_bad_inputs(tmp_path, capsys):
     (tmp_path / "bad.json").write_text(json.dumps({"ttbar": {"nominal": {"files": [{"path": "gone.root", "nevts": 10}]}}}))
     status = main(["hep", "agc", "--inputs", str(tmp_path / "bad.json"), "--out", str(tmp_path / "out2"), "--quiet"])
     assert status == 2 and "no such file" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_files_over_dask_workers_give_the_same_histograms(inputs):
+    samples = [s for s in read_inputs(inputs) if s.process == "ttbar"]
+    alone = fill_histograms(samples, progress=False)
+    spread = fill_histograms(samples, progress=False, workers=2)
+    for name, values in alone.sumw.items():
+        np.testing.assert_allclose(spread[name], values, rtol=1e-13, err_msg=name)

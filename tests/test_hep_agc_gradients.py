@@ -15,7 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fitax.hep.agc import Cuts, Softness, fill_histograms, read_inputs, rebin_for_fit
+from fitax.hep import Workspace
+from fitax.hep.agc import Cuts, Histograms, Softness, fill_histograms, read_inputs, rebin_for_fit
 from fitax.hep.agc.differentiable import (
     ModelFromHistograms,
     background_only_fit,
@@ -147,3 +148,17 @@ def test_expected_significance_derivative_equals_central_differences_with_refits
 
     # step 1e-2: each refit is exact to its EDM (~1e-11 on these yields), which a smaller step amplifies
     _assert_derivative(gradient, _central_difference(refitted, 0.0, 1e-2), "d Z_A / d (4j2b ttbar yield scale)")
+
+
+def test_rebuilt_model_equals_the_model_of_the_changed_workspace(inputs, mapping):
+    hard = rebin_for_fit(fill_histograms(inputs, progress=False))
+    factor = lambda name: 1.1 if name.endswith("pt_scale_up") else 0.93 if "btag_var_0" in name else 1.02  # noqa: E731
+    sumw = {k: v * factor(k) for k, v in hard.sumw.items()}
+    sumw2 = {k: v * 1.3 for k, v in hard.sumw2.items()}
+    direct = Workspace(build_workspace(Histograms(sumw, sumw2, hard.binning))[0]).model()
+    rebuilt = mapping({k: jnp.asarray(v) for k, v in sumw.items()}, {k: jnp.asarray(v) for k, v in sumw2.items()})
+    for field in ("nominal", "histosys_lo", "histosys_nom", "histosys_hi", "normsys_log_lo", "normsys_log_hi", "normsys_coefficients", "gauss_sigma"):
+        np.testing.assert_allclose(getattr(rebuilt, field), getattr(direct, field), rtol=1e-10, atol=1e-12, err_msg=field)
+    point = jnp.asarray(direct.suggested_init()) + 0.1
+    data = direct.expected_data(point)
+    assert float(rebuilt.nll(point, data)) == pytest.approx(float(direct.nll(point, data)), rel=1e-12)

@@ -65,6 +65,7 @@ def add_parser(commands) -> None:
     agc.add_argument("--step-size", type=int, default=200_000, help="events per chunk (default 200000)")
     agc.add_argument("--seed", type=int, default=0, help="seed of the jet resolution variation (default 0)")
     agc.add_argument("--optimise", type=int, default=0, metavar="STEPS", help="also optimise the cuts by gradient descent for STEPS steps")
+    agc.add_argument("--workers", type=int, default=1, help="files processed in parallel by this many Dask worker processes (default 1)")
     agc.add_argument("--quiet", action="store_true", help="no progress bars")
     generate = sub.add_parser("generate", help="write NanoAOD-like files of the AGC samples and their inputs.json")
     generate.add_argument("--out", required=True, help="output folder")
@@ -207,7 +208,7 @@ def _run_agc(args) -> int:
 
         summary = run_agc(
             args.inputs, args.out, max_files=args.max_files, step_size=args.step_size, seed=args.seed,
-            optimise_steps=args.optimise, progress=not args.quiet,
+            optimise_steps=args.optimise, progress=not args.quiet, workers=args.workers,
         )  # fmt: skip
     except (InvalidInputs, InvalidEvents, OSError, ValueError) as error:
         print(f"fitax hep {args.hep_command}: {error}", file=sys.stderr)

@@ -58,15 +58,17 @@ _CODE4_A_INVERSE = np.array(
 )
 
 
-def code4_coefficients(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """Coefficients ``a_1..a_6`` (leading axis) of code 4's polynomial, computed once on the host.
+def code4_coefficients(lo: np.ndarray, hi: np.ndarray, xp=np) -> np.ndarray:
+    """Coefficients ``a_1..a_6`` (leading axis) of code 4's polynomial, computed once on the host
+    (``xp = numpy``), or as a JAX function of ``lo`` and ``hi`` (``xp = jax.numpy``: a model
+    rebuilt from differentiable yields).
 
     ``lo`` and ``hi`` must be > 0 (their logarithms enter).
     """
-    lo, hi = np.broadcast_arrays(np.asarray(lo, float), np.asarray(hi, float))
-    log_hi, log_lo = np.log(hi), np.log(lo)
-    b = np.stack([hi - 1.0, lo - 1.0, log_hi * hi, -log_lo * lo, log_hi**2 * hi, log_lo**2 * lo])
-    return np.einsum("rc,c...->r...", _CODE4_A_INVERSE, b)
+    lo, hi = xp.broadcast_arrays(xp.asarray(lo, dtype=float), xp.asarray(hi, dtype=float))
+    log_hi, log_lo = xp.log(hi), xp.log(lo)
+    b = xp.stack([hi - 1.0, lo - 1.0, log_hi * hi, -log_lo * lo, log_hi**2 * hi, log_lo**2 * lo])
+    return xp.einsum("rc,c...->r...", xp.asarray(_CODE4_A_INVERSE), b)
 
 
 def _log_multiplicative_plain(code: str, alpha: ArrayLike, log_lo: ArrayLike, log_hi: ArrayLike, coefficients=None) -> Array:

@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
+from ..interpolation import code4_coefficients
 from ..model import Model
 from ..teststat import fixed_poi_fit
 from ..workspace import Workspace
@@ -49,6 +50,7 @@ __all__ = [
 
 _PLACED = ("nominal", "histosys_lo", "histosys_nom", "histosys_hi")
 _PLACED_LOG = ("normsys_log_lo", "normsys_log_hi")
+_REBUILT = _PLACED + _PLACED_LOG + ("normsys_coefficients", "gauss_sigma")
 _OFFSET = 1.0e6
 _REGION = {channel: region for region, channel in CHANNELS.items()}
 _PROCESS = {name: process for process, name in SAMPLE_NAMES.items()}
@@ -166,7 +168,7 @@ class ModelFromHistograms:
         self.staterror = self._staterror_layout(spec, count)
         numbers = np.concatenate([np.ravel(np.asarray(leaf, dtype=float)) for leaf in _leaves(spec)])
         rebuilt = self.from_numbers(jnp.asarray(numbers))
-        for field in _PLACED + _PLACED_LOG + ("gauss_sigma",):
+        for field in _REBUILT:
             if not np.allclose(np.asarray(getattr(rebuilt, field)), np.asarray(getattr(self.template, field)), rtol=1e-12, atol=1e-12):
                 raise ValueError(f"rebuilding the model from its workspace numbers does not reproduce {field}")
 
@@ -212,14 +214,17 @@ class ModelFromHistograms:
             if field in _PLACED_LOG:
                 placed = jnp.log(placed)
             arrays.append(jnp.where(source >= 0, placed, fill))
+        if self.template.normsys_code == "code4":  # its polynomial follows the normsys ratios
+            coefficients = code4_coefficients(jnp.exp(arrays[-2]), jnp.exp(arrays[-1]), xp=jnp)
+        else:
+            coefficients = self.template.normsys_coefficients
         sigma = self.template.gauss_sigma
         for positions, nominal_rows, uncertainty_rows, fixed in self.staterror:
             total = jnp.sum(numbers[nominal_rows], axis=1)
             relative = numbers[uncertainty_rows] / jnp.where(total > 0, total, 1.0)[:, None]
             width = _safe_sqrt(jnp.sum(relative**2, axis=1))
             sigma = sigma.at[positions].set(jnp.where(fixed, 1.0, width))
-        fields = _PLACED + _PLACED_LOG + ("gauss_sigma",)
-        return eqx.tree_at(lambda m: tuple(getattr(m, f) for f in fields), self.template, tuple(arrays) + (sigma,))
+        return eqx.tree_at(lambda m: tuple(getattr(m, f) for f in _REBUILT), self.template, tuple(arrays) + (coefficients, sigma))
 
     def __call__(self, sumw: Mapping[str, Array], sumw2: Mapping[str, Array]) -> Model:
         return self.from_numbers(spec_numbers(sumw, sumw2, self.spec))

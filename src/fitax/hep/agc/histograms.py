@@ -16,7 +16,6 @@ import zlib
 from collections.abc import Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
@@ -26,7 +25,7 @@ from ..nanoaod import EventChunk, read_chunks, subset
 from .inputs import Sample
 from .selection import BINNING, REGIONS, ROWS, Binning, Cuts, Softness, chunk_histograms
 
-__all__ = ["FIELDS", "TRIJET_CAP", "Histograms", "chunk_sums", "fill_histograms", "histogram_names", "rebin_for_fit", "rebin_values", "resolution_key"]
+__all__ = ["FIELDS", "TRIJET_CAP", "Histograms", "chunk_sums", "file_sums", "fill_histograms", "histogram_names", "rebin_for_fit", "rebin_values", "resolution_key"]
 
 FIELDS = {
     "Electron": ("pt", "eta", "cutBased", "sip3d"),
@@ -134,18 +133,51 @@ def chunk_sums(chunk: EventChunk, weight, key, cuts: Cuts = Cuts(), softness: So
     return sumw, sumw2
 
 
-def _sample_sums(sample: Sample, cuts, softness, binning, step_size, seed, progress, max_cap):
-    sumw = sumw2 = 0.0
+def file_sums(sample: Sample, index: int, cuts: Cuts = Cuts(), softness: Softness | None = None, binning: Binning = BINNING,
+              step_size: int = 200_000, seed: int = 0, max_cap: int | None = None, progress=None) -> tuple:
+    """``(sumw, sumw2, events beyond max_cap, events)`` of file ``index`` of ``sample`` as NumPy
+    arrays (rows, regions, bins): the unit of work of a run, in this process or on a worker."""
     weight = to_device(np.float64(sample.event_weight))
-    over_cap = 0
-    for index, path in enumerate(sample.files):
-        key = resolution_key(seed, sample, index)
-        for chunk in read_chunks(path, FIELDS, scalars=("event",), step_size=step_size, block_size=BLOCK_SIZE, max_cap=max_cap):
-            w, w2 = chunk_sums(chunk, weight, key, cuts, softness, binning)
-            sumw, sumw2 = sumw + w, sumw2 + w2
-            over_cap += sum(chunk.over_cap.values())
+    key = resolution_key(seed, sample, index)
+    sumw = sumw2 = 0.0
+    over_cap = events = 0
+    for chunk in read_chunks(sample.files[index], FIELDS, scalars=("event",), step_size=step_size, block_size=BLOCK_SIZE, max_cap=max_cap):
+        w, w2 = chunk_sums(chunk, weight, key, cuts, softness, binning)
+        sumw, sumw2 = sumw + w, sumw2 + w2
+        over_cap += sum(chunk.over_cap.values())
+        events += chunk.n_events
+        if progress is not None:
             progress.update(chunk.n_events)
-    return sumw, sumw2, over_cap
+    return np.asarray(sumw), np.asarray(sumw2), over_cap, events
+
+
+def _worker_file_sums(*args):
+    from ...programs import enable_compilation_cache
+
+    enable_compilation_cache()  # a worker reads the kernels others compiled
+    return file_sums(*args)
+
+
+def _all_file_sums(samples, options: tuple, workers: int, scheduler, bar) -> list:
+    """Per (sample, file) its sums, in this process or over Dask workers."""
+    units = [(s, i) for s in samples for i in range(len(s.files))]
+    if workers == 1 and scheduler is None:
+        return [file_sums(s, i, *options, progress=bar) for s, i in units]
+    from dask.distributed import Client, LocalCluster, as_completed
+
+    os.environ.setdefault("FITAX_CPU_DEVICES", "1")  # one JAX CPU device per worker: no oversubscription
+    cluster = None
+    if scheduler is None:
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=40)
+    try:
+        with Client(cluster if cluster is not None else scheduler) as client:
+            futures = [client.submit(_worker_file_sums, s, i, *options, pure=False) for s, i in units]
+            for future in as_completed(futures):
+                bar.update(future.result()[3])
+            return [future.result() for future in futures]
+    finally:
+        if cluster is not None:
+            cluster.close()
 
 
 def histogram_names(sample: Sample) -> list[tuple[int, str]]:
@@ -171,20 +203,30 @@ def fill_histograms(
     seed: int = 0,
     max_cap: int | None = None,
     progress: bool = True,
+    workers: int = 1,
+    scheduler: str | None = None,
 ) -> Histograms:
     """The AGC histograms of ``samples`` (from :func:`~fitax.hep.agc.inputs.read_inputs`), with
     ``{region}_pseudodata`` as AGC builds it ((ttbar ME_var + PS_var) / 2 + W+jets) when those
-    samples are there, else the sum of the nominal samples (said in ``notes``)."""
+    samples are there, else the sum of the nominal samples (said in ``notes``).
+
+    With ``workers > 1`` (a local cluster of single-threaded processes) or a Dask ``scheduler``
+    address, the files are processed in parallel, one task per file (:func:`file_sums`): Dask,
+    as for photometry, because the same call spreads a file set over many machines, where JAX
+    sharding would only spread one process's arrays over its devices."""
     sumw: dict[str, np.ndarray] = {}
     sumw2: dict[str, np.ndarray] = {}
     notes = []
     total = sum(sample.n_generated for sample in samples)
+    options = (cuts, softness, binning, step_size, seed, max_cap)
     with tqdm(total=total, unit="events", desc="AGC histograms", disable=not progress) as bar:
+        per_file = iter(_all_file_sums(samples, options, workers, scheduler, bar))
         for sample in samples:
-            w, w2, over_cap = _sample_sums(sample, cuts, softness, binning, step_size, seed, bar, max_cap)
+            parts = [next(per_file) for _ in sample.files]
+            w, w2 = sum(p[0] for p in parts), sum(p[1] for p in parts)
+            over_cap = sum(p[2] for p in parts)
             if over_cap:
                 notes.append(f"{sample.label}: {over_cap} events had more objects than max_cap={max_cap}; their extra objects were dropped")
-            w, w2 = np.asarray(w), np.asarray(w2)
             for row, suffix in histogram_names(sample):
                 for r, region in enumerate(REGIONS):
                     sumw[f"{region}_{suffix}"] = w[row, r]

@@ -14,7 +14,6 @@ left out and named in the returned notes.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 
 import numpy as np
 

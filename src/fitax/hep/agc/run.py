@@ -42,13 +42,14 @@ def run_agc(
     seed: int = 0,
     optimise_steps: int = 0,
     progress: bool = True,
+    workers: int = 1,
 ) -> dict:
     """Run the analysis and write its outputs (see the module docstring); returns a summary
     with ``converged`` (``None`` when no fit was made)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     samples = read_inputs(inputs, max_files=max_files)
-    histograms = fill_histograms(samples, step_size=step_size, seed=seed, progress=progress)
+    histograms = fill_histograms(samples, step_size=step_size, seed=seed, progress=progress, workers=workers)
     histograms.write_root(out / "histograms.root")
     from .plots import stacked_plot
 
