@@ -2,9 +2,9 @@
 AGC's cabinetry configuration of its statistical model (the references).
 
 Written as AGC's ``ttbar_analysis_pipeline.py`` processor does it — jagged masks, ``ak.num``,
-``ak.combinations``, ``ak.argmax`` — without coffea (four-vectors by hand) and with
-``np.histogram`` in place of ``hist`` (a value on the upper edge goes to the overflow, as in
-``hist``). Used by the tests and by ``benchmarks/hep_columnar.py``; never by fitax. The jet
+``ak.combinations``, ``ak.argmax`` — without coffea (four-vectors by hand), filling
+boost-histogram (what AGC's ``hist`` is built on), with its own event weights (AGC's cross
+sections, luminosity and generated-event counts read from the inputs file). Used by the tests and by ``benchmarks/hep_columnar.py``; never by fitax. The jet
 resolution factors are an input (AGC draws them unseeded; the comparison gives both sides the
 same ones).
 """
@@ -23,7 +23,6 @@ BRANCHES = [
 ]  # fmt: skip
 
 DEFAULT_CUTS = {"lepton_pt": 30.0, "lepton_eta": 2.1, "lepton_sip3d": 4.0, "muon_isolation": 0.15, "jet_pt": 30.0, "jet_eta": 2.4, "btag": 0.5}
-EDGES = np.linspace(50.0, 550.0, 26)
 
 
 def read(path, entry_start=None, entry_stop=None):
@@ -35,12 +34,38 @@ def _as64(array):
     return ak.values_astype(array, np.float64)
 
 
+# AGC's cross sections (pb, utils/file_input.py) and luminosity (1/pb), written out here
+# rather than taken from fitax.
+XSEC = {
+    "ttbar": 396.87 + 332.97,
+    "single_top_s_chan": 2.0268 + 1.2676,
+    "single_top_t_chan": (36.993 + 22.175) / 0.252,
+    "single_top_tW": 37.936 + 37.906,
+    "wjets": 61457 * 0.252,
+}
+LUMI = 3378.0
+
+
+def event_weights(inputs_path) -> dict:
+    """``{(process, variation): xsec * L / sum(nevts)}`` read from an AGC inputs file."""
+    import json
+
+    document = json.loads(open(inputs_path).read())
+    return {
+        (process, variation): XSEC[process] * LUMI / sum(f["nevts"] for f in entry["files"])
+        for process, variations in document.items()
+        for variation, entry in variations.items()
+    }
+
+
 def _fill(values, weights):
-    values, weights = np.asarray(values, dtype=np.float64), np.asarray(weights, dtype=np.float64)
-    inside = values < EDGES[-1]  # hist's regular axis: the upper edge is overflow
-    sumw, _ = np.histogram(values[inside], bins=EDGES, weights=weights[inside])
-    sumw2, _ = np.histogram(values[inside], bins=EDGES, weights=weights[inside] ** 2)
-    return sumw, sumw2
+    """As AGC's ``hist`` fill (boost-histogram's regular axis: the upper edge is overflow)."""
+    import boost_histogram as bh
+
+    histogram = bh.Histogram(bh.axis.Regular(25, 50.0, 550.0), storage=bh.storage.Weight())
+    histogram.fill(np.asarray(values, dtype=np.float64), weight=np.asarray(weights, dtype=np.float64))
+    view = histogram.view()
+    return np.array(view.value), np.array(view.variance)
 
 
 def histograms(events, event_weight: float, process: str, variation: str, resolution, cuts=DEFAULT_CUTS) -> dict:

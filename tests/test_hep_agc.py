@@ -53,7 +53,12 @@ def inputs(tmp_path_factory):
     return path
 
 
-def _reference(samples, seed=0, cuts=agc_reference.DEFAULT_CUTS) -> dict:
+def _reference(samples, inputs_path, seed=0, cuts=agc_reference.DEFAULT_CUTS) -> dict:
+    """The reference's histograms of ``samples``: their files from fitax's reading of the inputs,
+    their weights from the reference's own; the jet resolution factors are fitax's (a random
+    input AGC draws unseeded; :func:`test_jet_resolution_factors_are_normal_and_independent_of_chunking`
+    checks them)."""
+    weights = agc_reference.event_weights(inputs_path)
     total: dict = {}
     for sample in samples:
         for index, path in enumerate(sample.files):
@@ -64,7 +69,7 @@ def _reference(samples, seed=0, cuts=agc_reference.DEFAULT_CUTS) -> dict:
             )
             slots = np.arange(factors.shape[1])[None, :] < np.asarray(counts)[:, None]
             resolution = ak.unflatten(np.asarray(factors)[slots], counts)
-            for name, (w, w2) in agc_reference.histograms(events, sample.event_weight, sample.process, sample.variation, resolution, cuts).items():
+            for name, (w, w2) in agc_reference.histograms(events, weights[(sample.process, sample.variation)], sample.process, sample.variation, resolution, cuts).items():
                 old = total.get(name, (0.0, 0.0))
                 total[name] = (old[0] + w, old[1] + w2)
     return total
@@ -96,7 +101,7 @@ def _unweighted(samples) -> dict:
 def test_hard_histograms_equal_the_awkward_implementation_on_generated_files(inputs):
     samples = read_inputs(inputs)
     result = fill_histograms(samples, progress=False, step_size=16_384)
-    reference = _reference(samples)
+    reference = _reference(samples, inputs)
     _assert_same(result, reference, _unweighted(samples))
     assert result["4j2b_ttbar"].sum() > 1000 and result["4j1b_wjets"].sum() > 1000  # the selection is not empty
     me, ps, wjets = (result[f"4j1b_{n}"] for n in ("ttbar_ME_var", "ttbar_PS_var", "wjets"))
@@ -107,7 +112,7 @@ def test_events_beyond_the_trijet_cap_are_recomputed_exactly(inputs, monkeypatch
     samples = [s for s in read_inputs(inputs) if s.label == "ttbar__nominal"]
     monkeypatch.setattr(histograms, "TRIJET_CAP", 4)  # nearly every 4j2b event overflows it
     result = fill_histograms(samples, progress=False)
-    _assert_same(result, _reference(samples), _unweighted(samples))
+    _assert_same(result, _reference(samples, inputs), _unweighted(samples))
 
 
 def test_loose_cuts_on_the_shared_cms_file_equal_the_awkward_implementation(tmp_path):
@@ -117,7 +122,7 @@ def test_loose_cuts_on_the_shared_cms_file_equal_the_awkward_implementation(tmp_
     (tmp_path / "inputs.json").write_text(json.dumps({"ttbar": {"nominal": {"files": [{"path": str(path), "nevts": 200}]}}}))
     samples = read_inputs(tmp_path / "inputs.json")
     result = fill_histograms(samples, Cuts(**loose), progress=False)
-    reference = _reference(samples, cuts=loose)
+    reference = _reference(samples, tmp_path / "inputs.json", cuts=loose)
     _assert_same(result, reference, _unweighted(samples))
     assert result["4j1b_ttbar"].sum() > 0 and result["4j2b_ttbar"].sum() > 0
 
@@ -230,8 +235,10 @@ def test_events_above_max_cap_are_counted_and_reported(inputs):
     samples = [s for s in read_inputs(inputs) if s.label == "wjets__nominal"]
     chunk = next(nanoaod.read_chunks(samples[0].files[0], {"Jet": ("pt",)}))
     counts = np.asarray(chunk.collections["Jet"].mask).sum(axis=1)
-    chunk = next(nanoaod.read_chunks(samples[0].files[0], {"Jet": ("pt",)}, max_cap=3))
-    assert chunk.collections["Jet"].cap == 3 and chunk.over_cap == {"Jet": int(np.sum(counts > 3))} and chunk.over_cap["Jet"] > 0
+    chunk = next(nanoaod.read_chunks(samples[0].files[0], {"Jet": ("pt",)}, max_cap=4))
+    assert chunk.collections["Jet"].cap == 4 and chunk.over_cap == {"Jet": int(np.sum(counts > 4))} and chunk.over_cap["Jet"] > 0
+    with pytest.raises(ValueError, match="max_cap must be at least 4"):
+        next(nanoaod.read_chunks(samples[0].files[0], {"Jet": ("pt",)}, max_cap=2))
     result = fill_histograms(samples, progress=False, max_cap=6)
     assert any("more objects than max_cap=6" in note for note in result.notes)
 
@@ -288,3 +295,62 @@ def test_files_over_dask_workers_give_the_same_histograms(inputs):
     spread = fill_histograms(samples, progress=False, workers=2)
     for name, values in alone.sumw.items():
         np.testing.assert_allclose(spread[name], values, rtol=1e-13, err_msg=name)
+
+
+def _collection(rows: list[list[dict]], fields: dict, cap: int = 8):
+    from fitax.hep.jagged import Collection
+
+    values = {name: np.zeros((len(rows), cap), dtype=dtype) for name, dtype in fields.items()}
+    mask = np.zeros((len(rows), cap), dtype=bool)
+    for i, objects in enumerate(rows):
+        for j, obj in enumerate(objects):
+            mask[i, j] = True
+            for name in fields:
+                values[name][i, j] = obj.get(name, values[name][i, j])
+    return Collection({k: jax.numpy.asarray(v) for k, v in values.items()}, jax.numpy.asarray(mask))
+
+
+def test_objects_exactly_on_a_cut_or_a_bin_edge_are_treated_as_agc_does():
+    from fitax.hep.agc.selection import chunk_histograms
+
+    muon = {"pt": 40.0, "eta": 0.5, "tightId": True, "sip3d": 1.0, "pfRelIso04_all": 0.05}
+    jet = {"pt": 50.0, "eta": 0.3, "phi": 0.0, "mass": 5.0, "btagCSVV2": 0.1, "jetId": 6}
+    tagged = {**jet, "btagCSVV2": 0.9}
+    events = [  # (muons, electrons, jets)
+        ([{**muon, "pt": 30.0}], [], [tagged, jet, jet, jet]),  # muon pT == 30: no lepton
+        ([], [{"pt": 40.0, "eta": 2.1, "cutBased": 4, "sip3d": 1.0}], [tagged, jet, jet, jet]),  # |eta| == 2.1: no lepton
+        ([muon], [], [tagged, jet, jet, {**jet, "eta": -2.4}]),  # a jet at |eta| == 2.4: 3 jets
+        ([muon], [], [tagged, {**jet, "btagCSVV2": 0.5}, jet, jet]),  # btag == 0.5 untagged: 4j1b, HT 200
+        ([muon], [], [{**tagged, "pt": 200.0}, {**jet, "pt": 150.0}, {**jet, "pt": 100.0}, {**jet, "pt": 100.0}]),  # HT == 550: overflow
+        ([muon], [], [{**tagged, "pt": 100.0}, {**jet, "pt": 50.0}, {**jet, "pt": 50.0}, {**jet, "pt": 50.0}]),  # HT == 250: bin [250, 270)
+        ([muon], [], [tagged, jet, jet, {**jet, "pt": 30.0}]),  # a jet at pT == 30: 3 jets
+    ]
+    muons = _collection([e[0] for e in events], {"pt": float, "eta": float, "tightId": bool, "sip3d": float, "pfRelIso04_all": float})
+    electrons = _collection([e[1] for e in events], {"pt": float, "eta": float, "cutBased": np.int32, "sip3d": float})
+    jets = _collection([e[2] for e in events], {"pt": float, "eta": float, "phi": float, "mass": float, "btagCSVV2": float, "jetId": np.int32})
+    n = len(events)
+    sumw, *_ = chunk_histograms(
+        {"Jet": jets, "Electron": electrons, "Muon": muons}, jax.numpy.ones(n, bool), jax.numpy.arange(n, dtype=jax.numpy.uint64), 1.0, np.uint64(0)
+    )
+    nominal = np.asarray(sumw[0])
+    expected = np.zeros(25)
+    expected[(200 - 50) // 20] += 1  # event 3
+    expected[(250 - 50) // 20] += 1  # event 5
+    np.testing.assert_array_equal(nominal[0], expected)
+    assert nominal[1].sum() == 0
+
+
+def test_jet_resolution_factors_are_normal_and_independent_of_chunking():
+    from scipy import stats
+
+    from fitax.hep.agc.selection import JET_RESOLUTION, jet_resolution_factors
+
+    events = jax.numpy.arange(100_000, dtype=jax.numpy.uint64) * 7919 + 12345
+    factors = np.asarray(jet_resolution_factors(np.uint64(42), events, 8))
+    z = ((factors - 1.0) / JET_RESOLUTION).ravel()
+    assert abs(z.mean()) < 5 / np.sqrt(z.size) and abs(z.std() - 1) < 5 / np.sqrt(2 * z.size)
+    assert stats.kstest(z, "norm").pvalue > 1e-3
+    assert abs(np.corrcoef(z.reshape(-1, 8)[:, 0], z.reshape(-1, 8)[:, 1])[0, 1]) < 5 / np.sqrt(100_000)
+    # a function of (seed, event, slot) only: the same events in another order and chunk
+    again = np.asarray(jet_resolution_factors(np.uint64(42), events[::-1][:1000], 8))
+    np.testing.assert_array_equal(again, factors[::-1][:1000])

@@ -213,7 +213,7 @@ def _run_agc(args) -> int:
     except (InvalidInputs, InvalidEvents, OSError, ValueError) as error:
         print(f"fitax hep {args.hep_command}: {error}", file=sys.stderr)
         return 2
-    print(json.dumps(summary, indent=2, sort_keys=True))
+    print(json.dumps(summary, indent=2, sort_keys=True, default=str))
     return 0 if summary["converged"] in (True, None) else 1
 
 

@@ -34,6 +34,7 @@ __all__ = ["EventChunk", "InvalidEvents", "bucket", "event_bucket", "read_chunks
 _MIN_SIZE = 64
 _MIN_BLOCK = 1024
 _MIN_CAP = 8
+_SMALLEST_MAX_CAP = 4  # analyses take the 4 leading objects (AGC: jets)
 
 
 class InvalidEvents(ValueError):
@@ -55,7 +56,10 @@ def event_bucket(n: int, minimum: int = 64) -> int:
 
 
 class EventChunk(eqx.Module):
-    """Events ``start`` to ``start + n_events`` of one file, padded to ``size`` events."""
+    """Events ``start`` to ``start + n_events`` of one file, padded to ``size`` events.
+
+    Kernels take its arrays (``collections``, ``scalars``, ``valid``), not the chunk: its
+    bookkeeping (file, start, counts) is static and would make every chunk a new jit key."""
 
     collections: dict[str, Collection]
     scalars: dict[str, object]
@@ -142,6 +146,8 @@ def read_chunks(
     a file set compiles a kernel a handful of times.
 
     Raises :class:`InvalidEvents` naming the file and the missing branches."""
+    if max_cap is not None and max_cap < _SMALLEST_MAX_CAP:
+        raise ValueError(f"max_cap must be at least {_SMALLEST_MAX_CAP} (objects kept per event), got {max_cap}")
     path = os.fspath(path)
     events = _open_tree(path, tree)
     wanted = _branch_names(collections, scalars)
@@ -212,12 +218,8 @@ def _chunk(path, start, block, n_events: int, size: int, max_cap) -> EventChunk:
         offsets = next(iter(fields.values()))[1]
         counts = np.diff(offsets)
         largest = int(counts.max(initial=0))
-        cap = bucket(largest, _MIN_CAP)
-        if max_cap is not None and largest > max_cap:
-            cap = max_cap
-            over_cap[name] = int(np.sum(counts > max_cap))
-        else:
-            over_cap[name] = 0
+        cap = bucket(largest, _MIN_CAP) if max_cap is None else min(bucket(largest, _MIN_CAP), max_cap)
+        over_cap[name] = int(np.sum(counts > cap))
         mask, kept = _padding_mask(offsets, size, cap)
         columns = {field: to_device(_pad(content, mask, kept)) for field, (content, _) in fields.items()}
         padded[name] = Collection(columns, to_device(mask))
@@ -228,7 +230,7 @@ def _chunk(path, start, block, n_events: int, size: int, max_cap) -> EventChunk:
 
 def subset(chunk: EventChunk, events: np.ndarray) -> EventChunk:
     """The chunk's events at positions ``events`` (host indices) as a chunk of their own, padded
-    to a power of two, with the same caps."""
+    to one of four sizes per octave (:func:`event_bucket`), with the same caps."""
     events = np.asarray(events)
     size = event_bucket(events.size, _MIN_SIZE)
 

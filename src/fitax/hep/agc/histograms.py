@@ -139,7 +139,7 @@ def file_sums(sample: Sample, index: int, cuts: Cuts = Cuts(), softness: Softnes
     arrays (rows, regions, bins): the unit of work of a run, in this process or on a worker."""
     weight = to_device(np.float64(sample.event_weight))
     key = resolution_key(seed, sample, index)
-    sumw = sumw2 = 0.0
+    sumw = sumw2 = np.zeros((len(ROWS), len(REGIONS), binning.n_bins))  # a file may hold no events
     over_cap = events = 0
     for chunk in read_chunks(sample.files[index], FIELDS, scalars=("event",), step_size=step_size, block_size=BLOCK_SIZE, max_cap=max_cap):
         w, w2 = chunk_sums(chunk, weight, key, cuts, softness, binning)

@@ -4,7 +4,7 @@ Regions "4j1b CR" (HT) and "4j2b SR" (trijet mass), 11 bins over 110-550 GeV; sa
 W+jets and the three single-top processes; POI ``ttbar_norm`` (a normfactor on ttbar, bounds
 [0, 10]); each sample's MC statistical uncertainty as ``staterror`` (per channel, from the sums
 of squared weights); and the systematics of AGC's ``cabinetry_config.yml`` as cabinetry 0.5
-writes them: each "NormPlusShape" systematic becomes a ``normsys`` (the variation's yield ratio)
+writes them (0.6): each "NormPlusShape" systematic becomes a ``normsys`` (the variation's yield ratio)
 and a ``histosys`` (the variation normalised to the nominal yield) of the same name, a one-sided
 variation symmetrised about the nominal; the luminosity a 3% ``normsys`` on every sample.
 
@@ -102,7 +102,14 @@ def build_workspace(histograms: Histograms) -> tuple[dict, list[str]]:
                     # cabinetry would write NaN ratios: an empty template has no normalisation to vary.
                     notes.append(f"{name} left out for {process} in {channel}: an empty nominal or varied template")
                     continue
-                modifiers += _norm_plus_shape(name, nominal, variations[0], variations[1] if down is not None else None)
+                modifier = _norm_plus_shape(name, nominal, variations[0], variations[1] if down is not None else None)
+                ratios = modifier[0]["data"]
+                if not ratios["hi"] > 0 or not ratios["lo"] > 0:
+                    # symmetrising a variation of more than +100% gives a negative factor, which
+                    # a normsys cannot take (cabinetry would write it; pyhf then fails)
+                    notes.append(f"{name} left out for {process} in {channel}: normsys factors hi={ratios['hi']:.3g}, lo={ratios['lo']:.3g} (must be > 0)")
+                    continue
+                modifiers += modifier
             staterror = np.sqrt(histograms.sumw2[f"{region}_{process}"])
             modifiers.append({"name": f"staterror_{channel.replace(' ', '-')}", "type": "staterror", "data": staterror.tolist()})
             samples.append({"name": SAMPLE_NAMES[process], "data": nominal.tolist(), "modifiers": modifiers})

@@ -12,7 +12,8 @@ Writes to ``OUT``:
   ``optimisation.png`` (soft-cut gradient descent, confirmed with hard cuts).
 
 A run with one process (only ttbar, say) writes its histograms; without ttbar there is no POI,
-so the workspace and the fit are skipped and the notes say why.
+so the workspace and the fit are skipped and the notes say why. Outputs of an earlier run in
+``OUT`` are removed first; JSON is strict (a non-finite number is written as null, with a note).
 """
 
 from __future__ import annotations
@@ -29,8 +30,24 @@ from .inputs import read_inputs
 __all__ = ["run_agc"]
 
 
+_OUTPUTS = ("histograms.root", "stacked.png", "workspace.json", "fit.json", "postfit.png", "optimisation.json", "optimisation.png")
+
+
+def _finite(value):
+    """``value`` with every NaN or infinite number replaced by ``None`` (JSON's null)."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
+
+
 def _write_json(path: Path, document) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n", encoding="utf-8"))
+    """Strict JSON (no NaN or Infinity, which many readers reject): non-finite numbers as null."""
+    text = json.dumps(_finite(document), indent=2, sort_keys=True, allow_nan=False)
+    atomic_write(path, lambda tmp: tmp.write_text(text + "\n", encoding="utf-8"))
 
 
 def run_agc(
@@ -46,9 +63,11 @@ def run_agc(
 ) -> dict:
     """Run the analysis and write its outputs (see the module docstring); returns a summary
     with ``converged`` (``None`` when no fit was made)."""
+    samples = read_inputs(inputs, max_files=max_files)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    samples = read_inputs(inputs, max_files=max_files)
+    for stale in _OUTPUTS:  # a previous run's results must not pass for this run's
+        (out / stale).unlink(missing_ok=True)
     histograms = fill_histograms(samples, step_size=step_size, seed=seed, progress=progress, workers=workers)
     histograms.write_root(out / "histograms.root")
     from .plots import stacked_plot
@@ -63,10 +82,10 @@ def run_agc(
         "converged": None,
         "notes": notes,
     }
-    try:
+    if any(s.process == "ttbar" and s.variation == "nominal" for s in samples):
         summary.update(_fit(rebin_for_fit(histograms), out, notes))
-    except ValueError as error:
-        notes.append(f"no workspace or fit: {error}")
+    else:
+        notes.append("no workspace or fit: the AGC model needs a ttbar sample (its POI ttbar_norm scales ttbar)")
     if optimise_steps:
         summary.update(_optimise(samples, out, optimise_steps, seed, progress))
     return summary
@@ -82,16 +101,19 @@ def _fit(rebinned, out: Path, notes: list) -> dict:
 
     spec, model_notes = build_workspace(rebinned)
     notes += model_notes
-    _write_json(out / "workspace.json", spec)
     workspace = Workspace(spec)
     model = workspace.model()
+    _write_json(out / "workspace.json", spec)
     data = workspace.data(model)
     fit = mle_fit(data, model)
     poi = model.par_slice("ttbar_norm")
+    uncertainty = float(expected_poi_uncertainty(model))
+    if not np.isfinite(uncertainty):
+        notes.append("the expected ttbar_norm uncertainty is not finite (a singular Asimov Hessian: too few events)")
     result = {
         "fit": fit.to_dict(parameter_labels(model)),
         "ttbar_norm": [float(fit.bestfit[poi][0]), float(fit.uncertainty[poi][0])],
-        "expected_ttbar_norm_uncertainty": float(expected_poi_uncertainty(model)),
+        "expected_ttbar_norm_uncertainty": uncertainty,
         "prefit_yields": yields(model, data=data),
         "notes": notes,
     }
