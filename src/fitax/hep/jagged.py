@@ -47,6 +47,7 @@ __all__ = [
     "masked_max",
     "masked_sum",
     "overflow",
+    "safe_sqrt",
 ]
 
 
@@ -196,7 +197,7 @@ def combinations(collection: Collection, k: int) -> Collection:
     return Collection(fields, jnp.all(collection.mask[:, table], axis=-1))
 
 
-def _safe_sqrt(x: Array) -> Array:
+def safe_sqrt(x: Array) -> Array:
     """sqrt clamped at 0 with a finite derivative there (massless or rounding-negative m^2)."""
     positive = x > 0
     return jnp.where(positive, jnp.sqrt(jnp.where(positive, x, 1.0)), 0.0)
@@ -236,7 +237,7 @@ class LorentzVector(eqx.Module):
 
     @property
     def pt(self) -> Array:
-        return _safe_sqrt(self.px**2 + self.py**2)
+        return safe_sqrt(self.px**2 + self.py**2)
 
     @property
     def phi(self) -> Array:
@@ -248,4 +249,4 @@ class LorentzVector(eqx.Module):
 
     @property
     def mass(self) -> Array:
-        return _safe_sqrt(self.energy**2 - self.px**2 - self.py**2 - self.pz**2)
+        return safe_sqrt(self.energy**2 - self.px**2 - self.py**2 - self.pz**2)

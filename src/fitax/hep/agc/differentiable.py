@@ -34,6 +34,7 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from ..interpolation import code4_coefficients
+from ..jagged import safe_sqrt
 from ..model import Model
 from ..teststat import fixed_poi_fit
 from ..workspace import Workspace
@@ -74,11 +75,6 @@ def _leaves(spec: Mapping) -> list:
     return out
 
 
-def _safe_sqrt(x):
-    positive = x > 0
-    return jnp.where(positive, jnp.sqrt(jnp.where(positive, x, 1.0)), 0.0)
-
-
 def spec_numbers(sumw: Mapping[str, Array], sumw2: Mapping[str, Array], like: Mapping) -> Float[Array, " numbers"]:
     """The numeric entries of the workspace with ``like``'s structure built from (rebinned)
     histograms ``sumw`` / ``sumw2`` (``{"4j1b_ttbar": bins, ...}``), as one JAX vector."""
@@ -92,7 +88,7 @@ def spec_numbers(sumw: Mapping[str, Array], sumw2: Mapping[str, Array], like: Ma
             for modifier in sample["modifiers"]:
                 mtype, name = modifier["type"], modifier["name"]
                 if mtype == "staterror":
-                    out.append(_safe_sqrt(sumw2[f"{region}_{process}"]))
+                    out.append(safe_sqrt(sumw2[f"{region}_{process}"]))
                 elif name == "Luminosity":
                     out += [jnp.asarray(1 + LUMINOSITY_UNCERTAINTY), jnp.asarray(1 - LUMINOSITY_UNCERTAINTY)]
                 elif mtype in ("normsys", "histosys"):
@@ -222,7 +218,7 @@ class ModelFromHistograms:
         for positions, nominal_rows, uncertainty_rows, fixed in self.staterror:
             total = jnp.sum(numbers[nominal_rows], axis=1)
             relative = numbers[uncertainty_rows] / jnp.where(total > 0, total, 1.0)[:, None]
-            width = _safe_sqrt(jnp.sum(relative**2, axis=1))
+            width = safe_sqrt(jnp.sum(relative**2, axis=1))
             sigma = sigma.at[positions].set(jnp.where(fixed, 1.0, width))
         return eqx.tree_at(lambda m: tuple(getattr(m, f) for f in _REBUILT), self.template, tuple(arrays) + (coefficients, sigma))
 
@@ -244,7 +240,7 @@ def expected_significance(model: Model, background_bestfit: Float[Array, " param
     nominal = jnp.asarray(model.suggested_init())
     asimov = model.expected_data(nominal)
     fitted = jax.lax.stop_gradient(jnp.asarray(background_bestfit))
-    return _safe_sqrt(model.nll(fitted, asimov) - model.nll(nominal, asimov))
+    return safe_sqrt(model.nll(fitted, asimov) - model.nll(nominal, asimov))
 
 
 def expected_poi_uncertainty(model: Model) -> Float[Array, ""]:

@@ -25,7 +25,7 @@ from ..nanoaod import EventChunk, read_chunks, subset
 from .inputs import Sample
 from .selection import BINNING, REGIONS, ROWS, Binning, Cuts, Softness, chunk_histograms
 
-__all__ = ["FIELDS", "TRIJET_CAP", "Histograms", "chunk_sums", "file_sums", "fill_histograms", "histogram_names", "rebin_for_fit", "rebin_values", "resolution_key"]
+__all__ = ["FIELDS", "TRIJET_CAP", "Histograms", "chunk_sums", "kernel", "file_sums", "fill_histograms", "histogram_names", "rebin_for_fit", "rebin_values", "resolution_key"]
 
 FIELDS = {
     "Electron": ("pt", "eta", "cutBased", "sip3d"),
@@ -45,7 +45,8 @@ blocks, measured on one core)."""
 REGION_FRACTION = 8
 _MIN_REGION_CAPACITY = 64
 
-_kernel = jax.jit(chunk_histograms, static_argnames=("trijet_cap", "binning", "region_capacity"))
+kernel = jax.jit(chunk_histograms, static_argnames=("trijet_cap", "binning", "region_capacity"))
+"""The compiled :func:`~fitax.hep.agc.selection.chunk_histograms` (one per shape, cap and mode)."""
 
 
 class Histograms:
@@ -115,7 +116,7 @@ def chunk_sums(chunk: EventChunk, weight, key, cuts: Cuts = Cuts(), softness: So
     :data:`~fitax.hep.agc.selection.ROWS`) of one chunk whose events weigh ``weight``, with
     the jet resolution factors of ``key``; events beyond the trijet cap recomputed exactly."""
     def run(piece: EventChunk, cap: int, capacity: int | None):
-        return _kernel(
+        return kernel(
             piece.collections, piece.valid, piece.scalars["event"], weight, key, cuts, softness,
             trijet_cap=cap, binning=binning, region_capacity=capacity,
         )  # fmt: skip

@@ -28,16 +28,16 @@ from tqdm.auto import tqdm
 from ...device import to_device
 from ..nanoaod import read_chunks
 from .differentiable import ModelFromHistograms, expected_poi_uncertainty
-from .histograms import BLOCK_SIZE, FIELDS, fill_histograms, histogram_names, rebin_for_fit, rebin_values, resolution_key
+from .histograms import BLOCK_SIZE, FIELDS, fill_histograms, kernel, histogram_names, rebin_for_fit, rebin_values, resolution_key
 from .inputs import Sample
 from .model import build_workspace
-from .selection import BINNING, REGIONS, Cuts, Softness, chunk_histograms
+from .selection import BINNING, REGIONS, Cuts, Softness
 
 __all__ = ["LoadedSamples", "OptimisationResult", "hard_uncertainty", "optimise_cuts", "soft_histograms"]
 
 SOFT_TRIJET_CAP = 10
-
-_soft_kernel = jax.jit(chunk_histograms, static_argnames=("trijet_cap", "binning"))
+"""Soft cuts take the trijets of this many leading jets, whatever the thresholds (hard cuts take
+the selected jets, up to :data:`~fitax.hep.agc.histograms.TRIJET_CAP`, the rest recomputed)."""
 
 
 class LoadedSamples(eqx.Module):
@@ -67,7 +67,7 @@ def soft_histograms(loaded: LoadedSamples, cuts: Cuts, softness: Softness) -> tu
     sumw2: dict = {}
     for chunk, weight, key, names in zip(loaded.chunks, loaded.weights, loaded.keys, loaded.names):
         cap = min(SOFT_TRIJET_CAP, chunk.collections["Jet"].cap)
-        w, w2, _, _ = _soft_kernel(chunk.collections, chunk.valid, chunk.scalars["event"], weight, key, cuts, softness, trijet_cap=cap, binning=BINNING)
+        w, w2, _, _ = kernel(chunk.collections, chunk.valid, chunk.scalars["event"], weight, key, cuts, softness, trijet_cap=cap, binning=BINNING)
         for row, suffix in names:
             for r, region in enumerate(REGIONS):
                 name = f"{region}_{suffix}"
@@ -152,6 +152,11 @@ def optimise_cuts(
     history = []
     for _ in tqdm(range(steps), desc="optimising cuts", disable=not progress):
         value, grad = jax.value_and_grad(objective)(x)
+        if not np.isfinite(float(value)) or not all(np.isfinite(float(g)) for g in grad.values()):
+            raise FloatingPointError(
+                f"the soft-cut expected uncertainty or its gradient is not finite at step {len(history)} "
+                f"(cuts {({n: float(x[n]) * scales[n] for n in free})}): a template of the model emptied"
+            )
         history.append({"uncertainty": float(value), **{n: float(x[n]) * scales[n] for n in free}})
         updates, state = optimiser.update(grad, state)
         x = optax.apply_updates(x, updates)

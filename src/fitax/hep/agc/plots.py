@@ -18,29 +18,25 @@ __all__ = ["optimisation_plot", "postfit_plot", "stacked_plot"]
 _OBSERVABLES = {"4j1b": r"$H_T$ [GeV]", "4j2b": r"$m_{bjj}$ [GeV]"}
 
 
-def _pyplot():
-    import matplotlib
+def _figure(columns: int, size: tuple[float, float]):
+    """A figure with ``columns`` axes, made without pyplot: a notebook's backend is left alone."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    figure = Figure(figsize=size)
+    return figure, np.atleast_1d(figure.subplots(1, columns))
 
 
 def _save(figure, path) -> Path:
-    plt = _pyplot()
     figure.tight_layout()
     atomic_write(path, lambda tmp: figure.savefig(tmp, dpi=110, format="png"))
-    plt.close(figure)
     return Path(path)
 
 
 def stacked_plot(histograms: Histograms, path) -> Path:
     """The nominal samples stacked in each region, with the pseudodata (AGC's first plot)."""
-    plt = _pyplot()
-    figure, axes = plt.subplots(1, len(CHANNELS), figsize=(11, 4.2))
+    figure, axes = _figure(len(CHANNELS), (11, 4.2))
     edges = histograms.edges
-    for ax, region in zip(np.atleast_1d(axes), CHANNELS):
+    for ax, region in zip(axes, CHANNELS):
         names = [p for p in SAMPLE_NAMES if f"{region}_{p}" in histograms]
         values = [histograms[f"{region}_{p}"] for p in names]
         ax.hist([edges[:-1]] * len(values), bins=edges, weights=values, stacked=True, label=[SAMPLE_NAMES[p] for p in names])
@@ -58,10 +54,9 @@ def stacked_plot(histograms: Histograms, path) -> Path:
 def postfit_plot(yields: dict, edges: np.ndarray, path, title: str = "post-fit") -> Path:
     """Stacked fitted yields per channel (from :func:`fitax.hep.infer.yields`) with their
     uncertainty band and the data."""
-    plt = _pyplot()
-    figure, axes = plt.subplots(1, len(yields), figsize=(11, 4.2))
+    figure, axes = _figure(len(yields), (11, 4.2))
     centres = 0.5 * (edges[1:] + edges[:-1])
-    for ax, (channel, entry) in zip(np.atleast_1d(axes), yields.items()):
+    for ax, (channel, entry) in zip(axes, yields.items()):
         names = list(entry["samples"])
         values = [np.asarray(entry["samples"][n]) for n in names]
         ax.hist([edges[:-1]] * len(values), bins=edges, weights=values, stacked=True, label=names)
@@ -77,8 +72,7 @@ def postfit_plot(yields: dict, edges: np.ndarray, path, title: str = "post-fit")
 
 def optimisation_plot(history: list[dict], path) -> Path:
     """The soft expected uncertainty of ttbar_norm and the thresholds at each step."""
-    plt = _pyplot()
-    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    figure, (left, right) = _figure(2, (10, 4))
     steps = np.arange(len(history))
     left.plot(steps, [h["uncertainty"] for h in history], "o-")
     left.set_xlabel("step")
