@@ -89,12 +89,14 @@ def test_soft_histogram_derivatives_equal_central_differences(few, name):
     _assert_derivative(analytic, numeric, f"d bins / d {name}")
 
 
+@pytest.mark.slow
 def test_steep_sigmoids_and_narrow_kernels_keep_derivatives_finite(few):
     steep = Softness(temperature=1e-7, bandwidth=1e-4, trijet_temperature=1e-5)
     grads = jax.grad(lambda c: jnp.sum(_soft_bins(few, c, steep) ** 2))(Cuts())
     assert all(np.isfinite(float(getattr(grads, name))) for name in CUT_NAMES)
 
 
+@pytest.mark.slow
 def test_soft_histograms_tend_to_the_hard_ones(chunk):
     hard = np.asarray(_soft_bins(chunk, Cuts(), None))
     soft = np.asarray(_soft_bins(chunk, Cuts(), Softness(temperature=1e-8, bandwidth=0.01, trijet_temperature=0.01)))
@@ -125,6 +127,7 @@ def test_expected_uncertainty_derivative_end_to_end_equals_central_differences(i
         _assert_derivative(analytic, numeric, f"d sigma(ttbar_norm) / d {name}")
 
 
+@pytest.mark.slow
 def test_expected_significance_derivative_equals_central_differences_with_refits(inputs):
     # ttbar scaled down to a small signal over W+jets, so the background-only fit converges.
     hard = rebin_for_fit(fill_histograms(inputs, progress=False))
