@@ -64,7 +64,7 @@ def _fill(values, weights):
 
     histogram = bh.Histogram(bh.axis.Regular(25, 50.0, 550.0), storage=bh.storage.Weight())
     histogram.fill(np.asarray(values, dtype=np.float64), weight=np.asarray(weights, dtype=np.float64))
-    view = histogram.view()
+    view = histogram.view(flow=True)  # underflow, the 25 bins, overflow
     return np.array(view.value), np.array(view.variance)
 
 

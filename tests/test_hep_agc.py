@@ -79,11 +79,14 @@ def _assert_same(fitax_histograms, reference: dict, weights: dict) -> None:
     names = {n for n in fitax_histograms.sumw if not n.endswith("pseudodata")}
     assert names == set(reference)
     for name in sorted(names):
-        w_ref, w2_ref = reference[name]
-        np.testing.assert_allclose(fitax_histograms[name], w_ref, rtol=1e-12, atol=0, err_msg=name)
-        np.testing.assert_allclose(fitax_histograms.sumw2[name], w2_ref, rtol=1e-12, atol=0, err_msg=name)
+        w_ref, w2_ref = reference[name]  # with under- and overflow, as hist's flow=True
+        flow = fitax_histograms.flow[name]
+        w = np.concatenate([[flow[0, 0]], fitax_histograms[name], [flow[0, 1]]])
+        w2 = np.concatenate([[flow[1, 0]], fitax_histograms.sumw2[name], [flow[1, 1]]])
+        np.testing.assert_allclose(w, w_ref, rtol=1e-12, atol=0, err_msg=name)
+        np.testing.assert_allclose(w2, w2_ref, rtol=1e-12, atol=0, err_msg=name)
         if name in weights:  # an unweighted histogram: equal event counts per bin
-            assert np.array_equal(np.rint(fitax_histograms[name] / weights[name]), np.rint(w_ref / weights[name])), name
+            assert np.array_equal(np.rint(w / weights[name]), np.rint(w_ref / weights[name])), name
 
 
 def _unweighted(samples) -> dict:
@@ -203,6 +206,9 @@ def test_written_root_file_holds_every_histogram_with_its_variances(inputs, tmp_
         assert {"4j1b_wjets", "4j2b_wjets_pt_scale_up", "4j1b_wjets_scale_var_down", "4j2b_wjets_btag_var_3_up", "4j2b_pseudodata"} <= names
         np.testing.assert_array_equal(file["4j2b_wjets"].values(), result["4j2b_wjets"])
         np.testing.assert_array_equal(file["4j2b_wjets"].variances(), result.sumw2["4j2b_wjets"])
+        for name in ("4j1b_wjets", "4j2b_wjets_pt_res_up", "4j2b_pseudodata"):  # under- and overflow kept
+            np.testing.assert_array_equal(file[name].values(flow=True)[[0, -1]], result.flow[name][0])
+            np.testing.assert_array_equal(file[name].variances(flow=True)[[0, -1]], result.flow[name][1])
         np.testing.assert_array_equal(file["4j2b_wjets"].axis().edges(), np.linspace(50, 550, 26))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["histograms.root"]  # no temporary file left
 
@@ -332,10 +338,11 @@ def test_objects_exactly_on_a_cut_or_a_bin_edge_are_treated_as_agc_does():
     sumw, *_ = chunk_histograms(
         {"Jet": jets, "Electron": electrons, "Muon": muons}, jax.numpy.ones(n, bool), jax.numpy.arange(n, dtype=jax.numpy.uint64), 1.0, np.uint64(0)
     )
-    nominal = np.asarray(sumw[0])
-    expected = np.zeros(25)
-    expected[(200 - 50) // 20] += 1  # event 3
-    expected[(250 - 50) // 20] += 1  # event 5
+    nominal = np.asarray(sumw[0])  # underflow, 25 bins, overflow
+    expected = np.zeros(27)
+    expected[1 + (200 - 50) // 20] += 1  # event 3
+    expected[1 + (250 - 50) // 20] += 1  # event 5
+    expected[-1] += 1  # event 4: HT == 550 overflows
     np.testing.assert_array_equal(nominal[0], expected)
     assert nominal[1].sum() == 0
 

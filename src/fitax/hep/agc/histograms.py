@@ -58,11 +58,13 @@ class Histograms:
         array([...])  # 25 bins, 50-550 GeV
     """
 
-    def __init__(self, sumw: dict[str, np.ndarray], sumw2: dict[str, np.ndarray], binning: Binning, notes: Sequence[str] = ()):
+    def __init__(self, sumw: dict[str, np.ndarray], sumw2: dict[str, np.ndarray], binning: Binning, notes: Sequence[str] = (), flow: dict | None = None):
         self.sumw = dict(sumw)
         self.sumw2 = dict(sumw2)
         self.binning = binning
         self.notes = tuple(notes)
+        # per name ``[[under, over] of sumw, [under, over] of sumw2]``; rebinned histograms have none
+        self.flow = dict(flow or {})
 
     @property
     def edges(self) -> np.ndarray:
@@ -89,20 +91,22 @@ class Histograms:
         def write(tmp):
             with uproot.recreate(tmp) as file:
                 for name in sorted(self.sumw):
-                    file[name] = _th1d(name, self.sumw[name], self.sumw2[name], self.edges)
+                    file[name] = _th1d(name, self.sumw[name], self.sumw2[name], self.edges, self.flow.get(name))
 
         return os.fspath(atomic_write(path, write))
 
 
-def _th1d(name: str, sumw: np.ndarray, sumw2: np.ndarray, edges: np.ndarray):
+def _th1d(name: str, sumw: np.ndarray, sumw2: np.ndarray, edges: np.ndarray, flow: np.ndarray | None):
     from uproot.writing.identify import to_TAxis, to_TH1x
 
-    flow = lambda values: np.concatenate([[0.0], values, [0.0]])  # noqa: E731  (no under/overflow kept)
+    flow = np.zeros((2, 2)) if flow is None else np.asarray(flow)
     centres = 0.5 * (edges[1:] + edges[:-1])
     axis = to_TAxis("xaxis", "observable [GeV]", len(sumw), float(edges[0]), float(edges[-1]))
+    # ROOT's statistics (fTsumw, ...) count the bins in range, as TH1::Fill does
     return to_TH1x(
-        name, name, flow(sumw), float(np.sum(sumw)), float(np.sum(sumw)), float(np.sum(sumw2)),
-        float(np.sum(sumw * centres)), float(np.sum(sumw * centres**2)), flow(sumw2), axis,
+        name, name, np.concatenate([[flow[0, 0]], sumw, [flow[0, 1]]]), float(np.sum(sumw) + flow[0].sum()),
+        float(np.sum(sumw)), float(np.sum(sumw2)), float(np.sum(sumw * centres)), float(np.sum(sumw * centres**2)),
+        np.concatenate([[flow[1, 0]], sumw2, [flow[1, 1]]]), axis,
     )  # fmt: skip
 
 
@@ -140,7 +144,7 @@ def file_sums(sample: Sample, index: int, cuts: Cuts = Cuts(), softness: Softnes
     arrays (rows, regions, bins): the unit of work of a run, in this process or on a worker."""
     weight = to_device(np.float64(sample.event_weight))
     key = resolution_key(seed, sample, index)
-    sumw = sumw2 = np.zeros((len(ROWS), len(REGIONS), binning.n_bins))  # a file may hold no events
+    sumw = sumw2 = np.zeros((len(ROWS), len(REGIONS), binning.n_bins + 2))  # a file may hold no events
     over_cap = events = 0
     for chunk in read_chunks(sample.files[index], FIELDS, scalars=("event",), step_size=step_size, block_size=BLOCK_SIZE, max_cap=max_cap):
         w, w2 = chunk_sums(chunk, weight, key, cuts, softness, binning)
@@ -217,6 +221,7 @@ def fill_histograms(
     sharding would only spread one process's arrays over its devices."""
     sumw: dict[str, np.ndarray] = {}
     sumw2: dict[str, np.ndarray] = {}
+    flow: dict[str, np.ndarray] = {}
     notes = []
     total = sum(sample.n_generated for sample in samples)
     options = (cuts, softness, binning, step_size, seed, max_cap)
@@ -230,10 +235,15 @@ def fill_histograms(
                 notes.append(f"{sample.label}: {over_cap} events had more objects than max_cap={max_cap}; their extra objects were dropped")
             for row, suffix in histogram_names(sample):
                 for r, region in enumerate(REGIONS):
-                    sumw[f"{region}_{suffix}"] = w[row, r]
-                    sumw2[f"{region}_{suffix}"] = w2[row, r]
-    _add_pseudodata(sumw, sumw2, notes, [s.process for s in samples if s.variation == "nominal"])
-    return Histograms(sumw, sumw2, binning, notes)
+                    sumw[f"{region}_{suffix}"] = w[row, r, 1:-1]
+                    sumw2[f"{region}_{suffix}"] = w2[row, r, 1:-1]
+                    flow[f"{region}_{suffix}"] = np.stack([w[row, r, [0, -1]], w2[row, r, [0, -1]]])
+    processes = [s.process for s in samples if s.variation == "nominal"]
+    _add_pseudodata(sumw, sumw2, notes, processes)
+    flow_w, flow_w2 = {k: v[0] for k, v in flow.items()}, {k: v[1] for k, v in flow.items()}
+    _add_pseudodata(flow_w, flow_w2, [], processes)
+    flow = {k: np.stack([flow_w[k], flow_w2[k]]) for k in flow_w}
+    return Histograms(sumw, sumw2, binning, notes, flow)
 
 
 def _add_pseudodata(sumw, sumw2, notes, processes) -> None:

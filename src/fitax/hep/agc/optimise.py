@@ -71,8 +71,8 @@ def soft_histograms(loaded: LoadedSamples, cuts: Cuts, softness: Softness) -> tu
         for row, suffix in names:
             for r, region in enumerate(REGIONS):
                 name = f"{region}_{suffix}"
-                sumw[name] = sumw.get(name, 0.0) + rebin_values(w[row, r])
-                sumw2[name] = sumw2.get(name, 0.0) + rebin_values(w2[row, r])
+                sumw[name] = sumw.get(name, 0.0) + rebin_values(w[row, r, 1:-1])  # under/overflow dropped
+                sumw2[name] = sumw2.get(name, 0.0) + rebin_values(w2[row, r, 1:-1])
     return sumw, sumw2
 
 

@@ -245,24 +245,26 @@ def _log_any_tagged(candidates: Collection, incidence: Array, table: np.ndarray)
 
 
 def _fill(weights: Float[Array, "rows regions events"], x: Float[Array, "kinematic regions events"], binning: Binning, softness):
-    """Sums of weights and of squared weights per bin. Row ``i < len(x)`` has observable
+    """Sums of weights and of squared weights per bin, with the underflow first and the overflow
+    last (``n_bins + 2`` slots, as ``hist``'s ``flow=True``). Row ``i < len(x)`` has observable
     ``x[i]``; the later rows (weight variations) share ``x[0]``. Hard bins as ``hist``'s regular
-    axis (a value on the upper edge overflows), one scatter-add; soft bins the Gaussian-kernel
-    mass of each bin around each event, computed once per observable and contracted with all
-    rows that share it."""
+    axis (a value on the upper edge, or NaN, overflows), one scatter-add; soft bins the
+    Gaussian-kernel mass of each bin around each event, computed once per observable and
+    contracted with all rows that share it."""
     kinematic = x.shape[0]
+    slots = binning.n_bins + 2
     if softness is None:
         z = (x - binning.low) / (binning.high - binning.low)
-        index = jnp.where((z >= 0) & (z < 1), jnp.floor(z * binning.n_bins).astype(jnp.int32), binning.n_bins)
+        inside = jnp.floor(z * binning.n_bins).astype(jnp.int32) + 1
+        index = jnp.where(z < 0, 0, jnp.where(z < 1, inside, slots - 1))
         index = jnp.concatenate([index, jnp.broadcast_to(index[0], (weights.shape[0] - kinematic,) + index.shape[1:])])
-        slots = binning.n_bins + 1
         segment = (jnp.arange(weights.shape[0] * weights.shape[1]).reshape(weights.shape[:2])[..., None] * slots + index).ravel()
         shape = weights.shape[:2] + (slots,)
         sumw = jax.ops.segment_sum(weights.ravel(), segment, num_segments=shape[0] * shape[1] * slots).reshape(shape)
         sumw2 = jax.ops.segment_sum((weights**2).ravel(), segment, num_segments=shape[0] * shape[1] * slots).reshape(shape)
-        return sumw[..., :-1], sumw2[..., :-1]
+        return sumw, sumw2
     cumulative = ndtr((binning.edges - x[..., None]) / softness.bandwidth)
-    membership = cumulative[..., 1:] - cumulative[..., :-1]
+    membership = jnp.concatenate([cumulative[..., :1], cumulative[..., 1:] - cumulative[..., :-1], 1 - cumulative[..., -1:]], axis=-1)
     own, shared = weights[:kinematic], weights[kinematic:]
 
     def contract(w_own, w_shared):
@@ -343,9 +345,9 @@ def chunk_histograms(
     trijet_cap: int = 8,
     binning: Binning = BINNING,
     region_capacity: int | None = None,
-) -> tuple[Float[Array, "rows 2 bins"], Float[Array, "rows 2 bins"], Bool[Array, " events"], Bool[Array, ""]]:
+) -> tuple[Float[Array, "rows 2 slots"], Float[Array, "rows 2 slots"], Bool[Array, " events"], Bool[Array, ""]]:
     """Sums of weights and of squared weights in each bin of each region for every row of
-    :data:`ROWS`; which 4j2b events had more selected jets than ``trijet_cap`` (their trijets
+    :data:`ROWS` (``n_bins + 2`` slots: underflow, the bins, overflow); which 4j2b events had more selected jets than ``trijet_cap`` (their trijets
     were not all considered: the driver recomputes those events with the full cap); and whether
     more than ``region_capacity`` events were in 4j2b (hard cuts compute trijets for at most that
     many events; ``None``: all; when exceeded the driver recomputes with ``None``).
