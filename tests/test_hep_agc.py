@@ -185,15 +185,23 @@ def test_fit_of_the_agc_workspace_equals_pyhf(rebinned):
     model = workspace.model()
     fit = mle_fit(workspace.data(model), model)
     assert fit.converged
-    pyhf.set_backend("numpy", "scipy")
     reference = pyhf.Workspace(spec)
     ref_model = reference.model()
-    bestfit, twice_nll = pyhf.infer.mle.fit(reference.data(ref_model), ref_model, return_fitted_val=True)
-    # pyhf's SLSQP stops ~1e-4 above the minimum here; fitax's point is lower on pyhf's own likelihood.
     pyhf_at_fitax = float(-2 * ref_model.logpdf(fit.bestfit, reference.data(ref_model))[0])
     assert pyhf_at_fitax == pytest.approx(fit.twice_nll, rel=1e-10)
-    assert float(twice_nll) - 1e-3 < fit.twice_nll <= float(twice_nll) + 1e-8
-    assert fit.bestfit[model.par_slice("ttbar_norm")][0] == pytest.approx(bestfit[ref_model.config.poi_index], abs=1e-2)
+    # pyhf's default SLSQP stops ~1e-4 above the minimum here: fitax's point is lower on pyhf's
+    # own likelihood; SLSQP run to a tight tolerance (1e-12) stops ~9e-6 above fitax's minimum
+    # with ttbar_norm ~5e-6 from fitax's (asserted: 1e-4 for both).
+    pyhf.set_backend("numpy", "scipy")
+    _, slsqp_twice_nll = pyhf.infer.mle.fit(reference.data(ref_model), ref_model, return_fitted_val=True)
+    assert fit.twice_nll <= float(slsqp_twice_nll) + 1e-8
+    pyhf.set_backend("numpy", pyhf.optimize.scipy_optimizer(tolerance=1e-12))
+    try:
+        bestfit, twice_nll = pyhf.infer.mle.fit(reference.data(ref_model), ref_model, return_fitted_val=True)
+    finally:
+        pyhf.set_backend("numpy", "scipy")
+    assert float(twice_nll) - 1e-4 < fit.twice_nll <= float(twice_nll) + 1e-8
+    assert fit.bestfit[model.par_slice("ttbar_norm")][0] == pytest.approx(bestfit[ref_model.config.poi_index], abs=1e-4)
 
 
 def test_written_root_file_holds_every_histogram_with_its_variances(inputs, tmp_path):
@@ -235,6 +243,40 @@ def test_bad_inputs_are_clear_errors(inputs, tmp_path):
         file.mktree("Events", {"Jet": ak.zip({"pt": ak.Array([[1.0]])}).type}, field_name=lambda o, i: f"{o}_{i}", counter_name=lambda c: f"n{c}")
     with pytest.raises(nanoaod.InvalidEvents, match="no branch Jet_eta"):
         next(nanoaod.read_chunks(tmp_path / "partial.root", {"Jet": ("pt", "eta")}))
+
+
+def test_grouping_by_multiplicity_keeps_every_event_once_and_pads_to_the_group(inputs):
+    """``group_by="Jet"``: the same events and objects as a plain read, each chunk padded to its
+    own events' multiplicity (4, 8, 16, ...) and holding ``block_size x 4 / cap`` events (at
+    least 1024), and a group's leftovers carried into the next read, so only a file's last
+    chunk of each group is partial, padded to a quarter of its group's chunk size or to all."""
+    path = read_inputs(inputs)[0].files[0]  # ttbar: 0 to ~15 jets per event
+
+    def rows(chunks):
+        out, chunks = {}, list(chunks)
+        for chunk in chunks:
+            jets, valid = chunk.collections["Jet"], np.asarray(chunk.valid)
+            counts = np.asarray(jets.mask).sum(axis=1)
+            for e, n, pts in zip(np.asarray(chunk.scalars["event"])[valid], counts[valid], np.asarray(jets.pt)[valid]):
+                assert e not in out
+                out[e] = tuple(pts[:n])
+        return out, chunks
+
+    plain, _ = rows(nanoaod.read_chunks(path, {"Jet": ("pt",)}, scalars=("event",), step_size=4096, block_size=2048))
+    grouped, chunks = rows(nanoaod.read_chunks(path, {"Jet": ("pt",)}, scalars=("event",), step_size=4096, block_size=2048, group_by="Jet"))
+    assert grouped == plain and len(plain) == 15_000
+    caps = [chunk.collections["Jet"].cap for chunk in chunks]
+    assert set(caps) >= {4, 8, 16}
+    for chunk, cap in zip(chunks, caps):
+        largest = np.asarray(chunk.collections["Jet"].mask).sum(axis=1).max()
+        assert cap // 2 < largest <= cap or (cap == 4 and largest <= 4)
+    block = {cap: max(1024, 2048 * 4 // cap) for cap in caps}
+    partial = [cap for chunk, cap in zip(chunks, caps) if chunk.n_events < block[cap]]
+    assert len(partial) == len(set(partial)) == len(set(caps))
+    for chunk, cap in zip(chunks, caps):
+        assert chunk.size == block[cap] or (chunk.n_events <= chunk.size == max(1024, block[cap] // 4))
+    with pytest.raises(ValueError, match="group_by='Muon' is not one of the collections"):
+        next(nanoaod.read_chunks(path, {"Jet": ("pt",)}, group_by="Muon"))
 
 
 def test_events_above_max_cap_are_counted_and_reported(inputs):

@@ -26,9 +26,8 @@ import optax
 from tqdm.auto import tqdm
 
 from ...device import to_device
-from ..nanoaod import read_chunks
 from .differentiable import ModelFromHistograms, expected_poi_uncertainty
-from .histograms import BLOCK_SIZE, FIELDS, fill_histograms, kernel, histogram_names, rebin_for_fit, rebin_values, resolution_key
+from .histograms import fill_histograms, histogram_names, kernel, read_agc_chunks, rebin_for_fit, rebin_values, resolution_key
 from .inputs import Sample
 from .model import build_workspace
 from .selection import BINNING, REGIONS, Cuts, Softness
@@ -53,7 +52,7 @@ class LoadedSamples(eqx.Module):
         chunks, weights, keys, names = [], [], [], []
         for sample in samples:
             for index, path in enumerate(sample.files):
-                for chunk in read_chunks(path, FIELDS, scalars=("event",), step_size=step_size, block_size=BLOCK_SIZE):
+                for chunk in read_agc_chunks(path, step_size):
                     chunks.append(chunk)
                     weights.append(to_device(np.float64(sample.event_weight)))
                     keys.append(resolution_key(seed, sample, index))

@@ -174,15 +174,17 @@ def jet_resolution_factors(seed: Array, event: Array, cap: int) -> Float[Array, 
     """N(1, 0.05) for each jet slot of each event, a function of ``(seed, event number, slot)``
     only (so of no chunking): a counter hash (splitmix64) gives two uniforms per jet, Box-Muller
     a normal. ~6x cheaper than threefry keys per jet (measured), which cost a third of the
-    kernel."""
+    kernel. The Box-Muller transcendentals run in float32 (2x faster than float64 on CPU,
+    measured, and XLA repeats them in each fusion that reads the factors): the factors are
+    N(1, 0.05) draws to ~1e-8, below the float32 precision of the stored jet pT."""
     golden = jnp.uint64(0x9E3779B97F4A7C15)
     counter = _mix64(jnp.asarray(seed, dtype=jnp.uint64) ^ _mix64(event.astype(jnp.uint64) * golden))
     bits = _mix64(counter[:, None] + (jnp.arange(cap, dtype=jnp.uint64)[None, :] + jnp.uint64(1)) * golden)
-    # two 32-bit halves -> uniforms in (0, 1] and [0, 1)
-    first = ((bits >> 32).astype(jnp.float64) + 1.0) / 2.0**32
-    second = (bits & jnp.uint64(0xFFFFFFFF)).astype(jnp.float64) / 2.0**32
+    # 24-bit uniforms (float32's mantissa, so exact) in (0, 1] and [0, 1) from the two halves
+    first = ((bits >> 40).astype(jnp.float32) + 1.0) / 2.0**24
+    second = ((bits >> 8) & jnp.uint64(0xFFFFFF)).astype(jnp.float32) / 2.0**24
     normal = jnp.sqrt(-2.0 * jnp.log(first)) * jnp.cos(2.0 * jnp.pi * second)
-    return 1.0 + JET_RESOLUTION * normal
+    return 1.0 + JET_RESOLUTION * normal.astype(jnp.float64)
 
 
 def _lepton_probability(electrons: Collection, muons: Collection, cuts: Cuts, softness) -> Array:
@@ -257,12 +259,13 @@ def _fill(weights: Float[Array, "rows regions events"], x: Float[Array, "kinemat
         z = (x - binning.low) / (binning.high - binning.low)
         inside = jnp.floor(z * binning.n_bins).astype(jnp.int32) + 1
         index = jnp.where(z < 0, 0, jnp.where(z < 1, inside, slots - 1))
-        index = jnp.concatenate([index, jnp.broadcast_to(index[0], (weights.shape[0] - kinematic,) + index.shape[1:])])
-        segment = (jnp.arange(weights.shape[0] * weights.shape[1]).reshape(weights.shape[:2])[..., None] * slots + index).ravel()
-        shape = weights.shape[:2] + (slots,)
-        sumw = jax.ops.segment_sum(weights.ravel(), segment, num_segments=shape[0] * shape[1] * slots).reshape(shape)
-        sumw2 = jax.ops.segment_sum((weights**2).ravel(), segment, num_segments=shape[0] * shape[1] * slots).reshape(shape)
-        return sumw, sumw2
+        segment = index + slots * jnp.arange(x.shape[1])[:, None]  # (kinematic, regions, events)
+        # one scatter per observable, each event adding a row of every weight (and its square)
+        # sharing it: ~40% faster than a scatter per weight (measured)
+        sums = [_scatter(jnp.concatenate([weights[:1], weights[kinematic:]]), segment[0], slots)]
+        sums += [_scatter(weights[k : k + 1], segment[k], slots) for k in range(1, kinematic)]
+        order = lambda i: jnp.concatenate([sums[0][i][:1]] + [s[i] for s in sums[1:]] + [sums[0][i][1:]])  # noqa: E731
+        return order(0), order(1)
     cumulative = ndtr((binning.edges - x[..., None]) / softness.bandwidth)
     membership = jnp.concatenate([cumulative[..., :1], cumulative[..., 1:] - cumulative[..., :-1], 1 - cumulative[..., -1:]], axis=-1)
     own, shared = weights[:kinematic], weights[kinematic:]
@@ -273,6 +276,14 @@ def _fill(weights: Float[Array, "rows regions events"], x: Float[Array, "kinemat
         )
 
     return contract(own, shared), contract(own**2, shared**2)
+
+
+def _scatter(weights: Float[Array, "rows regions events"], segment, slots: int) -> Float[Array, "2 rows regions slots"]:
+    """Sums of ``weights`` and of their squares per ``(region, slot)`` segment."""
+    rows, regions = weights.shape[:2]
+    payload = jnp.concatenate([weights, weights**2]).reshape(2 * rows, -1).T
+    sums = jax.ops.segment_sum(payload, segment.ravel(), num_segments=regions * slots)
+    return sums.T.reshape(2, rows, regions, slots)
 
 
 def _soft_leading(pt: Array, p_jet: Array, n: int) -> Float[Array, "events n"]:
