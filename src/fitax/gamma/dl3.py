@@ -1,0 +1,341 @@
+"""DL3 data in the GADF format: a data store over ``hdu-index`` / ``obs-index`` tables, and each
+observation's events, good time intervals and instrument response functions (IRFs).
+
+The I/O edge of the data reduction: everything here is host-side astropy/NumPy, read once per
+observation. Vocabulary and axis names are Gammapy's (``energy_true``, ``offset``, ``migra``,
+``rad``, ``fov_lon``, ``fov_lat``), as is the order of each IRF's data axes: the energy axis
+first, then the others in the order of their ``*_LO``/``*_HI`` column pairs (effective area
+``(energy_true, offset)``, energy dispersion ``(energy_true, migra, offset)``, PSF table
+``(energy_true, offset, rad)``, background 3D ``(energy, fov_lon, fov_lat)``). Each value
+array is read as GADF stores it, its axes in the reverse (FITS) order of the column pairs;
+Gammapy 2.1 keeps a 3D background array as stored, ``(ENERG, DETY, DETX)``, under the axis
+names ``(energy, fov_lon, fov_lat)``: its FoV axes are swapped against these (tested).
+
+Example:
+    >>> store = DataStore.from_dir("hess-dl3-dr1")  # doctest: +SKIP
+    >>> ids = store.select(cone=(83.633, 22.014, 3.0))  # the Crab runs  # doctest: +SKIP
+    >>> obs = store.observation(ids[0])  # doctest: +SKIP
+    >>> obs.aeff.axes["energy_true"].edges.unit, obs.aeff.data.shape  # doctest: +SKIP
+    (Unit("TeV"), (96, 6))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import numpy as np
+from astropy import units as u
+from astropy.coordinates import SkyCoord
+from astropy.io import fits
+from astropy.table import Table
+from astropy.time import Time
+
+__all__ = ["DL3Error", "DataStore", "IRF", "IRFAxis", "Observation", "IRF_AXES", "read_irfs"]
+
+
+class DL3Error(ValueError):
+    """A data store, file or HDU that is missing or not what GADF specifies."""
+
+
+IRF_AXES = {
+    "ENERG": ("energy_true", "log"), "ETRUE": ("energy_true", "log"), "THETA": ("offset", "lin"), "MIGRA": ("migra", "lin"),
+    "RAD": ("rad", "lin"), "DETX": ("fov_lon", "lin"), "DETY": ("fov_lat", "lin"),
+}  # fmt: skip
+"""Gammapy's name and interpolation of each GADF column-pair axis (``ENERG`` of a background or
+RAD_MAX table is reconstructed energy: ``energy``)."""
+
+_INDEX_FILES = {"hdu": ("hdu-index.fits.gz", "hdu-index.fits"), "obs": ("obs-index.fits.gz", "obs-index.fits")}
+_IRF_TYPES = ("aeff", "edisp", "psf", "bkg", "rad_max")
+
+
+@dataclasses.dataclass(frozen=True)
+class IRFAxis:
+    """One axis of an IRF: ``nodes`` where its values are given (bin centres, geometric for
+    ``log`` axes, as Gammapy's ``MapAxis.center``), and ``edges``, or ``None`` where the table
+    gives the nodes themselves (GADF ``X_LO == X_HI``, as some H.E.S.S. DR1 offsets)."""
+
+    name: str
+    nodes: u.Quantity
+    edges: u.Quantity | None
+    interp: str
+
+    def __len__(self) -> int:
+        return len(self.nodes)
+
+
+@dataclasses.dataclass(frozen=True)
+class IRF:
+    """One IRF HDU: its class (``aeff_2d``, ``edisp_2d``, ``psf_table``, ``psf_3gauss``,
+    ``psf_king``, ``bkg_2d``, ``bkg_3d``, ``rad_max_2d``), its axes (in data-axis order) and
+    its value columns, each with the axes' shape.
+
+    ``data`` is the single value column of most IRFs (``EFFAREA``, ``MATRIX``, ``RPSF``,
+    ``BKG``, ``RAD_MAX``); parametric PSFs have several (``columns``)."""
+
+    hdu_class: str
+    axes: dict[str, IRFAxis]
+    columns: dict[str, u.Quantity]
+    header: fits.Header = dataclasses.field(repr=False)
+
+    @property
+    def data(self) -> u.Quantity:
+        if len(self.columns) != 1:
+            raise DL3Error(f"{self.hdu_class} has several value columns ({', '.join(self.columns)}): read .columns")
+        return next(iter(self.columns.values()))
+
+    def __repr__(self) -> str:
+        axes = ", ".join(f"{a.name}: {len(a)} {a.nodes[0].value:g}-{a.nodes[-1].value:g} {a.nodes.unit}" for a in self.axes.values())
+        return f"IRF({self.hdu_class}; {axes}; columns {', '.join(self.columns)})"
+
+
+@dataclasses.dataclass(frozen=True)
+class Observation:
+    """One run: its id, pointing, times, events (astropy Table with the event header as
+    ``meta``), good time intervals and IRFs (``None`` where the data store has none)."""
+
+    obs_id: int
+    pointing: SkyCoord
+    events: Table = dataclasses.field(repr=False)
+    gti: Table = dataclasses.field(repr=False)
+    aeff: IRF | None = dataclasses.field(repr=False, default=None)
+    edisp: IRF | None = dataclasses.field(repr=False, default=None)
+    psf: IRF | None = dataclasses.field(repr=False, default=None)
+    bkg: IRF | None = dataclasses.field(repr=False, default=None)
+    rad_max: IRF | None = dataclasses.field(repr=False, default=None)
+
+    @property
+    def ontime(self) -> u.Quantity:
+        """The summed good time intervals (Gammapy's ``observation_time_duration``)."""
+        return u.Quantity(np.sum(np.asarray(self.gti["STOP"], dtype=float) - np.asarray(self.gti["START"], dtype=float)), "s")
+
+    @property
+    def livetime(self) -> u.Quantity:
+        """``ontime x DEADC`` (the EVENTS header's dead-time correction, 1 if absent), as
+        Gammapy's ``observation_live_time_duration``; exposures use it."""
+        return self.ontime * float(self.events.meta.get("DEADC", 1.0))
+
+    @property
+    def time_start(self) -> Time:
+        return _time_reference(self.gti.meta, f"GTI of obs {self.obs_id}") + u.Quantity(self.gti["START"].min(), "s")
+
+    @property
+    def time_stop(self) -> Time:
+        return _time_reference(self.gti.meta, f"GTI of obs {self.obs_id}") + u.Quantity(self.gti["STOP"].max(), "s")
+
+    def __repr__(self) -> str:
+        irfs = [name for name in _IRF_TYPES if getattr(self, name) is not None]
+        return (f"Observation({self.obs_id}: {len(self.events)} events, livetime {self.livetime.to_value('min'):.1f} min, "
+                f"pointing RA {self.pointing.ra.deg:.3f} Dec {self.pointing.dec.deg:.3f} deg; IRFs {', '.join(irfs)})")  # fmt: skip
+
+
+class DataStore:
+    """The runs of a GADF data store: ``hdu-index`` (where each run's HDUs are) and
+    ``obs-index`` (pointing, times, ... per run) in one folder.
+
+    Example:
+        >>> store = DataStore.from_dir("hess-dl3-dr1")  # doctest: +SKIP
+        >>> store  # doctest: +SKIP
+        DataStore(hess-dl3-dr1: 105 observations)
+    """
+
+    def __init__(self, base: Path, hdu_table: Table, obs_table: Table, hdu_path: Path, obs_path: Path):
+        self.base = base
+        self.hdu_table = hdu_table
+        self.obs_table = obs_table
+        self._hdu_path = hdu_path
+        self._obs_path = obs_path
+
+    @classmethod
+    def from_dir(cls, path) -> DataStore:
+        base = Path(path)
+        if not base.is_dir():
+            raise DL3Error(f"{base}: no such data store folder")
+        tables = {}
+        paths = {}
+        for kind, names in _INDEX_FILES.items():
+            found = [base / name for name in names if (base / name).exists()]
+            if not found:
+                raise DL3Error(f"{base}: no {kind}-index table ({' or '.join(names)})")
+            paths[kind] = found[0]
+            tables[kind] = Table.read(found[0])
+        _require_columns(tables["hdu"], ("OBS_ID", "HDU_TYPE", "HDU_CLASS", "FILE_DIR", "FILE_NAME", "HDU_NAME"), paths["hdu"])
+        _require_columns(tables["obs"], ("OBS_ID", "RA_PNT", "DEC_PNT"), paths["obs"])
+        for column in ("HDU_TYPE", "HDU_CLASS"):
+            tables["hdu"][column] = np.char.lower(np.char.strip(np.asarray(tables["hdu"][column], dtype=str)))
+        return cls(base, tables["hdu"], tables["obs"], paths["hdu"], paths["obs"])
+
+    @property
+    def obs_ids(self) -> list[int]:
+        return [int(i) for i in self.obs_table["OBS_ID"]]
+
+    def __repr__(self) -> str:
+        return f"DataStore({self.base}: {len(self.obs_table)} observations)"
+
+    def select(self, obs_ids=None, cone: tuple[float, float, float] | None = None, time: tuple | None = None) -> list[int]:
+        """Ids of the runs (in ``obs-index`` order) that are in ``obs_ids``, whose pointing is
+        within ``cone = (ra, dec, radius)`` (deg, ICRS; strictly inside, as Gammapy's
+        ``select_sky_circle``) and that lie entirely within ``time = (start, stop)``
+        (astropy Times, or ISO strings; as Gammapy's ``select_time_range``)."""
+        keep = np.ones(len(self.obs_table), dtype=bool)
+        if obs_ids is not None:
+            wanted = [int(i) for i in np.atleast_1d(obs_ids)]
+            missing = sorted(set(wanted) - set(self.obs_ids))
+            if missing:
+                raise DL3Error(f"{self._obs_path}: obs {', '.join(map(str, missing))} not in the obs-index table")
+            keep &= np.isin(np.asarray(self.obs_table["OBS_ID"]), wanted)
+        if cone is not None:
+            ra, dec, radius = cone
+            pointing = SkyCoord(self.obs_table["RA_PNT"], self.obs_table["DEC_PNT"], unit="deg", frame="icrs")
+            keep &= pointing.separation(SkyCoord(ra, dec, unit="deg", frame="icrs")).deg < radius
+        if time is not None:
+            start, stop = (Time(t) for t in time)
+            _require_columns(self.obs_table, ("TSTART", "TSTOP"), self._obs_path)
+            reference = _time_reference(self.obs_table.meta, str(self._obs_path))
+            begins = reference + u.Quantity(np.asarray(self.obs_table["TSTART"], dtype=float), "s")
+            ends = reference + u.Quantity(np.asarray(self.obs_table["TSTOP"], dtype=float), "s")
+            keep &= (start <= begins) & (stop >= ends)
+        return [int(i) for i in np.asarray(self.obs_table["OBS_ID"])[keep]]
+
+    def hdu_location(self, obs_id: int, hdu_type: str) -> tuple[Path, str, str] | None:
+        """``(file, HDU name, HDU class)`` of one run's HDU of ``hdu_type`` (``events``,
+        ``gti``, ``aeff``, ...), or ``None`` if the index lists none."""
+        rows = self.hdu_table[(np.asarray(self.hdu_table["OBS_ID"]) == obs_id) & (np.asarray(self.hdu_table["HDU_TYPE"]) == hdu_type)]
+        if len(rows) == 0:
+            return None
+        if len(rows) > 1:
+            raise DL3Error(f"{self._hdu_path}: obs {obs_id} lists {len(rows)} {hdu_type} HDUs (expected one)")
+        row = rows[0]
+        folder = self.base / str(self.hdu_table.meta.get("BASE_DIR", "")).strip() / str(row["FILE_DIR"]).strip()
+        return folder / str(row["FILE_NAME"]).strip(), str(row["HDU_NAME"]).strip(), str(row["HDU_CLASS"])
+
+    def observation(self, obs_id: int) -> Observation:
+        """Read one run: events and GTI (required), and every IRF the index lists."""
+        obs_id = int(obs_id)
+        if obs_id not in set(int(i) for i in self.hdu_table["OBS_ID"]):
+            raise DL3Error(f"{self._hdu_path}: obs {obs_id} is not in the hdu-index table")
+        hdus = {}
+        for hdu_type in ("events", "gti") + _IRF_TYPES:
+            location = self.hdu_location(obs_id, hdu_type)
+            if location is None:
+                if hdu_type in ("events", "gti"):
+                    raise DL3Error(f"{self._hdu_path}: obs {obs_id} has no {hdu_type} HDU (an observation needs events and GTIs)")
+                continue
+            hdus[hdu_type] = _read_hdu(obs_id, hdu_type, *location)
+        events, gti = hdus.pop("events"), hdus.pop("gti")
+        if len(gti) == 0:
+            raise DL3Error(f"obs {obs_id}: its GTI table has no intervals")
+        meta = events.meta
+        try:
+            pointing = SkyCoord(meta["RA_PNT"], meta["DEC_PNT"], unit="deg", frame="icrs")
+        except KeyError as error:
+            raise DL3Error(f"obs {obs_id}: the EVENTS header has no {error.args[0]} (the pointing)") from None
+        return Observation(obs_id, pointing, events, gti, **hdus)
+
+
+_IRF_HDUCLAS2 = {"EFF_AREA": "aeff", "EDISP": "edisp", "PSF": "psf", "RPSF": "psf", "BKG": "bkg", "RAD_MAX": "rad_max"}
+
+
+def read_irfs(path) -> dict[str, IRF]:
+    """Every IRF HDU of one GADF file (as CTA's ``caldb`` files ship them), by type (``aeff``,
+    ``edisp``, ``psf``, ``bkg``, ``rad_max``; from ``HDUCLAS2``, the class from ``HDUCLAS4``).
+
+    Example:
+        >>> irfs = read_irfs("Prod5-South-20deg-AverageAz-14MSTs37SSTs.180000s-v0.1.fits.gz")  # doctest: +SKIP
+        >>> irfs["psf"].hdu_class, list(irfs["psf"].columns)  # doctest: +SKIP
+        ('psf_3gauss', ['SCALE', 'SIGMA_1', 'SIGMA_2', 'SIGMA_3', 'AMPL_2', 'AMPL_3'])
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DL3Error(f"{path}: no such file")
+    irfs: dict[str, IRF] = {}
+    with fits.open(os.fspath(path), memmap=False) as hdul:
+        for hdu in hdul[1:]:
+            kind = _IRF_HDUCLAS2.get(str(hdu.header.get("HDUCLAS2", "")).strip().upper())
+            if kind is None:
+                continue
+            where = f"{path}: HDU {hdu.name!r}"
+            if kind in irfs:
+                raise DL3Error(f"{where}: a second {kind} IRF in one file")
+            irfs[kind] = _read_irf(hdu, str(hdu.header.get("HDUCLAS4", kind)).strip().lower(), where)
+    if not irfs:
+        raise DL3Error(f"{path}: no IRF HDU (HDUCLAS2 one of {', '.join(_IRF_HDUCLAS2)})")
+    return irfs
+
+
+def _require_columns(table: Table, columns, where) -> None:
+    missing = [c for c in columns if c not in table.colnames]
+    if missing:
+        raise DL3Error(f"{where}: no column {', '.join(missing)}")
+
+
+def _time_reference(meta, where: str) -> Time:
+    """GADF's time reference: MJDREFI + MJDREFF in TIMESYS (default TT)."""
+    try:
+        mjd = float(meta["MJDREFI"]) + float(meta["MJDREFF"])
+    except KeyError:
+        if "MJDREF" not in meta:
+            raise DL3Error(f"{where}: no MJDREFI/MJDREFF (or MJDREF) time reference") from None
+        mjd = float(meta["MJDREF"])
+    return Time(mjd, format="mjd", scale=str(meta.get("TIMESYS", "tt")).lower())
+
+
+def _read_hdu(obs_id: int, hdu_type: str, path: Path, name: str, hdu_class: str):
+    where = f"obs {obs_id}: {hdu_type} HDU {name!r} of {path}"
+    if not path.exists():
+        raise DL3Error(f"{where}: no such file")
+    try:
+        with fits.open(os.fspath(path), memmap=False) as hdul:
+            if name not in hdul:
+                raise DL3Error(f"{where}: the file has no such HDU (it has {', '.join(h.name for h in hdul[1:])})")
+            hdu = hdul[name]
+            if hdu_type in ("events", "gti"):
+                table = Table.read(hdu)
+                _require_columns(table, ("ENERGY", "RA", "DEC", "TIME") if hdu_type == "events" else ("START", "STOP"), where)
+                return table
+            return _read_irf(hdu, hdu_class, where)
+    except OSError as error:
+        raise DL3Error(f"{where}: not a readable FITS file ({error})") from error
+
+
+def _read_irf(hdu, hdu_class: str, where: str) -> IRF:
+    """The IRF of a GADF binary table of one row: ``X_LO``/``X_HI`` column pairs are the axes,
+    every other column a value array stored with the axes in reversed column order (FITS)."""
+    table = Table.read(hdu)
+    if len(table) != 1:
+        raise DL3Error(f"{where}: an IRF table has one row, this one {len(table)}")
+    row = table[0]
+    axes: list[IRFAxis] = []
+    stems = [c[:-3] for c in table.colnames if c.endswith("_LO") and c[:-3] + "_HI" in table.colnames]
+    for stem in stems:
+        name, interp = IRF_AXES.get(stem, (stem.lower(), "lin"))
+        if stem == "ENERG" and hdu_class.startswith(("bkg", "rad_max")):
+            name = "energy"
+        lo, hi = (u.Quantity(np.atleast_1d(np.asarray(row[stem + side], dtype=float)), table[stem + side].unit or "") for side in ("_LO", "_HI"))
+        if lo.ndim != 1 or lo.shape != hi.shape or np.any(np.diff(lo.value) <= 0):
+            raise DL3Error(f"{where}: axis {stem} must be increasing {stem}_LO and {stem}_HI of one length")
+        if np.allclose(lo.value, hi.to_value(lo.unit)):
+            axes.append(IRFAxis(name, lo, None, interp))
+            continue
+        if np.any(hi <= lo):
+            raise DL3Error(f"{where}: axis {stem} needs {stem}_LO < {stem}_HI (or equal, for nodes)")
+        edges = np.append(lo.value, hi.to_value(lo.unit)[-1]) * lo.unit
+        nodes = np.sqrt(edges[:-1] * edges[1:]) if interp == "log" else 0.5 * (edges[:-1] + edges[1:])
+        axes.append(IRFAxis(name, nodes, edges, interp))
+    if not axes:
+        raise DL3Error(f"{where}: no *_LO/*_HI axis columns")
+    axis_columns = {stem + side for stem in stems for side in ("_LO", "_HI")}
+    shape = tuple(len(a) for a in axes)
+    columns = {}
+    for column in table.colnames:
+        if column in axis_columns:
+            continue
+        values = np.asarray(row[column], dtype=float)
+        if values.size != int(np.prod(shape)):
+            sizes = {a.name: len(a) for a in axes}
+            raise DL3Error(f"{where}: column {column} has {values.size} values, its axes {sizes} need {int(np.prod(shape))}")
+        columns[column] = values.reshape(shape[::-1]).T * u.Unit(table[column].unit or "")
+    order = sorted(range(len(axes)), key=lambda i: not axes[i].name.startswith("energy"))  # energy first, as Gammapy
+    columns = {name: np.transpose(values, order) for name, values in columns.items()}
+    return IRF(hdu_class, {axes[i].name: axes[i] for i in order}, columns, hdu.header.copy())
