@@ -2,14 +2,14 @@
 observation's events, good time intervals and instrument response functions (IRFs).
 
 The I/O edge of the data reduction: everything here is host-side astropy/NumPy, read once per
-observation. Vocabulary and axis names are Gammapy's (``energy_true``, ``offset``, ``migra``,
-``rad``, ``fov_lon``, ``fov_lat``), as is the order of each IRF's data axes: the energy axis
-first, then the others in the order of their ``*_LO``/``*_HI`` column pairs (effective area
-``(energy_true, offset)``, energy dispersion ``(energy_true, migra, offset)``, PSF table
-``(energy_true, offset, rad)``, background 3D ``(energy, fov_lon, fov_lat)``). Each value
-array is read as GADF stores it, its axes in the reverse (FITS) order of the column pairs;
-Gammapy 2.1 keeps a 3D background array as stored, ``(ENERG, DETY, DETX)``, under the axis
-names ``(energy, fov_lon, fov_lat)``: its FoV axes are swapped against these (tested).
+observation. Vocabulary, axis names and axis order are Gammapy's: each IRF class has its
+required axes (effective area ``(energy_true, offset)``, energy dispersion ``(energy_true,
+migra, offset)``, PSF table ``(energy_true, offset, rad)``, background 3D ``(energy, fov_lon,
+fov_lat)``, ...), and its value array is read in that order, either from the FITS (``TDIM``)
+order GADF specifies or, where only that matches the axes' lengths, as stored in C order, as
+H.E.S.S. DR1 and CTA background files hold it. For DR1 that reading (Gammapy's) is the one the
+data support: events of 15 empty-field runs are more likely under it than under the array
+with its FoV axes swapped by 151 in log-likelihood (``tests/test_gamma_dl3.py``).
 
 Example:
     >>> store = DataStore.from_dir("hess-dl3-dr1")  # doctest: +SKIP
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,7 @@ from astropy.io import fits
 from astropy.table import Table
 from astropy.time import Time
 
-__all__ = ["DL3Error", "DataStore", "IRF", "IRFAxis", "Observation", "IRF_AXES", "read_irfs"]
+__all__ = ["DL3Error", "DataStore", "IRF", "IRFAxis", "IRFClass", "Observation", "IRF_AXES", "IRF_CLASSES", "read_irfs"]
 
 
 class DL3Error(ValueError):
@@ -46,15 +47,52 @@ IRF_AXES = {
 """Gammapy's name and interpolation of each GADF column-pair axis (``ENERG`` of a background or
 RAD_MAX table is reconstructed energy: ``energy``)."""
 
+
 _INDEX_FILES = {"hdu": ("hdu-index.fits.gz", "hdu-index.fits"), "obs": ("obs-index.fits.gz", "obs-index.fits")}
 _IRF_TYPES = ("aeff", "edisp", "psf", "bkg", "rad_max")
 
 
 @dataclasses.dataclass(frozen=True)
+class IRFClass:
+    """What an IRF class holds and how Gammapy interpolates it: its axes (in data order), its
+    value columns (one of each tuple: alternatives, the first GADF's name), the interpolation
+    of its values (``log`` for backgrounds) and where it is 0: beyond the edges of every axis
+    of one of the ``zero_outside`` groups (``None``: each axis a group; an energy dispersion
+    is extrapolated in true energy within its migration range; parametric PSF parameters
+    everywhere, ``()``)."""
+
+    axes: tuple[str, ...]
+    columns: tuple[tuple[str, ...], ...]
+    values_interp: str = "lin"
+    zero_outside: tuple[tuple[str, ...], ...] | None = None
+    default_unit: str | None = None
+
+    @property
+    def zero_outside_groups(self) -> tuple[tuple[str, ...], ...]:
+        return tuple((a,) for a in self.axes) if self.zero_outside is None else self.zero_outside
+
+
+_PSF_AXES = ("energy_true", "offset")
+IRF_CLASSES = {
+    "aeff_2d": IRFClass(("energy_true", "offset"), (("EFFAREA",),)),
+    "edisp_2d": IRFClass(("energy_true", "migra", "offset"), (("MATRIX",),), zero_outside=(("energy_true", "migra"), ("offset",))),
+    "psf_table": IRFClass(("energy_true", "offset", "rad"), (("RPSF",),)),
+    "psf_3gauss": IRFClass(_PSF_AXES, tuple((c,) for c in ("SCALE", "SIGMA_1", "SIGMA_2", "SIGMA_3", "AMPL_2", "AMPL_3")), zero_outside=()),
+    "psf_king": IRFClass(_PSF_AXES, (("SIGMA",), ("GAMMA",)), zero_outside=()),
+    "bkg_2d": IRFClass(("energy", "offset"), (("BKG", "BGD"),), "log", default_unit="s-1 MeV-1 sr-1"),
+    "bkg_3d": IRFClass(("energy", "fov_lon", "fov_lat"), (("BKG", "BGD"),), "log", default_unit="s-1 MeV-1 sr-1"),
+    "rad_max_2d": IRFClass(("energy", "offset"), (("RAD_MAX",),)),
+}  # fmt: skip
+"""The IRF classes (GADF ``HDUCLAS4``, lower case) fitax reads, as Gammapy 2.1 defines them
+(``required_axes``, ``IRF_DL3_HDU_SPECIFICATION``, ``default_interp_kwargs``); a CTA
+background written as ``BGD`` (1DC) is read as Gammapy does, and a missing or unreadable
+background unit is taken as Gammapy's ``s-1 MeV-1 sr-1``, with a warning."""
+
+@dataclasses.dataclass(frozen=True)
 class IRFAxis:
     """One axis of an IRF: ``nodes`` where its values are given (bin centres, geometric for
     ``log`` axes, as Gammapy's ``MapAxis.center``), and ``edges``, or ``None`` where the table
-    gives the nodes themselves (GADF ``X_LO == X_HI``, as some H.E.S.S. DR1 offsets)."""
+    gives the nodes themselves (GADF ``X_LO == X_HI``, as the H.E.S.S. DR1 offsets)."""
 
     name: str
     nodes: u.Quantity
@@ -67,17 +105,21 @@ class IRFAxis:
 
 @dataclasses.dataclass(frozen=True)
 class IRF:
-    """One IRF HDU: its class (``aeff_2d``, ``edisp_2d``, ``psf_table``, ``psf_3gauss``,
-    ``psf_king``, ``bkg_2d``, ``bkg_3d``, ``rad_max_2d``), its axes (in data-axis order) and
-    its value columns, each with the axes' shape.
+    """One IRF HDU: its class (a key of ``IRF_CLASSES``), its axes (in data-axis order) and its
+    value columns, each with the axes' shape.
 
     ``data`` is the single value column of most IRFs (``EFFAREA``, ``MATRIX``, ``RPSF``,
-    ``BKG``, ``RAD_MAX``); parametric PSFs have several (``columns``)."""
+    ``BKG``, ``RAD_MAX``); parametric PSFs have several (``columns``). Columns a class does
+    not define (as CTA's ``EFFAREA_RECO``) are not read."""
 
     hdu_class: str
     axes: dict[str, IRFAxis]
     columns: dict[str, u.Quantity]
     header: fits.Header = dataclasses.field(repr=False)
+
+    @property
+    def spec(self) -> IRFClass:
+        return IRF_CLASSES[self.hdu_class]
 
     @property
     def data(self) -> u.Quantity:
@@ -281,6 +323,24 @@ def _time_reference(meta, where: str) -> Time:
     return Time(mjd, format="mjd", scale=str(meta.get("TIMESYS", "tt")).lower())
 
 
+_EVENT_UNITS = {"RA": "deg", "DEC": "deg", "TIME": "s", "ENERGY": None}
+
+
+def _events(table: Table, where: str) -> Table:
+    """The event list, its sky coordinates and times in GADF's units where the file gives none
+    (with a warning); an energy must say its unit."""
+    _require_columns(table, tuple(_EVENT_UNITS), where)
+    for column, default in _EVENT_UNITS.items():
+        unit = table[column].unit
+        if unit is not None and not isinstance(unit, u.UnrecognizedUnit):
+            continue
+        if default is None:
+            raise DL3Error(f"{where}: column {column} needs a unit (TUNIT, e.g. TeV), it has {str(unit) if unit is not None else 'none'}")
+        warnings.warn(f"{where}: column {column} has no readable unit; taken as {default} (GADF)", stacklevel=4)
+        table[column].unit = default
+    return table
+
+
 def _read_hdu(obs_id: int, hdu_type: str, path: Path, name: str, hdu_class: str):
     where = f"obs {obs_id}: {hdu_type} HDU {name!r} of {path}"
     if not path.exists():
@@ -290,52 +350,86 @@ def _read_hdu(obs_id: int, hdu_type: str, path: Path, name: str, hdu_class: str)
             if name not in hdul:
                 raise DL3Error(f"{where}: the file has no such HDU (it has {', '.join(h.name for h in hdul[1:])})")
             hdu = hdul[name]
-            if hdu_type in ("events", "gti"):
+            if hdu_type == "events":
+                return _events(Table.read(hdu), where)
+            if hdu_type == "gti":
                 table = Table.read(hdu)
-                _require_columns(table, ("ENERGY", "RA", "DEC", "TIME") if hdu_type == "events" else ("START", "STOP"), where)
+                _require_columns(table, ("START", "STOP"), where)
                 return table
             return _read_irf(hdu, hdu_class, where)
     except OSError as error:
         raise DL3Error(f"{where}: not a readable FITS file ({error})") from error
 
 
+def _unit(table: Table, column: str, where: str, default: str | None = None) -> u.UnitBase:
+    unit = table[column].unit
+    if unit is None or isinstance(unit, u.UnrecognizedUnit):
+        if default is not None:
+            problem = "no unit" if unit is None else f"an unreadable unit {str(unit)!r}"
+            warnings.warn(f"{where}: column {column} has {problem}; taken as {default} (as Gammapy)", stacklevel=4)
+            return u.Unit(default)
+        if isinstance(unit, u.UnrecognizedUnit):
+            raise DL3Error(f"{where}: column {column} has the unit {str(unit)!r}, which astropy cannot read")
+        return u.dimensionless_unscaled
+    return unit
+
+
+def _read_axis(table: Table, row, stem: str, name: str, where: str) -> IRFAxis:
+    interp = IRF_AXES.get(stem, (name, "lin"))[1]
+    unit = _unit(table, stem + "_LO", where)
+    lo, hi = (np.atleast_1d(np.asarray(row[stem + side], dtype=float)) * _unit(table, stem + side, where) for side in ("_LO", "_HI"))
+    if lo.ndim != 1 or lo.shape != hi.shape or np.any(np.diff(lo.value) <= 0):
+        raise DL3Error(f"{where}: axis {stem} must be increasing {stem}_LO and {stem}_HI of one length")
+    hi = hi.to(unit)
+    if np.allclose(lo.value, hi.value):
+        return IRFAxis(name, lo, None, interp)
+    if np.any(hi <= lo):
+        raise DL3Error(f"{where}: axis {stem} needs {stem}_LO < {stem}_HI (or equal, for nodes)")
+    edges = np.append(lo.value, hi.value[-1]) * unit
+    nodes = np.sqrt(edges[:-1] * edges[1:]) if interp == "log" else 0.5 * (edges[:-1] + edges[1:])
+    return IRFAxis(name, nodes, edges, interp)
+
+
+def _oriented(values: np.ndarray, shape: tuple[int, ...], column: str, where: str) -> np.ndarray:
+    """A stored value array with its axes in the class's order: GADF's FITS (``TDIM``) order,
+    which astropy returns reversed, or, where only that matches the axes' lengths, the order as
+    stored (H.E.S.S. DR1 and CTA backgrounds; Gammapy's ``Background3D.from_table``)."""
+    if values.T.shape == shape:
+        return values.T
+    if values.shape == shape:
+        return values
+    if values.ndim == 1 and len(shape) > 1 and values.size == int(np.prod(shape)):
+        raise DL3Error(f"{where}: column {column} has no TDIM keyword: the order of its {values.size} values over the axes {shape} is unknown")
+    raise DL3Error(f"{where}: column {column} has shape {values.T.shape} (FITS order), its axes need {shape}")
+
+
 def _read_irf(hdu, hdu_class: str, where: str) -> IRF:
     """The IRF of a GADF binary table of one row: ``X_LO``/``X_HI`` column pairs are the axes,
-    every other column a value array stored with the axes in reversed column order (FITS)."""
+    the class's value columns the data."""
+    kind = IRF_CLASSES.get(hdu_class)
+    if kind is None:
+        raise DL3Error(f"{where}: IRF class {hdu_class!r} is not one of {', '.join(IRF_CLASSES)}")
     table = Table.read(hdu)
     if len(table) != 1:
         raise DL3Error(f"{where}: an IRF table has one row, this one {len(table)}")
     row = table[0]
-    axes: list[IRFAxis] = []
-    stems = [c[:-3] for c in table.colnames if c.endswith("_LO") and c[:-3] + "_HI" in table.colnames]
-    for stem in stems:
-        name, interp = IRF_AXES.get(stem, (stem.lower(), "lin"))
-        if stem == "ENERG" and hdu_class.startswith(("bkg", "rad_max")):
-            name = "energy"
-        lo, hi = (u.Quantity(np.atleast_1d(np.asarray(row[stem + side], dtype=float)), table[stem + side].unit or "") for side in ("_LO", "_HI"))
-        if lo.ndim != 1 or lo.shape != hi.shape or np.any(np.diff(lo.value) <= 0):
-            raise DL3Error(f"{where}: axis {stem} must be increasing {stem}_LO and {stem}_HI of one length")
-        if np.allclose(lo.value, hi.to_value(lo.unit)):
-            axes.append(IRFAxis(name, lo, None, interp))
-            continue
-        if np.any(hi <= lo):
-            raise DL3Error(f"{where}: axis {stem} needs {stem}_LO < {stem}_HI (or equal, for nodes)")
-        edges = np.append(lo.value, hi.to_value(lo.unit)[-1]) * lo.unit
-        nodes = np.sqrt(edges[:-1] * edges[1:]) if interp == "log" else 0.5 * (edges[:-1] + edges[1:])
-        axes.append(IRFAxis(name, nodes, edges, interp))
-    if not axes:
-        raise DL3Error(f"{where}: no *_LO/*_HI axis columns")
-    axis_columns = {stem + side for stem in stems for side in ("_LO", "_HI")}
-    shape = tuple(len(a) for a in axes)
-    columns = {}
+    stems = {}
     for column in table.colnames:
-        if column in axis_columns:
-            continue
-        values = np.asarray(row[column], dtype=float)
-        if values.size != int(np.prod(shape)):
-            sizes = {a.name: len(a) for a in axes}
-            raise DL3Error(f"{where}: column {column} has {values.size} values, its axes {sizes} need {int(np.prod(shape))}")
-        columns[column] = values.reshape(shape[::-1]).T * u.Unit(table[column].unit or "")
-    order = sorted(range(len(axes)), key=lambda i: not axes[i].name.startswith("energy"))  # energy first, as Gammapy
-    columns = {name: np.transpose(values, order) for name, values in columns.items()}
-    return IRF(hdu_class, {axes[i].name: axes[i] for i in order}, columns, hdu.header.copy())
+        stem = column[:-3]
+        if column.endswith("_LO") and stem + "_HI" in table.colnames:
+            name = IRF_AXES.get(stem, (stem.lower(),))[0]
+            stems["energy" if name == "energy_true" and "energy" in kind.axes else name] = stem
+    if sorted(stems) != sorted(kind.axes):
+        found = ", ".join(f"{stem} ({name})" for name, stem in stems.items()) or "none"
+        raise DL3Error(f"{where}: a {hdu_class} has the axes {', '.join(kind.axes)}; its *_LO/*_HI columns give {found}")
+    axes = {name: _read_axis(table, row, stems[name], name, where) for name in kind.axes}
+    shape = tuple(len(a) for a in axes.values())
+    columns = {}
+    for alternatives in kind.columns:
+        found = [c for c in alternatives if c in table.colnames]
+        if not found:
+            raise DL3Error(f"{where}: a {hdu_class} needs a column {' or '.join(alternatives)}")
+        column = found[0]
+        values = _oriented(np.asarray(row[column], dtype=float), shape, column, where)
+        columns[column] = values * _unit(table, column, where, kind.default_unit)
+    return IRF(hdu_class, axes, columns, hdu.header.copy())

@@ -25,18 +25,29 @@ from .geometry import celestial, pixel_centres
 __all__ = ["counts_cube", "evaluate_irf", "exposure_cube"]
 
 
+_TINY = np.finfo(np.float32).tiny  # the floor of Gammapy's log scale for the float32 values GADF files hold
+
+
 def _scale(values: np.ndarray, interp: str) -> np.ndarray:
-    return np.log(values) if interp == "log" else values
+    return np.log(np.clip(values, _TINY, None)) if interp == "log" else values
+
+
+def _unscale(values: np.ndarray, interp: str) -> np.ndarray:
+    if interp != "log":
+        return values
+    values = np.exp(values)
+    return np.where(values <= 2 * np.finfo(values.dtype).tiny, 0.0, values)
 
 
 def _axis_edges(axis: IRFAxis) -> np.ndarray:
     """The axis' bin edges; for node axes, half-way between nodes in the axis' scale and the
-    outer ones half a step beyond (Gammapy's ``MapAxis.from_nodes``)."""
+    outer ones half a step beyond, a single node its own two edges (Gammapy's
+    ``MapAxis.from_nodes``)."""
     if axis.edges is not None:
         return axis.edges.to_value(axis.nodes.unit)
     nodes = _scale(axis.nodes.value, axis.interp)
     if nodes.size == 1:
-        return np.array([-np.inf, np.inf])
+        return axis.nodes.value[[0, 0]]
     inner = 0.5 * (nodes[1:] + nodes[:-1])
     edges = np.concatenate([[2 * nodes[0] - inner[0]], inner, [2 * nodes[-1] - inner[-1]]])
     return np.exp(edges) if axis.interp == "log" else edges
@@ -45,14 +56,18 @@ def _axis_edges(axis: IRFAxis) -> np.ndarray:
 def evaluate_irf(irf: IRF, column: str | None = None, **coords) -> u.Quantity:
     """``irf`` (its ``column``, default its single value column) at ``coords`` (one Quantity
     per axis name, broadcast together) as Gammapy's ``IRF.evaluate``: linear interpolation
-    between the axes' nodes (in log for log axes, e.g. energy), extrapolated within the outer
-    bins, negative results clipped to 0, and 0 beyond the axes' edges.
+    between the axes' nodes (in log for log axes, e.g. energy, and of the log of background
+    rates), extrapolated within the outer bins, negative results clipped to 0, and 0 beyond
+    the axes' edges (as ``IRFClass.zero_outside`` says: an energy dispersion only beyond both
+    its true energy and migration edges, or its offsets; parametric PSF parameters nowhere,
+    as Gammapy's ``evaluate_parameters``).
 
     Example:
         >>> evaluate_irf(obs.aeff, energy_true=1 * u.TeV, offset=0.5 * u.deg)  # doctest: +SKIP
         <Quantity 3.1e+05 m2>
     """
     values = irf.data if column is None else irf.columns[column]
+    spec = irf.spec
     missing = set(irf.axes) - set(coords)
     if missing:
         raise ValueError(f"{irf.hdu_class}: give the coordinates {sorted(missing)} (axes {list(irf.axes)})")
@@ -60,15 +75,21 @@ def evaluate_irf(irf: IRF, column: str | None = None, **coords) -> u.Quantity:
     raw = np.broadcast_arrays(*(u.Quantity(coords[a.name]).to_value(a.nodes.unit) for a in axes))
     varying = [len(a) > 1 for a in axes]
     points = [_scale(a.nodes.value, a.interp) for a, keep in zip(axes, varying) if keep]
-    table = values.value.reshape([len(a) for a, keep in zip(axes, varying) if keep])
+    table = _scale(values.value, spec.values_interp).reshape([len(a) for a, keep in zip(axes, varying) if keep])
     at = np.stack([_scale(c, a.interp) for c, a, keep in zip(raw, axes, varying) if keep], axis=-1)
     interpolated = RegularGridInterpolator(points, table, bounds_error=False, fill_value=None)(at)
-    interpolated = np.clip(interpolated, 0.0, None)
-    inside = np.ones(interpolated.shape, dtype=bool)
+    interpolated = np.clip(_unscale(interpolated, spec.values_interp), 0.0, None)
+    groups = spec.zero_outside_groups
+    if not groups:
+        return interpolated * values.unit
+    outside_axis = {}
     for c, a in zip(raw, axes):
         edges = _axis_edges(a)
-        inside &= (c >= edges[0]) & (c <= edges[-1])
-    return np.where(inside & np.isfinite(interpolated), interpolated, 0.0) * values.unit
+        outside_axis[a.name] = (c < edges[0]) | (c > edges[-1])
+    outside = np.zeros(interpolated.shape, dtype=bool)
+    for group in groups:
+        outside |= np.logical_and.reduce([outside_axis[name] for name in group])
+    return np.where(~outside & np.isfinite(interpolated), interpolated, 0.0) * values.unit
 
 
 def _sky_coordinates(wcs, shape: tuple[int, int]) -> SkyCoord:
