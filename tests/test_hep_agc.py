@@ -290,8 +290,17 @@ def test_grouping_by_multiplicity_keeps_every_event_once_and_pads_to_the_group(i
     assert len(partial) == len(set(partial)) == len(set(caps))
     for chunk, cap in zip(chunks, caps):
         assert chunk.size == block[cap] or (chunk.n_events <= chunk.size == max(1024, block[cap] // 4))
+    assert not chunks[0].contiguous and "events (not contiguous; last read from event" in repr(chunks[0])
     with pytest.raises(ValueError, match="group_by='Muon' is not one of the collections"):
         next(nanoaod.read_chunks(path, {"Jet": ("pt",)}, group_by="Muon"))
+    with pytest.raises(ValueError, match="group_by='Jet' needs a block_size"):
+        next(nanoaod.read_chunks(path, {"Jet": ("pt",)}, group_by="Jet"))
+
+    # max_cap=8: the events with more jets join the 5-8 jet group (one shape, not one per bucket)
+    capped = list(nanoaod.read_chunks(path, {"Jet": ("pt",)}, scalars=("event",), step_size=4096, block_size=2048, group_by="Jet", max_cap=8))
+    assert {chunk.collections["Jet"].cap for chunk in capped} == {4, 8}
+    assert sum(chunk.n_events for chunk in capped) == 15_000
+    assert sum(chunk.over_cap["Jet"] for chunk in capped) == sum(1 for n in plain.values() if len(n) > 8) > 0
 
 
 def test_events_above_max_cap_are_counted_and_reported(inputs):

@@ -58,7 +58,8 @@ def event_bucket(n: int, minimum: int = 64) -> int:
 
 class EventChunk(eqx.Module):
     """``n_events`` events of one file, padded to ``size`` events: events ``start`` to
-    ``start + n_events``, or with ``group_by`` events of the reads up to the one at ``start``.
+    ``start + n_events``, or, not ``contiguous`` (``read_chunks(group_by=...)``, :func:`subset`),
+    events of the file's reads up to the one starting at event ``start``.
 
     Kernels take its arrays (``collections``, ``scalars``, ``valid``), not the chunk: its
     bookkeeping (file, start, counts) is static and would make every chunk a new jit key."""
@@ -70,6 +71,7 @@ class EventChunk(eqx.Module):
     start: int = eqx.field(static=True)
     n_events: int = eqx.field(static=True)
     over_cap: dict[str, int] = eqx.field(static=True)
+    contiguous: bool = eqx.field(static=True, default=True)
 
     @property
     def size(self) -> int:
@@ -77,7 +79,11 @@ class EventChunk(eqx.Module):
 
     def __repr__(self) -> str:
         caps = ", ".join(f"{name}: cap {c.cap}" for name, c in self.collections.items())
-        return f"EventChunk({self.source!r}, events {self.start}..{self.start + self.n_events} in {self.size}; {caps})"
+        if self.contiguous:
+            events = f"events {self.start}..{self.start + self.n_events}"
+        else:
+            events = f"{self.n_events} events (not contiguous; last read from event {self.start})"
+        return f"EventChunk({self.source!r}, {events} in {self.size}; {caps})"
 
 
 def _open_tree(path: str, tree: str):
@@ -148,8 +154,9 @@ def read_chunks(
     (measured). A chunk shorter than ``block_size`` is padded to a power of two (>= 1024), so
     a file set compiles a kernel a handful of times.
 
-    With ``group_by`` (a collection name) each read's events are grouped by that collection's
-    multiplicity (up to 4, 8, 16, ... entries; their order kept within a group) before they are
+    With ``group_by`` (a collection name; needs ``block_size``) each read's events are grouped
+    by that collection's multiplicity (up to 4, 8, 16, ... entries, at most ``max_cap``; their
+    order kept within a group) before they are
     cut into chunks, so a chunk pads its objects to its own events' largest multiplicity, not
     the read's: AGC's jets fill 4-8 of 16 slots on average (the per-event work of a kernel
     scales with the cap: ~2x less work on ttbar, ~4x on W+jets). ``block_size`` is then the
@@ -172,14 +179,15 @@ def read_chunks(
         step_size = -(-step_size // block_size) * block_size
     if group_by is not None and group_by not in collections:
         raise ValueError(f"group_by={group_by!r} is not one of the collections read ({sorted(collections)})")
-    carry = block_size is not None and group_by is not None
+    if group_by is not None and block_size is None:
+        raise ValueError(f"group_by={group_by!r} needs a block_size (the chunk size of the events with the fewest {group_by})")
     leftover: dict[int, tuple] = {}
     start = 0
     for start, arrays in _iterate(events, wanted, step_size):
         flats, values = _host_arrays(path, arrays, collections, scalars)
         n_events = len(next(iter(arrays.values())))
-        for key, group in _groups(flats, values, n_events, group_by).items():
-            if not carry:
+        for key, group in _groups(flats, values, n_events, group_by, max_cap).items():
+            if group_by is None:
                 yield from _chunks(path, start, group, step_size, block_size, max_cap, group_by)
                 continue
             block = _group_block(block_size, key)
@@ -219,16 +227,18 @@ def _chunks(path, start, group, step_size, block_size, max_cap, group_by):
             size = n_events if n_events == step_size else min(event_bucket(n_events, _MIN_SIZE), step_size)
         else:
             size = block_size if last - first == block_size else _partial_size(last - first, block_size, group_by is not None)
-        yield _chunk(path, start + first, _block(flats, values, first, last), last - first, size, max_cap, group_by)
+        yield _chunk(path, start if group_by else start + first, _block(flats, values, first, last), last - first, size, max_cap, group_by)
 
 
-def _groups(flats, values, n_events: int, group_by) -> dict:
+def _groups(flats, values, n_events: int, group_by, max_cap) -> dict:
     """``{cap: (flats, values, events)}``: the read as one group (key 0), or one group per
-    capped multiplicity of ``group_by``."""
+    multiplicity bucket of ``group_by`` (at most ``max_cap``: the events beyond it share one)."""
     if group_by is None:
         return {0: (flats, values, n_events)}
     counts = np.diff(next(iter(flats[group_by].values()))[1])
     group_cap = np.array([bucket(n, _SMALLEST_MAX_CAP) for n in range(int(counts.max(initial=0)) + 1)])[counts]
+    if max_cap is not None:
+        group_cap = np.minimum(group_cap, max_cap)
     groups = {}
     for cap in np.unique(group_cap):
         events = np.flatnonzero(group_cap == cap)
@@ -321,7 +331,7 @@ def _chunk(path, start, block, n_events: int, size: int, max_cap, group_by=None)
         padded[name] = Collection(columns, to_device(mask))
     scalars = {name: to_device(np.concatenate([column, np.zeros(size - n_events, dtype=column.dtype)])) for name, column in values.items()}
     valid = np.arange(size) < n_events
-    return EventChunk(padded, scalars, to_device(valid), path, start, n_events, over_cap)
+    return EventChunk(padded, scalars, to_device(valid), path, start, n_events, over_cap, group_by is None)
 
 
 def subset(chunk: EventChunk, events: np.ndarray) -> EventChunk:
@@ -340,4 +350,4 @@ def subset(chunk: EventChunk, events: np.ndarray) -> EventChunk:
     }
     valid = to_device(np.arange(size) < events.size)
     scalars = {name: take(v) for name, v in chunk.scalars.items()}
-    return EventChunk(collections, scalars, valid, chunk.source, chunk.start, int(events.size), dict(chunk.over_cap))
+    return EventChunk(collections, scalars, valid, chunk.source, chunk.start, int(events.size), dict(chunk.over_cap), contiguous=False)
