@@ -18,14 +18,14 @@ from astropy.coordinates import SkyCoord
 
 from conftest import shared_data
 from fitax.gamma.dl3 import DataStore, read_irfs
-from fitax.gamma.reduce import counts_cube, evaluate_irf, exposure_cube
+from fitax.gamma.reduce import background_cube, counts_cube, evaluate_irf, exposure_cube, integrate_log_log
 
 # (run, centre, frame, projection): the Crab in ICRS/CAR, MSH 15-52 in Galactic/TAN
 CASES = [(23523, (83.633, 22.014), "icrs", "CAR"), (20136, (320.33, -1.19), "galactic", "TAN")]
 
 
 @pytest.mark.parametrize(("obs_id", "centre", "frame", "projection"), CASES)
-def test_counts_and_exposure_equal_gammapy(obs_id, centre, frame, projection):
+def test_counts_exposure_and_background_equal_gammapy(obs_id, centre, frame, projection):
     hess = shared_data("gamma", "hess-dl3-dr1")
     pytest.importorskip("gammapy", reason="Gammapy (test extra) not installed")
     from gammapy.data import DataStore as GammapyDataStore
@@ -36,7 +36,7 @@ def test_counts_and_exposure_equal_gammapy(obs_id, centre, frame, projection):
     energy = MapAxis.from_energy_bounds(0.5, 50, 10, "TeV")
     energy_true = MapAxis.from_energy_bounds(0.3, 100, 20, "TeV", name="energy_true")
     geom = WcsGeom.create(skydir=SkyCoord(*centre, unit="deg", frame=frame), binsz=0.02, width=(4.0, 3.0), frame=frame, proj=projection, axes=[energy])
-    reference = MapDatasetMaker(selection=["counts", "exposure"]).run(
+    reference = MapDatasetMaker(selection=["counts", "exposure", "background"]).run(
         MapDataset.create(geom, energy_axis_true=energy_true), GammapyDataStore.from_dir(hess).obs(obs_id)
     )
     observation = DataStore.from_dir(hess).observation(obs_id)
@@ -52,6 +52,11 @@ def test_counts_and_exposure_equal_gammapy(obs_id, centre, frame, projection):
     assert exposure.unit == u.Unit("m2 s") and relevant.sum() > 0.5 * expected.size
     np.testing.assert_allclose(exposure.value[relevant], expected[relevant], rtol=1e-9)
     assert np.all(exposure.value[~relevant] <= 1e-6 * expected.max() * 1.0001)
+
+    background = background_cube(observation, geom.wcs, shape, energy.edges)
+    expected = reference.background.data
+    assert background.shape == expected.shape and 0.1 * counts.sum() < background.sum() < 10 * counts.sum()
+    np.testing.assert_allclose(background, expected, rtol=RTOL_FLOAT32, atol=1e-9 * expected.max())
 
 
 RTOL_FLOAT32 = 1e-6  # Gammapy interpolates some IRFs in the float32 of the file, fitax in float64
@@ -116,3 +121,17 @@ def test_irf_evaluation_needs_every_axis():
     aeff = DataStore.from_dir(shared_data("gamma", "hess-dl3-dr1")).observation(23523).aeff
     with pytest.raises(ValueError, match=r"give the coordinates \['offset'\]"):
         evaluate_irf(aeff, energy_true=1 * u.TeV)
+
+
+def test_log_log_integration_is_exact_for_power_laws():
+    """Analytic integrals of power laws (index 2.7, and 1 where the closed form changes), 0 over
+    an interval starting at 0, along any axis."""
+    edges = np.geomspace(0.1, 100, 7)
+    for index in (2.7, 1.0, -0.5):
+        values = 3.0 * edges**-index
+        expected = 3.0 * (np.log(edges[1:] / edges[:-1]) if index == 1 else (edges[1:] ** (1 - index) - edges[:-1] ** (1 - index)) / (1 - index))
+        np.testing.assert_allclose(integrate_log_log(values, edges), expected, rtol=1e-12)
+    grid = np.stack([edges**-2.0, np.zeros_like(edges)], axis=1)
+    integral = integrate_log_log(grid, np.broadcast_to(edges[:, None], grid.shape), axis=0)
+    np.testing.assert_allclose(integral[:, 0], 1 / edges[:-1] - 1 / edges[1:], rtol=1e-12)
+    assert np.all(integral[:, 1] == 0)
