@@ -18,19 +18,19 @@ from astropy.coordinates import SkyCoord
 
 from conftest import shared_data
 from fitax.gamma.dl3 import DataStore, read_irfs
-from fitax.gamma.reduce import background_cube, counts_cube, evaluate_irf, exposure_cube, integrate_log_log
+from fitax.gamma.reduce import background_cube, counts_cube, evaluate_irf, exposure_cube, integrate_log_log, safe_mask
 
 # (run, centre, frame, projection): the Crab in ICRS/CAR, MSH 15-52 in Galactic/TAN
 CASES = [(23523, (83.633, 22.014), "icrs", "CAR"), (20136, (320.33, -1.19), "galactic", "TAN")]
 
 
 @pytest.mark.parametrize(("obs_id", "centre", "frame", "projection"), CASES)
-def test_counts_exposure_and_background_equal_gammapy(obs_id, centre, frame, projection):
+def test_counts_exposure_background_and_safe_masks_equal_gammapy(obs_id, centre, frame, projection):
     hess = shared_data("gamma", "hess-dl3-dr1")
     pytest.importorskip("gammapy", reason="Gammapy (test extra) not installed")
     from gammapy.data import DataStore as GammapyDataStore
     from gammapy.datasets import MapDataset
-    from gammapy.makers import MapDatasetMaker
+    from gammapy.makers import MapDatasetMaker, SafeMaskMaker
     from gammapy.maps import MapAxis, WcsGeom
 
     energy = MapAxis.from_energy_bounds(0.5, 50, 10, "TeV")
@@ -57,6 +57,19 @@ def test_counts_exposure_and_background_equal_gammapy(obs_id, centre, frame, pro
     expected = reference.background.data
     assert background.shape == expected.shape and 0.1 * counts.sum() < background.sum() < 10 * counts.sum()
     np.testing.assert_allclose(background, expected, rtol=RTOL_FLOAT32, atol=1e-9 * expected.max())
+
+    for methods in (["aeff-default"], ["offset-max"], ["bkg-peak"], ["aeff-default", "offset-max", "bkg-peak"]):
+        expected = SafeMaskMaker(methods=methods, offset_max="1.7 deg").run(reference.copy(), GammapyDataStore.from_dir(hess).obs(obs_id)).mask_safe.data
+        mask = safe_mask(observation, geom.wcs, shape, energy.edges, methods, offset_max=1.7 * u.deg, background=background)
+        np.testing.assert_array_equal(mask, expected, err_msg=str(methods))
+        assert 0 < mask.sum() < mask.size
+    wide = MapAxis.from_energy_bounds(0.3, 300, 9, "TeV")  # beyond HI_THRES (100 TeV)
+    small = WcsGeom.create(skydir=SkyCoord(*centre, unit="deg", frame=frame), binsz=0.5, width=1.0, frame=frame, axes=[wide])
+    run = GammapyDataStore.from_dir(hess).obs(obs_id)
+    expected = SafeMaskMaker(methods=["aeff-default"]).run(MapDatasetMaker(selection=["exposure"]).run(MapDataset.create(small), run), run).mask_safe.data
+    mask = safe_mask(observation, small.wcs, small.data_shape[1:], wide.edges, ["aeff-default"])
+    np.testing.assert_array_equal(mask, expected)
+    assert not mask[0].any() and not mask[-1].any() and mask[3].all()
 
 
 RTOL_FLOAT32 = 1e-6  # Gammapy interpolates some IRFs in the float32 of the file, fitax in float64
@@ -135,3 +148,16 @@ def test_log_log_integration_is_exact_for_power_laws():
     integral = integrate_log_log(grid, np.broadcast_to(edges[:, None], grid.shape), axis=0)
     np.testing.assert_allclose(integral[:, 0], 1 / edges[:-1] - 1 / edges[1:], rtol=1e-12)
     assert np.all(integral[:, 1] == 0)
+
+
+def test_safe_mask_refuses_what_it_cannot_do():
+    observation = DataStore.from_dir(shared_data("gamma", "hess-dl3-dr1")).observation(23523)
+    from astropy.wcs import WCS
+
+    wcs = WCS(naxis=2)
+    wcs.wcs.ctype, wcs.wcs.crval, wcs.wcs.cdelt, wcs.wcs.crpix = ["RA---CAR", "DEC--CAR"], [83.6, 22.0], [-0.1, 0.1], [5.5, 5.5]
+    edges = np.geomspace(0.5, 50, 5) * u.TeV
+    with pytest.raises(ValueError, match=r"safe-mask methods \['edisp-bias'\] are not available"):
+        safe_mask(observation, wcs, (10, 10), edges, ["aeff-default", "edisp-bias"])
+    with pytest.raises(ValueError, match="'bkg-peak' needs the background cube"):
+        safe_mask(observation, wcs, (10, 10), edges, ["bkg-peak"])

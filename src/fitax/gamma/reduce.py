@@ -14,6 +14,8 @@ Example:
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from astropy import units as u
 from astropy.coordinates import SkyCoord, SkyOffsetFrame
@@ -23,7 +25,7 @@ from scipy.interpolate import RegularGridInterpolator
 from .dl3 import IRF, IRFAxis, Observation
 from .geometry import celestial, pixel_centres, solid_angles
 
-__all__ = ["background_cube", "counts_cube", "evaluate_irf", "exposure_cube", "integrate_log_log"]
+__all__ = ["SAFE_MASK_METHODS", "background_cube", "counts_cube", "evaluate_irf", "exposure_cube", "integrate_log_log", "safe_mask"]
 
 
 _TINY = np.finfo(np.float32).tiny  # the floor of Gammapy's log scale for the float32 values GADF files hold
@@ -176,3 +178,59 @@ def background_cube(observation: Observation, wcs, shape: tuple[int, int], energ
     integrated = integrate_log_log(rate.value, np.broadcast_to(edges.value, rate.shape), axis=0) * rate.unit * edges.unit
     counts = integrated * solid_angles(wcs, shape) * u.sr * observation.ontime
     return counts.to_value(u.dimensionless_unscaled)
+
+
+SAFE_MASK_METHODS = ("aeff-default", "offset-max", "bkg-peak")
+"""The safe-mask methods of Gammapy's ``SafeMaskMaker`` fitax has (with its DL4 IRFs, the
+default); ``aeff-max`` and ``edisp-bias`` are not built yet."""
+
+
+def _energy_mask(edges: u.Quantity, energy_min=None, energy_max=None) -> np.ndarray:
+    """The energy bins wholly within ``[energy_min, energy_max]`` (Gammapy's ``energy_mask``)."""
+    low = edges[0] if energy_min is None else energy_min
+    high = edges[-1] if energy_max is None else energy_max
+    return (edges[:-1] >= low) & (edges[1:] <= high)
+
+
+def safe_mask(observation: Observation, wcs, shape: tuple[int, int], energy_edges: u.Quantity, methods=("aeff-default",),
+              offset_max: u.Quantity = 3 * u.deg, background: np.ndarray | None = None) -> np.ndarray:
+    """The ``(energy, ny, nx)`` mask of the bins safe to fit, as Gammapy's ``SafeMaskMaker``:
+    the ``and`` of each method's (``aeff-default``: the energy range in the effective area's
+    header, ``LO_THRES``/``HI_THRES`` [TeV]; ``offset-max``: pixels closer than ``offset_max``
+    to the pointing; ``bkg-peak``: energies from the lower edge of the bin where the
+    ``background`` cube's spectrum peaks), and, given a ``background``, bins where it is
+    positive and finite.
+
+    Example:
+        >>> mask = safe_mask(obs, wcs, shape, edges, methods=("aeff-default", "offset-max"), offset_max=2.5 * u.deg)  # doctest: +SKIP
+    """
+    methods = tuple(methods)
+    unknown = sorted(set(methods) - set(SAFE_MASK_METHODS))
+    if unknown:
+        raise ValueError(f"safe-mask methods {unknown} are not available; fitax has {list(SAFE_MASK_METHODS)}")
+    edges = u.Quantity(energy_edges)
+    mask = np.ones((edges.size - 1, *shape), dtype=bool)
+    if background is not None:
+        background = np.asarray(background)
+        if background.shape != mask.shape:
+            raise ValueError(f"background has shape {background.shape}, the geometry {mask.shape}")
+        mask &= np.isfinite(background) & (background > 0)
+    if "offset-max" in methods:
+        mask &= (_sky_coordinates(wcs, shape).separation(observation.pointing) < u.Quantity(offset_max))[None]
+    if "aeff-default" in methods:
+        if observation.aeff is None:
+            raise ValueError(f"obs {observation.obs_id}: 'aeff-default' needs an effective area")
+        bounds = {}
+        for key in ("LO_THRES", "HI_THRES"):
+            value = observation.aeff.header.get(key)
+            if value:
+                bounds[key] = float(value) * u.TeV
+            else:
+                warnings.warn(f"obs {observation.obs_id}: no {key} in the effective area's header: no safe energy bound from it", stacklevel=2)
+        mask &= _energy_mask(edges, bounds.get("LO_THRES"), bounds.get("HI_THRES"))[:, None, None]
+    if "bkg-peak" in methods:
+        if background is None:
+            raise ValueError("'bkg-peak' needs the background cube (background=)")
+        peak = int(np.argmax(background.sum(axis=(1, 2))))
+        mask &= _energy_mask(edges, edges[peak])[:, None, None]
+    return mask
