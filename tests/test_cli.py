@@ -3,6 +3,7 @@
 import subprocess
 import sys
 
+import pytest
 from astropy.table import Table
 
 from fitax.cli import main
@@ -15,6 +16,7 @@ def test_help_lists_the_commands(capsys):
         assert command in text
 
 
+@pytest.mark.slow  # `make demo` runs it too; CI runs it with `make test-slow`
 def test_demo_writes_results_and_plots(tmp_path):
     out = tmp_path / "results"
     completed = subprocess.run(

@@ -55,6 +55,7 @@ def test_calibrate_then_run_recovers_the_truth(frames, tmp_path):
     np.testing.assert_allclose(catalog["dec"], dec, atol=1e-9)
 
 
+@pytest.mark.slow  # ~2 min (workers, many images); CI runs it with `make test-slow`
 def test_run_with_a_catalog_and_a_gaussian_psf_on_many_images(frames, tmp_path, capsys):
     folder, science, biases, flats, truth = frames
     out = tmp_path / "cal"
@@ -112,6 +113,7 @@ def test_bad_inputs_are_clear_errors(frames, tmp_path, capsys):
     assert "run 'fitax phot calibrate' first" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # `make demo` runs it too; CI runs it with `make test-slow`
 def test_demo_writes_a_catalog_and_plots(tmp_path):
     out = tmp_path / "demo"
     assert main(["phot", "demo", "--out", str(out), "--stars", "300", "--seed", "3"]) == 0
