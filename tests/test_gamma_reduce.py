@@ -18,7 +18,7 @@ from astropy.coordinates import SkyCoord
 
 from conftest import shared_data
 from fitax.gamma.dl3 import DataStore, read_irfs
-from fitax.gamma.reduce import background_cube, counts_cube, evaluate_irf, exposure_cube, integrate_log_log, safe_mask
+from fitax.gamma.reduce import background_cube, counts_cube, evaluate_irf, exposure_cube, fill_missing_energies, integrate_log_log, safe_mask
 
 # (run, centre, frame, projection): the Crab in ICRS/CAR, MSH 15-52 in Galactic/TAN
 CASES = [(23523, (83.633, 22.014), "icrs", "CAR"), (20136, (320.33, -1.19), "galactic", "TAN")]
@@ -161,3 +161,19 @@ def test_safe_mask_refuses_what_it_cannot_do():
         safe_mask(observation, wcs, (10, 10), edges, ["aeff-default", "edisp-bias"])
     with pytest.raises(ValueError, match="'bkg-peak' needs the background cube"):
         safe_mask(observation, wcs, (10, 10), edges, ["bkg-peak"])
+
+
+def test_missing_background_rates_are_filled_along_energy_as_gammapy():
+    """Gammapy's MapDatasetMaker fills a background's zero rates between valid energies
+    (``interp_missing_data``) before it predicts counts: run 23526 has such holes."""
+    hess = shared_data("gamma", "hess-dl3-dr1")
+    pytest.importorskip("gammapy", reason="Gammapy (test extra) not installed")
+    from gammapy.data import DataStore as GammapyDataStore
+
+    ours = DataStore.from_dir(hess).observation(23526).bkg
+    reference = GammapyDataStore.from_dir(hess).obs(23526).bkg
+    reference.interp_missing_data(axis_name="energy")
+    filled = fill_missing_energies(ours)
+    changed = filled.data.value != ours.data.value
+    assert changed.sum() == 3 and np.all(ours.data.value[changed] == 0)  # 3 holes, at the edge of the FoV
+    np.testing.assert_allclose(filled.data.to_value(reference.unit), reference.data, rtol=RTOL_FLOAT32, atol=0)

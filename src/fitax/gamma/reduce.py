@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 
 import numpy as np
@@ -25,7 +26,7 @@ from scipy.interpolate import RegularGridInterpolator
 from .dl3 import IRF, IRFAxis, Observation
 from .geometry import celestial, pixel_centres, solid_angles
 
-__all__ = ["SAFE_MASK_METHODS", "background_cube", "counts_cube", "evaluate_irf", "exposure_cube", "integrate_log_log", "safe_mask"]
+__all__ = ["SAFE_MASK_METHODS", "background_cube", "counts_cube", "evaluate_irf", "exposure_cube", "fill_missing_energies", "integrate_log_log", "safe_mask"]
 
 
 _TINY = np.finfo(np.float32).tiny  # the floor of Gammapy's log scale for the float32 values GADF files hold
@@ -155,12 +156,39 @@ def _fov_coordinates(wcs, shape: tuple[int, int], pointing: SkyCoord, reverse_lo
     return (lon if reverse_lon else -lon), offsets.lat.to(u.deg)
 
 
-def background_cube(observation: Observation, wcs, shape: tuple[int, int], energy_edges: u.Quantity) -> np.ndarray:
+def fill_missing_energies(irf: IRF) -> IRF:
+    """``irf`` with each zero or non-finite value between valid ones along its energy axis
+    replaced by the interpolation of its neighbours (by bin index, in the values' scale: log
+    for backgrounds), Gammapy's ``interp_missing_data(axis_name="energy")``, which its
+    ``MapDatasetMaker`` applies to every background by default; values before the first or
+    after the last valid one are kept."""
+    name = next(a for a in irf.axes if a.startswith("energy"))
+    axis = list(irf.axes).index(name)
+    values = irf.data
+    data = np.moveaxis(values.value.copy(), axis, -1)
+    columns = data.reshape(-1, data.shape[-1])
+    missing = ~np.isfinite(columns) | (columns == 0.0)
+    index = np.arange(columns.shape[1])
+    for row in np.flatnonzero(missing.any(axis=1) & ~missing.all(axis=1)):
+        valid = ~missing[row]
+        scaled = _scale(columns[row, valid], irf.spec.values_interp)
+        filled = np.interp(index[missing[row]], index[valid], scaled, left=np.nan, right=np.nan)
+        inside = ~np.isnan(filled)
+        columns[row, np.flatnonzero(missing[row])[inside]] = _unscale(filled[inside], irf.spec.values_interp)
+    column = next(iter(irf.columns))
+    return dataclasses.replace(irf, columns={column: np.moveaxis(data, -1, axis) * values.unit})
+
+
+def background_cube(observation: Observation, wcs, shape: tuple[int, int], energy_edges: u.Quantity,
+                    fill_missing: bool = True) -> np.ndarray:
     """Predicted background counts ``(energy, ny, nx)``: the background rate at each pixel
     centre's field-of-view position, integrated over each reconstructed-energy bin (log-log,
     between the bin's edges), times the pixel's solid angle and the observation's ontime (GADF
     rates are per unit ontime) — Gammapy's ``make_map_background_irf`` without oversampling,
-    with the IRF's ``fov_alignment``.
+    with the IRF's ``fov_alignment``, on the background its ``MapDatasetMaker`` uses: missing
+    rates filled along energy (:func:`fill_missing_energies`, unless ``fill_missing=False``).
+    A 2D background is not padded by a bin beyond its largest offset, as Gammapy's
+    ``background_pad_offset`` does: beyond it the prediction is 0.
 
     Raises ``ValueError`` for a background aligned with Alt/Az (it rotates on the sky during
     the run: not supported yet)."""
@@ -169,6 +197,8 @@ def background_cube(observation: Observation, wcs, shape: tuple[int, int], energ
         raise ValueError(f"obs {observation.obs_id}: no background IRF (bkg) to predict a background with")
     if bkg.fov_alignment not in ("RADEC", "REVERSE_LON_RADEC"):
         raise ValueError(f"obs {observation.obs_id}: a background aligned with {bkg.fov_alignment} (FOVALIGN) is not supported yet, only RADEC")
+    if fill_missing:
+        bkg = fill_missing_energies(bkg)
     edges = u.Quantity(energy_edges)[:, None, None]
     if "offset" in bkg.axes:
         rate = evaluate_irf(bkg, energy=edges, offset=_sky_coordinates(wcs, shape).separation(observation.pointing)[None])
