@@ -15,13 +15,14 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
+import itertools
 import warnings
 
 import numpy as np
 from astropy import units as u
 from astropy.coordinates import SkyCoord, SkyOffsetFrame
 from astropy.wcs.utils import wcs_to_celestial_frame
-from scipy.interpolate import RegularGridInterpolator
 
 from .dl3 import IRF, IRFAxis, Observation
 from .geometry import celestial, pixel_centres, solid_angles
@@ -76,12 +77,13 @@ def evaluate_irf(irf: IRF, column: str | None = None, **coords) -> u.Quantity:
     if missing:
         raise ValueError(f"{irf.hdu_class}: give the coordinates {sorted(missing)} (axes {list(irf.axes)})")
     axes = list(irf.axes.values())
-    raw = np.broadcast_arrays(*(u.Quantity(coords[a.name]).to_value(a.nodes.unit) for a in axes))
+    raw = [np.asarray(u.Quantity(coords[a.name]).to_value(a.nodes.unit), dtype=float) for a in axes]
+    shape = np.broadcast_shapes(*(c.shape for c in raw))
     varying = [len(a) > 1 for a in axes]
     points = [_scale(a.nodes.value, a.interp) for a, keep in zip(axes, varying) if keep]
     table = _scale(values.value, spec.values_interp).reshape([len(a) for a, keep in zip(axes, varying) if keep])
-    at = np.stack([_scale(c, a.interp) for c, a, keep in zip(raw, axes, varying) if keep], axis=-1)
-    interpolated = RegularGridInterpolator(points, table, bounds_error=False, fill_value=None)(at)
+    at = [_scale(c, a.interp) for c, a, keep in zip(raw, axes, varying) if keep]
+    interpolated = np.broadcast_to(_interpolate_separably(points, table, at), shape)
     interpolated = np.clip(_unscale(interpolated, spec.values_interp), 0.0, None)
     groups = spec.zero_outside_groups
     if not groups:
@@ -90,10 +92,31 @@ def evaluate_irf(irf: IRF, column: str | None = None, **coords) -> u.Quantity:
     for c, a in zip(raw, axes):
         edges = _axis_edges(a)
         outside_axis[a.name] = (c < edges[0]) | (c > edges[-1])
-    outside = np.zeros(interpolated.shape, dtype=bool)
+    outside = np.zeros(shape, dtype=bool)
     for group in groups:
-        outside |= np.logical_and.reduce([outside_axis[name] for name in group])
+        outside |= functools.reduce(np.logical_and, [outside_axis[name] for name in group])
     return np.where(~outside & np.isfinite(interpolated), interpolated, 0.0) * values.unit
+
+
+def _interpolate_separably(points: list[np.ndarray], table: np.ndarray, coords: list[np.ndarray]) -> np.ndarray:
+    """Multilinear interpolation of ``table`` on the grid ``points`` at ``coords`` (one array
+    per axis, broadcast together), extrapolated linearly from the outer cells, as scipy's
+    ``RegularGridInterpolator(fill_value=None)``. Each axis' cell and weight come from its own
+    coordinates, so an energy axis of 20 values and a 250 x 250 pixel grid locate 20 + 62500
+    points, not 20 x 62500, before the 2^d corners are combined."""
+    cells, weights = [], []
+    for nodes, c in zip(points, coords):
+        cell = np.clip(np.searchsorted(nodes, c) - 1, 0, nodes.size - 2)
+        cells.append(cell)
+        weights.append((c - nodes[cell]) / (nodes[cell + 1] - nodes[cell]))
+    strides = np.cumprod((table.shape[1:] + (1,))[::-1])[::-1]
+    flat = functools.reduce(np.add, [cell * stride for cell, stride in zip(cells, strides)])
+    values = table.ravel()
+    result = 0.0
+    for corner in itertools.product((0, 1), repeat=len(points)):
+        weight = functools.reduce(np.multiply, [w if upper else 1.0 - w for w, upper in zip(weights, corner)])
+        result = result + weight * values[flat + int(np.dot(corner, strides))]
+    return result
 
 
 def _sky_coordinates(wcs, shape: tuple[int, int]) -> SkyCoord:
@@ -169,7 +192,12 @@ def fill_missing_energies(irf: IRF) -> IRF:
     columns = data.reshape(-1, data.shape[-1])
     missing = ~np.isfinite(columns) | (columns == 0.0)
     index = np.arange(columns.shape[1])
-    for row in np.flatnonzero(missing.any(axis=1) & ~missing.all(axis=1)):
+    valid_index = np.where(missing, np.nan, index)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # rows with no valid value
+        first, last = np.nanmin(valid_index, axis=1), np.nanmax(valid_index, axis=1)
+    between = missing & (index > first[:, None]) & (index < last[:, None])
+    for row in np.flatnonzero(between.any(axis=1)):
         valid = ~missing[row]
         scaled = _scale(columns[row, valid], irf.spec.values_interp)
         filled = np.interp(index[missing[row]], index[valid], scaled, left=np.nan, right=np.nan)
