@@ -10,8 +10,8 @@ order GADF specifies or, where only that matches the axes' lengths, as stored in
 H.E.S.S. DR1 and CTA background files hold it. DR1 backgrounds also run their longitudes
 eastwards (``IRF.fov_alignment`` ``REVERSE_LON_RADEC``, as Gammapy reads SASH-written files).
 That reading (Gammapy's) is the one the data support: of the 8 ways to lay a DR1 background
-on the sky, events of 15 empty-field runs are most likely under it, by 54 in log-likelihood
-over the next and 205 over GADF's column order (``tests/test_gamma_dl3.py``).
+on the sky, events of 11 empty-field runs are most likely under it, by 56 in log-likelihood
+over the next and 207 over GADF's column order (``tests/test_gamma_dl3.py``).
 
 Example:
     >>> store = DataStore.from_dir("hess-dl3-dr1")  # doctest: +SKIP
@@ -24,6 +24,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import warnings
 from pathlib import Path
@@ -141,17 +142,46 @@ class IRF:
 @dataclasses.dataclass(frozen=True)
 class Observation:
     """One run: its id, pointing, times, events (astropy Table with the event header as
-    ``meta``), good time intervals and IRFs (``None`` where the data store has none)."""
+    ``meta``), good time intervals and IRFs (``None`` where the data store has none).
+
+    Each IRF is read from ``irf_locations`` (``{type: (file, HDU name, HDU class)}``) when it
+    is first used, as Gammapy's observations do: a reduction that needs no PSF does not read
+    one."""
 
     obs_id: int
     pointing: SkyCoord
     events: Table = dataclasses.field(repr=False)
     gti: Table = dataclasses.field(repr=False)
-    aeff: IRF | None = dataclasses.field(repr=False, default=None)
-    edisp: IRF | None = dataclasses.field(repr=False, default=None)
-    psf: IRF | None = dataclasses.field(repr=False, default=None)
-    bkg: IRF | None = dataclasses.field(repr=False, default=None)
-    rad_max: IRF | None = dataclasses.field(repr=False, default=None)
+    irf_locations: dict = dataclasses.field(repr=False, default_factory=dict)
+
+    def _irf(self, hdu_type: str) -> IRF | None:
+        location = self.irf_locations.get(hdu_type)
+        if location is None:
+            return None
+        irf = _read_hdu(self.obs_id, hdu_type, *location)
+        if hdu_type == "bkg" and _reverse_lon_background(self.events.meta):
+            irf = dataclasses.replace(irf, fov_alignment="REVERSE_LON_RADEC")
+        return irf
+
+    @functools.cached_property
+    def aeff(self) -> IRF | None:
+        return self._irf("aeff")
+
+    @functools.cached_property
+    def edisp(self) -> IRF | None:
+        return self._irf("edisp")
+
+    @functools.cached_property
+    def psf(self) -> IRF | None:
+        return self._irf("psf")
+
+    @functools.cached_property
+    def bkg(self) -> IRF | None:
+        return self._irf("bkg")
+
+    @functools.cached_property
+    def rad_max(self) -> IRF | None:
+        return self._irf("rad_max")
 
     @property
     def ontime(self) -> u.Quantity:
@@ -173,7 +203,7 @@ class Observation:
         return _time_reference(self.gti.meta, f"GTI of obs {self.obs_id}") + u.Quantity(self.gti["STOP"].max(), "s")
 
     def __repr__(self) -> str:
-        irfs = [name for name in _IRF_TYPES if getattr(self, name) is not None]
+        irfs = [name for name in _IRF_TYPES if name in self.irf_locations]
         return (f"Observation({self.obs_id}: {len(self.events)} events, livetime {self.livetime.to_value('min'):.1f} min, "
                 f"pointing RA {self.pointing.ra.deg:.3f} Dec {self.pointing.dec.deg:.3f} deg; IRFs {', '.join(irfs)})")  # fmt: skip
 
@@ -259,18 +289,24 @@ class DataStore:
         return folder / str(row["FILE_NAME"]).strip(), str(row["HDU_NAME"]).strip(), str(row["HDU_CLASS"])
 
     def observation(self, obs_id: int) -> Observation:
-        """Read one run: events and GTI (required), and every IRF the index lists."""
+        """Read one run's events and GTI (required); its IRFs are read when first used, from
+        the files the index lists (each checked to exist now)."""
         obs_id = int(obs_id)
         if obs_id not in set(int(i) for i in self.hdu_table["OBS_ID"]):
             raise DL3Error(f"{self._hdu_path}: obs {obs_id} is not in the hdu-index table")
-        hdus = {}
+        hdus, irf_locations = {}, {}
         for hdu_type in ("events", "gti") + _IRF_TYPES:
             location = self.hdu_location(obs_id, hdu_type)
             if location is None:
                 if hdu_type in ("events", "gti"):
                     raise DL3Error(f"{self._hdu_path}: obs {obs_id} has no {hdu_type} HDU (an observation needs events and GTIs)")
                 continue
-            hdus[hdu_type] = _read_hdu(obs_id, hdu_type, *location)
+            if hdu_type in ("events", "gti"):
+                hdus[hdu_type] = _read_hdu(obs_id, hdu_type, *location)
+            elif not location[0].exists():
+                raise DL3Error(f"obs {obs_id}: {hdu_type} HDU {location[1]!r} of {location[0]}: no such file")
+            else:
+                irf_locations[hdu_type] = location
         events, gti = hdus.pop("events"), hdus.pop("gti")
         if len(gti) == 0:
             raise DL3Error(f"obs {obs_id}: its GTI table has no intervals")
@@ -279,9 +315,7 @@ class DataStore:
             pointing = SkyCoord(meta["RA_PNT"], meta["DEC_PNT"], unit="deg", frame="icrs")
         except KeyError as error:
             raise DL3Error(f"obs {obs_id}: the EVENTS header has no {error.args[0]} (the pointing)") from None
-        if "bkg" in hdus and _reverse_lon_background(meta):
-            hdus["bkg"] = dataclasses.replace(hdus["bkg"], fov_alignment="REVERSE_LON_RADEC")
-        return Observation(obs_id, pointing, events, gti, **hdus)
+        return Observation(obs_id, pointing, events, gti, irf_locations)
 
 
 _IRF_HDUCLAS2 = {"EFF_AREA": "aeff", "EDISP": "edisp", "PSF": "psf", "RPSF": "psf", "BKG": "bkg", "RAD_MAX": "rad_max"}
@@ -404,13 +438,15 @@ def _read_axis(table: Table, row, stem: str, name: str, where: str) -> IRFAxis:
     return IRFAxis(name, nodes, edges, interp)
 
 
-def _oriented(values: np.ndarray, shape: tuple[int, ...], column: str, where: str) -> np.ndarray:
+def _oriented(values: np.ndarray, shape: tuple[int, ...], column: str, where: str, background: bool) -> np.ndarray:
     """A stored value array with its axes in the class's order: GADF's FITS (``TDIM``) order,
-    which astropy returns reversed, or, where only that matches the axes' lengths, the order as
-    stored (H.E.S.S. DR1 and CTA backgrounds; Gammapy's ``Background3D.from_table``)."""
+    which astropy returns reversed, or, for a background whose axes' lengths only that order
+    matches, the order as stored (H.E.S.S. DR1; Gammapy's ``BackgroundIRF.from_table``)."""
     if values.T.shape == shape:
+        if background and values.ndim > 1 and values.shape == shape:
+            warnings.warn(f"{where}: column {column}'s axes {shape} read in FITS order; stored order would fit too (as Gammapy)", stacklevel=4)
         return values.T
-    if values.shape == shape:
+    if background and values.shape == shape:
         return values
     if values.ndim == 1 and len(shape) > 1 and values.size == int(np.prod(shape)):
         raise DL3Error(f"{where}: column {column} has no TDIM keyword: the order of its {values.size} values over the axes {shape} is unknown")
@@ -435,7 +471,7 @@ def _read_irf(hdu, hdu_class: str, where: str) -> IRF:
             stems["energy" if name == "energy_true" and "energy" in kind.axes else name] = stem
     if sorted(stems) != sorted(kind.axes):
         found = ", ".join(f"{stem} ({name})" for name, stem in stems.items()) or "none"
-        raise DL3Error(f"{where}: a {hdu_class} has the axes {', '.join(kind.axes)}; its *_LO/*_HI columns give {found}")
+        raise DL3Error(f"{where}: an IRF of class {hdu_class} has the axes {', '.join(kind.axes)}; its *_LO/*_HI columns give {found}")
     axes = {name: _read_axis(table, row, stems[name], name, where) for name in kind.axes}
     shape = tuple(len(a) for a in axes.values())
     columns = {}
@@ -444,6 +480,6 @@ def _read_irf(hdu, hdu_class: str, where: str) -> IRF:
         if not found:
             raise DL3Error(f"{where}: a {hdu_class} needs a column {' or '.join(alternatives)}")
         column = found[0]
-        values = _oriented(np.asarray(row[column], dtype=float), shape, column, where)
+        values = _oriented(np.asarray(row[column], dtype=float), shape, column, where, hdu_class.startswith("bkg"))
         columns[column] = values * _unit(table, column, where, kind.default_unit)
     return IRF(hdu_class, axes, columns, hdu.header.copy(), str(hdu.header.get("FOVALIGN", "RADEC")).strip().upper())

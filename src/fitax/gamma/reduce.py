@@ -40,7 +40,8 @@ def _scale(values: np.ndarray, interp: str) -> np.ndarray:
 def _unscale(values: np.ndarray, interp: str) -> np.ndarray:
     if interp != "log":
         return values
-    values = np.exp(values)
+    with np.errstate(over="ignore"):  # extrapolated far beyond the edges, where the IRF is set to 0
+        values = np.exp(values)
     return np.where(values <= 2 * np.finfo(values.dtype).tiny, 0.0, values)
 
 
@@ -157,11 +158,12 @@ def counts_cube(observation: Observation, wcs, shape: tuple[int, int], energy_ed
 def integrate_log_log(values: np.ndarray, x: np.ndarray, axis: int = 0) -> np.ndarray:
     """The integral of ``values`` (given at ``x``, along ``axis``) over each interval of ``x``,
     each interval a power law through its two end values (Gammapy's ``trapz_loglog``): exact
-    for power-law spectra, 0 over an interval that starts at 0."""
+    for power-law spectra; 0 over an interval with no value above 0 at its start, NaN (as in
+    Gammapy) over one from 0 to a positive value that spans more than a factor ~2 in ``x``."""
     x, y = np.moveaxis(np.asarray(x, float), axis, 0), np.moveaxis(np.asarray(values, float), axis, 0)
     x_lo, x_hi, y_lo, y_hi = x[:-1], x[1:], y[:-1], y[1:]
     tiny = np.finfo(float).tiny
-    with np.errstate(invalid="ignore", divide="ignore"):
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         index = -np.log(np.clip(y_lo / y_hi, tiny, None)) / np.log(np.clip(x_lo / x_hi, tiny, None))
         index = np.where(np.isnan(index), np.inf, index)
         slope = 1.0 - index
@@ -215,8 +217,8 @@ def background_cube(observation: Observation, wcs, shape: tuple[int, int], energ
     rates are per unit ontime) — Gammapy's ``make_map_background_irf`` without oversampling,
     with the IRF's ``fov_alignment``, on the background its ``MapDatasetMaker`` uses: missing
     rates filled along energy (:func:`fill_missing_energies`, unless ``fill_missing=False``).
-    A 2D background is not padded by a bin beyond its largest offset, as Gammapy's
-    ``background_pad_offset`` does: beyond it the prediction is 0.
+    Raises ``ValueError`` for a 2D (offset) background: Gammapy pads its offset axis by a
+    bin of edge values (``background_pad_offset``), not built yet.
 
     Raises ``ValueError`` for a background aligned with Alt/Az (it rotates on the sky during
     the run: not supported yet)."""
@@ -225,14 +227,13 @@ def background_cube(observation: Observation, wcs, shape: tuple[int, int], energ
         raise ValueError(f"obs {observation.obs_id}: no background IRF (bkg) to predict a background with")
     if bkg.fov_alignment not in ("RADEC", "REVERSE_LON_RADEC"):
         raise ValueError(f"obs {observation.obs_id}: a background aligned with {bkg.fov_alignment} (FOVALIGN) is not supported yet, only RADEC")
+    if "offset" in bkg.axes:
+        raise ValueError(f"obs {observation.obs_id}: 2D (offset) backgrounds are not supported yet (Gammapy pads their offset axis by a bin of edge values first)")
     if fill_missing:
         bkg = fill_missing_energies(bkg)
     edges = u.Quantity(energy_edges)[:, None, None]
-    if "offset" in bkg.axes:
-        rate = evaluate_irf(bkg, energy=edges, offset=_sky_coordinates(wcs, shape).separation(observation.pointing)[None])
-    else:
-        lon, lat = _fov_coordinates(wcs, shape, observation.pointing, bkg.fov_alignment == "REVERSE_LON_RADEC")
-        rate = evaluate_irf(bkg, energy=edges, fov_lon=lon[None], fov_lat=lat[None])
+    lon, lat = _fov_coordinates(wcs, shape, observation.pointing, bkg.fov_alignment == "REVERSE_LON_RADEC")
+    rate = evaluate_irf(bkg, energy=edges, fov_lon=lon[None], fov_lat=lat[None])
     integrated = integrate_log_log(rate.value, np.broadcast_to(edges.value, rate.shape), axis=0) * rate.unit * edges.unit
     counts = integrated * solid_angles(wcs, shape) * u.sr * observation.ontime
     return counts.to_value(u.dimensionless_unscaled)
@@ -289,6 +290,6 @@ def safe_mask(observation: Observation, wcs, shape: tuple[int, int], energy_edge
     if "bkg-peak" in methods:
         if background is None:
             raise ValueError("'bkg-peak' needs the background cube (background=)")
-        peak = int(np.argmax(background.sum(axis=(1, 2))))
+        peak = int(np.argmax(np.nansum(background, axis=(1, 2))))  # as Gammapy's get_spectrum
         mask &= _energy_mask(edges, edges[peak])[:, None, None]
     return mask
