@@ -283,7 +283,8 @@ def test_grouping_by_multiplicity_keeps_every_event_once_and_pads_to_the_group(i
                 out[e] = tuple(pts[:n])
         return out, chunks
 
-    plain, _ = rows(nanoaod.read_chunks(path, {"Jet": ("pt",)}, scalars=("event",), step_size=4096, block_size=2048))
+    plain, plain_chunks = rows(nanoaod.read_chunks(path, {"Jet": ("pt",)}, scalars=("event",), step_size=4096, block_size=2048))
+    assert all(chunk.contiguous for chunk in plain_chunks) and "events 0..2048" in repr(plain_chunks[0])
     grouped, chunks = rows(nanoaod.read_chunks(path, {"Jet": ("pt",)}, scalars=("event",), step_size=4096, block_size=2048, group_by="Jet"))
     assert grouped == plain and len(plain) == 15_000
     caps = [chunk.collections["Jet"].cap for chunk in chunks]
