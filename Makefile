@@ -29,8 +29,8 @@ TYPECHECKED_TESTS := tests/test_stats.py tests/test_parameters.py tests/test_bij
 	tests/test_integrate.py tests/test_minimize.py tests/test_profile.py tests/test_batch.py tests/test_sample.py
 
 # The suite runs in separate pytest processes, two lanes at a time (one per core): gamma, the
-# sampler, the AGC columnar analysis, the core with the doctests, then the type-checked pass in
-# one lane; HEP inference, then photometry in the other. tests/conftest.py drops JAX's compiled programs after a test module
+# AGC columnar analysis, the core with the doctests, then the type-checked pass in one lane;
+# HEP inference, the sampler, then photometry in the other. tests/conftest.py drops JAX's compiled programs after a test module
 # once the process holds many memory mappings: one session holding every program passed
 # Linux's limit of 65530 (each XLA:CPU executable maps its code) and XLA crashed in
 # backend_compile_and_load. Photometry runs in its own process because after HEP's programs
@@ -60,7 +60,6 @@ test-slow: install-test
 lane-gamma-core:
 	$(LANE_CACHE) \
 	&& $(PYTEST) -m "$(MARK)" --durations=10 tests/test_gamma_*.py \
-	&& $(PYTEST) -m "$(MARK)" --durations=5 tests/test_sample.py \
 	&& $(PYTEST) -m "$(MARK)" --durations=5 tests/test_hep_agc*.py \
 	&& $(PYTEST) -m "$(MARK)" --durations=10 $(NOT_GAMMA_HEP_PHOTOMETRY) \
 	&& if [ "$(MARK)" = "not slow" ]; then $(PYTEST) -o addopts="" --jaxtyping-packages=fitax,typecheck.checker \
@@ -69,6 +68,7 @@ lane-gamma-core:
 lane-hep-photometry:
 	$(LANE_CACHE) \
 	&& $(PYTEST) -m "$(MARK)" --durations=5 $(HEP_INFERENCE_TESTS) \
+	&& $(PYTEST) -m "$(MARK)" --durations=5 tests/test_sample.py \
 	&& $(PYTEST) -m "$(MARK)" --durations=10 tests/test_photometry_*.py
 
 bench: install-test

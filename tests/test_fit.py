@@ -27,7 +27,7 @@ def _assert_matches_reference(result, params, objective, args=None, errordef=1.0
             assert result.errors[name] == pytest.approx(errors[name], rel=error_rtol), name
 
 
-@pytest.mark.parametrize("n_sources", [1, 10])
+@pytest.mark.parametrize("n_sources", [1, pytest.param(10, marks=pytest.mark.slow)])  # 10: ~25 s
 def test_blob_cube_matches_iminuit(n_sources):
     truth, start, data = blob_cube(n_sources, n_energy=10, n_pix=60, seed=3)
     result = fitax.fit(blob_cube_stat, start, args=data)
@@ -137,6 +137,7 @@ def test_active_bound_is_honoured_and_reported():
     assert "at a bound ['x']" in result.message
 
 
+@pytest.mark.slow  # ~30 s
 def test_bfgs_method_reaches_the_same_minimum():
     truth, start, data = blob_cube(3, n_energy=8, n_pix=40, seed=5)
     newton = fitax.fit(blob_cube_stat, start, args=data)

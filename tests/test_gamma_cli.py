@@ -143,6 +143,7 @@ def test_cli_refuses_to_overwrite_inputs_and_reports_missing_files(simulated, tm
     assert "none.yaml: no such file" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # `make demo` runs it too
 def test_gamma_demo_runs_and_recovers_the_truth(tmp_path, capsys):
     assert main(["gamma", "demo", "--out", str(tmp_path), "--datasets", "2", "--seed", "1"]) == 0
     for name in ("models.yaml", "results.ecsv", "maps.png", "spectrum.png", "data/datasets.yaml", "data/obs000.fits.gz",

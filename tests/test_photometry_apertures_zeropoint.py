@@ -133,6 +133,7 @@ def _mirrored_wcs(header):
     return mirrored
 
 
+@pytest.mark.slow  # ~70 s
 def test_run_over_many_images_with_apertures_and_a_reference(field, tmp_path, capsys):
     image, header, truth, reference = field
     first = _write(tmp_path / "q1.fits", image, header)

@@ -81,6 +81,7 @@ def test_each_program_is_traced_once_per_process(tmp_path):
     assert second["traces"].get("_snr_and_peaks", 0) <= 1 and second["traces"].get("_run_fit", 0) <= 3
 
 
+@pytest.mark.slow  # ~75 s; test_programs.py checks the same for the core in make test
 def test_a_later_process_traces_no_photometry_program(tmp_path):
     cache = str(tmp_path / "programs")
     (cold,) = _run_child(tmp_path, cache, 1)

@@ -107,6 +107,7 @@ def test_psf_shape_is_recovered_from_bright_isolated_stars():
     assert "FWHM" in repr(shape)
 
 
+@pytest.mark.slow  # ~95 s
 def test_ghost_stars_that_pad_the_shape_fit_change_nothing(monkeypatch):
     """The joint shape fits pad their stars to a multiple of STAR_BUCKET with masked ghost
     stars (so that images share compiled fits): values, errors and chi2 of the constant and
