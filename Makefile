@@ -30,7 +30,7 @@ TYPECHECKED_TESTS := tests/test_stats.py tests/test_parameters.py tests/test_bij
 
 # The suite runs in separate pytest processes, two lanes at a time (one per core): gamma, the
 # AGC columnar analysis, the core with the doctests, then the type-checked pass in one lane;
-# HEP inference, the sampler, then photometry in the other. tests/conftest.py drops JAX's compiled programs after a test module
+# HEP inference and the AGC derivatives, the sampler, then photometry in the other. tests/conftest.py drops JAX's compiled programs after a test module
 # once the process holds many memory mappings: one session holding every program passed
 # Linux's limit of 65530 (each XLA:CPU executable maps its code) and XLA crashed in
 # backend_compile_and_load. Photometry runs in its own process because after HEP's programs
@@ -45,9 +45,9 @@ TYPECHECKED_TESTS := tests/test_stats.py tests/test_parameters.py tests/test_bij
 PYTEST := $(BIN)/python -m pytest -q -rs
 MARK ?= not slow
 LANE_CACHE := cache=$$(mktemp -d) && trap 'rm -rf "$$cache"' EXIT && export FITAX_TEST_XLA_CACHE=$$cache
-# pytest's --ignore-glob does not drop files named on its command line: the AGC tests (lane
-# one) are left out of lane two's list here.
-HEP_INFERENCE_TESTS := $(filter-out $(wildcard tests/test_hep_agc*.py),$(wildcard tests/test_hep_*.py))
+# Lane two runs every HEP test file but the AGC analysis's (lane one runs it); its gradient
+# tests balance the lanes. pytest's --ignore-glob would not drop files named on its command line.
+HEP_LANE_TWO_TESTS := $(filter-out tests/test_hep_agc.py,$(wildcard tests/test_hep_*.py))
 NOT_GAMMA_HEP_PHOTOMETRY := --ignore-glob='tests/test_gamma_*' --ignore-glob='tests/test_hep_*' \
 	--ignore-glob='tests/test_photometry_*' --ignore=tests/test_sample.py
 
@@ -60,14 +60,14 @@ test-slow: install-test
 lane-gamma-core:
 	$(LANE_CACHE) \
 	&& $(PYTEST) -m "$(MARK)" --durations=10 tests/test_gamma_*.py \
-	&& $(PYTEST) -m "$(MARK)" --durations=5 tests/test_hep_agc*.py \
+	&& $(PYTEST) -m "$(MARK)" --durations=5 tests/test_hep_agc.py \
 	&& $(PYTEST) -m "$(MARK)" --durations=10 $(NOT_GAMMA_HEP_PHOTOMETRY) \
 	&& if [ "$(MARK)" = "not slow" ]; then $(PYTEST) -o addopts="" --jaxtyping-packages=fitax,typecheck.checker \
 		-m "not slow" -k "not bad and not invalid" $(TYPECHECKED_TESTS); fi
 
 lane-hep-photometry:
 	$(LANE_CACHE) \
-	&& $(PYTEST) -m "$(MARK)" --durations=5 $(HEP_INFERENCE_TESTS) \
+	&& $(PYTEST) -m "$(MARK)" --durations=5 $(HEP_LANE_TWO_TESTS) \
 	&& $(PYTEST) -m "$(MARK)" --durations=5 tests/test_sample.py \
 	&& $(PYTEST) -m "$(MARK)" --durations=10 tests/test_photometry_*.py
 

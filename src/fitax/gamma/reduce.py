@@ -26,8 +26,10 @@ from astropy.wcs.utils import wcs_to_celestial_frame
 
 from .dl3 import IRF, IRFAxis, Observation
 from .geometry import celestial, pixel_centres, solid_angles
+from .io import MapDatasetFile
 
-__all__ = ["SAFE_MASK_METHODS", "background_cube", "counts_cube", "evaluate_irf", "exposure_cube", "fill_missing_energies", "integrate_log_log", "safe_mask"]
+__all__ = ["SAFE_MASK_METHODS", "background_cube", "counts_cube", "evaluate_irf", "exposure_cube", "fill_missing_energies", "integrate_log_log",
+           "map_dataset_file", "safe_mask"]
 
 
 _TINY = np.finfo(np.float32).tiny  # the floor of Gammapy's log scale for the float32 values GADF files hold
@@ -293,3 +295,26 @@ def safe_mask(observation: Observation, wcs, shape: tuple[int, int], energy_edge
         peak = int(np.argmax(np.nansum(background, axis=(1, 2))))  # as Gammapy's get_spectrum
         mask &= _energy_mask(edges, edges[peak])[:, None, None]
     return mask
+
+
+def map_dataset_file(observation: Observation, wcs, shape: tuple[int, int], energy_edges: u.Quantity, energy_true_edges: u.Quantity,
+                     safe_mask_methods=("aeff-default",), offset_max: u.Quantity = 3 * u.deg, name: str | None = None) -> MapDatasetFile:
+    """One run reduced to a MapDataset's contents (counts, exposure, background, safe mask,
+    livetime; PSF and energy dispersion maps are not built yet), for
+    :func:`~fitax.gamma.io.write_map_dataset`: Gammapy's ``MapDatasetMaker`` then
+    ``SafeMaskMaker(methods=safe_mask_methods, offset_max=offset_max)``.
+
+    Example:
+        >>> contents = map_dataset_file(obs, geom.wcs, (ny, nx), edges, true_edges, ("aeff-default", "offset-max"))  # doctest: +SKIP
+        >>> write_map_dataset(contents, "obs-23523.fits.gz")  # doctest: +SKIP
+    """
+    background = background_cube(observation, wcs, shape, energy_edges)
+    mask = safe_mask(observation, wcs, shape, energy_edges, safe_mask_methods, offset_max=offset_max, background=background)
+    return MapDatasetFile(
+        name=name or f"obs_{observation.obs_id}", path=None, counts=counts_cube(observation, wcs, shape, energy_edges),
+        exposure=exposure_cube(observation, wcs, shape, energy_true_edges).to_value("m2 s"), background=background,
+        mask_safe=mask, mask_fit=None, energy_edges=u.Quantity(energy_edges).to_value("TeV"),
+        energy_true_edges=u.Quantity(energy_true_edges).to_value("TeV"), wcs=celestial(wcs), psf=None, psf_rad=None,
+        psf_rad_edges=None, psf_energy_true=None, psf_wcs=None, edisp=None, edisp_wcs=None,
+        livetime=float(observation.livetime.to_value("s")),
+    )  # fmt: skip
