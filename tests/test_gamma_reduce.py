@@ -220,3 +220,14 @@ def test_reduced_run_written_as_a_map_dataset_is_what_gammapy_makes(tmp_path):
     assert 0 < read.mask_safe.data.sum() < read.mask_safe.data.size
     assert read.gti.time_sum.to_value("s") == pytest.approx(observation.livetime.to_value("s"), rel=1e-12)
     assert read_map_dataset(path).counts.sum() == reference.counts.data.sum() > 100
+
+
+def test_a_geometry_that_misses_the_run_is_a_clear_error():
+    from astropy.wcs import WCS
+
+    observation = DataStore.from_dir(shared_data("gamma", "hess-dl3-dr1")).observation(23523)
+    wcs = WCS(naxis=2)
+    wcs.wcs.ctype, wcs.wcs.crval, wcs.wcs.cdelt, wcs.wcs.crpix = ["RA---CAR", "DEC--CAR"], [150.0, -30.0], [-0.1, 0.1], [5.5, 5.5]
+    edges = np.geomspace(0.5, 50, 5) * u.TeV
+    with pytest.raises(ValueError, match=r"obs 23523: the geometry \(10x10 pixels\) has no exposure from this run; its pointing \(RA 83.63"):
+        map_dataset_file(observation, wcs, (10, 10), edges, edges)

@@ -302,17 +302,24 @@ def map_dataset_file(observation: Observation, wcs, shape: tuple[int, int], ener
     """One run reduced to a MapDataset's contents (counts, exposure, background, safe mask,
     livetime; PSF and energy dispersion maps are not built yet), for
     :func:`~fitax.gamma.io.write_map_dataset`: Gammapy's ``MapDatasetMaker`` then
-    ``SafeMaskMaker(methods=safe_mask_methods, offset_max=offset_max)``.
+    ``SafeMaskMaker(methods=safe_mask_methods, offset_max=offset_max)``. A geometry the run
+    gives no exposure to (every pixel beyond its IRFs' offsets) is a ``ValueError`` naming it.
 
     Example:
         >>> contents = map_dataset_file(obs, geom.wcs, (ny, nx), edges, true_edges, ("aeff-default", "offset-max"))  # doctest: +SKIP
         >>> write_map_dataset(contents, "obs-23523.fits.gz")  # doctest: +SKIP
     """
+    exposure = exposure_cube(observation, wcs, shape, energy_true_edges).to_value("m2 s")
+    if not np.any(exposure > 0):
+        centre = _sky_coordinates(wcs, (1, 1)).icrs
+        raise ValueError(f"obs {observation.obs_id}: the geometry ({shape[1]}x{shape[0]} pixels) has no exposure from this run; its pointing "
+                         f"(RA {observation.pointing.ra.deg:.2f}, Dec {observation.pointing.dec.deg:.2f} deg) is "
+                         f"{centre.separation(observation.pointing).deg[0, 0]:.1f} deg from the geometry's first pixel")
     background = background_cube(observation, wcs, shape, energy_edges)
     mask = safe_mask(observation, wcs, shape, energy_edges, safe_mask_methods, offset_max=offset_max, background=background)
     return MapDatasetFile(
         name=name or f"obs_{observation.obs_id}", path=None, counts=counts_cube(observation, wcs, shape, energy_edges),
-        exposure=exposure_cube(observation, wcs, shape, energy_true_edges).to_value("m2 s"), background=background,
+        exposure=exposure, background=background,
         mask_safe=mask, mask_fit=None, energy_edges=u.Quantity(energy_edges).to_value("TeV"),
         energy_true_edges=u.Quantity(energy_true_edges).to_value("TeV"), wcs=celestial(wcs), psf=None, psf_rad=None,
         psf_rad_edges=None, psf_energy_true=None, psf_wcs=None, edisp=None, edisp_wcs=None,
