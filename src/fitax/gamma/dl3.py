@@ -24,7 +24,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 import warnings
 from pathlib import Path
@@ -139,6 +138,21 @@ class IRF:
         return f"IRF({self.hdu_class}; {axes}; columns {', '.join(self.columns)})"
 
 
+class _ReadOnFirstUse:
+    """An observation's IRF of the attribute's name (``aeff``, ...), read from its
+    ``irf_locations`` when first used and kept (``None`` where the data store has none)."""
+
+    def __set_name__(self, owner, name: str) -> None:
+        self.name = name
+
+    def __get__(self, observation, owner=None):
+        if observation is None:
+            return self
+        if self.name not in observation.__dict__:  # the frozen dataclass's own cache, as functools.cached_property
+            observation.__dict__[self.name] = observation._irf(self.name)
+        return observation.__dict__[self.name]
+
+
 @dataclasses.dataclass(frozen=True)
 class Observation:
     """One run: its id, pointing, times, events (astropy Table with the event header as
@@ -163,25 +177,11 @@ class Observation:
             irf = dataclasses.replace(irf, fov_alignment="REVERSE_LON_RADEC")
         return irf
 
-    @functools.cached_property
-    def aeff(self) -> IRF | None:
-        return self._irf("aeff")
-
-    @functools.cached_property
-    def edisp(self) -> IRF | None:
-        return self._irf("edisp")
-
-    @functools.cached_property
-    def psf(self) -> IRF | None:
-        return self._irf("psf")
-
-    @functools.cached_property
-    def bkg(self) -> IRF | None:
-        return self._irf("bkg")
-
-    @functools.cached_property
-    def rad_max(self) -> IRF | None:
-        return self._irf("rad_max")
+    aeff = _ReadOnFirstUse()
+    edisp = _ReadOnFirstUse()
+    psf = _ReadOnFirstUse()
+    bkg = _ReadOnFirstUse()
+    rad_max = _ReadOnFirstUse()
 
     @property
     def ontime(self) -> u.Quantity:
