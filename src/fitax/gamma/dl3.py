@@ -68,6 +68,9 @@ class IRFClass:
     values_interp: str = "lin"
     zero_outside: tuple[tuple[str, ...], ...] | None = None
     default_unit: str | None = None
+    stored_order: bool = False
+    """Whether a value array only its stored (C) order fits is read so (backgrounds, as
+    H.E.S.S. DR1 writes them; Gammapy's ``BackgroundIRF.from_table``)."""
 
     @property
     def zero_outside_groups(self) -> tuple[tuple[str, ...], ...]:
@@ -81,8 +84,8 @@ IRF_CLASSES = {
     "psf_table": IRFClass(("energy_true", "offset", "rad"), (("RPSF",),)),
     "psf_3gauss": IRFClass(_PSF_AXES, tuple((c,) for c in ("SCALE", "SIGMA_1", "SIGMA_2", "SIGMA_3", "AMPL_2", "AMPL_3")), zero_outside=()),
     "psf_king": IRFClass(_PSF_AXES, (("SIGMA",), ("GAMMA",)), zero_outside=()),
-    "bkg_2d": IRFClass(("energy", "offset"), (("BKG", "BGD"),), "log", default_unit="s-1 MeV-1 sr-1"),
-    "bkg_3d": IRFClass(("energy", "fov_lon", "fov_lat"), (("BKG", "BGD"),), "log", default_unit="s-1 MeV-1 sr-1"),
+    "bkg_2d": IRFClass(("energy", "offset"), (("BKG", "BGD"),), "log", default_unit="s-1 MeV-1 sr-1", stored_order=True),
+    "bkg_3d": IRFClass(("energy", "fov_lon", "fov_lat"), (("BKG", "BGD"),), "log", default_unit="s-1 MeV-1 sr-1", stored_order=True),
     "rad_max_2d": IRFClass(("energy", "offset"), (("RAD_MAX",),)),
 }  # fmt: skip
 """The IRF classes (GADF ``HDUCLAS4``, lower case) fitax reads, as Gammapy 2.1 defines them
@@ -424,8 +427,8 @@ def _unit(table: Table, column: str, where: str, default: str | None = None) -> 
 
 def _read_axis(table: Table, row, stem: str, name: str, where: str) -> IRFAxis:
     interp = IRF_AXES.get(stem, (name, "lin"))[1]
-    unit = _unit(table, stem + "_LO", where)
     lo, hi = (np.atleast_1d(np.asarray(row[stem + side], dtype=float)) * _unit(table, stem + side, where) for side in ("_LO", "_HI"))
+    unit = lo.unit
     if lo.ndim != 1 or lo.shape != hi.shape or np.any(np.diff(lo.value) <= 0):
         raise DL3Error(f"{where}: axis {stem} must be increasing {stem}_LO and {stem}_HI of one length")
     hi = hi.to(unit)
@@ -438,15 +441,15 @@ def _read_axis(table: Table, row, stem: str, name: str, where: str) -> IRFAxis:
     return IRFAxis(name, nodes, edges, interp)
 
 
-def _oriented(values: np.ndarray, shape: tuple[int, ...], column: str, where: str, background: bool) -> np.ndarray:
+def _oriented(values: np.ndarray, shape: tuple[int, ...], column: str, where: str, stored_order: bool) -> np.ndarray:
     """A stored value array with its axes in the class's order: GADF's FITS (``TDIM``) order,
-    which astropy returns reversed, or, for a background whose axes' lengths only that order
-    matches, the order as stored (H.E.S.S. DR1; Gammapy's ``BackgroundIRF.from_table``)."""
+    which astropy returns reversed, or, where the class allows it (``IRFClass.stored_order``)
+    and only that order matches the axes' lengths, the order as stored."""
     if values.T.shape == shape:
-        if background and values.ndim > 1 and values.shape == shape:
+        if stored_order and values.ndim > 1 and values.shape == shape:
             warnings.warn(f"{where}: column {column}'s axes {shape} read in FITS order; stored order would fit too (as Gammapy)", stacklevel=4)
         return values.T
-    if background and values.shape == shape:
+    if stored_order and values.shape == shape:
         return values
     if values.ndim == 1 and len(shape) > 1 and values.size == int(np.prod(shape)):
         raise DL3Error(f"{where}: column {column} has no TDIM keyword: the order of its {values.size} values over the axes {shape} is unknown")
@@ -478,8 +481,8 @@ def _read_irf(hdu, hdu_class: str, where: str) -> IRF:
     for alternatives in kind.columns:
         found = [c for c in alternatives if c in table.colnames]
         if not found:
-            raise DL3Error(f"{where}: a {hdu_class} needs a column {' or '.join(alternatives)}")
+            raise DL3Error(f"{where}: an IRF of class {hdu_class} needs a column {' or '.join(alternatives)}")
         column = found[0]
-        values = _oriented(np.asarray(row[column], dtype=float), shape, column, where, hdu_class.startswith("bkg"))
+        values = _oriented(np.asarray(row[column], dtype=float), shape, column, where, kind.stored_order)
         columns[column] = values * _unit(table, column, where, kind.default_unit)
     return IRF(hdu_class, axes, columns, hdu.header.copy(), str(hdu.header.get("FOVALIGN", "RADEC")).strip().upper())

@@ -192,23 +192,19 @@ def fill_missing_energies(irf: IRF) -> IRF:
     name = next(a for a in irf.axes if a.startswith("energy"))
     axis = list(irf.axes).index(name)
     values = irf.data
-    data = np.moveaxis(values.value.copy(), axis, -1)
-    columns = data.reshape(-1, data.shape[-1])
+    moved = np.moveaxis(values.value, axis, -1)
+    columns = moved.reshape(-1, moved.shape[-1]).copy()  # one row per column along energy, written below
     missing = ~np.isfinite(columns) | (columns == 0.0)
     index = np.arange(columns.shape[1])
-    valid_index = np.where(missing, np.nan, index)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # rows with no valid value
-        first, last = np.nanmin(valid_index, axis=1), np.nanmax(valid_index, axis=1)
-    between = missing & (index > first[:, None]) & (index < last[:, None])
+    valid = ~missing
+    first, last = np.argmax(valid, axis=1), index[-1] - np.argmax(valid[:, ::-1], axis=1)
+    between = missing & (index > first[:, None]) & (index < last[:, None]) & valid.any(axis=1)[:, None]
     for row in np.flatnonzero(between.any(axis=1)):
-        valid = ~missing[row]
-        scaled = _scale(columns[row, valid], irf.spec.values_interp)
-        filled = np.interp(index[missing[row]], index[valid], scaled, left=np.nan, right=np.nan)
-        inside = ~np.isnan(filled)
-        columns[row, np.flatnonzero(missing[row])[inside]] = _unscale(filled[inside], irf.spec.values_interp)
+        scaled = _scale(columns[row, valid[row]], irf.spec.values_interp)
+        filled = np.interp(index[between[row]], index[valid[row]], scaled)
+        columns[row, between[row]] = _unscale(filled, irf.spec.values_interp)
     column = next(iter(irf.columns))
-    return dataclasses.replace(irf, columns={column: np.moveaxis(data, -1, axis) * values.unit})
+    return dataclasses.replace(irf, columns={column: np.moveaxis(columns.reshape(moved.shape), -1, axis) * values.unit})
 
 
 def background_cube(observation: Observation, wcs, shape: tuple[int, int], energy_edges: u.Quantity,
@@ -219,11 +215,10 @@ def background_cube(observation: Observation, wcs, shape: tuple[int, int], energ
     rates are per unit ontime) — Gammapy's ``make_map_background_irf`` without oversampling,
     with the IRF's ``fov_alignment``, on the background its ``MapDatasetMaker`` uses: missing
     rates filled along energy (:func:`fill_missing_energies`, unless ``fill_missing=False``).
-    Raises ``ValueError`` for a 2D (offset) background: Gammapy pads its offset axis by a
-    bin of edge values (``background_pad_offset``), not built yet.
 
-    Raises ``ValueError`` for a background aligned with Alt/Az (it rotates on the sky during
-    the run: not supported yet)."""
+    Raises ``ValueError``, not supported yet, for a 2D (offset) background (Gammapy first pads
+    its offset axis by a bin of edge values, ``background_pad_offset``) and for one aligned
+    with Alt/Az (it rotates on the sky during the run)."""
     bkg = observation.bkg
     if bkg is None:
         raise ValueError(f"obs {observation.obs_id}: no background IRF (bkg) to predict a background with")
