@@ -19,8 +19,11 @@ from astropy.coordinates import SkyCoord
 from conftest import shared_data
 from fitax.gamma.dl3 import DataStore, read_irfs
 from fitax.gamma.reduce import (
-    background_cube, counts_cube, evaluate_irf, exposure_cube, fill_missing_energies, integrate_log_log, map_dataset_file, safe_mask,
+    background_cube, counts_cube, evaluate_irf, exposure_cube, fill_missing_energies, integrate_log_log, safe_mask,
 )
+from fitax.gamma.geometry import coarse_wcs, pixel_skycoords
+from fitax.gamma.irf_maps import edisp_kernel_map, psf_map
+from fitax.gamma.makers import MapGeometry, make_map_datasets, map_dataset_file
 
 # (run, centre, frame, projection): the Crab in ICRS/CAR, MSH 15-52 in Galactic/TAN
 CASES = [(23523, (83.633, 22.014), "icrs", "CAR"), (20136, (320.33, -1.19), "galactic", "TAN")]
@@ -193,7 +196,8 @@ def test_missing_background_rates_are_filled_along_energy_as_gammapy():
 
 def test_reduced_run_written_as_a_map_dataset_is_what_gammapy_makes(tmp_path):
     """A run reduced and written (fitax.gamma.io.write_map_dataset) reads back in Gammapy as
-    the MapDataset its makers make: counts, exposure, background, safe mask, livetime."""
+    the MapDataset its makers make: counts, exposure, background, PSF and EDisp kernel maps
+    (with their exposures), safe mask, livetime."""
     hess = shared_data("gamma", "hess-dl3-dr1")
     pytest.importorskip("gammapy", reason="Gammapy (test extra) not installed")
     from gammapy.data import DataStore as GammapyDataStore
@@ -208,20 +212,69 @@ def test_reduced_run_written_as_a_map_dataset_is_what_gammapy_makes(tmp_path):
     geom = WcsGeom.create(skydir=SkyCoord(83.633, 22.014, unit="deg"), binsz=0.05, width=(3.0, 2.5), frame="icrs", axes=[energy])
     methods = ("aeff-default", "offset-max", "bkg-peak")
     run = GammapyDataStore.from_dir(hess).obs(23523)
-    reference = MapDatasetMaker(selection=["counts", "exposure", "background"]).run(MapDataset.create(geom, energy_axis_true=energy_true), run)
+    reference = MapDatasetMaker().run(MapDataset.create(geom, energy_axis_true=energy_true), run)
     reference = SafeMaskMaker(methods=list(methods), offset_max="1.4 deg").run(reference, run)
 
     observation = DataStore.from_dir(hess).observation(23523)
-    contents = map_dataset_file(observation, geom.wcs, geom.data_shape[1:], energy.edges, energy_true.edges, methods, offset_max=1.4 * u.deg)
+    geometry = MapGeometry(geom.wcs, geom.data_shape[1:], energy.edges, energy_true.edges)
+    contents = map_dataset_file(observation, geometry, methods, offset_max=1.4 * u.deg)
     path = write_map_dataset(contents, tmp_path / "obs_23523.fits.gz")
     read = MapDataset.read(path)
     np.testing.assert_array_equal(read.counts.data, reference.counts.data)
     np.testing.assert_allclose(read.exposure.quantity.to_value("m2 s"), reference.exposure.quantity.to_value("m2 s"), rtol=1e-9)
     np.testing.assert_allclose(read.background.data, reference.background.data, rtol=RTOL_FLOAT32)
+    assert read.psf.psf_map.geom == reference.psf.psf_map.geom and read.edisp.edisp_map.geom == reference.edisp.edisp_map.geom
+    _assert_irf_maps_equal(read.psf.psf_map.quantity.to_value("deg-2"), reference.psf.psf_map.quantity.to_value("deg-2"), 1e-10)
+    _assert_irf_maps_equal(read.edisp.edisp_map.data, reference.edisp.edisp_map.data, RTOL_FLOAT32)
+    for ours, theirs in ((read.psf.exposure_map, reference.psf.exposure_map), (read.edisp.exposure_map, reference.edisp.exposure_map)):
+        assert ours.geom.data_shape == theirs.geom.data_shape
+        np.testing.assert_allclose(ours.quantity.to_value("m2 s"), theirs.quantity.to_value("m2 s"), rtol=1e-9)
     np.testing.assert_array_equal(read.mask_safe.data, reference.mask_safe.data)
     assert 0 < read.mask_safe.data.sum() < read.mask_safe.data.size
     assert read.gti.time_sum.to_value("s") == pytest.approx(observation.livetime.to_value("s"), rel=1e-12)
     assert read_map_dataset(path).counts.sum() == reference.counts.data.sum() > 100
+
+
+def _assert_irf_maps_equal(ours: np.ndarray, theirs: np.ndarray, rtol: float):
+    """Within ``rtol`` where Gammapy's value is above 1e-6 of its maximum; below, within 1e-6 of
+    the maximum; and not trivially (most of the map is above the cut)."""
+    scale = np.abs(theirs).max()
+    large = np.abs(theirs) > 1e-6 * scale
+    np.testing.assert_allclose(ours[large], theirs[large], rtol=rtol)
+    np.testing.assert_allclose(ours[~large], theirs[~large], rtol=0, atol=1e-6 * scale)
+    assert large.mean() > 0.2
+
+
+def test_psf_and_edisp_maps_of_a_cta_three_gauss_psf_equal_gammapy():
+    """CTA Prod5 South (3-Gauss PSF, widths written as 0 below its energy range, edisp_2d), a
+    Galactic TAN geometry 9 x 7 deg around an offset pointing, beyond the IRFs' offsets."""
+    path = shared_data("gamma", "cta-caldb", "Prod5-South-20deg-AverageAz-14MSTs37SSTs.180000s-v0.1.fits.gz")
+    pytest.importorskip("gammapy", reason="Gammapy (test extra) not installed")
+    from gammapy.data import FixedPointingInfo, Observation
+    from gammapy.datasets import MapDataset
+    from gammapy.irf import load_irf_dict_from_file
+    from gammapy.makers import MapDatasetMaker
+    from gammapy.maps import MapAxis, WcsGeom
+
+    pointing = SkyCoord(2.0, 1.0, unit="deg", frame="galactic").icrs
+    run = Observation.create(pointing=FixedPointingInfo(fixed_icrs=pointing), livetime=1 * u.h, irfs=load_irf_dict_from_file(path))
+    energy = MapAxis.from_energy_bounds(0.05, 100, 8, "TeV")
+    energy_true = MapAxis.from_energy_bounds(0.03, 200, 14, "TeV", name="energy_true")
+    geom = WcsGeom.create(skydir=SkyCoord(0, 0, unit="deg", frame="galactic"), binsz=0.05, width=(9.0, 7.0), frame="galactic", proj="TAN",
+                          axes=[energy])
+    reference = MapDatasetMaker(selection=["psf", "edisp"]).run(MapDataset.create(geom, energy_axis_true=energy_true), run)
+
+    irfs = read_irfs(path)
+    wcs, shape = coarse_wcs(geom.wcs, geom.data_shape[1:], 0.2)
+    assert reference.psf.psf_map.geom.data_shape[2:] == shape
+    psf = psf_map(irfs["psf"], pointing, wcs, shape, energy_true.edges)
+    edisp = edisp_kernel_map(irfs["edisp"], pointing, wcs, shape, energy.edges, energy_true.edges)
+    _assert_irf_maps_equal(psf, reference.psf.psf_map.quantity.to_value("deg-2"), 1e-10)
+    _assert_irf_maps_equal(edisp, reference.edisp.edisp_map.data, RTOL_FLOAT32)
+    # beyond the IRFs' 6 deg offsets: no dispersion, but a PSF at some energies (parametric PSFs are extrapolated
+    # everywhere, as in Gammapy)
+    beyond = pixel_skycoords(wcs, shape).separation(pointing) > 6 * u.deg
+    assert beyond.sum() > 10 and np.all(edisp[..., beyond] == 0) and np.any(psf[:, 0, beyond] > 0)
 
 
 def test_a_geometry_that_misses_the_run_is_a_clear_error():
@@ -232,4 +285,4 @@ def test_a_geometry_that_misses_the_run_is_a_clear_error():
     wcs.wcs.ctype, wcs.wcs.crval, wcs.wcs.cdelt, wcs.wcs.crpix = ["RA---CAR", "DEC--CAR"], [150.0, -30.0], [-0.1, 0.1], [5.5, 5.5]
     edges = np.geomspace(0.5, 50, 5) * u.TeV
     with pytest.raises(ValueError, match=r"obs 23523: the geometry \(10x10 pixels\) has no exposure from this run; its pointing \(RA 83.63"):
-        map_dataset_file(observation, wcs, (10, 10), edges, edges)
+        map_dataset_file(observation, MapGeometry(wcs, (10, 10), edges, edges))

@@ -11,9 +11,11 @@ import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
 from astropy.coordinates import SkyCoord
+from astropy.wcs import WCS
+from astropy.wcs.utils import wcs_to_celestial_frame
 from jaxtyping import Array, Float
 
-__all__ = ["SkyGrid", "celestial", "integrate_spatial", "pixel_centres", "position_key", "solid_angles"]
+__all__ = ["SkyGrid", "celestial", "coarse_wcs", "cutout_wcs", "integrate_spatial", "pixel_centres", "pixel_skycoords", "position_key", "solid_angles"]
 
 
 class SkyGrid(eqx.Module):
@@ -55,6 +57,54 @@ def pixel_centres(wcs, shape: tuple[int, int], oversampling: int = 1) -> tuple[n
     fine_x = (np.arange(nx * k) + 0.5) / k - 0.5
     fine_y = (np.arange(ny * k) + 0.5) / k - 0.5
     return celestial(wcs).pixel_to_world_values(*np.meshgrid(fine_x, fine_y))
+
+
+def pixel_skycoords(wcs, shape: tuple[int, int]) -> SkyCoord:
+    """The pixel centres of the ``(ny, nx)`` image as sky coordinates in the WCS's frame."""
+    lon, lat = pixel_centres(wcs, shape)
+    return SkyCoord(lon, lat, unit="deg", frame=wcs_to_celestial_frame(celestial(wcs)))
+
+
+def coarse_wcs(wcs, shape: tuple[int, int], binsz: float) -> tuple[WCS, tuple[int, int]]:
+    """The WCS and ``(ny, nx)`` shape of the same image with ``binsz`` [deg] pixels, as
+    Gammapy's ``WcsGeom.to_binsz`` makes IRF maps' grids: centred on the image centre, the
+    same projection and frame, ``rint(width / binsz)`` pixels per side (at least 1), longitude
+    increasing to the left.
+
+    Example:
+        >>> wcs = WCS(naxis=2); wcs.wcs.ctype = ["RA---CAR", "DEC--CAR"]; wcs.wcs.cdelt = [-0.02, 0.02]
+        >>> coarse_wcs(wcs, (100, 150), 0.2)[1]
+        (10, 15)
+    """
+    image = celestial(wcs)
+    ny, nx = shape
+    centre = image.pixel_to_world_values((nx - 1) / 2, (ny - 1) / 2)
+    scales = np.abs(image.wcs.get_cdelt()[:2])
+    width = (scales[0] * nx, scales[1] * ny)
+    npix = tuple(max(int(np.rint(w / binsz)), 1) for w in width)
+    coarse = WCS(naxis=2)
+    coarse.wcs.ctype = list(image.wcs.ctype)
+    coarse.wcs.radesys = image.wcs.radesys
+    coarse.wcs.equinox = image.wcs.equinox
+    coarse.wcs.crval = [float(centre[0]), float(centre[1])]
+    coarse.wcs.crpix = [(npix[0] + 1) / 2, (npix[1] + 1) / 2]
+    coarse.wcs.cdelt = [-binsz, binsz]
+    coarse.wcs.set()
+    return coarse, (npix[1], npix[0])
+
+
+def cutout_wcs(wcs, shape: tuple[int, int], position: SkyCoord, width: float) -> tuple[WCS, tuple[int, int]]:
+    """The WCS and ``(ny, nx)`` shape of the part of the image within a square of ``width``
+    [deg] centred on ``position``, trimmed at the image's edges (Gammapy's ``WcsGeom.cutout``
+    with ``mode="trim"``, through the same astropy ``Cutout2D``). Raises astropy's
+    ``NoOverlapError`` when the square misses the image."""
+    from astropy.nddata import Cutout2D
+
+    image = celestial(wcs)
+    scales = np.abs(image.wcs.get_cdelt()[:2])
+    size = np.clip(width / scales, 1, None)
+    cutout = Cutout2D(np.empty(shape, dtype=bool), wcs=image, position=position, size=size[::-1], mode="trim")
+    return cutout.wcs, cutout.shape
 
 
 def solid_angles(wcs, shape) -> np.ndarray:

@@ -35,7 +35,9 @@ class MapDatasetFile:
     ``psf_wcs``; ``edisp`` is ``(energy_true, energy, ey, ex)`` (the probability of each
     reco bin) on ``edisp_wcs``. A PSF or EDISP stored as a table for one sky region (as
     Gammapy writes them for Fermi-LAT) has ``py = px = 1`` and ``psf_wcs``/``edisp_wcs``
-    ``None``: it holds everywhere. Missing optional maps are ``None``.
+    ``None``: it holds everywhere. Missing optional maps are ``None``. ``psf_exposure`` and
+    ``edisp_exposure`` ``(energy_true, 1, y, x)`` [m2 s] are the exposures on the IRF maps'
+    grids that Gammapy weights them with when it stacks runs (written, not read).
     """
 
     name: str
@@ -56,6 +58,8 @@ class MapDatasetFile:
     edisp: np.ndarray | None
     edisp_wcs: WCS | None
     livetime: float | None
+    psf_exposure: np.ndarray | None = None
+    edisp_exposure: np.ndarray | None = None
 
     def __repr__(self) -> str:
         ne, ny, nx = self.counts.shape
@@ -273,11 +277,15 @@ def write_map_dataset(contents: MapDatasetFile, path) -> Path:
         add("BACKGROUND", contents.background, contents.wcs, reco)
     if contents.edisp is not None:
         add("EDISP", contents.edisp, contents.edisp_wcs, reco + true)
+        if contents.edisp_exposure is not None:
+            whole_range = [("ENERGY", contents.energy_edges[[0, -1]], "log")]
+            add("EDISP_EXPOSURE", contents.edisp_exposure, contents.edisp_wcs, whole_range + true, "m2 s")
     if contents.psf is not None:
-        psf_true = [("ENERGY_TRUE", contents.energy_true_edges, "log")]
         if len(contents.psf_energy_true) != len(contents.energy_true_edges) - 1:
             raise ValueError("write_map_dataset: the PSF must be tabulated at the exposure's true energies")
-        add("PSF", contents.psf, contents.psf_wcs, [("RAD", contents.psf_rad_edges, "lin")] + psf_true, "deg-2")
+        add("PSF", contents.psf, contents.psf_wcs, [("RAD", contents.psf_rad_edges, "lin")] + true, "deg-2")
+        if contents.psf_exposure is not None:
+            add("PSF_EXPOSURE", contents.psf_exposure, contents.psf_wcs, [("RAD", contents.psf_rad_edges[[0, -1]], "lin")] + true, "m2 s")
     for name, mask in (("MASK_SAFE", contents.mask_safe), ("MASK_FIT", contents.mask_fit)):
         if mask is not None:
             add(name, mask.astype(np.int64), contents.wcs, reco)

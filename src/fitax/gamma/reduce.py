@@ -22,14 +22,12 @@ import warnings
 import numpy as np
 from astropy import units as u
 from astropy.coordinates import SkyCoord, SkyOffsetFrame
-from astropy.wcs.utils import wcs_to_celestial_frame
 
 from .dl3 import IRF, IRFAxis, Observation
-from .geometry import celestial, pixel_centres, solid_angles
-from .io import MapDatasetFile
+from .geometry import celestial, pixel_skycoords, solid_angles
 
-__all__ = ["SAFE_MASK_METHODS", "background_cube", "counts_cube", "evaluate_irf", "exposure_cube", "fill_missing_energies", "integrate_log_log",
-           "map_dataset_file", "safe_mask"]
+__all__ = ["SAFE_MASK_METHODS", "axis_edges", "background_cube", "counts_cube", "evaluate_irf", "exposure_cube", "fill_missing_energies",
+           "integrate_log_log", "safe_mask"]
 
 
 _TINY = np.finfo(np.float32).tiny  # the floor of Gammapy's log scale for the float32 values GADF files hold
@@ -47,7 +45,7 @@ def _unscale(values: np.ndarray, interp: str) -> np.ndarray:
     return np.where(values <= 2 * np.finfo(values.dtype).tiny, 0.0, values)
 
 
-def _axis_edges(axis: IRFAxis) -> np.ndarray:
+def axis_edges(axis: IRFAxis) -> np.ndarray:
     """The axis' bin edges; for node axes, half-way between nodes in the axis' scale and the
     outer ones half a step beyond, a single node its own two edges (Gammapy's
     ``MapAxis.from_nodes``)."""
@@ -93,7 +91,7 @@ def evaluate_irf(irf: IRF, column: str | None = None, **coords) -> u.Quantity:
         return interpolated * values.unit
     outside_axis = {}
     for c, a in zip(raw, axes):
-        edges = _axis_edges(a)
+        edges = axis_edges(a)
         outside_axis[a.name] = (c < edges[0]) | (c > edges[-1])
     outside = np.zeros(shape, dtype=bool)
     for group in groups:
@@ -122,11 +120,6 @@ def _interpolate_separably(points: list[np.ndarray], table: np.ndarray, coords: 
     return result
 
 
-def _sky_coordinates(wcs, shape: tuple[int, int]) -> SkyCoord:
-    lon, lat = pixel_centres(wcs, shape)
-    return SkyCoord(lon, lat, unit="deg", frame=wcs_to_celestial_frame(celestial(wcs)))
-
-
 def exposure_cube(observation: Observation, wcs, shape: tuple[int, int], energy_true_edges: u.Quantity) -> u.Quantity:
     """Exposure ``(energy_true, ny, nx)`` [m2 s]: the effective area at each pixel centre's
     offset from the pointing and each true-energy bin's (geometric) centre, times the
@@ -135,7 +128,7 @@ def exposure_cube(observation: Observation, wcs, shape: tuple[int, int], energy_
         raise ValueError(f"obs {observation.obs_id}: no effective area (aeff) to make an exposure with")
     edges = u.Quantity(energy_true_edges)
     centres = np.sqrt(edges[:-1] * edges[1:])
-    offset = _sky_coordinates(wcs, shape).separation(observation.pointing)
+    offset = pixel_skycoords(wcs, shape).separation(observation.pointing)
     area = evaluate_irf(observation.aeff, energy_true=centres[:, None, None], offset=offset[None])
     return (area * observation.livetime).to("m2 s")
 
@@ -178,7 +171,7 @@ def integrate_log_log(values: np.ndarray, x: np.ndarray, axis: int = 0) -> np.nd
 def _fov_coordinates(wcs, shape: tuple[int, int], pointing: SkyCoord, reverse_lon: bool) -> tuple[u.Quantity, u.Quantity]:
     """Each pixel centre's field-of-view longitude and latitude, RA/Dec aligned, longitude
     increasing westwards (Gammapy's ``FoVICRSFrame``), or eastwards with ``reverse_lon``."""
-    offsets = _sky_coordinates(wcs, shape).transform_to(SkyOffsetFrame(origin=pointing.icrs))
+    offsets = pixel_skycoords(wcs, shape).transform_to(SkyOffsetFrame(origin=pointing.icrs))
     lon = offsets.lon.wrap_at(180 * u.deg).to(u.deg)
     return (lon if reverse_lon else -lon), offsets.lat.to(u.deg)
 
@@ -272,7 +265,7 @@ def safe_mask(observation: Observation, wcs, shape: tuple[int, int], energy_edge
             raise ValueError(f"background has shape {background.shape}, the geometry {mask.shape}")
         mask &= np.isfinite(background) & (background > 0)
     if "offset-max" in methods:
-        mask &= (_sky_coordinates(wcs, shape).separation(observation.pointing) < u.Quantity(offset_max))[None]
+        mask &= (pixel_skycoords(wcs, shape).separation(observation.pointing) < u.Quantity(offset_max))[None]
     if "aeff-default" in methods:
         if observation.aeff is None:
             raise ValueError(f"obs {observation.obs_id}: 'aeff-default' needs an effective area")
@@ -290,33 +283,3 @@ def safe_mask(observation: Observation, wcs, shape: tuple[int, int], energy_edge
         peak = int(np.argmax(np.nansum(background, axis=(1, 2))))  # as Gammapy's get_spectrum
         mask &= _energy_mask(edges, edges[peak])[:, None, None]
     return mask
-
-
-def map_dataset_file(observation: Observation, wcs, shape: tuple[int, int], energy_edges: u.Quantity, energy_true_edges: u.Quantity,
-                     safe_mask_methods=("aeff-default",), offset_max: u.Quantity = 3 * u.deg, name: str | None = None) -> MapDatasetFile:
-    """One run reduced to a MapDataset's contents (counts, exposure, background, safe mask,
-    livetime; PSF and energy dispersion maps are not built yet), for
-    :func:`~fitax.gamma.io.write_map_dataset`: Gammapy's ``MapDatasetMaker`` then
-    ``SafeMaskMaker(methods=safe_mask_methods, offset_max=offset_max)``. A geometry the run
-    gives no exposure to (every pixel beyond its IRFs' offsets) is a ``ValueError`` naming it.
-
-    Example:
-        >>> contents = map_dataset_file(obs, geom.wcs, (ny, nx), edges, true_edges, ("aeff-default", "offset-max"))  # doctest: +SKIP
-        >>> write_map_dataset(contents, "obs-23523.fits.gz")  # doctest: +SKIP
-    """
-    exposure = exposure_cube(observation, wcs, shape, energy_true_edges).to_value("m2 s")
-    if not np.any(exposure > 0):
-        centre = _sky_coordinates(wcs, (1, 1)).icrs
-        raise ValueError(f"obs {observation.obs_id}: the geometry ({shape[1]}x{shape[0]} pixels) has no exposure from this run; its pointing "
-                         f"(RA {observation.pointing.ra.deg:.2f}, Dec {observation.pointing.dec.deg:.2f} deg) is "
-                         f"{centre.separation(observation.pointing).deg[0, 0]:.1f} deg from the geometry's first pixel")
-    background = background_cube(observation, wcs, shape, energy_edges)
-    mask = safe_mask(observation, wcs, shape, energy_edges, safe_mask_methods, offset_max=offset_max, background=background)
-    return MapDatasetFile(
-        name=name or f"obs_{observation.obs_id}", path=None, counts=counts_cube(observation, wcs, shape, energy_edges),
-        exposure=exposure, background=background,
-        mask_safe=mask, mask_fit=None, energy_edges=u.Quantity(energy_edges).to_value("TeV"),
-        energy_true_edges=u.Quantity(energy_true_edges).to_value("TeV"), wcs=celestial(wcs), psf=None, psf_rad=None,
-        psf_rad_edges=None, psf_energy_true=None, psf_wcs=None, edisp=None, edisp_wcs=None,
-        livetime=float(observation.livetime.to_value("s")),
-    )  # fmt: skip
