@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import yaml
@@ -28,3 +29,12 @@ def load_yaml(path: Path) -> dict:
     if not isinstance(content, dict):
         raise ValueError(f"{path}: expected a mapping at the top level, got {type(content).__name__}")
     return content
+
+
+def gammapy_yaml(content: dict) -> str:
+    """``content`` as Gammapy 2.x writes YAML files: its layout (4-space indent, 80 columns,
+    block style, keys in order) and a closing ``checksum`` (MD5 of the text before it), which
+    Gammapy's ``Datasets.read`` verifies by default (warning "Checksum verification failed"
+    without one)."""
+    text = yaml.dump(content, sort_keys=False, indent=4, width=80, default_flow_style=False)
+    return text + yaml.dump({"checksum": hashlib.md5(text.encode("utf-8")).hexdigest()}, default_flow_style=False)

@@ -1,4 +1,5 @@
-"""``fitax gamma fit`` and ``fitax gamma demo``: Gammapy-style 3D fits from the shell."""
+"""``fitax gamma reduce``, ``fitax gamma fit`` and ``fitax gamma demo``: Gammapy-style data
+reduction and 3D fits from the shell."""
 
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ __all__ = ["add_parser", "run"]
 def add_parser(commands) -> None:
     gamma = commands.add_parser("gamma", help="gamma-ray likelihood fits of Gammapy datasets and models")
     sub = gamma.add_subparsers(dest="gamma_command", metavar="STEP", required=True)
+    reduce = sub.add_parser("reduce", help="reduce DL3 runs to MapDatasets as a Gammapy AnalysisConfig YAML says")
+    reduce.add_argument("config", help="Gammapy AnalysisConfig YAML (its observations and datasets sections; 3d, stack: false)")
+    reduce.add_argument("--out", required=True, help="output folder: one MapDataset file per run, datasets.yaml, models.yaml")
     fit = sub.add_parser("fit", help="fit models.yaml to the datasets of datasets.yaml (jointly)")
     fit.add_argument("--datasets", required=True, help="Gammapy datasets.yaml (MapDataset, SpectrumDataset or SpectrumDatasetOnOff files)")
     fit.add_argument("--models", required=True, help="Gammapy models.yaml with the start values")
@@ -46,6 +50,11 @@ def run(args: argparse.Namespace) -> int:
             from .demo import run_gamma_demo
 
             run_gamma_demo(args.out, n_datasets=args.datasets, seed=args.seed)
+            return 0
+        if args.gamma_command == "reduce":
+            from .pipeline import reduce_files
+
+            print(reduce_files(args.config, args.out))
             return 0
         return _fit(args)
     except (ValueError, FileNotFoundError, KeyError) as error:

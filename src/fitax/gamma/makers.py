@@ -5,7 +5,7 @@ pointing) make them.
 Example:
     >>> store = DataStore.from_dir("hess-dl3-dr1")  # doctest: +SKIP
     >>> geometry = MapGeometry(wcs, (ny, nx), energy_edges, energy_true_edges)  # doctest: +SKIP
-    >>> datasets = make_map_datasets(store, [23523, 23526], geometry, ("aeff-default", "offset-max"), offset_max=2.5 * u.deg)  # doctest: +SKIP
+    >>> datasets = make_map_datasets(store, [23523, 23526], geometry, ("aeff-default", "offset-max"), 2.5 * u.deg)  # doctest: +SKIP
     >>> write_map_dataset(datasets[0], "obs_23523.fits.gz")  # doctest: +SKIP
 """
 
@@ -104,18 +104,18 @@ def map_dataset_file(observation: Observation, geometry: MapGeometry, safe_mask_
 
 
 def make_map_datasets(store: DataStore, obs_ids: Iterable[int], geometry: MapGeometry, safe_mask_methods=("aeff-default",),
-                      offset_max: u.Quantity = 3 * u.deg, progress=None) -> list[MapDatasetFile]:
+                      safe_mask_offset_max: u.Quantity = 3 * u.deg, offset_max: u.Quantity = 2.5 * u.deg,
+                      progress=None) -> list[MapDatasetFile]:
     """One dataset per run, in the order of ``obs_ids``, each on the part of ``geometry``
-    within ``2 offset_max`` of its pointing (Gammapy's high-level analysis: ``DatasetsMaker``
-    with ``cutout_mode="trim"``). A run whose cutout misses the geometry is left out with a
-    warning, as Gammapy does; if every run misses it, that is a ``ValueError``.
-    ``progress(obs_id)`` is called as each run starts."""
+    within a square of side ``2 offset_max`` around its pointing (Gammapy's high-level
+    analysis: ``DatasetsMaker`` with ``cutout_mode="trim"``), with the safe mask of
+    ``safe_mask_methods`` and ``safe_mask_offset_max``. A run whose cutout misses the geometry
+    is left out with a warning, as Gammapy does; if every run misses it, that is a
+    ``ValueError``. ``progress(obs_id)`` is called as each run is done."""
     from astropy.nddata.utils import NoOverlapError
 
     datasets, missed = [], []
     for obs_id in obs_ids:
-        if progress is not None:
-            progress(obs_id)
         observation = store.observation(obs_id)
         try:
             with warnings.catch_warnings():
@@ -125,7 +125,9 @@ def make_map_datasets(store: DataStore, obs_ids: Iterable[int], geometry: MapGeo
             warnings.warn(f"obs {obs_id} left out: its field of view (within {offset_max} of its pointing) misses the geometry", stacklevel=2)
             missed.append(obs_id)
             continue
-        datasets.append(map_dataset_file(observation, part, safe_mask_methods, offset_max))
+        datasets.append(map_dataset_file(observation, part, safe_mask_methods, safe_mask_offset_max))
+        if progress is not None:
+            progress(obs_id)
     if not datasets:
         raise ValueError(f"every run ({', '.join(str(i) for i in missed)}) misses the geometry: no dataset made")
     return datasets

@@ -21,7 +21,7 @@ from ..io import atomic_write
 from ..parameters import Parameter, parameters_dict, tie
 from . import spatial as spatial_models
 from . import spectral as spectral_models
-from ._common import load_yaml
+from ._common import gammapy_yaml, load_yaml
 from .models import FoVBackgroundModel, Models, SkyModel
 from .template import TemplateSpatialModel
 
@@ -242,7 +242,7 @@ def models_to_dict(models: Models, errors: dict[str, float] | None = None) -> di
 
 def write_models(models: Models, path, errors: dict[str, float] | None = None) -> Path:
     """Write ``models`` as a Gammapy-readable ``models.yaml`` (atomically)."""
-    text = yaml.safe_dump(models_to_dict(models, errors), sort_keys=False)
+    text = gammapy_yaml(models_to_dict(models, errors))
     return atomic_write(path, lambda tmp: tmp.write_text(text))
 
 

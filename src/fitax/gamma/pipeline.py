@@ -1,4 +1,5 @@
-"""The file-to-result job of a gamma-ray fit: read Gammapy's files, fit, write the results.
+"""The file-to-result jobs of fitax.gamma: DL3 runs to datasets (:func:`reduce_files`, ``fitax
+gamma reduce``), and a fit: read Gammapy's files, fit, write the results.
 
 ``fitax gamma fit`` and ``fitax gamma demo`` both run :func:`fit_files`; as
 :mod:`fitax.photometry.pipeline`, it is the unit of work a script or a cluster job can call.
@@ -13,12 +14,14 @@ import time
 from pathlib import Path
 
 from ..io import atomic_write, check_not_input
+from ._common import gammapy_yaml
 from .datasets import read_datasets
 from .fit import fit, sample, ts
 from .mapdataset import MapDataset
 from .modelio import read_models, write_models, write_results
+from .models import FoVBackgroundModel, Models
 
-__all__ = ["fit_files"]
+__all__ = ["fit_files", "reduce_files"]
 
 
 @contextlib.contextmanager
@@ -101,3 +104,56 @@ def fit_files(datasets_path, models_path, out, ts_sources=(), plots: bool = True
             written.append(atomic_write(outputs["corner.png"], lambda tmp: figure.savefig(tmp, dpi=100, format="png")))
     print("Wrote " + ", ".join(str(p) for p in written))
     return result
+
+
+def reduce_files(config_path, out, progress: bool | None = None) -> Path:
+    """Reduce the runs a Gammapy ``AnalysisConfig`` YAML selects (3D, one dataset per run cut
+    out around its pointing, as Gammapy's high-level analysis) and write them to ``out`` as
+    Gammapy's ``Datasets.write(path, filename_models=...)`` does: one MapDataset file per run,
+    ``datasets.yaml`` in the order of the configured runs and ``models.yaml`` with each
+    dataset's ``FoVBackgroundModel``. Runs without one of the configured ``required_irf`` are
+    left out with a warning (Gammapy's ``skip_missing``). Every dataset is made before any
+    file is written, each file atomically, ``datasets.yaml`` last. Returns its path.
+
+    Example:
+        >>> reduce_files("analysis.yaml", "crab")  # doctest: +SKIP
+        PosixPath('crab/datasets.yaml')
+    """
+    import dataclasses
+    import warnings
+
+    from tqdm import tqdm
+
+    from .analysis_config import read_analysis_config
+    from .io import write_map_dataset
+    from .makers import make_map_datasets
+
+    config = read_analysis_config(config_path)
+    store, runs = config.datastore, []
+    for obs_id in config.obs_ids:
+        missing = [kind for kind in config.required_irf if store.hdu_location(obs_id, kind) is None]
+        if missing:
+            warnings.warn(f"obs {obs_id} left out: the data store has no {', '.join(missing)} for it (observations.required_irf)", stacklevel=2)
+        else:
+            runs.append(obs_id)
+    if not runs:
+        raise ValueError(f"{config_path}: no run selected (of {len(config.obs_ids)} matching the observation selection) has every required IRF")
+    bar = tqdm(total=len(runs), desc="reducing runs", unit="run", disable=not sys.stderr.isatty() if progress is None else not progress)
+    with bar:
+        datasets = make_map_datasets(store, runs, config.geometry, config.safe_mask_methods, config.safe_mask_offset_max,
+                                     offset_max=config.offset_max, progress=lambda obs_id: bar.update(1))
+    dropped = {"background": {"background": None}, "psf": {"psf": None, "psf_exposure": None},
+               "edisp": {"edisp": None, "edisp_exposure": None}}  # fmt: skip
+    for kind, fields in dropped.items():
+        if kind not in config.map_selection:
+            datasets = [dataclasses.replace(d, **fields) for d in datasets]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for dataset in datasets:
+        filename = f"{dataset.name}.fits.gz"
+        write_map_dataset(dataset, out / filename)
+        entries.append({"name": dataset.name, "type": "MapDataset", "filename": filename})
+    write_models(Models([FoVBackgroundModel(d.name) for d in datasets]), out / "models.yaml")
+    text = gammapy_yaml({"datasets": entries})
+    return atomic_write(out / "datasets.yaml", lambda tmp: tmp.write_text(text))

@@ -1,0 +1,228 @@
+"""Gammapy's high-level analysis configuration (``AnalysisConfig`` YAML): the ``observations``
+and ``datasets`` sections, read into what fitax's data reduction needs.
+
+Keys, defaults and meanings are Gammapy 2.1's, so a configuration a user already has runs
+unchanged. A key Gammapy does not know, or one whose setting fitax cannot reproduce yet (1D
+spectra, stacking, FoV/ring/reflected backgrounds, time selections, the ``aeff-max`` and
+``edisp-bias`` safe masks), is an error naming the key; nothing is silently ignored except the
+sections a data reduction does not use (``general``, ``fit``, ``flux_points``, ``excess_map``,
+``light_curve``) and the 1D-only keys of a 3D analysis (``on_region``,
+``containment_correction``, as Gammapy ignores them).
+
+Example:
+    >>> config = read_analysis_config("config.yaml")  # doctest: +SKIP
+    >>> config.obs_ids, config.geometry.shape  # doctest: +SKIP
+    ([23523, 23526], (125, 125))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import numpy as np
+from astropy import units as u
+from astropy.wcs import WCS
+
+from ._common import load_yaml
+from .dl3 import DataStore
+from .geometry import coarse_wcs
+from .makers import MapGeometry
+
+__all__ = ["ReductionConfig", "read_analysis_config"]
+
+_SECTIONS = {"general", "observations", "datasets", "fit", "flux_points", "excess_map", "light_curve"}
+_IRF_TYPES = ("events", "gti", "aeff", "bkg", "edisp", "psf", "rad_max")
+_MAP_SELECTION = ("counts", "exposure", "background", "psf", "edisp")
+
+
+@dataclasses.dataclass(frozen=True)
+class ReductionConfig:
+    """A 3D data reduction: the data store, the runs (in the configured order), the geometry,
+    the safe-mask methods and their ``offset_max``, the cutout radius around each pointing
+    (``geom.selection.offset_max``) and the IRFs a run must have."""
+
+    datastore: DataStore
+    obs_ids: list[int]
+    geometry: MapGeometry
+    safe_mask_methods: tuple[str, ...]
+    safe_mask_offset_max: u.Quantity
+    offset_max: u.Quantity
+    required_irf: tuple[str, ...]
+    map_selection: tuple[str, ...]
+
+
+class _Section:
+    """One mapping of the configuration, with the keys it may have; reading a key records it,
+    and ``done()`` makes any other key an error naming its full path."""
+
+    def __init__(self, content, path: str, known: set[str], source: Path):
+        if content is None:
+            content = {}
+        if not isinstance(content, dict):
+            raise ValueError(f"{source}: '{path}' must be a mapping, got {content!r}")
+        unknown = sorted(set(content) - known)
+        if unknown:
+            raise ValueError(f"{source}: unknown key '{path}.{unknown[0]}' (Gammapy's AnalysisConfig has {sorted(known)})")
+        self.content, self.path, self.source = content, path, source
+
+    def get(self, key: str, default=None):
+        value = self.content.get(key)
+        return default if value is None else value
+
+    def section(self, key: str, known: set[str]) -> "_Section":
+        return _Section(self.content.get(key), f"{self.path}.{key}", known, self.source)
+
+    def quantity(self, key: str, unit: str, default=None) -> u.Quantity | None:
+        value = self.get(key, default)
+        if value is None:
+            return None
+        try:
+            quantity = u.Quantity(value)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{self.source}: '{self.path}.{key}' = {value!r} is not a quantity (e.g. '1 {unit}')") from error
+        if quantity.unit == u.dimensionless_unscaled or not quantity.unit.is_equivalent(unit):
+            raise ValueError(f"{self.source}: '{self.path}.{key}' = {value!r} needs a unit of {u.Unit(unit).physical_type} (e.g. '1 {unit}')")
+        return quantity.to(unit)
+
+    def unsupported(self, key: str, why: str, allowed=(None,)):
+        value = self.content.get(key)
+        if value not in allowed and not (isinstance(value, (dict, list)) and not value):
+            raise ValueError(f"{self.source}: '{self.path}.{key}' = {value!r} is not supported by fitax yet ({why})")
+
+
+def _energy_edges(section: _Section, name: str) -> u.Quantity | None:
+    """Gammapy's ``_make_energy_axis``: ``nbins`` log-spaced bins from ``min`` to ``max``
+    (``None`` when one is missing)."""
+    low, high, nbins = section.quantity("min", "TeV"), section.quantity("max", "TeV"), section.get("nbins")
+    if low is None or high is None or nbins is None or int(nbins) < 1:
+        return None
+    if not 0 < low < high:
+        raise ValueError(f"{section.source}: '{section.path}' needs 0 < min < max, got {low} and {high}")
+    return np.exp(np.linspace(np.log(low.value), np.log(high.value), int(nbins) + 1)) * u.TeV
+
+
+def _wcs(section: _Section) -> tuple[WCS, tuple[int, int], float]:
+    """Gammapy's ``WcsGeom.create`` from the ``geom.wcs`` section: a CAR image of ``width`` x
+    ``height`` at ``binsize``, centred on ``skydir``."""
+    skydir = section.section("skydir", {"frame", "lon", "lat"})
+    frame = skydir.get("frame")
+    if frame not in ("icrs", "galactic"):
+        raise ValueError(f"{section.source}: '{skydir.path}.frame' = {frame!r}; expected 'icrs' or 'galactic'")
+    binsz = section.quantity("binsize", "deg", "0.02 deg").value
+    size = section.section("width", {"width", "height"})
+    width, height = size.quantity("width", "deg", "5 deg").value, size.quantity("height", "deg", "5 deg").value
+    npix = (int(np.rint(width / binsz)), int(np.rint(height / binsz)))
+    if min(npix) < 1:
+        raise ValueError(f"{section.source}: '{size.path}' ({width} x {height} deg) is less than one {binsz} deg pixel")
+    wcs = WCS(naxis=2)
+    wcs.wcs.ctype = ["RA---CAR", "DEC--CAR"] if frame == "icrs" else ["GLON-CAR", "GLAT-CAR"]
+    if frame == "icrs":
+        wcs.wcs.radesys = "ICRS"
+    wcs.wcs.crval = [skydir.quantity("lon", "deg", "0 deg").value, skydir.quantity("lat", "deg", "0 deg").value]
+    wcs.wcs.crpix = [(npix[0] + 1) / 2, (npix[1] + 1) / 2]
+    wcs.wcs.cdelt = [-binsz, binsz]
+    wcs.wcs.set()
+    return wcs, (npix[1], npix[0]), section.quantity("binsize_irf", "deg", "0.2 deg").value
+
+
+def _store_path(value: str, source: Path) -> Path:
+    """The data store folder: environment variables expanded (``$GAMMAPY_DATA``), relative to
+    the working directory as in Gammapy, else to the configuration file's folder."""
+    path = Path(os.path.expanduser(os.path.expandvars(str(value))))
+    if not path.is_absolute() and not path.exists() and (source.parent / path).exists():
+        path = source.parent / path
+    if not path.exists():
+        raise FileNotFoundError(f"{source}: 'observations.datastore' = {value!r}: no such data store ({path})")
+    return path
+
+
+def _selected_runs(observations: _Section, store: DataStore) -> list[int]:
+    """Gammapy's ``_make_obs_table_selection``: ``obs_ids`` (in their order) or the ids of
+    ``obs_file`` or every run, then those pointed within ``obs_cone``."""
+    obs_ids, obs_file = observations.get("obs_ids", []), observations.get("obs_file")
+    if obs_ids and obs_file:
+        raise ValueError(f"{observations.source}: give 'observations.obs_ids' or 'observations.obs_file', not both")
+    if obs_file:
+        file = Path(os.path.expandvars(str(obs_file)))
+        if not file.exists():
+            raise FileNotFoundError(f"{observations.source}: 'observations.obs_file' = {obs_file!r}: no such file")
+        obs_ids = [int(line.split()[0].strip(",")) for line in file.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    ids = [int(i) for i in obs_ids] if obs_ids else store.obs_ids
+    cone = observations.section("obs_cone", {"frame", "lon", "lat", "radius"})
+    if cone.get("lon") is not None:
+        from astropy.coordinates import SkyCoord
+
+        centre = SkyCoord(cone.quantity("lon", "deg"), cone.quantity("lat", "deg"), frame=cone.get("frame", "icrs")).icrs
+        inside = set(store.select(ids, cone=(centre.ra.deg, centre.dec.deg, cone.quantity("radius", "deg").value)))
+        ids = [i for i in ids if i in inside]
+    else:
+        store.select(ids)  # an id missing from the obs-index table is an error naming it
+    return ids
+
+
+def read_analysis_config(path) -> ReductionConfig:
+    """Read the ``observations`` and ``datasets`` sections of a Gammapy ``AnalysisConfig``
+    YAML file (3D, unstacked), with Gammapy's defaults; errors name the file and key."""
+    source = Path(path)
+    top = _Section(load_yaml(source), "config", _SECTIONS, source)
+    observations = top.section("observations", {"datastore", "obs_ids", "obs_file", "obs_cone", "obs_time", "required_irf"})
+    observations.section("obs_time", {"start", "stop"}).unsupported("start", "select runs with obs_ids or obs_cone")
+    datasets = top.section("datasets", {"type", "stack", "geom", "map_selection", "background", "safe_mask", "on_region",
+                                        "containment_correction"})  # fmt: skip
+    kind = str(datasets.get("type", "1d"))
+    if kind != "3d":
+        raise ValueError(f"{source}: 'datasets.type' = {kind!r} (Gammapy's default is '1d'): fitax reduces 3d datasets only, so far")
+    if datasets.get("stack", True) is not False:
+        raise ValueError(f"{source}: 'datasets.stack' is true (Gammapy's default): stacking is not supported by fitax yet; set 'stack: false' "
+                         "for one dataset per run, fitted jointly")
+    background = datasets.section("background", {"method", "exclusion", "parameters"})
+    background.unsupported("method", "the background is the IRF's prediction; fit a FoVBackgroundModel norm instead")
+    background.unsupported("exclusion", "no background maker uses it")
+    safe = datasets.section("safe_mask", {"methods", "parameters"})
+    methods = tuple(safe.get("methods", ["aeff-default"]))
+    parameters = safe.section("parameters", {"offset_max", "aeff_percent", "bias_percent", "position", "fixed_offset", "energy_min",
+                                             "energy_max", "n_95"})  # fmt: skip
+    for key in sorted(set(parameters.content) - {"offset_max"}):
+        parameters.unsupported(key, "only offset_max is a safe-mask parameter fitax uses")
+    from .reduce import SAFE_MASK_METHODS
+
+    for method in methods:
+        if method not in SAFE_MASK_METHODS:
+            known = ("aeff-default", "aeff-max", "edisp-bias", "offset-max", "bkg-peak")
+            why = "not supported by fitax yet" if method in known else "not a Gammapy safe-mask method"
+            raise ValueError(f"{source}: 'datasets.safe_mask.methods' has {method!r}: {why} (fitax has {list(SAFE_MASK_METHODS)})")
+    selection = tuple(datasets.get("map_selection", list(_MAP_SELECTION)))
+    unknown = sorted(set(selection) - set(_MAP_SELECTION))
+    if unknown:
+        raise ValueError(f"{source}: 'datasets.map_selection' has {unknown[0]!r}; expected some of {list(_MAP_SELECTION)}")
+    required = tuple(observations.get("required_irf", ["aeff", "edisp", "psf", "bkg"]))
+    unknown = sorted(set(required) - set(_IRF_TYPES))
+    if unknown:
+        raise ValueError(f"{source}: 'observations.required_irf' has {unknown[0]!r}; expected some of {list(_IRF_TYPES)}")
+
+    geom = datasets.section("geom", {"wcs", "selection", "axes"})
+    wcs_section = geom.section("wcs", {"skydir", "binsize", "width", "binsize_irf"})
+    wcs, shape, binsz_irf = _wcs(wcs_section)
+    axes = geom.section("axes", {"energy", "energy_true"})
+    energy = _energy_edges(axes.section("energy", {"min", "max", "nbins"}), "energy")
+    if axes.content.get("energy") is None:
+        energy = np.exp(np.linspace(np.log(1.0), np.log(10.0), 6)) * u.TeV
+    if energy is None:
+        raise ValueError(f"{source}: 'datasets.geom.axes.energy' needs min, max and nbins")
+    energy_true = _energy_edges(axes.section("energy_true", {"min", "max", "nbins"}), "energy_true")
+    if axes.content.get("energy_true") is None:
+        energy_true = np.exp(np.linspace(np.log(0.5), np.log(20.0), 17)) * u.TeV
+    if energy_true is None:
+        energy_true = energy
+    irf_wcs, irf_shape = coarse_wcs(wcs, shape, binsz_irf)
+    geometry = MapGeometry(wcs, shape, energy, energy_true, irf_wcs, irf_shape)
+
+    store = DataStore.from_dir(_store_path(observations.get("datastore", "$GAMMAPY_DATA/hess-dl3-dr1/"), source))
+    return ReductionConfig(
+        datastore=store, obs_ids=_selected_runs(observations, store), geometry=geometry, safe_mask_methods=methods,
+        safe_mask_offset_max=parameters.quantity("offset_max", "deg", "3 deg"),
+        offset_max=geom.section("selection", {"offset_max"}).quantity("offset_max", "deg", "2.5 deg"),
+        required_irf=required, map_selection=selection,
+    )  # fmt: skip
