@@ -1,18 +1,21 @@
-"""fitax.gamma.reduce against Gammapy 2.1's MapDatasetMaker + SafeMaskMaker, in one run.
+"""fitax's data reduction against Gammapy 2.1's MapDatasetMaker + SafeMaskMaker, in one run.
 
 Both sides reduce the same H.E.S.S. DL3 DR1 runs (default: the four Crab runs) onto the same
-WCS geometry: counts, exposure, background and the safe mask (aeff-default, offset-max,
-bkg-peak), and the script checks that they agree (counts and masks identical, exposure and
-background within 1e-5 relative where above 1e-6 of their maximum: Gammapy interpolates the
-background in the file's float32, fitax in float64; measured 1e-6).
+WCS geometry: counts, exposure, background, PSF map, EDisp kernel map (0.2 deg IRF grid) and
+the safe mask (aeff-default, offset-max, bkg-peak), and the script checks that they agree
+(counts and masks identical, the rest within 1e-5 relative where above 1e-6 of their maximum:
+Gammapy interpolates some IRFs in the file's float32, fitax in float64; measured 1e-6).
 
-What is timed (median of ``--repeats`` after one untimed warm-up, the two sides' repeats
-interleaved): reading each run from a data store opened afresh (both read IRFs when first
-used and cache them, so each repeat opens a new store for both) and making its four products,
-for all runs. Gammapy's empty ``MapDataset`` of each run (which also builds PSF and EDisp maps
-that are not filled) is made before its timer starts. fitax's reduction is host NumPy (no JAX
-program): its compile time is 0. There is no ``fitax gamma reduce`` command yet, so no shell
-time is reported.
+What is timed, in process (median of ``--repeats`` after one untimed warm-up, the two sides'
+repeats interleaved): reading each run from a data store opened afresh (both read IRFs when
+first used and cache them, so each repeat opens a new store for both) and making its six
+products, for all runs. Gammapy's empty ``MapDataset`` of each run is made before its timer
+starts. fitax's reduction is host NumPy (no JAX program): its compile time is 0.
+
+From the shell (``--shell``): the same runs and geometry as a Gammapy ``AnalysisConfig``
+(3d, ``stack: false``: per-run cutouts of 2 x offset_max), ``fitax gamma reduce CONFIG --out``
+against ``gammapy analysis run --filename CONFIG --out``, each writing its datasets; one
+untimed run of each first (file cache), then the median of ``--repeats`` (interleaved).
 
 Example:
     python benchmarks/gamma_reduce.py --json results/bench/gamma_reduce.json
@@ -34,24 +37,18 @@ CRAB_RUNS = (23523, 23526, 23559, 23592)
 METHODS = ("aeff-default", "offset-max", "bkg-peak")
 
 
-def _fitax_reduce(store_path, runs, geometry):
+def _fitax_reduce(store_path, runs, geometry, offset_max):
     import astropy.units as u
 
     from fitax.gamma.dl3 import DataStore
-    from fitax.gamma.reduce import background_cube, counts_cube, exposure_cube, safe_mask
+    from fitax.gamma.makers import map_dataset_file
 
-    wcs, shape, energy_edges, energy_true_edges, offset_max = geometry
     store = DataStore.from_dir(store_path)
     products = []
     for obs_id in runs:
-        observation = store.observation(obs_id)
-        background = background_cube(observation, wcs, shape, energy_edges)
-        products.append({
-            "counts": counts_cube(observation, wcs, shape, energy_edges),
-            "exposure": exposure_cube(observation, wcs, shape, energy_true_edges).to_value("m2 s"),
-            "background": background,
-            "mask": safe_mask(observation, wcs, shape, energy_edges, METHODS, offset_max=offset_max * u.deg, background=background),
-        })  # fmt: skip
+        dataset = map_dataset_file(store.observation(obs_id), geometry, METHODS, offset_max * u.deg)
+        products.append({"counts": dataset.counts, "exposure": dataset.exposure, "background": dataset.background, "psf": dataset.psf,
+                         "edisp": dataset.edisp, "mask": dataset.mask_safe})  # fmt: skip
     return products
 
 
@@ -66,7 +63,7 @@ def _gammapy_reduce(store_path, runs, geom, empty):
     from gammapy.makers import MapDatasetMaker, SafeMaskMaker
 
     store = DataStore.from_dir(store_path)
-    maker = MapDatasetMaker(selection=["counts", "exposure", "background"])
+    maker = MapDatasetMaker()
     safe = SafeMaskMaker(methods=list(METHODS), offset_max=f"{geom.width.max().to_value('deg') / 2} deg")
     products = []
     for observation, dataset in zip(store.get_observations(runs), empty):
@@ -75,6 +72,8 @@ def _gammapy_reduce(store_path, runs, geom, empty):
             "counts": dataset.counts.data,
             "exposure": dataset.exposure.quantity.to_value("m2 s"),
             "background": dataset.background.data,
+            "psf": dataset.psf.psf_map.quantity.to_value("deg-2"),
+            "edisp": dataset.edisp.edisp_map.data,
             "mask": dataset.mask_safe.data,
         })  # fmt: skip
     return products
@@ -87,13 +86,54 @@ def _worst_difference(ours, theirs) -> float:
     for a, b in zip(ours, theirs):
         if not (np.array_equal(a["counts"], b["counts"]) and np.array_equal(a["mask"], b["mask"])):
             return float("inf")
-        for name in ("exposure", "background"):
+        for name in ("exposure", "background", "psf", "edisp"):
             floor = 1e-6 * np.nanmax(b[name])
             relevant = b[name] > floor
             worst = max(worst, float(np.max(np.abs(a[name][relevant] / b[name][relevant] - 1))))
             if np.any(a[name][~relevant] > floor * 1.0001) or not np.array_equal(np.isnan(a[name]), np.isnan(b[name])):
                 return float("inf")  # fitax predicts where Gammapy does not
     return worst
+
+
+def _config(path: Path, store_path, runs, npix: int, offset_max: float) -> Path:
+    import yaml
+
+    settings = {
+        "observations": {"datastore": str(Path(store_path).resolve()), "obs_ids": runs},
+        "datasets": {"type": "3d", "stack": False,
+                     "geom": {"wcs": {"skydir": {"frame": "icrs", "lon": "83.633 deg", "lat": "22.014 deg"}, "binsize": "0.02 deg",
+                                      "width": {"width": f"{npix * 0.02} deg", "height": f"{npix * 0.02} deg"}, "binsize_irf": "0.2 deg"},
+                              "selection": {"offset_max": f"{offset_max} deg"},
+                              "axes": {"energy": {"min": "0.5 TeV", "max": "50 TeV", "nbins": 10},
+                                       "energy_true": {"min": "0.3 TeV", "max": "100 TeV", "nbins": 20}}},
+                     "safe_mask": {"methods": list(METHODS), "parameters": {"offset_max": f"{offset_max} deg"}}},
+    }  # fmt: skip
+    path.write_text(yaml.safe_dump(settings, sort_keys=False))
+    return path
+
+
+def _shell_times(config: Path, folder: Path, repeats: int) -> tuple[float, float]:
+    """Median wall seconds of ``fitax gamma reduce`` and ``gammapy analysis run`` on ``config``."""
+    import shutil
+    import subprocess
+
+    bin_dir = Path(sys.executable).parent
+    commands = {
+        "fitax": [str(bin_dir / "fitax"), "gamma", "reduce", str(config), "--out", str(folder / "fitax")],
+        "gammapy": [str(bin_dir / "gammapy"), "analysis", "run", "--filename", str(config), "--out", str(folder / "gammapy"), "--overwrite"],
+    }  # fmt: skip
+    times = {name: [] for name in commands}
+    for attempt in range(repeats + 1):
+        for name, command in commands.items():
+            shutil.rmtree(folder / name, ignore_errors=True)
+            start = time.perf_counter()
+            done = subprocess.run(command, capture_output=True, text=True)
+            elapsed = time.perf_counter() - start
+            if done.returncode != 0:
+                raise RuntimeError(f"{' '.join(command)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+            if attempt:
+                times[name].append(elapsed)
+    return statistics.median(times["fitax"]), statistics.median(times["gammapy"])
 
 
 def _timed(fn) -> float:
@@ -108,6 +148,7 @@ def main(argv=None) -> int:
     parser.add_argument("--runs", default=",".join(map(str, CRAB_RUNS)), help="comma-separated obs ids")
     parser.add_argument("--npix", type=int, default=250, help="pixels per side (0.02 deg each)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--shell", action="store_true", help="also time fitax gamma reduce against gammapy analysis run")
     parser.add_argument("--json", default=None, help="write the rows here")
     args = parser.parse_args(argv)
     warnings.simplefilter("ignore")  # Gammapy's checksum and unit warnings, alike on every repeat
@@ -122,29 +163,40 @@ def main(argv=None) -> int:
     energy_true = MapAxis.from_energy_bounds(0.3, 100, 20, "TeV", name="energy_true")
     geom = WcsGeom.create(skydir=SkyCoord(83.633, 22.014, unit="deg"), binsz=0.02, width=args.npix * 0.02, frame="icrs", proj="CAR", axes=[energy])
     offset_max = args.npix * 0.02 / 2
-    geometry = (geom.wcs, geom.data_shape[1:], energy.edges, energy_true.edges, offset_max)
+    from fitax.gamma.makers import MapGeometry
+
+    geometry = MapGeometry(geom.wcs, geom.data_shape[1:], energy.edges, energy_true.edges)
     print(machine_summary())
     print(f"runs {runs}; {args.npix}x{args.npix} pixels, {energy.nbin} energy and {energy_true.nbin} true-energy bins")
 
-    ours = _fitax_reduce(args.data, runs, geometry)
+    ours = _fitax_reduce(args.data, runs, geometry, offset_max)
     theirs = _gammapy_reduce(args.data, runs, geom, _empty_datasets(runs, geom, energy_true))
     worst = _worst_difference(ours, theirs)
     fitax_times, gammapy_times = [], []
     for _ in range(args.repeats):
-        fitax_times.append(_timed(lambda: _fitax_reduce(args.data, runs, geometry)))
+        fitax_times.append(_timed(lambda: _fitax_reduce(args.data, runs, geometry, offset_max)))
         empty = _empty_datasets(runs, geom, energy_true)
         gammapy_times.append(_timed(lambda: _gammapy_reduce(args.data, runs, geom, empty)))
     fitax_s, gammapy_s = statistics.median(fitax_times), statistics.median(gammapy_times)
     rows = [{
-        "task": f"reduce {len(runs)} runs (read, counts, exposure, background, safe mask)",
+        "task": f"reduce {len(runs)} runs in process (read; counts, exposure, background, PSF, EDisp, safe mask)",
         "fitax_s": fitax_s, "gammapy_s": gammapy_s, "ratio": gammapy_s / fitax_s, "fitax_compile_s": 0.0,
         "worst_relative_difference": worst,
     }]  # fmt: skip
+    if args.shell:
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="fitax-bench-reduce-") as folder:
+            config = _config(Path(folder) / "analysis.yaml", args.data, runs, args.npix, offset_max)
+            fitax_shell, gammapy_shell = _shell_times(config, Path(folder), args.repeats)
+        rows.append({"task": f"shell: fitax gamma reduce vs gammapy analysis run ({len(runs)} runs, per-run cutouts, files written)",
+                     "fitax_s": fitax_shell, "gammapy_s": gammapy_shell, "ratio": gammapy_shell / fitax_shell, "fitax_compile_s": 0.0,
+                     "worst_relative_difference": None})  # fmt: skip
     print_table(
         rows,
         [("task", "task", "s"), ("fitax_s", "fitax s", ".3f"), ("gammapy_s", "Gammapy s", ".3f"), ("ratio", "ratio", ".2f"),
          ("fitax_compile_s", "compile s", ".1f"), ("worst_relative_difference", "worst rel. diff", ".1e")],
-        title=f"Data reduction, median of {args.repeats} after a warm-up; no shell time (no `fitax gamma reduce` yet)",
+        title=f"Data reduction, median of {args.repeats} after a warm-up (compile: none, host NumPy)",
     )  # fmt: skip
     write_json(args.json, {"gamma_reduce": rows})
     return 0 if worst < 1e-5 else 1

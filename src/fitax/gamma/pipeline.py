@@ -151,7 +151,7 @@ def reduce_files(config_path, out, progress: bool | None = None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     entries = []
     for dataset in datasets:
-        filename = f"{dataset.name}.fits.gz"
+        filename = f"{dataset.name}.fits"  # uncompressed, as Gammapy writes them: gzip would take longer than the reduction
         write_map_dataset(dataset, out / filename)
         entries.append({"name": dataset.name, "type": "MapDataset", "filename": filename})
     write_models(Models([FoVBackgroundModel(d.name) for d in datasets]), out / "models.yaml")

@@ -102,22 +102,51 @@ def evaluate_irf(irf: IRF, column: str | None = None, **coords) -> u.Quantity:
 def _interpolate_separably(points: list[np.ndarray], table: np.ndarray, coords: list[np.ndarray]) -> np.ndarray:
     """Multilinear interpolation of ``table`` on the grid ``points`` at ``coords`` (one array
     per axis, broadcast together), extrapolated linearly from the outer cells, as scipy's
-    ``RegularGridInterpolator(fill_value=None)``. Each axis' cell and weight come from its own
-    coordinates, so an energy axis of 20 values and a 250 x 250 pixel grid locate 20 + 62500
-    points, not 20 x 62500, before the 2^d corners are combined."""
-    cells, weights = [], []
-    for nodes, c in zip(points, coords):
+    ``RegularGridInterpolator(fill_value=None)``; returns the broadcast shape.
+
+    An axis whose coordinates vary along output axes no other coordinate varies along (the
+    true energies of a cube against its pixels' offsets) is interpolated on its own, one 1-D
+    interpolation of the whole table: an energy dispersion at 20 energies x 160 migrations x
+    62500 pixels costs two gathers of the 20 x 160 x 62500 result, not 2^3 weighted corners.
+    The remaining axes (coordinates that share output axes, as a background's ``fov_lon`` and
+    ``fov_lat``) are combined corner by corner."""
+    shape = np.broadcast_shapes(*(np.shape(c) for c in coords))
+    ndim = len(shape)
+    coords = [np.reshape(c, (1,) * (ndim - np.ndim(c)) + np.shape(c)) for c in coords]
+    varies = [tuple(a for a in range(ndim) if c.shape[a] > 1) for c in coords]
+    axes = range(len(points))
+    alone = [k for k in axes if all(set(varies[k]).isdisjoint(varies[j]) for j in axes if j != k)]
+    joint = [k for k in axes if k not in alone]
+
+    def cell_and_weight(nodes: np.ndarray, c: np.ndarray):
         cell = np.clip(np.searchsorted(nodes, c) - 1, 0, nodes.size - 2)
-        cells.append(cell)
-        weights.append((c - nodes[cell]) / (nodes[cell + 1] - nodes[cell]))
-    strides = np.cumprod((table.shape[1:] + (1,))[::-1])[::-1]
-    flat = functools.reduce(np.add, [cell * stride for cell, stride in zip(cells, strides)])
-    values = table.ravel()
-    result = 0.0
-    for corner in itertools.product((0, 1), repeat=len(points)):
-        weight = functools.reduce(np.multiply, [w if upper else 1.0 - w for w, upper in zip(weights, corner)])
-        result = result + weight * values[flat + int(np.dot(corner, strides))]
-    return result
+        return cell, (c - nodes[cell]) / (nodes[cell + 1] - nodes[cell])
+
+    result = table
+    for k in alone:
+        cell, weight = cell_and_weight(points[k], coords[k].ravel())
+        lower, upper = np.take(result, cell, axis=k), np.take(result, cell + 1, axis=k)
+        weight = weight.reshape([-1 if a == k else 1 for a in range(result.ndim)])
+        result = (1.0 - weight) * lower + weight * upper
+
+    joint_axes = sorted({a for k in joint for a in varies[k]})
+    if joint:
+        joint_shape = tuple(shape[a] for a in joint_axes)
+        local = [np.broadcast_to(coords[k], tuple(shape[a] if a in joint_axes else 1 for a in range(ndim))).reshape(joint_shape) for k in joint]
+        located = [cell_and_weight(points[k], c) for k, c in zip(joint, local)]
+        result = np.moveaxis(result, joint, range(len(joint)))
+        table_shape = result.shape[: len(joint)]
+        values = result.reshape(int(np.prod(table_shape)), -1)
+        strides = np.cumprod((table_shape[1:] + (1,))[::-1])[::-1]
+        flat = functools.reduce(np.add, [cell * stride for (cell, _), stride in zip(located, strides)])
+        combined = 0.0
+        for corner in itertools.product((0, 1), repeat=len(joint)):
+            weight = functools.reduce(np.multiply, [w if upper else 1.0 - w for (_, w), upper in zip(located, corner)])
+            combined = combined + weight[..., None] * values[flat + int(np.dot(corner, strides))]
+        result = combined
+    order = joint_axes + [a for k in alone for a in varies[k]]
+    result = result.reshape([shape[a] for a in order])
+    return np.transpose(result, np.argsort(order)).reshape(shape)
 
 
 def exposure_cube(observation: Observation, wcs, shape: tuple[int, int], energy_true_edges: u.Quantity) -> u.Quantity:
