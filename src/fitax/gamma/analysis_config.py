@@ -3,7 +3,7 @@ and ``datasets`` sections, read into what fitax's data reduction needs.
 
 Keys, defaults and meanings are Gammapy 2.1's, so a configuration a user already has runs
 unchanged. A key Gammapy does not know, or one whose setting fitax cannot reproduce yet (1D
-spectra, stacking, FoV/ring/reflected backgrounds, time selections, the ``aeff-max`` and
+spectra, FoV/ring/reflected backgrounds, time selections, the ``aeff-max`` and
 ``edisp-bias`` safe masks), is an error naming the key; nothing is silently ignored except the
 sections a data reduction does not use (``general``, ``fit``, ``flux_points``, ``excess_map``,
 ``light_curve``) and the 1D-only keys of a 3D analysis (``on_region``,
@@ -41,7 +41,8 @@ _MAP_SELECTION = ("counts", "exposure", "background", "psf", "edisp")
 class ReductionConfig:
     """A 3D data reduction: the data store, the runs (in the configured order), the geometry,
     the safe-mask methods and their ``offset_max``, the cutout radius around each pointing
-    (``geom.selection.offset_max``) and the IRFs a run must have."""
+    (``geom.selection.offset_max``), the IRFs a run must have, and whether the runs' datasets
+    are stacked into one."""
 
     datastore: DataStore
     obs_ids: list[int]
@@ -51,6 +52,7 @@ class ReductionConfig:
     offset_max: u.Quantity
     required_irf: tuple[str, ...]
     map_selection: tuple[str, ...]
+    stack: bool
 
 
 class _Section:
@@ -164,7 +166,7 @@ def _selected_runs(observations: _Section, store: DataStore) -> list[int]:
 
 def read_analysis_config(path) -> ReductionConfig:
     """Read the ``observations`` and ``datasets`` sections of a Gammapy ``AnalysisConfig``
-    YAML file (3D, unstacked), with Gammapy's defaults; errors name the file and key."""
+    YAML file (3D), with Gammapy's defaults; errors name the file and key."""
     source = Path(path)
     top = _Section(load_yaml(source), "config", _SECTIONS, source)
     observations = top.section("observations", {"datastore", "obs_ids", "obs_file", "obs_cone", "obs_time", "required_irf"})
@@ -174,9 +176,9 @@ def read_analysis_config(path) -> ReductionConfig:
     kind = str(datasets.get("type", "1d"))
     if kind != "3d":
         raise ValueError(f"{source}: 'datasets.type' = {kind!r} (Gammapy's default is '1d'): fitax reduces 3d datasets only, so far")
-    if datasets.get("stack", True) is not False:
-        raise ValueError(f"{source}: 'datasets.stack' is true (Gammapy's default): stacking is not supported by fitax yet; set 'stack: false' "
-                         "for one dataset per run, fitted jointly")
+    stack = datasets.get("stack", True)
+    if not isinstance(stack, bool):
+        raise ValueError(f"{source}: 'datasets.stack' = {stack!r}; expected true or false")
     background = datasets.section("background", {"method", "exclusion", "parameters"})
     background.unsupported("method", "the background is the IRF's prediction; fit a FoVBackgroundModel norm instead")
     background.unsupported("exclusion", "no background maker uses it")
@@ -224,5 +226,5 @@ def read_analysis_config(path) -> ReductionConfig:
         datastore=store, obs_ids=_selected_runs(observations, store), geometry=geometry, safe_mask_methods=methods,
         safe_mask_offset_max=parameters.quantity("offset_max", "deg", "3 deg"),
         offset_max=geom.section("selection", {"offset_max"}).quantity("offset_max", "deg", "2.5 deg"),
-        required_irf=required, map_selection=selection,
+        required_irf=required, map_selection=selection, stack=stack,
     )  # fmt: skip

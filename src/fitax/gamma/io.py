@@ -38,6 +38,8 @@ class MapDatasetFile:
     ``None``: it holds everywhere. Missing optional maps are ``None``. ``psf_exposure`` and
     ``edisp_exposure`` ``(energy_true, 1, y, x)`` [m2 s] are the exposures on the IRF maps'
     grids that Gammapy weights them with when it stacks runs (written, not read).
+    ``livetime`` [s] is the summed good time intervals (the ``GTI`` HDU's, Gammapy's
+    ``gti.time_sum``: the ontime; the exposure already holds the dead-time correction).
     """
 
     name: str

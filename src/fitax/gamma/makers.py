@@ -64,7 +64,7 @@ class MapGeometry:
 def map_dataset_file(observation: Observation, geometry: MapGeometry, safe_mask_methods=("aeff-default",),
                      offset_max: u.Quantity = 3 * u.deg, name: str | None = None) -> MapDatasetFile:
     """One run reduced to a MapDataset's contents (counts, exposure, background, PSF map and
-    energy-dispersion kernel map with their exposures, safe mask, livetime), for
+    energy-dispersion kernel map with their exposures, safe mask, good time), for
     :func:`~fitax.gamma.io.write_map_dataset`: Gammapy's ``MapDatasetMaker`` then
     ``SafeMaskMaker(methods=safe_mask_methods, offset_max=offset_max)``. A geometry the run
     gives no exposure to (every pixel beyond its IRFs' offsets) is a ``ValueError`` naming it.
@@ -98,7 +98,7 @@ def map_dataset_file(observation: Observation, geometry: MapGeometry, safe_mask_
         energy_edges=u.Quantity(energy_edges).to_value("TeV"), energy_true_edges=true_edges, wcs=celestial(wcs),
         psf=psf, psf_rad=0.5 * (rad_edges[1:] + rad_edges[:-1]), psf_rad_edges=rad_edges,
         psf_energy_true=np.sqrt(true_edges[1:] * true_edges[:-1]), psf_wcs=irf_wcs, edisp=edisp, edisp_wcs=irf_wcs,
-        livetime=float(observation.livetime.to_value("s")),
+        livetime=float(observation.ontime.to_value("s")),
         psf_exposure=None if psf is None else irf_exposure, edisp_exposure=None if edisp is None else irf_exposure,
     )  # fmt: skip
 

@@ -108,8 +108,9 @@ def fit_files(datasets_path, models_path, out, ts_sources=(), plots: bool = True
 
 def reduce_files(config_path, out, progress: bool | None = None) -> Path:
     """Reduce the runs a Gammapy ``AnalysisConfig`` YAML selects (3D, one dataset per run cut
-    out around its pointing, as Gammapy's high-level analysis) and write them to ``out`` as
-    Gammapy's ``Datasets.write(path, filename_models=...)`` does: one MapDataset file per run,
+    out around its pointing, as Gammapy's high-level analysis, or with ``stack: true`` these
+    stacked into one named ``stacked``) and write them to ``out`` as Gammapy's
+    ``Datasets.write(path, filename_models=...)`` does: one MapDataset file per dataset,
     ``datasets.yaml`` in the order of the configured runs and ``models.yaml`` with each
     dataset's ``FoVBackgroundModel``. Runs without one of the configured ``required_irf`` are
     left out with a warning (Gammapy's ``skip_missing``). Every dataset is made before any
@@ -144,6 +145,10 @@ def reduce_files(config_path, out, progress: bool | None = None) -> Path:
                                      offset_max=config.offset_max, progress=lambda obs_id: bar.update(1))
     dropped = {"background": {"background": None}, "psf": {"psf": None, "psf_exposure": None},
                "edisp": {"edisp": None, "edisp_exposure": None}}  # fmt: skip
+    if config.stack:
+        from .stacking import stack_map_datasets
+
+        datasets = [stack_map_datasets(config.geometry, datasets)]
     for kind, fields in dropped.items():
         if kind not in config.map_selection:
             datasets = [dataclasses.replace(d, **fields) for d in datasets]

@@ -1,0 +1,123 @@
+"""Per-run datasets stacked into one, as Gammapy's ``MapDataset.stack`` adds them (its
+high-level analysis with ``stack: true``).
+
+Each run's dataset lies on a cutout of the analysis geometry; stacking adds, within each
+run's safe mask, its counts, background and exposure (the exposure where any energy is safe)
+into the geometry, and averages the PSF and energy-dispersion maps weighted by their
+exposures, on their own coarse grid, where the run is safe there. The safe mask of the stack
+is the union of the runs'. Host-side NumPy.
+
+Example:
+    >>> runs = make_map_datasets(store, ids, geometry, ("aeff-default", "offset-max"))  # doctest: +SKIP
+    >>> stacked = stack_map_datasets(geometry, runs)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from astropy.wcs import WCS
+from scipy.interpolate import RegularGridInterpolator
+
+from .geometry import pixel_skycoords
+from .io import MapDatasetFile
+from .makers import MapGeometry
+
+__all__ = ["stack_map_datasets"]
+
+
+def _placement(parent: WCS, part: WCS, shape: tuple[int, int], where: str) -> tuple[slice, slice]:
+    """Where the cutout ``part`` (image ``shape``) lies in ``parent``: ``(rows, columns)``."""
+    if not (np.allclose(parent.wcs.cdelt, part.wcs.cdelt) and np.allclose(parent.wcs.crval, part.wcs.crval)
+            and list(parent.wcs.ctype) == list(part.wcs.ctype)):  # fmt: skip
+        raise ValueError(f"{where}: its geometry is not a cutout of the stacking geometry (different projection, reference or pixel size)")
+    offset = np.asarray(parent.wcs.crpix) - np.asarray(part.wcs.crpix)
+    if not np.allclose(offset, np.round(offset)):
+        raise ValueError(f"{where}: its pixels are not aligned with the stacking geometry's (offset {offset} pixels)")
+    x0, y0 = (int(round(v)) for v in offset)
+    return slice(y0, y0 + shape[0]), slice(x0, x0 + shape[1])
+
+
+def _mask_on_irf_grid(mask_image: np.ndarray, wcs: WCS, irf_wcs: WCS, irf_shape: tuple[int, int], nearest: bool) -> np.ndarray:
+    """A run's safe mask (``(..., ny, nx)``, leading axes kept) at the centres of its IRF grid's
+    pixels, as Gammapy's ``interp_to_geom``: the nearest pixel's value (False outside the
+    image), or, with ``nearest=False``, any non-zero value of the linear interpolation between
+    pixels, extrapolated beyond the image (Gammapy's ``mask_safe_edisp``)."""
+    x, y = wcs.world_to_pixel(pixel_skycoords(irf_wcs, irf_shape))
+    ny, nx = mask_image.shape[-2:]
+    if nearest:
+        column, row = np.floor(x + 0.5).astype(int), np.floor(y + 0.5).astype(int)
+        inside = (column >= 0) & (column < nx) & (row >= 0) & (row < ny)
+        return np.where(inside, mask_image[..., np.clip(row, 0, ny - 1), np.clip(column, 0, nx - 1)], False)
+    values = np.moveaxis(mask_image.astype(float), (-2, -1), (0, 1))
+    interpolator = RegularGridInterpolator((np.arange(ny, dtype=float), np.arange(nx, dtype=float)), values, bounds_error=False, fill_value=None)
+    return np.moveaxis(interpolator(np.stack([y, x], axis=-1)), (0, 1), (-2, -1)) != 0
+
+
+def _overlap_fraction(energy_edges: np.ndarray, energy_true_edges: np.ndarray) -> np.ndarray:
+    """The fraction of each true-energy bin within each reconstructed-energy bin: the diagonal
+    kernel Gammapy's empty stacked dataset starts from (``get_overlap_fraction``)."""
+    low = np.fmax(energy_edges[None, :-1], energy_true_edges[:-1, None])
+    high = np.fmin(energy_edges[None, 1:], energy_true_edges[1:, None])
+    return np.clip(high - low, 0, None) / np.diff(energy_true_edges)[:, None]
+
+
+def _add_weighted_irf(irf: np.ndarray, exposure: np.ndarray, part: tuple[slice, slice], other: np.ndarray, other_exposure: np.ndarray,
+                      weights: np.ndarray) -> None:
+    """Gammapy's ``IRFMap.stack``, in place: within ``part``, the exposure-weighted mean of the
+    stack's map and the run's (where ``weights``), exposures added where ``weights``."""
+    region = (Ellipsis, *part)
+    irf[region] *= exposure[region]
+    irf[region] += np.nan_to_num(other * other_exposure) * weights
+    exposure[region] += np.nan_to_num(other_exposure) * np.any(weights, axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        irf[region] /= exposure[region]
+    np.nan_to_num(irf, copy=False)
+
+
+def stack_map_datasets(geometry: MapGeometry, datasets: list[MapDatasetFile], name: str = "stacked") -> MapDatasetFile:
+    """The runs' ``datasets`` (each on a cutout of ``geometry``, as :func:`make_map_datasets`
+    makes them) stacked into one dataset on ``geometry``, in their order, as Gammapy's
+    ``MapDataset.stack`` into an empty ``MapDataset.create(geometry)``. A run with no safe bin
+    is left out; the stack's good time is the sum of the runs'."""
+    energy = np.asarray(datasets[0].energy_edges) if datasets else geometry.energy_edges.to_value("TeV")
+    true = np.asarray(datasets[0].energy_true_edges) if datasets else geometry.energy_true_edges.to_value("TeV")
+    n_reco, n_true = energy.size - 1, true.size - 1
+    shape, irf_shape = geometry.shape, geometry.irf_shape
+    counts, background = np.zeros((n_reco, *shape)), np.zeros((n_reco, *shape))
+    exposure, mask = np.zeros((n_true, *shape)), np.zeros((n_reco, *shape), dtype=bool)
+    rad_edges = geometry.rad_edges.to_value("deg")
+    psf, psf_exposure = np.zeros((n_true, rad_edges.size - 1, *irf_shape)), np.zeros((n_true, 1, *irf_shape))
+    edisp = np.broadcast_to(_overlap_fraction(energy, true)[:, :, None, None], (n_true, n_reco, *irf_shape)).copy()
+    edisp_exposure = np.zeros((n_true, 1, *irf_shape))
+    livetime, has_psf, has_edisp = 0.0, False, False
+    for dataset in datasets:
+        where = f"dataset {dataset.name}"
+        if not np.allclose(dataset.energy_edges, energy) or not np.allclose(dataset.energy_true_edges, true):
+            raise ValueError(f"{where}: its energy axes differ from the first dataset's; only datasets of one geometry stack")
+        safe = np.ones(dataset.counts.shape, dtype=bool) if dataset.mask_safe is None else dataset.mask_safe
+        if not safe.any():
+            continue
+        part = _placement(geometry.wcs, dataset.wcs, dataset.counts.shape[1:], where)
+        counts[(Ellipsis, *part)] += np.nan_to_num(dataset.counts) * safe
+        exposure[(Ellipsis, *part)] += np.nan_to_num(dataset.exposure) * safe.any(axis=0)
+        if dataset.background is not None:
+            background[(Ellipsis, *part)] += np.nan_to_num(dataset.background) * safe
+        mask[(Ellipsis, *part)] |= safe
+        livetime += dataset.livetime or 0.0
+        if dataset.psf is not None:
+            has_psf = True
+            irf_part = _placement(geometry.irf_wcs, dataset.psf_wcs, dataset.psf.shape[2:], where)
+            weights = _mask_on_irf_grid(safe.any(axis=0), dataset.wcs, dataset.psf_wcs, dataset.psf.shape[2:], nearest=True)[None, None]
+            _add_weighted_irf(psf, psf_exposure, irf_part, dataset.psf, dataset.psf_exposure, weights)
+        if dataset.edisp is not None:
+            has_edisp = True
+            irf_part = _placement(geometry.irf_wcs, dataset.edisp_wcs, dataset.edisp.shape[2:], where)
+            weights = _mask_on_irf_grid(safe, dataset.wcs, dataset.edisp_wcs, dataset.edisp.shape[2:], nearest=False)[None]
+            _add_weighted_irf(edisp, edisp_exposure, irf_part, dataset.edisp, dataset.edisp_exposure, weights)
+    return MapDatasetFile(
+        name=name, path=None, counts=counts, exposure=exposure, background=background, mask_safe=mask, mask_fit=None,
+        energy_edges=energy, energy_true_edges=true, wcs=geometry.wcs, psf=psf if has_psf else None,
+        psf_rad=0.5 * (rad_edges[1:] + rad_edges[:-1]), psf_rad_edges=rad_edges, psf_energy_true=np.sqrt(true[1:] * true[:-1]),
+        psf_wcs=geometry.irf_wcs, edisp=edisp if has_edisp else None, edisp_wcs=geometry.irf_wcs, livetime=livetime,
+        psf_exposure=psf_exposure if has_psf else None, edisp_exposure=edisp_exposure if has_edisp else None,
+    )  # fmt: skip
