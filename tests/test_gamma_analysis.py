@@ -106,11 +106,62 @@ def test_stacked_reduction_is_gammapys_stacked_dataset(tmp_path):
     assert mine.gti.time_sum.to_value("s") == pytest.approx(theirs.gti.time_sum.to_value("s"), rel=1e-9)
 
 
+def _exclusion_file(path, radius: float = 0.3):
+    """A 6 x 6 deg exclusion mask around the Crab (0 within ``radius`` deg), as Gammapy writes one."""
+    from astropy.coordinates import SkyCoord
+    from astropy.io import fits
+    from astropy.wcs import WCS
+
+    wcs = WCS(naxis=2)
+    wcs.wcs.ctype, wcs.wcs.crval, wcs.wcs.crpix, wcs.wcs.cdelt = ["RA---CAR", "DEC--CAR"], [83.633, 22.014], [150.5, 150.5], [-0.02, 0.02]
+    y, x = np.mgrid[:300, :300]
+    allowed = wcs.pixel_to_world(x, y).separation(SkyCoord(83.633, 22.014, unit="deg")).deg > radius
+    fits.PrimaryHDU(allowed.astype(np.uint8), header=wcs.to_header()).writeto(path)
+    return path
+
+
+@pytest.mark.parametrize("stack", [False, True])
+def test_fov_background_norms_are_gammapys(tmp_path, stack):
+    """``background: {method: fov_background, exclusion: FILE}``: each run's norm (counts over
+    background in its safe, not excluded bins) and error as Gammapy's FoVBackgroundMaker
+    (measured 3e-8 relative; Gammapy sums in float32), in models.yaml; stacked, each run's
+    background scaled by its norm before stacking (within 1e-6). A run whose norm fails
+    (``min_counts`` above its counts) loses its safe mask, as in Gammapy."""
+    hess = shared_data("gamma", "hess-dl3-dr1")
+    pytest.importorskip("gammapy", reason="Gammapy (test extra) not installed")
+    from gammapy.analysis import Analysis, AnalysisConfig
+    from gammapy.datasets import Datasets
+
+    background = {"method": "fov_background", "exclusion": str(_exclusion_file(tmp_path / "exclusion.fits")), "parameters": {"method": "scale"}}
+    config = _config(hess, stack=stack, background=background)
+    config["observations"]["obs_ids"] = [23523, 23526, 23559]
+    config = _write(tmp_path / "analysis.yaml", config)
+    assert main(["gamma", "reduce", str(config), "--out", str(tmp_path / "out")]) == 0
+    analysis = Analysis(AnalysisConfig.read(config))
+    analysis.get_observations()
+    analysis.get_datasets()
+    ours = Datasets.read(tmp_path / "out" / "datasets.yaml", filename_models=tmp_path / "out" / "models.yaml")
+    for theirs, mine in zip(analysis.datasets, ours, strict=True):
+        _assert_close(mine.background.data, theirs.background.data, 1e-6)
+        np.testing.assert_array_equal(mine.mask_safe.data, theirs.mask_safe.data)
+        if not stack:
+            norm, reference = ours.models[f"{mine.name}-bkg"].spectral_model.norm, theirs.models[f"{theirs.name}-bkg"].spectral_model.norm
+            assert norm.value == pytest.approx(reference.value, rel=1e-6) and norm.value != pytest.approx(1.0, abs=1e-3)
+            assert norm.error == pytest.approx(reference.error, rel=1e-6)
+
+    background["parameters"]["min_counts"] = 1e9
+    config = _write(tmp_path / "analysis.yaml", _config(hess, stack=stack, background=background))
+    with pytest.warns(UserWarning, match="the FoV background norm failed"):
+        main(["gamma", "reduce", str(config), "--out", str(tmp_path / "failed")])
+    assert not any(d.mask_safe.data.any() for d in Datasets.read(tmp_path / "failed" / "datasets.yaml"))
+
+
 @pytest.mark.parametrize(("change", "message"), [
     ({"datasets": {"geom": {"wcs": {"binsz": "0.05 deg"}}}}, r"unknown key 'config.datasets.geom.wcs.binsz'"),
     ({"datasets": {"stack": "yes"}}, r"'datasets.stack' = 'yes'; expected true or false"),
     ({"datasets": {"type": "1d"}}, r"'datasets.type' = '1d'"),
-    ({"datasets": {"background": {"method": "fov_background"}}}, r"'config.datasets.background.method' = 'fov_background' is not supported"),
+    ({"datasets": {"background": {"method": "ring"}}}, r"'config.datasets.background.method' = 'ring': only fov_background"),
+    ({"datasets": {"background": {"exclusion": "mask.fits"}}}, r"'config.datasets.background.exclusion' = 'mask.fits' is not supported by fitax yet \(no background maker"),
     ({"datasets": {"safe_mask": {"methods": ["edisp-bias"]}}}, r"'edisp-bias': not supported by fitax yet"),
     ({"datasets": {"geom": {"wcs": {"binsize": 0.05}}}}, r"'config.datasets.geom.wcs.binsize' = 0.05 needs a unit of angle"),
     ({"observations": {"obs_ids": [23523, 99999]}}, r"obs 99999 not in the obs-index table"),

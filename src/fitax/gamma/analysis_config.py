@@ -3,7 +3,7 @@ and ``datasets`` sections, read into what fitax's data reduction needs.
 
 Keys, defaults and meanings are Gammapy 2.1's, so a configuration a user already has runs
 unchanged. A key Gammapy does not know, or one whose setting fitax cannot reproduce yet (1D
-spectra, FoV/ring/reflected backgrounds, time selections, the ``aeff-max`` and
+spectra, ring/reflected backgrounds, time selections, the ``aeff-max`` and
 ``edisp-bias`` safe masks), is an error naming the key; nothing is silently ignored except the
 sections a data reduction does not use (``general``, ``fit``, ``flux_points``, ``excess_map``,
 ``light_curve``) and the 1D-only keys of a 3D analysis (``on_region``,
@@ -53,6 +53,10 @@ class ReductionConfig:
     required_irf: tuple[str, ...]
     map_selection: tuple[str, ...]
     stack: bool
+    fov_background: dict | None = None
+    """``{"min_counts", "min_npred_background", "exclusion"}`` with ``background.method:
+    fov_background`` (``exclusion``: a sky image and its WCS, True where pixels may be used, or
+    ``None``); ``None`` without a background maker."""
 
 
 class _Section:
@@ -129,6 +133,37 @@ def _wcs(section: _Section) -> tuple[WCS, tuple[int, int], float]:
     return wcs, (npix[1], npix[0]), section.quantity("binsize_irf", "deg", "0.2 deg").value
 
 
+def _fov_background(background: _Section) -> dict | None:
+    """The ``background`` section: Gammapy's ``FoVBackgroundMaker`` settings (``method``
+    ``scale`` or ``fit``, which agree for a dataset without sources; ``min_counts``,
+    ``min_npred_background``; the ``exclusion`` mask file), or ``None`` without a method."""
+    method = background.get("method")
+    if method is None:
+        background.unsupported("exclusion", "no background maker is set to use it")
+        return None
+    if method != "fov_background":
+        why = "only fov_background" if method in ("ring", "reflected") else "not a Gammapy background method"
+        raise ValueError(f"{background.source}: '{background.path}.method' = {method!r}: {why} (fitax has fov_background)")
+    parameters = background.section("parameters", {"method", "spectral_model", "spatial_model", "min_counts", "min_npred_background", "fit"})
+    if parameters.get("method", "scale") not in ("scale", "fit"):
+        raise ValueError(f"{background.source}: '{parameters.path}.method' = {parameters.get('method')!r}; expected 'scale' or 'fit'")
+    parameters.unsupported("spectral_model", "the FoV background model is a norm (Gammapy's default pl-norm)", allowed=(None, "pl-norm"))
+    parameters.unsupported("spatial_model", "the FoV background model has no spatial part")
+    parameters.unsupported("fit", "the norm is found in closed form")
+    exclusion = None
+    if background.get("exclusion") is not None:
+        from .io import read_sky_mask
+
+        path = Path(os.path.expandvars(str(background.get("exclusion"))))
+        if not path.exists() and (background.source.parent / path).exists():
+            path = background.source.parent / path
+        if not path.exists():
+            raise FileNotFoundError(f"{background.source}: '{background.path}.exclusion' = {background.get('exclusion')!r}: no such file")
+        exclusion = read_sky_mask(path)
+    return {"min_counts": float(parameters.get("min_counts", 0)), "min_npred_background": float(parameters.get("min_npred_background", 0)),
+            "exclusion": exclusion}
+
+
 def _store_path(value: str, source: Path) -> Path:
     """The data store folder: environment variables expanded (``$GAMMAPY_DATA``), relative to
     the working directory as in Gammapy, else to the configuration file's folder."""
@@ -179,9 +214,7 @@ def read_analysis_config(path) -> ReductionConfig:
     stack = datasets.get("stack", True)
     if not isinstance(stack, bool):
         raise ValueError(f"{source}: 'datasets.stack' = {stack!r}; expected true or false")
-    background = datasets.section("background", {"method", "exclusion", "parameters"})
-    background.unsupported("method", "the background is the IRF's prediction; fit a FoVBackgroundModel norm instead")
-    background.unsupported("exclusion", "no background maker uses it")
+    fov_background = _fov_background(datasets.section("background", {"method", "exclusion", "parameters"}))
     safe = datasets.section("safe_mask", {"methods", "parameters"})
     methods = tuple(safe.get("methods", ["aeff-default"]))
     parameters = safe.section("parameters", {"offset_max", "aeff_percent", "bias_percent", "position", "fixed_offset", "energy_min",
@@ -226,5 +259,5 @@ def read_analysis_config(path) -> ReductionConfig:
         datastore=store, obs_ids=_selected_runs(observations, store), geometry=geometry, safe_mask_methods=methods,
         safe_mask_offset_max=parameters.quantity("offset_max", "deg", "3 deg"),
         offset_max=geom.section("selection", {"offset_max"}).quantity("offset_max", "deg", "2.5 deg"),
-        required_irf=required, map_selection=selection, stack=stack,
+        required_irf=required, map_selection=selection, stack=stack, fov_background=fov_background,
     )  # fmt: skip

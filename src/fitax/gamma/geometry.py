@@ -15,7 +15,7 @@ from astropy.wcs import WCS
 from astropy.wcs.utils import wcs_to_celestial_frame
 from jaxtyping import Array, Float
 
-__all__ = ["SkyGrid", "celestial", "coarse_wcs", "cutout_wcs", "integrate_spatial", "pixel_centres", "pixel_skycoords", "position_key", "solid_angles"]
+__all__ = ["SkyGrid", "celestial", "coarse_wcs", "cutout_wcs", "integrate_spatial", "nearest_pixel_values", "pixel_centres", "pixel_skycoords", "position_key", "solid_angles"]
 
 
 class SkyGrid(eqx.Module):
@@ -105,6 +105,17 @@ def cutout_wcs(wcs, shape: tuple[int, int], position: SkyCoord, width: float) ->
     size = np.clip(width / scales, 1, None)
     cutout = Cutout2D(np.empty(shape, dtype=bool), wcs=image, position=position, size=size[::-1], mode="trim")
     return cutout.wcs, cutout.shape
+
+
+def nearest_pixel_values(image: np.ndarray, image_wcs, wcs, shape: tuple[int, int], fill=0):
+    """``image`` (on ``image_wcs``) at the pixel centres of the ``(ny, nx)`` image of ``wcs``:
+    the value of the pixel each centre falls in, ``fill`` outside ``image`` (Gammapy's
+    ``Map.interp_to_geom`` of a mask)."""
+    x, y = celestial(image_wcs).world_to_pixel(pixel_skycoords(wcs, shape))
+    column, row = np.floor(x + 0.5).astype(int), np.floor(y + 0.5).astype(int)
+    ny, nx = image.shape
+    inside = (column >= 0) & (column < nx) & (row >= 0) & (row < ny)
+    return np.where(inside, image[np.clip(row, 0, ny - 1), np.clip(column, 0, nx - 1)], fill)
 
 
 def solid_angles(wcs, shape) -> np.ndarray:

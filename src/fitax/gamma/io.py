@@ -20,7 +20,7 @@ from astropy.wcs import WCS
 
 from ..io import atomic_write, open_fits
 
-__all__ = ["MapDatasetFile", "read_map_dataset", "write_map_dataset"]
+__all__ = ["MapDatasetFile", "read_map_dataset", "read_sky_mask", "write_map_dataset"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -300,3 +300,27 @@ def write_map_dataset(contents: MapDatasetFile, path) -> Path:
         hdus.append(gti_hdu)
     hdulist = fits.HDUList(hdus)
     return atomic_write(path, lambda tmp: hdulist.writeto(tmp, overwrite=True))
+
+
+def read_sky_mask(path) -> tuple[np.ndarray, WCS]:
+    """A sky mask image (as Gammapy's ``Map.write`` of an exclusion mask: the first image HDU
+    with data, 2D, non-zero where pixels may be used) and its celestial WCS; a 3D mask with
+    one plane is taken as 2D."""
+    path = Path(path)
+    try:
+        hdul = open_fits(path)
+    except (OSError, fits.VerifyError, TypeError, EOFError) as error:
+        raise ValueError(f"{path}: not a readable FITS file: {error}") from error
+    with hdul:
+        hdu = next((h for h in hdul if h.is_image and h.data is not None), None)
+        if hdu is None:
+            raise ValueError(f"{path}: no image HDU with data (expected a sky mask)")
+        data = np.asarray(hdu.data)
+        if data.ndim == 3 and data.shape[0] == 1:
+            data = data[0]
+        if data.ndim != 2:
+            raise ValueError(f"{path}[{hdu.name}]: a sky mask is a 2D image, this one has shape {data.shape}")
+        wcs = WCS(hdu.header).celestial
+        if not wcs.has_celestial:
+            raise ValueError(f"{path}[{hdu.name}]: the mask has no celestial WCS")
+        return data != 0, wcs

@@ -26,7 +26,7 @@ from .io import MapDatasetFile
 from .irf_maps import RAD_EDGES, edisp_kernel_map, psf_map
 from .reduce import background_cube, counts_cube, exposure_cube, safe_mask
 
-__all__ = ["BINSZ_IRF", "MapGeometry", "make_map_datasets", "map_dataset_file"]
+__all__ = ["BINSZ_IRF", "MapGeometry", "fov_background_norm", "make_map_datasets", "map_dataset_file"]
 
 BINSZ_IRF = 0.2
 """Pixel size [deg] of the PSF and energy-dispersion maps' grid (Gammapy's ``binsz_irf``)."""
@@ -131,3 +131,30 @@ def make_map_datasets(store: DataStore, obs_ids: Iterable[int], geometry: MapGeo
     if not datasets:
         raise ValueError(f"every run ({', '.join(str(i) for i in missed)}) misses the geometry: no dataset made")
     return datasets
+
+
+def fov_background_norm(dataset: MapDatasetFile, exclusion: np.ndarray | None = None, min_counts: float = 0.0,
+                        min_npred_background: float = 0.0) -> tuple[float, float] | None:
+    """The background norm that makes the predicted background match the counts of the safe
+    bins outside ``exclusion`` (``(ny, nx)`` or ``(energy, ny, nx)``, True where a pixel may be
+    used), and its error: ``sum(counts) / sum(background)`` and ``sqrt(sum(counts)) /
+    sum(background)``, Gammapy's ``FoVBackgroundMaker(method="scale")`` for a dataset without
+    sources. Its ``method="fit"`` (a Cash fit of the norm alone) has the same minimum and error.
+    ``None`` where Gammapy's maker fails (too few counts or background, a norm that is not
+    finite or positive); Gammapy then drops the run's safe mask.
+
+    Example:
+        >>> norm, error = fov_background_norm(dataset, exclusion)  # doctest: +SKIP
+    """
+    if dataset.background is None:
+        raise ValueError(f"dataset {dataset.name}: a FoV background norm needs the dataset's background")
+    mask = np.ones(dataset.counts.shape, dtype=bool) if dataset.mask_safe is None else dataset.mask_safe.copy()
+    if exclusion is not None:
+        mask &= np.broadcast_to(exclusion, mask.shape)
+    mask &= np.isfinite(dataset.background)
+    counts, background = float(dataset.counts[mask].sum()), float(dataset.background[mask].sum())
+    with np.errstate(invalid="ignore", divide="ignore"):
+        norm = counts / background
+    if not np.isfinite(norm) or background <= min_npred_background or counts <= min_counts or counts <= 0:
+        return None
+    return norm, float(np.sqrt(counts) / background)

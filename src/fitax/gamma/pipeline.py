@@ -106,6 +106,27 @@ def fit_files(datasets_path, models_path, out, ts_sources=(), plots: bool = True
     return result
 
 
+def _fov_background_norms(datasets: list, settings: dict) -> dict:
+    """Each dataset's FoV background ``(norm, error)``, ``None`` (with a warning) where
+    Gammapy's maker fails."""
+    import warnings
+
+    from .geometry import nearest_pixel_values
+    from .makers import fov_background_norm
+
+    norms = {}
+    for dataset in datasets:
+        exclusion = None
+        if settings["exclusion"] is not None:
+            image, image_wcs = settings["exclusion"]
+            exclusion = nearest_pixel_values(image, image_wcs, dataset.wcs, dataset.counts.shape[1:], fill=False)
+        norms[dataset.name] = fov_background_norm(dataset, exclusion, settings["min_counts"], settings["min_npred_background"])
+        if norms[dataset.name] is None:
+            warnings.warn(f"{dataset.name}: the FoV background norm failed (too few counts or background outside the exclusion mask); "
+                          "its safe mask is set to False, as Gammapy does", stacklevel=3)
+    return norms
+
+
 def reduce_files(config_path, out, progress: bool | None = None) -> Path:
     """Reduce the runs a Gammapy ``AnalysisConfig`` YAML selects (3D, one dataset per run cut
     out around its pointing, as Gammapy's high-level analysis, or with ``stack: true`` these
@@ -123,6 +144,7 @@ def reduce_files(config_path, out, progress: bool | None = None) -> Path:
     import dataclasses
     import warnings
 
+    import numpy as np
     from tqdm import tqdm
 
     from .analysis_config import read_analysis_config
@@ -145,10 +167,16 @@ def reduce_files(config_path, out, progress: bool | None = None) -> Path:
                                      offset_max=config.offset_max, progress=lambda obs_id: bar.update(1))
     dropped = {"background": {"background": None}, "psf": {"psf": None, "psf_exposure": None},
                "edisp": {"edisp": None, "edisp_exposure": None}}  # fmt: skip
+    norms = _fov_background_norms(datasets, config.fov_background) if config.fov_background is not None else {}
+    failed = {name for name, norm in norms.items() if norm is None}
+    datasets = [dataclasses.replace(d, mask_safe=np.zeros_like(d.mask_safe)) if d.name in failed else d for d in datasets]
     if config.stack:
         from .stacking import stack_map_datasets
 
-        datasets = [stack_map_datasets(config.geometry, datasets)]
+        # Gammapy stacks each run's background scaled by its FoV norm
+        datasets = [stack_map_datasets(config.geometry, [dataclasses.replace(d, background=d.background * norms[d.name][0])
+                                                         if norms.get(d.name) else d for d in datasets])]
+        norms = {}
     for kind, fields in dropped.items():
         if kind not in config.map_selection:
             datasets = [dataclasses.replace(d, **fields) for d in datasets]
@@ -159,6 +187,8 @@ def reduce_files(config_path, out, progress: bool | None = None) -> Path:
         filename = f"{dataset.name}.fits"  # uncompressed, as Gammapy writes them: gzip would take longer than the reduction
         write_map_dataset(dataset, out / filename)
         entries.append({"name": dataset.name, "type": "MapDataset", "filename": filename})
-    write_models(Models([FoVBackgroundModel(d.name) for d in datasets]), out / "models.yaml")
+    models = Models([FoVBackgroundModel(d.name, norm=norms[d.name][0]) if norms.get(d.name) else FoVBackgroundModel(d.name) for d in datasets])
+    errors = {f"{name}-bkg.norm": norm[1] for name, norm in norms.items() if norm is not None}
+    write_models(models, out / "models.yaml", errors=errors)
     text = gammapy_yaml({"datasets": entries})
     return atomic_write(out / "datasets.yaml", lambda tmp: tmp.write_text(text))

@@ -18,7 +18,7 @@ import numpy as np
 from astropy.wcs import WCS
 from scipy.interpolate import RegularGridInterpolator
 
-from .geometry import pixel_skycoords
+from .geometry import nearest_pixel_values, pixel_skycoords
 from .io import MapDatasetFile
 from .makers import MapGeometry
 
@@ -37,18 +37,13 @@ def _placement(parent: WCS, part: WCS, shape: tuple[int, int], where: str) -> tu
     return slice(y0, y0 + shape[0]), slice(x0, x0 + shape[1])
 
 
-def _mask_on_irf_grid(mask_image: np.ndarray, wcs: WCS, irf_wcs: WCS, irf_shape: tuple[int, int], nearest: bool) -> np.ndarray:
-    """A run's safe mask (``(..., ny, nx)``, leading axes kept) at the centres of its IRF grid's
-    pixels, as Gammapy's ``interp_to_geom``: the nearest pixel's value (False outside the
-    image), or, with ``nearest=False``, any non-zero value of the linear interpolation between
-    pixels, extrapolated beyond the image (Gammapy's ``mask_safe_edisp``)."""
+def _edisp_weights(mask: np.ndarray, wcs: WCS, irf_wcs: WCS, irf_shape: tuple[int, int]) -> np.ndarray:
+    """A run's safe mask ``(energy, ny, nx)`` at the centres of its IRF grid's pixels as
+    Gammapy's ``mask_safe_edisp`` takes it: any non-zero value of the linear interpolation
+    between pixels, extrapolated beyond the image."""
     x, y = wcs.world_to_pixel(pixel_skycoords(irf_wcs, irf_shape))
-    ny, nx = mask_image.shape[-2:]
-    if nearest:
-        column, row = np.floor(x + 0.5).astype(int), np.floor(y + 0.5).astype(int)
-        inside = (column >= 0) & (column < nx) & (row >= 0) & (row < ny)
-        return np.where(inside, mask_image[..., np.clip(row, 0, ny - 1), np.clip(column, 0, nx - 1)], False)
-    values = np.moveaxis(mask_image.astype(float), (-2, -1), (0, 1))
+    ny, nx = mask.shape[-2:]
+    values = np.moveaxis(mask.astype(float), (-2, -1), (0, 1))
     interpolator = RegularGridInterpolator((np.arange(ny, dtype=float), np.arange(nx, dtype=float)), values, bounds_error=False, fill_value=None)
     return np.moveaxis(interpolator(np.stack([y, x], axis=-1)), (0, 1), (-2, -1)) != 0
 
@@ -107,12 +102,13 @@ def stack_map_datasets(geometry: MapGeometry, datasets: list[MapDatasetFile], na
         if dataset.psf is not None:
             has_psf = True
             irf_part = _placement(geometry.irf_wcs, dataset.psf_wcs, dataset.psf.shape[2:], where)
-            weights = _mask_on_irf_grid(safe.any(axis=0), dataset.wcs, dataset.psf_wcs, dataset.psf.shape[2:], nearest=True)[None, None]
+            # the nearest pixel's safe mask (any energy), as Gammapy's mask_safe_psf
+            weights = nearest_pixel_values(safe.any(axis=0), dataset.wcs, dataset.psf_wcs, dataset.psf.shape[2:], fill=False)[None, None]
             _add_weighted_irf(psf, psf_exposure, irf_part, dataset.psf, dataset.psf_exposure, weights)
         if dataset.edisp is not None:
             has_edisp = True
             irf_part = _placement(geometry.irf_wcs, dataset.edisp_wcs, dataset.edisp.shape[2:], where)
-            weights = _mask_on_irf_grid(safe, dataset.wcs, dataset.edisp_wcs, dataset.edisp.shape[2:], nearest=False)[None]
+            weights = _edisp_weights(safe, dataset.wcs, dataset.edisp_wcs, dataset.edisp.shape[2:])[None]
             _add_weighted_irf(edisp, edisp_exposure, irf_part, dataset.edisp, dataset.edisp_exposure, weights)
     return MapDatasetFile(
         name=name, path=None, counts=counts, exposure=exposure, background=background, mask_safe=mask, mask_fit=None,
