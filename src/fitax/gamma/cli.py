@@ -1,5 +1,5 @@
-"""``fitax gamma reduce``, ``fitax gamma fit`` and ``fitax gamma demo``: Gammapy-style data
-reduction and 3D fits from the shell."""
+"""``fitax gamma reduce``, ``fitax gamma fit``, ``fitax gamma estimate`` and ``fitax gamma
+demo``: Gammapy-style data reduction, 3D fits and flux points from the shell."""
 
 from __future__ import annotations
 
@@ -15,6 +15,14 @@ def add_parser(commands) -> None:
     reduce = sub.add_parser("reduce", help="reduce DL3 runs to MapDatasets as a Gammapy AnalysisConfig YAML says")
     reduce.add_argument("config", help="Gammapy AnalysisConfig YAML (its observations and datasets sections; 3d, stack: false)")
     reduce.add_argument("--out", required=True, help="output folder: one MapDataset file per run, datasets.yaml, models.yaml")
+    estimate = sub.add_parser("estimate", help="flux points of a source from fitted models (Gammapy's FluxPointsEstimator)")
+    estimate.add_argument("kind", choices=["flux-points"], help="what to estimate")
+    estimate.add_argument("--datasets", required=True, help="Gammapy datasets.yaml")
+    estimate.add_argument("--models", required=True, help="Gammapy models.yaml with the fitted models (fitax gamma fit's DIR/models.yaml)")
+    estimate.add_argument("--out", required=True, help="output folder: flux_points.fits (Gammapy's gadf-sed) and flux_points.png")
+    estimate.add_argument("--source", required=True, help="name of the source model")
+    estimate.add_argument("--energy-edges", required=True, help="comma-separated energy bin edges in TeV, e.g. 1,3,10")
+    estimate.add_argument("--no-plots", action="store_true", help="skip the plot")
     fit = sub.add_parser("fit", help="fit models.yaml to the datasets of datasets.yaml (jointly)")
     fit.add_argument("--datasets", required=True, help="Gammapy datasets.yaml (MapDataset, SpectrumDataset or SpectrumDatasetOnOff files)")
     fit.add_argument("--models", required=True, help="Gammapy models.yaml with the start values")
@@ -44,12 +52,28 @@ def _fit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _energy_edges(text: str) -> list[float]:
+    try:
+        edges = [float(value) for value in text.split(",")]
+    except ValueError as error:
+        raise ValueError(f"--energy-edges {text!r}: expected comma-separated numbers in TeV, e.g. 1,3,10") from error
+    if len(edges) < 2 or any(b <= a for a, b in zip(edges, edges[1:])) or edges[0] <= 0:
+        raise ValueError(f"--energy-edges {text!r}: expected at least two increasing positive energies in TeV")
+    return edges
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         if args.gamma_command == "demo":
             from .demo import run_gamma_demo
 
             run_gamma_demo(args.out, n_datasets=args.datasets, seed=args.seed)
+            return 0
+        if args.gamma_command == "estimate":
+            from .pipeline import flux_points_files
+
+            print(flux_points_files(args.datasets, args.models, args.out, args.source, _energy_edges(args.energy_edges),
+                                    plots=not args.no_plots))
             return 0
         if args.gamma_command == "reduce":
             from .pipeline import reduce_files

@@ -21,7 +21,7 @@ from .mapdataset import MapDataset
 from .modelio import read_models, write_models, write_results
 from .models import FoVBackgroundModel, Models
 
-__all__ = ["fit_files", "reduce_files"]
+__all__ = ["fit_files", "flux_points_files", "reduce_files"]
 
 
 @contextlib.contextmanager
@@ -192,3 +192,29 @@ def reduce_files(config_path, out, progress: bool | None = None) -> Path:
     write_models(models, out / "models.yaml", errors=errors)
     text = gammapy_yaml({"datasets": entries})
     return atomic_write(out / "datasets.yaml", lambda tmp: tmp.write_text(text))
+
+
+def flux_points_files(datasets_path, models_path, out, source: str, energy_edges, plots: bool = True) -> Path:
+    """Flux points of ``source`` (:func:`fitax.gamma.estimators.flux_points`) from Gammapy's
+    files, written to ``out/flux_points.fits`` (readable by Gammapy's ``FluxPoints.read``)
+    with the SED plot ``out/flux_points.png``; returns the FITS path.
+
+    Example:
+        >>> flux_points_files("datasets.yaml", "fit/models.yaml", "sed", "crab", [1, 3, 10])  # doctest: +SKIP
+        PosixPath('sed/flux_points.fits')
+    """
+    import astropy.units as u
+
+    from .estimators import flux_points
+    from .plots import plot_flux_points
+
+    out = Path(out)
+    check_not_input(out / "flux_points.fits", [datasets_path, models_path])
+    datasets = read_datasets(datasets_path, progress=sys.stderr.isatty())
+    models = read_models(models_path)
+    points = flux_points(datasets, models, source, u.Quantity(energy_edges, "TeV"))
+    out.mkdir(parents=True, exist_ok=True)
+    path = points.write(out / "flux_points.fits")
+    if plots:
+        plot_flux_points(points, models[source], out / "flux_points.png")
+    return path

@@ -17,7 +17,7 @@ from ..parameters import ParameterSpace
 from .datasets import Datasets
 from .models import Models, SkyModel
 
-__all__ = ["plot_maps", "plot_spectrum", "sed_band"]
+__all__ = ["plot_flux_points", "plot_maps", "plot_spectrum", "sed_band"]
 
 
 def _save(figure, path: Path) -> Path:
@@ -181,3 +181,34 @@ def _plot_seds(ax, models: Models, result: FitResult, energy: np.ndarray) -> Non
     ax.set(xscale="log", yscale="log", xlabel="true energy [TeV]", ylabel="E² dN/dE [TeV cm⁻² s⁻¹]",
            title="fitted spectra (1σ bands from the covariance)")
     ax.legend(fontsize=8)
+
+
+def plot_flux_points(points, model: SkyModel, path) -> Path:
+    """The SED ``E^2 dN/dE`` of flux points (``n_sigma`` error bars; upper limits, arrows,
+    where ``is_ul``) over the model they were computed with (its spectrum as given: the
+    covariance is not in ``models.yaml``, so no band)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    table = points.table
+    figure, ax = plt.subplots(figsize=(6.5, 4.8))
+    energy = np.geomspace(float(table["e_min"][0]), float(table["e_max"][-1]), 100)
+    ax.plot(energy, np.asarray(model.spectral(energy)) * energy**2, color="C0", label=f"{model.name} (model)")
+    e_ref, ref = np.asarray(table["e_ref"]), np.asarray(table["ref_e2dnde"])
+    x_error = [e_ref - np.asarray(table["e_min"]), np.asarray(table["e_max"]) - e_ref]
+    points_mask = ~np.asarray(table["is_ul"]) & np.isfinite(np.asarray(table["norm"]))
+    ax.errorbar(e_ref[points_mask], (table["norm"] * ref)[points_mask],
+                xerr=[x[points_mask] for x in x_error],
+                yerr=[(table["norm_errn"] * ref)[points_mask], (table["norm_errp"] * ref)[points_mask]],
+                fmt="o", color="black", label="flux points")
+    limits = np.asarray(table["is_ul"]) & np.isfinite(np.asarray(table["norm_ul"]))
+    if limits.any():
+        ax.errorbar(e_ref[limits], (table["norm_ul"] * ref)[limits], xerr=[x[limits] for x in x_error],
+                    yerr=0.3 * (table["norm_ul"] * ref)[limits], uplims=True, fmt="v", color="grey", label="upper limits")
+    ax.set(xscale="log", yscale="log", xlabel="energy [TeV]", ylabel="E² dN/dE [TeV cm⁻² s⁻¹]",
+           title=f"{model.name}: flux points")
+    ax.legend(fontsize=8)
+    figure.tight_layout()
+    return _save(figure, Path(path))
