@@ -74,6 +74,9 @@ def test_reduce_cli_makes_the_datasets_gammapys_analysis_makes(tmp_path):
         _assert_close(mine.psf.exposure_map.quantity.to_value("m2 s"), theirs.psf.exposure_map.quantity.to_value("m2 s"), 1e-9)
         _assert_close(mine.edisp.edisp_map.data, theirs.edisp.edisp_map.data, 1e-6)
         np.testing.assert_array_equal(mine.mask_safe.data, theirs.mask_safe.data)
+        # the runs' own good time intervals, in time (a light curve selects datasets by them)
+        assert np.abs((mine.gti.time_start - theirs.gti.time_start).to_value("s")).max() < 1e-3
+        assert np.abs((mine.gti.time_stop - theirs.gti.time_stop).to_value("s")).max() < 1e-3
     assert [d.counts.sum() for d in read_datasets(tmp_path / "out" / "datasets.yaml")] == [d.counts.data.sum() for d in analysis.datasets]
 
 
@@ -104,6 +107,7 @@ def test_stacked_reduction_is_gammapys_stacked_dataset(tmp_path):
                                   (mine.edisp.edisp_map, theirs.edisp.edisp_map, ""), (mine.edisp.exposure_map, theirs.edisp.exposure_map, "m2 s")):
         _assert_close(ours.quantity.to_value(unit), reference.quantity.to_value(unit), 1e-6)
     assert mine.gti.time_sum.to_value("s") == pytest.approx(theirs.gti.time_sum.to_value("s"), rel=1e-9)
+    assert np.abs((mine.gti.time_start - theirs.gti.time_start).to_value("s")).max() < 1e-3
 
 
 def _exclusion_file(path, radius: float = 0.3):

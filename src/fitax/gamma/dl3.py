@@ -198,6 +198,13 @@ class Observation:
         return self.ontime * float(self.events.meta.get("DEADC", 1.0))
 
     @property
+    def gti_times(self) -> Time:
+        """The good time intervals as times ``(n, 2)``: start and stop."""
+        reference = _time_reference(self.gti.meta, f"GTI of obs {self.obs_id}")
+        seconds = np.stack([np.asarray(self.gti["START"], float), np.asarray(self.gti["STOP"], float)], axis=-1)
+        return reference + u.Quantity(seconds, "s")
+
+    @property
     def time_start(self) -> Time:
         return _time_reference(self.gti.meta, f"GTI of obs {self.obs_id}") + u.Quantity(self.gti["START"].min(), "s")
 

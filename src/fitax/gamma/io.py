@@ -16,6 +16,7 @@ import numpy as np
 import astropy.units as u
 from astropy.io import fits
 from astropy.table import Table
+from astropy.time import Time
 from astropy.wcs import WCS
 
 from ..io import atomic_write, open_fits
@@ -39,7 +40,8 @@ class MapDatasetFile:
     ``edisp_exposure`` ``(energy_true, 1, y, x)`` [m2 s] are the exposures on the IRF maps'
     grids that Gammapy weights them with when it stacks runs (written, not read).
     ``livetime`` [s] is the summed good time intervals (the ``GTI`` HDU's, Gammapy's
-    ``gti.time_sum``: the ontime; the exposure already holds the dead-time correction).
+    ``gti.time_sum``: the ontime; the exposure already holds the dead-time correction), and
+    ``gti`` those intervals' starts and stops (astropy ``Time``, ``(n, 2)``) where they are known.
     """
 
     name: str
@@ -62,6 +64,7 @@ class MapDatasetFile:
     livetime: float | None
     psf_exposure: np.ndarray | None = None
     edisp_exposure: np.ndarray | None = None
+    gti: Time | None = None
 
     def __repr__(self) -> str:
         ne, ny, nx = self.counts.shape
@@ -69,6 +72,20 @@ class MapDatasetFile:
                  f"counts {self.counts.sum():.0f}", "PSF" if self.psf is not None else "no PSF",
                  "EDISP" if self.edisp is not None else "no EDISP"]
         return f"MapDatasetFile({self.name!r}: {', '.join(parts)})"
+
+
+_GTI_REFERENCE = Time(51910, 7.428703703703703e-4, format="mjd", scale="tt")  # Gammapy's, 2001-01-01 00:00:00 TT
+
+
+def _time_reference(header) -> Time:
+    """A GTI's time reference: MJDREFI + MJDREFF (or MJDREF) in TIMESYS, Gammapy's 2001-01-01
+    (TT) if the header gives none."""
+    scale = str(header.get("TIMESYS", "tt")).lower()
+    if "MJDREFI" in header:
+        return Time(float(header["MJDREFI"]), float(header.get("MJDREFF", 0.0)), format="mjd", scale=scale)
+    if "MJDREF" in header:
+        return Time(float(header["MJDREF"]), format="mjd", scale=scale)
+    return _GTI_REFERENCE
 
 
 def _edges(table: Table, low: str, high: str, where: str) -> np.ndarray:
@@ -211,17 +228,19 @@ def read_map_dataset(path) -> MapDatasetFile:
             edisp, edisp_wcs = _irf_map(hdul, "EDISP", bands("EDISP"), ("ENERGY_TRUE", "ENERGY"), path, image)
             if edisp.shape[:2] != (n_true, n_reco):
                 raise ValueError(f"{path}[EDISP]: shape {edisp.shape}; expected ({n_true}, {n_reco}, y, x)")
-        livetime = None
+        livetime = gti = None
         if "GTI" in names:
-            gti = Table.read(hdul["GTI"])
-            livetime = float(np.sum(gti["STOP"].quantity.to_value("s") - gti["START"].quantity.to_value("s")))
+            table = Table.read(hdul["GTI"])
+            seconds = np.stack([table["START"].quantity.to_value("s"), table["STOP"].quantity.to_value("s")], axis=-1)
+            livetime = float(np.sum(seconds[:, 1] - seconds[:, 0]))
+            gti = _time_reference(hdul["GTI"].header) + u.Quantity(seconds, "s")
     return MapDatasetFile(
         name=path.name, path=path, counts=counts, exposure=exposure, background=background,
         mask_safe=None if mask_safe is None else mask_safe.astype(bool),
         mask_fit=None if mask_fit is None else mask_fit.astype(bool), energy_edges=energy_edges,
         energy_true_edges=energy_true_edges, wcs=wcs, psf=psf, psf_rad=psf_rad, psf_rad_edges=psf_rad_edges,
         psf_energy_true=psf_energy_true, psf_wcs=psf_wcs, edisp=edisp,
-        edisp_wcs=edisp_wcs, livetime=livetime,
+        edisp_wcs=edisp_wcs, livetime=livetime, gti=gti,
     )
 
 
@@ -291,12 +310,14 @@ def write_map_dataset(contents: MapDatasetFile, path) -> Path:
     for name, mask in (("MASK_SAFE", contents.mask_safe), ("MASK_FIT", contents.mask_fit)):
         if mask is not None:
             add(name, mask.astype(np.int64), contents.wcs, reco)
-    if contents.livetime is not None:
-        gti = Table({"START": [0.0], "STOP": [contents.livetime]}, units={"START": "s", "STOP": "s"})
+    if contents.gti is not None or contents.livetime is not None:
+        # times relative to Gammapy's reference, 2001-01-01 (TT); without known times, one interval of the livetime from it
+        seconds = ((contents.gti - _GTI_REFERENCE).to_value("s") if contents.gti is not None
+                   else np.array([[0.0, contents.livetime]]))  # fmt: skip
+        gti = Table({"START": seconds[:, 0], "STOP": seconds[:, 1]}, units={"START": "s", "STOP": "s"})
         gti_hdu = fits.table_to_hdu(gti)
         gti_hdu.name = "GTI"
-        gti_hdu.header.update({"MJDREFI": 51910, "MJDREFF": 7.428703703703703e-4, "TIMESYS": "TT", "TIMEUNIT": "s",
-                               "TIMEREF": "LOCAL"})
+        gti_hdu.header.update({"MJDREFI": 51910, "MJDREFF": 7.428703703703703e-4, "TIMESYS": "TT", "TIMEUNIT": "s", "TIMEREF": "LOCAL"})
         hdus.append(gti_hdu)
     hdulist = fits.HDUList(hdus)
     return atomic_write(path, lambda tmp: hdulist.writeto(tmp, overwrite=True))

@@ -98,7 +98,7 @@ def map_dataset_file(observation: Observation, geometry: MapGeometry, safe_mask_
         energy_edges=u.Quantity(energy_edges).to_value("TeV"), energy_true_edges=true_edges, wcs=celestial(wcs),
         psf=psf, psf_rad=0.5 * (rad_edges[1:] + rad_edges[:-1]), psf_rad_edges=rad_edges,
         psf_energy_true=np.sqrt(true_edges[1:] * true_edges[:-1]), psf_wcs=irf_wcs, edisp=edisp, edisp_wcs=irf_wcs,
-        livetime=float(observation.ontime.to_value("s")),
+        livetime=float(observation.ontime.to_value("s")), gti=observation.gti_times,
         psf_exposure=None if psf is None else irf_exposure, edisp_exposure=None if edisp is None else irf_exposure,
     )  # fmt: skip
 

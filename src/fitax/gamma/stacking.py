@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import numpy as np
+from astropy.time import Time
 from astropy.wcs import WCS
 from scipy.interpolate import RegularGridInterpolator
 
@@ -69,6 +70,12 @@ def _add_weighted_irf(irf: np.ndarray, exposure: np.ndarray, part: tuple[slice, 
     np.nan_to_num(irf, copy=False)
 
 
+def _by_start(intervals: list[Time]) -> Time:
+    """The runs' good time intervals ``(n, 2)`` in one array, by start."""
+    joined = Time(np.concatenate([t.tt.jd1 for t in intervals]), np.concatenate([t.tt.jd2 for t in intervals]), format="jd", scale="tt")
+    return joined[np.argsort(joined[:, 0].mjd)]
+
+
 def stack_map_datasets(geometry: MapGeometry, datasets: list[MapDatasetFile], name: str = "stacked") -> MapDatasetFile:
     """The runs' ``datasets`` (each on a cutout of ``geometry``, as :func:`make_map_datasets`
     makes them) stacked into one dataset on ``geometry``, in their order, as Gammapy's
@@ -84,7 +91,7 @@ def stack_map_datasets(geometry: MapGeometry, datasets: list[MapDatasetFile], na
     psf, psf_exposure = np.zeros((n_true, rad_edges.size - 1, *irf_shape)), np.zeros((n_true, 1, *irf_shape))
     edisp = np.broadcast_to(_overlap_fraction(energy, true)[:, :, None, None], (n_true, n_reco, *irf_shape)).copy()
     edisp_exposure = np.zeros((n_true, 1, *irf_shape))
-    livetime, has_psf, has_edisp = 0.0, False, False
+    livetime, has_psf, has_edisp, intervals = 0.0, False, False, []
     for dataset in datasets:
         where = f"dataset {dataset.name}"
         if not np.allclose(dataset.energy_edges, energy) or not np.allclose(dataset.energy_true_edges, true):
@@ -99,6 +106,8 @@ def stack_map_datasets(geometry: MapGeometry, datasets: list[MapDatasetFile], na
             background[(Ellipsis, *part)] += np.nan_to_num(dataset.background) * safe
         mask[(Ellipsis, *part)] |= safe
         livetime += dataset.livetime or 0.0
+        if dataset.gti is not None:
+            intervals.append(dataset.gti)
         if dataset.psf is not None:
             has_psf = True
             irf_part = _placement(geometry.irf_wcs, dataset.psf_wcs, dataset.psf.shape[2:], where)
@@ -116,4 +125,5 @@ def stack_map_datasets(geometry: MapGeometry, datasets: list[MapDatasetFile], na
         psf_rad=0.5 * (rad_edges[1:] + rad_edges[:-1]), psf_rad_edges=rad_edges, psf_energy_true=np.sqrt(true[1:] * true[:-1]),
         psf_wcs=geometry.irf_wcs, edisp=edisp if has_edisp else None, edisp_wcs=geometry.irf_wcs, livetime=livetime,
         psf_exposure=psf_exposure if has_psf else None, edisp_exposure=edisp_exposure if has_edisp else None,
+        gti=_by_start(intervals) if intervals else None,
     )  # fmt: skip
