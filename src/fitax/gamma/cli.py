@@ -15,13 +15,17 @@ def add_parser(commands) -> None:
     reduce = sub.add_parser("reduce", help="reduce DL3 runs to MapDatasets as a Gammapy AnalysisConfig YAML says")
     reduce.add_argument("config", help="Gammapy AnalysisConfig YAML (its observations and datasets sections; 3d, stack: false)")
     reduce.add_argument("--out", required=True, help="output folder: one MapDataset file per run, datasets.yaml, models.yaml")
-    estimate = sub.add_parser("estimate", help="flux points of a source from fitted models (Gammapy's FluxPointsEstimator)")
-    estimate.add_argument("kind", choices=["flux-points"], help="what to estimate")
+    estimate = sub.add_parser("estimate", help="flux points or a light curve of a source from fitted models (Gammapy's estimators)")
+    estimate.add_argument("kind", choices=["flux-points", "light-curve"], help="what to estimate")
     estimate.add_argument("--datasets", required=True, help="Gammapy datasets.yaml")
     estimate.add_argument("--models", required=True, help="Gammapy models.yaml with the fitted models (fitax gamma fit's DIR/models.yaml)")
-    estimate.add_argument("--out", required=True, help="output folder: flux_points.fits (Gammapy's gadf-sed) and flux_points.png")
+    estimate.add_argument("--out", required=True, help="output folder: flux_points.fits (Gammapy's gadf-sed) and flux_points.png, "
+                                                       "or light_curve.fits (Gammapy's lightcurve format) and light_curve.png")
     estimate.add_argument("--source", required=True, help="name of the source model")
-    estimate.add_argument("--energy-edges", required=True, help="comma-separated energy bin edges in TeV, e.g. 1,3,10")
+    estimate.add_argument("--energy-edges", default=None,
+                          help="comma-separated energy bin edges in TeV, e.g. 1,3,10 (required for flux points; light curves: 1,10)")
+    estimate.add_argument("--time-bins", default=None,
+                          help="light curves: comma-separated time bin edges [MJD, TT] (default: one bin per run's good time interval)")
     estimate.add_argument("--no-plots", action="store_true", help="skip the plot")
     fit = sub.add_parser("fit", help="fit models.yaml to the datasets of datasets.yaml (jointly)")
     fit.add_argument("--datasets", required=True, help="Gammapy datasets.yaml (MapDataset, SpectrumDataset or SpectrumDatasetOnOff files)")
@@ -52,13 +56,36 @@ def _fit(args: argparse.Namespace) -> int:
     return 0
 
 
-def _energy_edges(text: str) -> list[float]:
+def _estimate(args: argparse.Namespace) -> int:
+    from .pipeline import flux_points_files, light_curve_files
+
+    if args.kind == "flux-points":
+        if args.energy_edges is None:
+            raise ValueError("flux points need --energy-edges (TeV), e.g. --energy-edges 1,3,10")
+        if args.time_bins is not None:
+            raise ValueError("--time-bins is for light curves")
+        print(flux_points_files(args.datasets, args.models, args.out, args.source, _energy_edges(args.energy_edges), plots=not args.no_plots))
+        return 0
+    time_bins = None if args.time_bins is None else _edges(args.time_bins, "--time-bins", "MJD, e.g. 53343.9,53344.0,53344.1")
+    energy = _energy_edges(args.energy_edges or "1,10")
+    print(light_curve_files(args.datasets, args.models, args.out, args.source, energy, time_bins, plots=not args.no_plots))
+    return 0
+
+
+def _edges(text: str, option: str, example: str) -> list[float]:
     try:
         edges = [float(value) for value in text.split(",")]
     except ValueError as error:
-        raise ValueError(f"--energy-edges {text!r}: expected comma-separated numbers in TeV, e.g. 1,3,10") from error
-    if len(edges) < 2 or any(b <= a for a, b in zip(edges, edges[1:])) or edges[0] <= 0:
-        raise ValueError(f"--energy-edges {text!r}: expected at least two increasing positive energies in TeV")
+        raise ValueError(f"{option} {text!r}: expected comma-separated numbers in {example}") from error
+    if len(edges) < 2 or any(b <= a for a, b in zip(edges, edges[1:])):
+        raise ValueError(f"{option} {text!r}: expected at least two increasing values in {example}")
+    return edges
+
+
+def _energy_edges(text: str) -> list[float]:
+    edges = _edges(text, "--energy-edges", "TeV, e.g. 1,3,10")
+    if edges[0] <= 0:
+        raise ValueError(f"--energy-edges {text!r}: energies must be positive (TeV)")
     return edges
 
 
@@ -70,11 +97,7 @@ def run(args: argparse.Namespace) -> int:
             run_gamma_demo(args.out, n_datasets=args.datasets, seed=args.seed)
             return 0
         if args.gamma_command == "estimate":
-            from .pipeline import flux_points_files
-
-            print(flux_points_files(args.datasets, args.models, args.out, args.source, _energy_edges(args.energy_edges),
-                                    plots=not args.no_plots))
-            return 0
+            return _estimate(args)
         if args.gamma_command == "reduce":
             from .pipeline import reduce_files
 

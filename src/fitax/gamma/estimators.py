@@ -21,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 from astropy import units as u
-from astropy.table import Table
+from astropy.table import Table, vstack
+from astropy.time import Time
 from scipy.optimize import brentq
 
 from ..io import atomic_write
@@ -29,7 +30,7 @@ from .datasets import Datasets
 from .mapdataset import MapDataset
 from .models import Models
 
-__all__ = ["FluxPoints", "NORM_SCAN", "flux_points", "snap_energy_edges"]
+__all__ = ["FluxPoints", "LightCurve", "NORM_SCAN", "flux_points", "light_curve", "snap_energy_edges"]
 
 NORM_SCAN = np.geomspace(0.2, 5.0, 11)
 """Gammapy's default norm scan: 11 values from 0.2 to 5, log-spaced."""
@@ -154,22 +155,19 @@ def flux_points(datasets, models: Models, source: str, energy_edges: u.Quantity,
         >>> points = flux_points(datasets, models, "crab", [1, 2, 5, 10] * u.TeV)  # doctest: +SKIP
         >>> points.table["norm", "norm_err", "ts"]  # doctest: +SKIP
     """
-    datasets = datasets if isinstance(datasets, Datasets) else Datasets(list(datasets))
-    models = models if isinstance(models, Models) else Models(models)
-    if source not in models.names:
-        raise ValueError(f"flux_points: no model {source!r} (models: {', '.join(models.names)})")
-    for dataset in datasets:
-        if not isinstance(dataset, MapDataset):
-            raise ValueError(f"flux_points: dataset {dataset.name} is a {type(dataset).__name__}; flux points are built for MapDatasets so far")
-    edges = np.asarray(datasets[0].energy_edges, float)
-    if any(not np.allclose(d.energy_edges, edges, rtol=1e-9) for d in datasets):
-        raise ValueError("flux_points: all datasets must share one reconstructed-energy axis (Gammapy: aligned energy axes)")
-    requested = u.Quantity(energy_edges, "TeV").to_value("TeV")
-    snapped = np.unique(np.clip(snap_energy_edges(edges, requested), 0, edges.size - 1))
-    if snapped.size < 2:
-        raise ValueError(f"flux_points: the energy edges {requested} TeV cover no bin of the datasets' axis ({edges[0]:.3g}-{edges[-1]:.3g} TeV)")
+    datasets, models, snapped = _checked(datasets, models, source, energy_edges, "flux_points")
     total = datasets.npred(models)
     others = datasets.npred(models.without(source))
+    table = _flux_point_table(list(datasets), total, others, models[source], snapped, n_sigma, n_sigma_ul, scan_values)
+    table.meta["SOURCE"] = source
+    return FluxPoints(table)
+
+
+def _flux_point_table(datasets: list, total: list, others: list, model, snapped: np.ndarray, n_sigma: float, n_sigma_ul: float,
+                      scan_values: np.ndarray) -> Table:
+    """The flux points of ``model`` in the energy bins between the ``snapped`` edge indices,
+    from each dataset's predicted counts with (``total``) and without (``others``) it."""
+    edges = np.asarray(datasets[0].energy_edges, float)
     rows = []
     for low, high in zip(snapped[:-1], snapped[1:]):
         pieces = [(d.counts[low:high][d.mask[low:high]], o[low:high][d.mask[low:high]], (t - o)[low:high][d.mask[low:high]])
@@ -178,7 +176,7 @@ def flux_points(datasets, models: Models, source: str, energy_edges: u.Quantity,
         rows.append(_bin_result(counts, other, signal, pieces, n_sigma, n_sigma_ul, scan_values))
     table = Table()
     e_min, e_max = edges[snapped[:-1]], edges[snapped[1:]]
-    reference = _reference_fluxes(models[source], e_min, e_max)
+    reference = _reference_fluxes(model, e_min, e_max)
     table["e_ref"] = reference["e_ref"] * u.TeV
     table["e_min"], table["e_max"] = e_min * u.TeV, e_max * u.TeV
     table["ref_dnde"] = reference["ref_dnde"] * u.Unit("cm-2 s-1 TeV-1")
@@ -189,14 +187,35 @@ def flux_points(datasets, models: Models, source: str, energy_edges: u.Quantity,
                 "counts", "success", "is_ul", "norm_scan", "stat_scan"):  # fmt: skip
         table[key] = np.array([row[key] for row in rows])
     table.meta.update({"SED_TYPE": "likelihood", "UL_CONF": float(_confidence(n_sigma_ul)), "n_sigma": n_sigma, "n_sigma_ul": n_sigma_ul,
-                       "sed_type_init": "likelihood", "SOURCE": source, "CREATOR": "fitax"})  # fmt: skip
-    return FluxPoints(table)
+                       "sed_type_init": "likelihood", "CREATOR": "fitax"})  # fmt: skip
+    return table
+
+
+def _checked(datasets, models, source: str, energy_edges, where: str) -> tuple[Datasets, Models, np.ndarray]:
+    """The datasets and models as fitax's collections, after the checks an estimator needs,
+    and the indices of the datasets' energy edges nearest to ``energy_edges``."""
+    datasets = datasets if isinstance(datasets, Datasets) else Datasets(list(datasets))
+    models = models if isinstance(models, Models) else Models(models)
+    if source not in models.names:
+        raise ValueError(f"{where}: no model {source!r} (models: {', '.join(models.names)})")
+    for dataset in datasets:
+        if not isinstance(dataset, MapDataset):
+            raise ValueError(f"{where}: dataset {dataset.name} is a {type(dataset).__name__}; estimators are built for MapDatasets so far")
+    edges = np.asarray(datasets[0].energy_edges, float)
+    if any(not np.allclose(d.energy_edges, edges, rtol=1e-9) for d in datasets):
+        raise ValueError(f"{where}: all datasets must share one reconstructed-energy axis (Gammapy: aligned energy axes)")
+    requested = u.Quantity(energy_edges, "TeV").to_value("TeV")
+    snapped = np.unique(np.clip(snap_energy_edges(edges, requested), 0, edges.size - 1))
+    if snapped.size < 2:
+        raise ValueError(f"{where}: the energy edges {requested} TeV cover no bin of the datasets' axis ({edges[0]:.3g}-{edges[-1]:.3g} TeV)")
+    return datasets, models, snapped
 
 
 def _confidence(n_sigma: float) -> float:
-    from scipy.stats import chi2
+    """The confidence of an ``n_sigma`` upper limit, as Gammapy writes it (``UL_CONF``)."""
+    from scipy.stats import norm
 
-    return chi2.cdf(n_sigma**2, df=1)
+    return round(1 - 2 * norm.sf(n_sigma), 7)
 
 
 def _bin_result(counts, other, signal, pieces, n_sigma, n_sigma_ul, scan_values) -> dict:
@@ -227,3 +246,71 @@ def _bin_result(counts, other, signal, pieces, n_sigma, n_sigma_ul, scan_values)
         "counts": np.array([int(c.sum()) for c, _, _ in pieces]), "success": bool(success), "is_ul": bool(ts < n_sigma_ul**2),
         "norm_scan": np.asarray(scan_values, float), "stat_scan": np.array([stat(x) for x in scan_values]),
     }  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True)
+class LightCurve:
+    """Flux points per time interval, as Gammapy's light curves (``FluxPoints`` with a time
+    axis) in its ``lightcurve`` table format: one row per interval, ``time_min``/``time_max``
+    [MJD], and each flux-point column with one entry per energy bin (``npred``, ``counts``,
+    ``npred_excess`` also one per dataset, NaN for datasets outside the interval)."""
+
+    table: Table
+
+    def write(self, path) -> Path:
+        """Write as Gammapy's ``FluxPoints.write(format="lightcurve")`` does (atomically)."""
+        return FluxPoints(self.table).write(path)
+
+    def __repr__(self) -> str:
+        return f"LightCurve({len(self.table)} intervals, MJD {self.table['time_min'][0]:.4f}-{self.table['time_max'][-1]:.4f})"
+
+
+def light_curve(datasets, models: Models, source: str, energy_edges: u.Quantity = (1.0, 10.0) * u.TeV,
+                time_intervals: list[tuple[Time, Time]] | None = None, *, n_sigma: float = 1.0, n_sigma_ul: float = 2.0,
+                scan_values: np.ndarray = NORM_SCAN) -> LightCurve:
+    """The light curve of ``source``: its flux points (:func:`flux_points`, every other
+    parameter fixed) in ``energy_edges`` for each time interval, from the datasets whose good
+    time lies within it (to 1e-6 s), as Gammapy's ``LightCurveEstimator``: by default one
+    interval per good time interval of the datasets (per run), or the given
+    ``time_intervals``; intervals without a dataset are left out.
+
+    Example:
+        >>> curve = light_curve(datasets, models, "pks2155", [0.7, 10] * u.TeV)  # doctest: +SKIP
+        >>> curve.write("light_curve.fits")  # Gammapy: FluxPoints.read(..., format="lightcurve")  # doctest: +SKIP
+    """
+    datasets, models, snapped = _checked(datasets, models, source, energy_edges, "light_curve")
+    gtis = [d.irfs.gti for d in datasets]
+    missing = [d.name for d, gti in zip(datasets, gtis) if gti is None]
+    if missing:
+        raise ValueError(f"light_curve: datasets {', '.join(missing)} have no good time intervals (GTI) to place them in time")
+    if time_intervals is None:
+        bounds = [(gti[i, 0], gti[i, 1]) for gti in gtis for i in range(len(gti))]
+        bounds.sort(key=lambda interval: interval[0].tt.mjd)
+    else:
+        bounds = [(Time(a), Time(b)) for a, b in time_intervals]
+    total = datasets.npred(models)
+    others = datasets.npred(models.without(source))
+    tolerance = 1e-6 * u.s
+    rows = []
+    for start, stop in bounds:
+        chosen = [i for i, gti in enumerate(gtis) if gti[0, 0] >= start - tolerance and gti[-1, 1] <= stop + tolerance]
+        if not chosen:
+            continue
+        table = _flux_point_table([datasets[i] for i in chosen], [total[i] for i in chosen], [others[i] for i in chosen], models[source],
+                                  snapped, n_sigma, n_sigma_ul, scan_values)  # fmt: skip
+        row = Table({"time_min": [start.tt.mjd], "time_max": [stop.tt.mjd]})
+        for column in table.columns:
+            values = np.asarray(table[column])
+            if column in ("npred", "npred_excess", "counts"):  # one entry per dataset of the whole set, NaN outside the interval
+                expanded = np.full((len(table), len(datasets)), np.nan)
+                expanded[:, chosen] = values
+                values = expanded
+            row[column] = values[np.newaxis]
+            row[column].unit = table[column].unit
+        rows.append(row)
+    if not rows:
+        raise ValueError("light_curve: no dataset lies within any of the time intervals")
+    curve = vstack(rows, metadata_conflicts="silent")
+    curve.meta.update(table.meta)
+    curve.meta.update({"SOURCE": source, "MJDREFI": 0, "MJDREFF": 0.0, "TIMESYS": "tt", "TIMEUNIT": "d"})
+    return LightCurve(curve)

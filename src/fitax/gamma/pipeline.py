@@ -21,7 +21,7 @@ from .mapdataset import MapDataset
 from .modelio import read_models, write_models, write_results
 from .models import FoVBackgroundModel, Models
 
-__all__ = ["fit_files", "flux_points_files", "reduce_files"]
+__all__ = ["fit_files", "flux_points_files", "light_curve_files", "reduce_files"]
 
 
 @contextlib.contextmanager
@@ -217,4 +217,36 @@ def flux_points_files(datasets_path, models_path, out, source: str, energy_edges
     path = points.write(out / "flux_points.fits")
     if plots:
         plot_flux_points(points, models[source], out / "flux_points.png")
+    return path
+
+
+def light_curve_files(datasets_path, models_path, out, source: str, energy_edges, time_bins=None, plots: bool = True) -> Path:
+    """The light curve of ``source`` (:func:`fitax.gamma.estimators.light_curve`) from
+    Gammapy's files: per run (each good time interval), or in the contiguous ``time_bins``
+    [MJD, TT]; written to ``out/light_curve.fits`` (Gammapy's ``lightcurve`` format) with
+    ``out/light_curve.png``; returns the FITS path.
+
+    Example:
+        >>> light_curve_files("datasets.yaml", "fit/models.yaml", "lc", "pks2155", [0.7, 10])  # doctest: +SKIP
+        PosixPath('lc/light_curve.fits')
+    """
+    import astropy.units as u
+    from astropy.time import Time
+
+    from .estimators import light_curve
+    from .plots import plot_light_curve
+
+    out = Path(out)
+    check_not_input(out / "light_curve.fits", [datasets_path, models_path])
+    datasets = read_datasets(datasets_path, progress=sys.stderr.isatty())
+    models = read_models(models_path)
+    intervals = None
+    if time_bins is not None:
+        edges = Time(time_bins, format="mjd", scale="tt")
+        intervals = list(zip(edges[:-1], edges[1:]))
+    curve = light_curve(datasets, models, source, u.Quantity(energy_edges, "TeV"), intervals)
+    out.mkdir(parents=True, exist_ok=True)
+    path = curve.write(out / "light_curve.fits")
+    if plots:
+        plot_light_curve(curve, out / "light_curve.png")
     return path

@@ -17,7 +17,7 @@ from ..parameters import ParameterSpace
 from .datasets import Datasets
 from .models import Models, SkyModel
 
-__all__ = ["plot_flux_points", "plot_maps", "plot_spectrum", "sed_band"]
+__all__ = ["plot_flux_points", "plot_light_curve", "plot_maps", "plot_spectrum", "sed_band"]
 
 
 def _save(figure, path: Path) -> Path:
@@ -209,6 +209,36 @@ def plot_flux_points(points, model: SkyModel, path) -> Path:
                     yerr=0.3 * (table["norm_ul"] * ref)[limits], uplims=True, fmt="v", color="grey", label="upper limits")
     ax.set(xscale="log", yscale="log", xlabel="energy [TeV]", ylabel="E² dN/dE [TeV cm⁻² s⁻¹]",
            title=f"{model.name}: flux points")
+    ax.legend(fontsize=8)
+    figure.tight_layout()
+    return _save(figure, Path(path))
+
+
+def plot_light_curve(curve, path) -> Path:
+    """Integral flux per time interval, one series per energy bin (``n_sigma`` error bars from
+    the profile; upper limits, arrows, where ``is_ul``), against time [MJD]."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    table = curve.table
+    figure, ax = plt.subplots(figsize=(7.5, 4.5))
+    middle = 0.5 * (np.asarray(table["time_min"]) + np.asarray(table["time_max"]))
+    half = 0.5 * (np.asarray(table["time_max"]) - np.asarray(table["time_min"]))
+    for k in range(np.asarray(table["norm"]).shape[1]):
+        ref = np.asarray(table["ref_flux"])[:, k]
+        norm, limit = np.asarray(table["norm"])[:, k], np.asarray(table["is_ul"])[:, k].astype(bool)
+        label = f"{table['e_min'][0][k]:.3g}-{table['e_max'][0][k]:.3g} TeV"
+        shown = ~limit & np.isfinite(norm)
+        ax.errorbar(middle[shown], (norm * ref)[shown], xerr=half[shown],
+                    yerr=[(np.asarray(table["norm_errn"])[:, k] * ref)[shown], (np.asarray(table["norm_errp"])[:, k] * ref)[shown]],
+                    fmt="o", color=f"C{k}", label=label)
+        upper = limit & np.isfinite(np.asarray(table["norm_ul"])[:, k])
+        if upper.any():
+            values = (np.asarray(table["norm_ul"])[:, k] * ref)[upper]
+            ax.errorbar(middle[upper], values, xerr=half[upper], yerr=0.3 * values, uplims=True, fmt="v", color=f"C{k}")
+    ax.set(xlabel="time [MJD]", ylabel="flux [cm⁻² s⁻¹]", title=f"{table.meta.get('SOURCE', '')}: light curve")
     ax.legend(fontsize=8)
     figure.tight_layout()
     return _save(figure, Path(path))
