@@ -129,7 +129,7 @@ def pks_files(tmp_path_factory):
     return folder
 
 
-@pytest.mark.parametrize("time_bins", [None, "53945.85,53945.875,53945.9"])
+@pytest.mark.parametrize("time_bins", [pytest.param(None, marks=pytest.mark.slow), "53945.85,53945.875,53945.9"])
 def test_light_curve_equals_gammapys_estimator(pks_files, tmp_path, time_bins):
     """Per run (the default: one interval per good time interval) and in two time bins (the
     second holding one run, the first none whole: left out, as Gammapy does)."""
