@@ -174,6 +174,9 @@ def test_missing_file_and_empty_gti_are_clear_errors(hess, tmp_path):
     run.unlink()
     with pytest.raises(DL3Error, match=r"obs 20136: events HDU 'events' of .*obs_id_020136.fits.gz: no such file"):
         DataStore.from_dir(store_path).observation(20136)
+    (tmp_path / "README.rst").write_text("not FITS")
+    with pytest.raises(DL3Error, match=r"README.rst: not a readable FITS file"):
+        read_irfs(tmp_path / "README.rst")
 
 
 def test_cta_irf_file_equals_gammapy():

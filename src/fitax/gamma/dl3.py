@@ -344,7 +344,11 @@ def read_irfs(path) -> dict[str, IRF]:
     if not path.exists():
         raise DL3Error(f"{path}: no such file")
     irfs: dict[str, IRF] = {}
-    with fits.open(os.fspath(path), memmap=False) as hdul:
+    try:
+        hdul = fits.open(os.fspath(path), memmap=False)
+    except OSError as error:
+        raise DL3Error(f"{path}: not a readable FITS file ({error})") from error
+    with hdul:
         for hdu in hdul[1:]:
             kind = _IRF_HDUCLAS2.get(str(hdu.header.get("HDUCLAS2", "")).strip().upper())
             if kind is None:
