@@ -1,5 +1,5 @@
 """Flux points and light curves (``fitax.gamma.estimators``, ``fitax gamma estimate``) against
-Gammapy 2.1's ``FluxPointsEstimator`` and ``LightCurveEstimator`` (``selection_optional="all"``)
+Gammapy 2.1's ``FluxPointsEstimator`` and ``LightCurveEstimator`` (``selection_optional=["errn-errp", "ul", "scan"]``)
 on the same files: H.E.S.S. DR1 Crab and PKS 2155-304 runs reduced by ``fitax gamma reduce``,
 the same models.
 
@@ -47,6 +47,9 @@ def crab_files(tmp_path_factory):
                                                                                            "frozen": True}]}}
                    for name, norm in (("obs_23523", 0.93), ("obs_23526", 0.99))]  # fmt: skip
     (folder / "models.yaml").write_text(yaml.safe_dump({"components": [CRAB, *backgrounds]}))
+    far = yaml.safe_load(yaml.safe_dump(CRAB))
+    far["spatial"]["parameters"][0]["value"] = 100.0  # 16 deg from the runs
+    (folder / "far.yaml").write_text(yaml.safe_dump({"components": [far, *backgrounds]}))
     return folder
 
 
@@ -66,7 +69,7 @@ def test_flux_points_equal_gammapys_estimator(crab_files, tmp_path):
 
     datasets = Datasets.read(crab_files / "reduced" / "datasets.yaml")
     datasets.models = Models.read(crab_files / "models.yaml")
-    theirs = FluxPointsEstimator(energy_edges=edges * u.TeV, source="crab", selection_optional="all").run(datasets)
+    theirs = FluxPointsEstimator(energy_edges=edges * u.TeV, source="crab", selection_optional=["errn-errp", "ul", "scan"]).run(datasets)
     theirs = theirs.to_table(sed_type="likelihood")
     assert len(ours) == len(theirs) == 3
     np.testing.assert_allclose(ours["e_min"].quantity.to_value("TeV"), theirs["e_min"].quantity.to_value("TeV"), rtol=1e-12)
@@ -84,18 +87,53 @@ def test_flux_points_equal_gammapys_estimator(crab_files, tmp_path):
     assert np.all(ours["ts"][1:] > 25) and np.ptp(ours["norm"][1:]) > 0.01  # detected in the other bins, with different norms
 
 
+def test_flux_point_bins_beyond_the_data_are_gammapys_nan_rows(crab_files):
+    """Requested bins that snap to no bin of the datasets' axis (0.7-20 TeV) are rows of NaN at
+    the requested edges, as Gammapy's; a bin below the safe threshold has stat 0."""
+    pytest.importorskip("gammapy", reason="Gammapy (test extra) not installed")
+    import astropy.units as u
+    from gammapy.datasets import Datasets
+    from gammapy.estimators import FluxPointsEstimator
+    from gammapy.modeling.models import Models
+
+    import fitax.gamma as fg
+    from fitax.gamma.estimators import flux_points
+
+    edges = [0.3, 0.5, 1.5, 20.0, 40.0]
+    ours = flux_points(fg.read_datasets(crab_files / "reduced" / "datasets.yaml"), fg.read_models(crab_files / "models.yaml"), "crab",
+                       edges * u.TeV).table  # fmt: skip
+    datasets = Datasets.read(crab_files / "reduced" / "datasets.yaml")
+    datasets.models = Models.read(crab_files / "models.yaml")
+    theirs = FluxPointsEstimator(energy_edges=edges * u.TeV, source="crab").run(datasets).to_table(sed_type="likelihood")
+    assert len(ours) == len(theirs) == 4
+    for key in ("e_min", "e_max"):
+        np.testing.assert_allclose(ours[key].quantity.to_value("TeV"), theirs[key].quantity.to_value("TeV"), rtol=1e-12)
+    for key in ("norm", "norm_err", "ts", "stat", "npred"):
+        np.testing.assert_allclose(np.asarray(ours[key], float), np.asarray(theirs[key], float), rtol=1e-3, err_msg=key)
+    assert np.isnan(ours["norm"][[0, 1, 3]]).all() and ours["ts"][2] > 25
+    with pytest.warns(UserWarning, match="lie outside the datasets' axis"):
+        beyond = flux_points(fg.read_datasets(crab_files / "reduced" / "datasets.yaml"), fg.read_models(crab_files / "models.yaml"),
+                             "crab", [50, 100] * u.TeV).table  # fmt: skip
+    assert len(beyond) == 1 and np.isnan(beyond["norm"][0])
+
+
 @pytest.mark.parametrize(("arguments", "message"), [
     (["--source", "vela", "--energy-edges", "1,3"], r"no model 'vela' \(models: crab, obs_23523-bkg, obs_23526-bkg\)"),
     (["--source", "crab", "--energy-edges", "3,1"], r"--energy-edges '3,1': expected at least two increasing values in TeV"),
     (["--source", "crab"], r"flux points need --energy-edges"),
+    (["--source", "crab", "--energy-edges", "1,3", "--models", "far.yaml"], r"source 'crab' predicts no counts in any dataset"),
     (["--source", "crab", "--energy-edges", "1,x"], r"--energy-edges '1,x': expected comma-separated numbers"),
-    (["--source", "crab", "--energy-edges", "50,100"], r"the energy edges \[ 50. 100.\] TeV cover no bin"),
 ])  # fmt: skip
 def test_flux_point_errors_name_the_problem(crab_files, tmp_path, capsys, arguments, message):
     import re
 
-    code = main(["gamma", "estimate", "flux-points", "--datasets", str(crab_files / "reduced" / "datasets.yaml"), "--models",
-                 str(crab_files / "models.yaml"), "--out", str(tmp_path / "out"), *arguments])  # fmt: skip
+    if "--models" in arguments:  # a models file of the fixture's folder instead of its models.yaml
+        at = arguments.index("--models")
+        arguments = [*arguments[:at], "--models", str(crab_files / arguments[at + 1]), *arguments[at + 2:]]
+    else:
+        arguments = [*arguments, "--models", str(crab_files / "models.yaml")]
+    code = main(["gamma", "estimate", "flux-points", "--datasets", str(crab_files / "reduced" / "datasets.yaml"),
+                 "--out", str(tmp_path / "out"), *arguments])  # fmt: skip
     assert code == 2 and re.search(message, capsys.readouterr().err)
     assert not (tmp_path / "out" / "flux_points.fits").exists()
 
@@ -152,7 +190,7 @@ def test_light_curve_equals_gammapys_estimator(pks_files, tmp_path, time_bins):
     if time_bins is not None:
         edges = Time([float(t) for t in time_bins.split(",")], format="mjd", scale="tt")
         intervals = list(zip(edges[:-1], edges[1:]))
-    theirs = LightCurveEstimator(energy_edges=[0.7, 10] * u.TeV, source="pks2155", time_intervals=intervals, selection_optional="all")
+    theirs = LightCurveEstimator(energy_edges=[0.7, 10] * u.TeV, source="pks2155", time_intervals=intervals, selection_optional=["errn-errp", "ul", "scan"])
     theirs = theirs.run(datasets).to_table(sed_type="likelihood", format="lightcurve")
     assert len(ours) == len(theirs) == (3 if time_bins is None else 1)
     np.testing.assert_allclose(ours["time_min"], theirs["time_min"], rtol=0, atol=1e-8)
@@ -162,3 +200,36 @@ def test_light_curve_equals_gammapys_estimator(pks_files, tmp_path, time_bins):
     np.testing.assert_allclose(ours["ts"], theirs["ts"], rtol=0, atol=1e-2)
     np.testing.assert_array_equal(np.asarray(ours["counts"]), np.asarray(theirs["counts"]))  # NaN for runs outside an interval
     assert np.all(np.asarray(ours["ts"]) > 100)
+
+
+def test_a_light_curve_of_stacked_runs_is_one_interval(pks_files, tmp_path):
+    """A stacked dataset (``stack: true``, Gammapy's default) carries every run's good time
+    intervals: by default it is one time bin, from its first good time to its last, as in
+    Gammapy (not one bin per interval, which no whole dataset fits in)."""
+    pytest.importorskip("gammapy", reason="Gammapy (test extra) not installed")
+    import astropy.units as u
+    from gammapy.datasets import Datasets
+    from gammapy.estimators import LightCurveEstimator
+    from gammapy.modeling.models import Models
+
+    import fitax.gamma as fg
+    from fitax.gamma.estimators import light_curve
+
+    config = yaml.safe_load((pks_files / "analysis.yaml").read_text())
+    config["datasets"]["stack"] = True
+    config["datasets"].pop("background")
+    (tmp_path / "stacked.yaml").write_text(yaml.safe_dump(config))
+    assert main(["gamma", "reduce", str(tmp_path / "stacked.yaml"), "--out", str(tmp_path / "stacked")]) == 0
+    models = yaml.safe_load((pks_files / "models.yaml").read_text())
+    models["components"] = [models["components"][0], {"type": "FoVBackgroundModel", "datasets_names": ["stacked"]}]
+    (tmp_path / "models.yaml").write_text(yaml.safe_dump(models))
+    ours = light_curve(fg.read_datasets(tmp_path / "stacked" / "datasets.yaml"), fg.read_models(tmp_path / "models.yaml"), "pks2155",
+                       [0.7, 10] * u.TeV).table  # fmt: skip
+    datasets = Datasets.read(tmp_path / "stacked" / "datasets.yaml")
+    datasets.models = Models.read(tmp_path / "models.yaml")
+    theirs = LightCurveEstimator(energy_edges=[0.7, 10] * u.TeV, source="pks2155").run(datasets).to_table(sed_type="likelihood",
+                                                                                                           format="lightcurve")
+    assert len(ours) == len(theirs) == 1
+    np.testing.assert_allclose(ours["time_min"], theirs["time_min"], atol=1e-8)
+    np.testing.assert_allclose(ours["time_max"], theirs["time_max"], atol=1e-8)
+    np.testing.assert_allclose(np.asarray(ours["norm"]), np.asarray(theirs["norm"]), rtol=1e-3)

@@ -6,7 +6,7 @@ unchanged. A key Gammapy does not know, or one whose setting fitax cannot reprod
 spectra, ring/reflected backgrounds, time selections, the ``aeff-max`` and
 ``edisp-bias`` safe masks), is an error naming the key; nothing is silently ignored except the
 sections a data reduction does not use (``general``, ``fit``, ``flux_points``, ``excess_map``,
-``light_curve``) and the 1D-only keys of a 3D analysis (``on_region``,
+``light_curve``, and the ``metadata`` Gammapy's ``AnalysisConfig.write`` adds) and the 1D-only keys of a 3D analysis (``on_region``,
 ``containment_correction``, as Gammapy ignores them).
 
 Example:
@@ -28,11 +28,11 @@ from astropy.wcs import WCS
 from ._common import load_yaml
 from .dl3 import DataStore
 from .geometry import coarse_wcs
-from .makers import MapGeometry
+from .makers import BINSZ_IRF, MapGeometry
 
 __all__ = ["ReductionConfig", "read_analysis_config"]
 
-_SECTIONS = {"general", "observations", "datasets", "fit", "flux_points", "excess_map", "light_curve"}
+_SECTIONS = {"general", "observations", "datasets", "fit", "flux_points", "excess_map", "light_curve", "metadata"}
 _IRF_TYPES = ("events", "gti", "aeff", "bkg", "edisp", "psf", "rad_max")
 _MAP_SELECTION = ("counts", "exposure", "background", "psf", "edisp")
 
@@ -77,6 +77,28 @@ class _Section:
         value = self.content.get(key)
         return default if value is None else value
 
+    def names(self, key: str, default: list) -> list:
+        """A list setting (``obs_ids``, ``methods``, ...): a single value is an error, not a
+        list of its characters."""
+        value = self.get(key, default)
+        if not isinstance(value, list):
+            raise ValueError(f"{self.source}: '{self.path}.{key}' = {value!r} must be a list, e.g. [{value!r}]")
+        return value
+
+    def positive(self, key: str, unit: str, default=None) -> u.Quantity:
+        value = self.quantity(key, unit, default)
+        if value is None or not np.isfinite(value.value) or value.value <= 0:
+            raise ValueError(f"{self.source}: '{self.path}.{key}' = {self.get(key, default)!r} must be a positive {u.Unit(unit).physical_type}")
+        return value
+
+    def count(self, key: str) -> int | None:
+        value = self.get(key)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{self.source}: '{self.path}.{key}' = {value!r} must be a whole number of bins >= 1")
+        return value
+
     def section(self, key: str, known: set[str]) -> "_Section":
         return _Section(self.content.get(key), f"{self.path}.{key}", known, self.source)
 
@@ -98,11 +120,11 @@ class _Section:
             raise ValueError(f"{self.source}: '{self.path}.{key}' = {value!r} is not supported by fitax yet ({why})")
 
 
-def _energy_edges(section: _Section, name: str) -> u.Quantity | None:
+def _energy_edges(section: _Section) -> u.Quantity | None:
     """Gammapy's ``_make_energy_axis``: ``nbins`` log-spaced bins from ``min`` to ``max``
     (``None`` when one is missing)."""
-    low, high, nbins = section.quantity("min", "TeV"), section.quantity("max", "TeV"), section.get("nbins")
-    if low is None or high is None or nbins is None or int(nbins) < 1:
+    low, high, nbins = section.quantity("min", "TeV"), section.quantity("max", "TeV"), section.count("nbins")
+    if low is None or high is None or nbins is None:
         return None
     if not 0 < low < high:
         raise ValueError(f"{section.source}: '{section.path}' needs 0 < min < max, got {low} and {high}")
@@ -116,9 +138,9 @@ def _wcs(section: _Section) -> tuple[WCS, tuple[int, int], float]:
     frame = skydir.get("frame")
     if frame not in ("icrs", "galactic"):
         raise ValueError(f"{section.source}: '{skydir.path}.frame' = {frame!r}; expected 'icrs' or 'galactic'")
-    binsz = section.quantity("binsize", "deg", "0.02 deg").value
+    binsz = section.positive("binsize", "deg", "0.02 deg").value
     size = section.section("width", {"width", "height"})
-    width, height = size.quantity("width", "deg", "5 deg").value, size.quantity("height", "deg", "5 deg").value
+    width, height = size.positive("width", "deg", "5 deg").value, size.positive("height", "deg", "5 deg").value
     npix = (int(np.rint(width / binsz)), int(np.rint(height / binsz)))
     if min(npix) < 1:
         raise ValueError(f"{section.source}: '{size.path}' ({width} x {height} deg) is less than one {binsz} deg pixel")
@@ -130,7 +152,7 @@ def _wcs(section: _Section) -> tuple[WCS, tuple[int, int], float]:
     wcs.wcs.crpix = [(npix[0] + 1) / 2, (npix[1] + 1) / 2]
     wcs.wcs.cdelt = [-binsz, binsz]
     wcs.wcs.set()
-    return wcs, (npix[1], npix[0]), section.quantity("binsize_irf", "deg", "0.2 deg").value
+    return wcs, (npix[1], npix[0]), section.positive("binsize_irf", "deg", f"{BINSZ_IRF} deg").value
 
 
 def _fov_background(background: _Section) -> dict | None:
@@ -178,7 +200,10 @@ def _store_path(value: str, source: Path) -> Path:
 def _selected_runs(observations: _Section, store: DataStore) -> list[int]:
     """Gammapy's ``_make_obs_table_selection``: ``obs_ids`` (in their order) or the ids of
     ``obs_file`` or every run, then those pointed within ``obs_cone``."""
-    obs_ids, obs_file = observations.get("obs_ids", []), observations.get("obs_file")
+    obs_ids, obs_file = observations.names("obs_ids", []), observations.get("obs_file")
+    repeated = sorted({int(i) for i in obs_ids if list(obs_ids).count(i) > 1})
+    if repeated:
+        raise ValueError(f"{observations.source}: 'observations.obs_ids' lists {', '.join(map(str, repeated))} more than once")
     if obs_ids and obs_file:
         raise ValueError(f"{observations.source}: give 'observations.obs_ids' or 'observations.obs_file', not both")
     if obs_file:
@@ -191,8 +216,11 @@ def _selected_runs(observations: _Section, store: DataStore) -> list[int]:
     if cone.get("lon") is not None:
         from astropy.coordinates import SkyCoord
 
+        missing = [key for key in ("lat", "radius") if cone.get(key) is None]
+        if missing:
+            raise ValueError(f"{observations.source}: '{cone.path}' needs lon, lat and radius; {', '.join(missing)} missing")
         centre = SkyCoord(cone.quantity("lon", "deg"), cone.quantity("lat", "deg"), frame=cone.get("frame", "icrs")).icrs
-        inside = set(store.select(ids, cone=(centre.ra.deg, centre.dec.deg, cone.quantity("radius", "deg").value)))
+        inside = set(store.select(ids, cone=(centre.ra.deg, centre.dec.deg, cone.positive("radius", "deg").value)))
         ids = [i for i in ids if i in inside]
     else:
         store.select(ids)  # an id missing from the obs-index table is an error naming it
@@ -216,7 +244,7 @@ def read_analysis_config(path) -> ReductionConfig:
         raise ValueError(f"{source}: 'datasets.stack' = {stack!r}; expected true or false")
     fov_background = _fov_background(datasets.section("background", {"method", "exclusion", "parameters"}))
     safe = datasets.section("safe_mask", {"methods", "parameters"})
-    methods = tuple(safe.get("methods", ["aeff-default"]))
+    methods = tuple(safe.names("methods", ["aeff-default"]))
     parameters = safe.section("parameters", {"offset_max", "aeff_percent", "bias_percent", "position", "fixed_offset", "energy_min",
                                              "energy_max", "n_95"})  # fmt: skip
     for key in sorted(set(parameters.content) - {"offset_max"}):
@@ -228,11 +256,14 @@ def read_analysis_config(path) -> ReductionConfig:
             known = ("aeff-default", "aeff-max", "edisp-bias", "offset-max", "bkg-peak")
             why = "not supported by fitax yet" if method in known else "not a Gammapy safe-mask method"
             raise ValueError(f"{source}: 'datasets.safe_mask.methods' has {method!r}: {why} (fitax has {list(SAFE_MASK_METHODS)})")
-    selection = tuple(datasets.get("map_selection", list(_MAP_SELECTION)))
+    selection = tuple(datasets.names("map_selection", list(_MAP_SELECTION)))
     unknown = sorted(set(selection) - set(_MAP_SELECTION))
     if unknown:
         raise ValueError(f"{source}: 'datasets.map_selection' has {unknown[0]!r}; expected some of {list(_MAP_SELECTION)}")
-    required = tuple(observations.get("required_irf", ["aeff", "edisp", "psf", "bkg"]))
+    if not {"counts", "exposure"} <= set(selection):
+        raise ValueError(f"{source}: 'datasets.map_selection' = {list(selection)}: fitax's datasets always hold counts and exposure; "
+                         "list both (background, psf and edisp may be left out)")
+    required = tuple(observations.names("required_irf", ["aeff", "edisp", "psf", "bkg"]))
     unknown = sorted(set(required) - set(_IRF_TYPES))
     if unknown:
         raise ValueError(f"{source}: 'observations.required_irf' has {unknown[0]!r}; expected some of {list(_IRF_TYPES)}")
@@ -241,12 +272,12 @@ def read_analysis_config(path) -> ReductionConfig:
     wcs_section = geom.section("wcs", {"skydir", "binsize", "width", "binsize_irf"})
     wcs, shape, binsz_irf = _wcs(wcs_section)
     axes = geom.section("axes", {"energy", "energy_true"})
-    energy = _energy_edges(axes.section("energy", {"min", "max", "nbins"}), "energy")
+    energy = _energy_edges(axes.section("energy", {"min", "max", "nbins"}))
     if axes.content.get("energy") is None:
         energy = np.exp(np.linspace(np.log(1.0), np.log(10.0), 6)) * u.TeV
     if energy is None:
         raise ValueError(f"{source}: 'datasets.geom.axes.energy' needs min, max and nbins")
-    energy_true = _energy_edges(axes.section("energy_true", {"min", "max", "nbins"}), "energy_true")
+    energy_true = _energy_edges(axes.section("energy_true", {"min", "max", "nbins"}))
     if axes.content.get("energy_true") is None:
         energy_true = np.exp(np.linspace(np.log(0.5), np.log(20.0), 17)) * u.TeV
     if energy_true is None:
@@ -257,7 +288,7 @@ def read_analysis_config(path) -> ReductionConfig:
     store = DataStore.from_dir(_store_path(observations.get("datastore", "$GAMMAPY_DATA/hess-dl3-dr1/"), source))
     return ReductionConfig(
         datastore=store, obs_ids=_selected_runs(observations, store), geometry=geometry, safe_mask_methods=methods,
-        safe_mask_offset_max=parameters.quantity("offset_max", "deg", "3 deg"),
-        offset_max=geom.section("selection", {"offset_max"}).quantity("offset_max", "deg", "2.5 deg"),
+        safe_mask_offset_max=parameters.positive("offset_max", "deg", "3 deg"),
+        offset_max=geom.section("selection", {"offset_max"}).positive("offset_max", "deg", "2.5 deg"),
         required_irf=required, map_selection=selection, stack=stack, fov_background=fov_background,
     )  # fmt: skip

@@ -13,7 +13,7 @@ def add_parser(commands) -> None:
     gamma = commands.add_parser("gamma", help="gamma-ray likelihood fits of Gammapy datasets and models")
     sub = gamma.add_subparsers(dest="gamma_command", metavar="STEP", required=True)
     reduce = sub.add_parser("reduce", help="reduce DL3 runs to MapDatasets as a Gammapy AnalysisConfig YAML says")
-    reduce.add_argument("config", help="Gammapy AnalysisConfig YAML (its observations and datasets sections; 3d, stack: false)")
+    reduce.add_argument("config", help="Gammapy AnalysisConfig YAML (its observations and datasets sections; type 3d)")
     reduce.add_argument("--out", required=True, help="output folder: one MapDataset file per run, datasets.yaml, models.yaml")
     estimate = sub.add_parser("estimate", help="flux points or a light curve of a source from fitted models (Gammapy's estimators)")
     estimate.add_argument("kind", choices=["flux-points", "light-curve"], help="what to estimate")

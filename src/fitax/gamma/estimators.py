@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -155,27 +156,48 @@ def flux_points(datasets, models: Models, source: str, energy_edges: u.Quantity,
         >>> points = flux_points(datasets, models, "crab", [1, 2, 5, 10] * u.TeV)  # doctest: +SKIP
         >>> points.table["norm", "norm_err", "ts"]  # doctest: +SKIP
     """
-    datasets, models, snapped = _checked(datasets, models, source, energy_edges, "flux_points")
-    total = datasets.npred(models)
-    others = datasets.npred(models.without(source))
-    table = _flux_point_table(list(datasets), total, others, models[source], snapped, n_sigma, n_sigma_ul, scan_values)
+    datasets, models, requested = _checked(datasets, models, source, energy_edges, "flux_points")
+    total, others = _predicted_counts(datasets, models, source, "flux_points")
+    table = _flux_point_table(list(datasets), total, others, models[source], requested, n_sigma, n_sigma_ul, scan_values)
     table.meta["SOURCE"] = source
     return FluxPoints(table)
 
 
-def _flux_point_table(datasets: list, total: list, others: list, model, snapped: np.ndarray, n_sigma: float, n_sigma_ul: float,
+def _predicted_counts(datasets: Datasets, models: Models, source: str, where: str) -> tuple[list, list]:
+    """Each dataset's predicted counts with and without ``source``; a source that predicts
+    nothing anywhere (its ``datasets_names`` match none, or it lies off every map) is an error."""
+    total = datasets.npred(models)
+    others = datasets.npred(models.without(source))
+    if not any(np.any(t - o > 0) for t, o in zip(total, others)):
+        raise ValueError(f"{where}: source {source!r} predicts no counts in any dataset ({', '.join(datasets.names)}); "
+                         "check its datasets_names and position")
+    return total, others
+
+
+def _flux_point_table(datasets: list, total: list, others: list, model, requested: np.ndarray, n_sigma: float, n_sigma_ul: float,
                       scan_values: np.ndarray) -> Table:
-    """The flux points of ``model`` in the energy bins between the ``snapped`` edge indices,
-    from each dataset's predicted counts with (``total``) and without (``others``) it."""
+    """The flux points of ``model`` in the bins of ``requested`` edges [TeV], each snapped to
+    the datasets' nearest reconstructed-energy edges (a bin that snaps to no bin of the axis is
+    a row of NaN, at the requested edges, as Gammapy's), from each dataset's predicted counts
+    with (``total``) and without (``others``) the source."""
     edges = np.asarray(datasets[0].energy_edges, float)
-    rows = []
-    for low, high in zip(snapped[:-1], snapped[1:]):
+    rows, e_min, e_max = [], [], []
+    for lo, hi in zip(requested[:-1], requested[1:]):
+        low, high = snap_energy_edges(edges, np.array([lo, hi]))
+        if high <= low:
+            rows.append(_no_data_result(len(datasets), scan_values))
+            e_min.append(lo), e_max.append(hi)
+            continue
         pieces = [(d.counts[low:high][d.mask[low:high]], o[low:high][d.mask[low:high]], (t - o)[low:high][d.mask[low:high]])
                   for d, t, o in zip(datasets, total, others)]  # fmt: skip
         counts, other, signal = (np.concatenate([p[i] for p in pieces]).astype(float) for i in range(3))
         rows.append(_bin_result(counts, other, signal, pieces, n_sigma, n_sigma_ul, scan_values))
+        e_min.append(edges[low]), e_max.append(edges[high])
     table = Table()
-    e_min, e_max = edges[snapped[:-1]], edges[snapped[1:]]
+    # one contiguous energy axis, as Gammapy's FluxPoints hold them (its axis is made of the
+    # bins' lower edges and the last upper edge): a NaN bin ends where the next one starts
+    e_min = np.array(e_min)
+    e_max = np.append(e_min[1:], e_max[-1])
     reference = _reference_fluxes(model, e_min, e_max)
     table["e_ref"] = reference["e_ref"] * u.TeV
     table["e_min"], table["e_max"] = e_min * u.TeV, e_max * u.TeV
@@ -186,14 +208,13 @@ def _flux_point_table(datasets: list, total: list, others: list, model, snapped:
     for key in ("norm", "norm_err", "norm_errp", "norm_errn", "norm_ul", "ts", "sqrt_ts", "stat", "stat_null", "npred", "npred_excess",
                 "counts", "success", "is_ul", "norm_scan", "stat_scan"):  # fmt: skip
         table[key] = np.array([row[key] for row in rows])
-    table.meta.update({"SED_TYPE": "likelihood", "UL_CONF": float(_confidence(n_sigma_ul)), "n_sigma": n_sigma, "n_sigma_ul": n_sigma_ul,
-                       "sed_type_init": "likelihood", "CREATOR": "fitax"})  # fmt: skip
+    table.meta.update(_sed_meta(n_sigma, n_sigma_ul))
     return table
 
 
 def _checked(datasets, models, source: str, energy_edges, where: str) -> tuple[Datasets, Models, np.ndarray]:
     """The datasets and models as fitax's collections, after the checks an estimator needs,
-    and the indices of the datasets' energy edges nearest to ``energy_edges``."""
+    and the requested energy edges [TeV]."""
     datasets = datasets if isinstance(datasets, Datasets) else Datasets(list(datasets))
     models = models if isinstance(models, Models) else Models(models)
     if source not in models.names:
@@ -205,10 +226,18 @@ def _checked(datasets, models, source: str, energy_edges, where: str) -> tuple[D
     if any(not np.allclose(d.energy_edges, edges, rtol=1e-9) for d in datasets):
         raise ValueError(f"{where}: all datasets must share one reconstructed-energy axis (Gammapy: aligned energy axes)")
     requested = u.Quantity(energy_edges, "TeV").to_value("TeV")
-    snapped = np.unique(np.clip(snap_energy_edges(edges, requested), 0, edges.size - 1))
-    if snapped.size < 2:
-        raise ValueError(f"{where}: the energy edges {requested} TeV cover no bin of the datasets' axis ({edges[0]:.3g}-{edges[-1]:.3g} TeV)")
-    return datasets, models, snapped
+    if requested.ndim != 1 or requested.size < 2 or np.any(np.diff(requested) <= 0) or requested[0] <= 0:
+        raise ValueError(f"{where}: energy edges must be at least two increasing positive energies, got {requested} TeV")
+    if requested[-1] <= edges[0] or requested[0] >= edges[-1]:
+        warnings.warn(f"{where}: the energy edges {requested} TeV lie outside the datasets' axis ({edges[0]:.3g}-{edges[-1]:.3g} TeV): "
+                      "every bin is NaN", stacklevel=3)
+    return datasets, models, requested
+
+
+def _sed_meta(n_sigma: float, n_sigma_ul: float) -> dict:
+    """The table metadata Gammapy writes with likelihood flux points."""
+    return {"SED_TYPE": "likelihood", "UL_CONF": float(_confidence(n_sigma_ul)), "n_sigma": n_sigma, "n_sigma_ul": n_sigma_ul,
+            "sed_type_init": "likelihood", "CREATOR": "fitax"}
 
 
 def _confidence(n_sigma: float) -> float:
@@ -218,6 +247,14 @@ def _confidence(n_sigma: float) -> float:
     return round(1 - 2 * norm.sf(n_sigma), 7)
 
 
+def _no_data_result(n_datasets: int, scan_values) -> dict:
+    """A bin beyond the datasets' energy axis: Gammapy's ``_nan_result``."""
+    return {"norm": np.nan, "norm_err": np.nan, "norm_errp": np.nan, "norm_errn": np.nan, "norm_ul": np.nan, "ts": np.nan,
+            "sqrt_ts": np.nan, "stat": np.nan, "stat_null": np.nan, "npred": np.full(n_datasets, np.nan),
+            "npred_excess": np.full(n_datasets, np.nan), "counts": np.zeros(n_datasets, dtype=int), "success": False, "is_ul": False,
+            "norm_scan": np.asarray(scan_values, float), "stat_scan": np.full(len(scan_values), np.nan)}  # fmt: skip
+
+
 def _bin_result(counts, other, signal, pieces, n_sigma, n_sigma_ul, scan_values) -> dict:
     n_datasets = len(pieces)
     if counts.size == 0:  # no safe bin in this energy range: Gammapy's values for datasets that do not contribute
@@ -225,10 +262,22 @@ def _bin_result(counts, other, signal, pieces, n_sigma, n_sigma_ul, scan_values)
                 "sqrt_ts": np.nan, "stat": 0.0, "stat_null": 0.0, "npred": np.full(n_datasets, np.nan), "npred_excess": np.zeros(n_datasets),
                 "counts": np.array([p[0].sum() for p in pieces], dtype=int), "success": False, "is_ul": False,
                 "norm_scan": np.asarray(scan_values, float), "stat_scan": np.full(len(scan_values), np.nan)}  # fmt: skip
-    norm, curvature, success = _best_norm(counts, other, signal)
 
     def stat(x: float) -> float:
         return _stat(x, counts, other, signal)
+
+    if counts.sum() == 0 or not np.any(signal > 0):
+        # no counts (the statistic falls without bound as the norm goes negative) or no signal
+        # here: no best norm; the upper limit is where the statistic rises n_sigma_ul^2 above norm 0
+        null = stat(0.0)
+        scale = 1.0 / max(float(2 * np.sum(signal)), 1e-300)
+        return {"norm": np.nan, "norm_err": np.nan, "norm_errp": np.nan, "norm_errn": np.nan,
+                "norm_ul": _crossing(stat, 0.0, null + n_sigma_ul**2, +1.0, scale) if np.any(signal > 0) else np.nan,
+                "ts": np.nan, "sqrt_ts": np.nan, "stat": null, "stat_null": null,
+                "npred": np.array([float(np.sum(o)) for _, o, _ in pieces]), "npred_excess": np.zeros(n_datasets),
+                "counts": np.array([int(c.sum()) for c, _, _ in pieces]), "success": False, "is_ul": True,
+                "norm_scan": np.asarray(scan_values, float), "stat_scan": np.array([stat(x) for x in scan_values])}  # fmt: skip
+    norm, curvature, success = _best_norm(counts, other, signal)
 
     best = stat(norm)
     null = stat(0.0)
@@ -271,25 +320,29 @@ def light_curve(datasets, models: Models, source: str, energy_edges: u.Quantity 
     """The light curve of ``source``: its flux points (:func:`flux_points`, every other
     parameter fixed) in ``energy_edges`` for each time interval, from the datasets whose good
     time lies within it (to 1e-6 s), as Gammapy's ``LightCurveEstimator``: by default one
-    interval per good time interval of the datasets (per run), or the given
-    ``time_intervals``; intervals without a dataset are left out.
+    interval per dataset (per run: from its first good time to its last; a stacked dataset
+    is one interval), or the given ``time_intervals``; intervals without a whole dataset are
+    left out, overlapping intervals are an error.
 
     Example:
         >>> curve = light_curve(datasets, models, "pks2155", [0.7, 10] * u.TeV)  # doctest: +SKIP
         >>> curve.write("light_curve.fits")  # Gammapy: FluxPoints.read(..., format="lightcurve")  # doctest: +SKIP
     """
-    datasets, models, snapped = _checked(datasets, models, source, energy_edges, "light_curve")
+    datasets, models, requested = _checked(datasets, models, source, energy_edges, "light_curve")
     gtis = [d.irfs.gti for d in datasets]
     missing = [d.name for d, gti in zip(datasets, gtis) if gti is None]
     if missing:
         raise ValueError(f"light_curve: datasets {', '.join(missing)} have no good time intervals (GTI) to place them in time")
-    if time_intervals is None:
-        bounds = [(gti[i, 0], gti[i, 1]) for gti in gtis for i in range(len(gti))]
-        bounds.sort(key=lambda interval: interval[0].tt.mjd)
+    if time_intervals is None:  # one interval per dataset, from its first good time to its last (Gammapy's Datasets.gti)
+        bounds = [(gti[0, 0], gti[-1, 1]) for gti in gtis]
     else:
         bounds = [(Time(a), Time(b)) for a, b in time_intervals]
-    total = datasets.npred(models)
-    others = datasets.npred(models.without(source))
+    bounds.sort(key=lambda interval: interval[0].tt.mjd)
+    for (_, stop), (start, _) in zip(bounds[:-1], bounds[1:]):
+        if start < stop:
+            raise ValueError(f"light_curve: time intervals overlap (one ends at MJD {stop.tt.mjd:.6f}, the next starts at {start.tt.mjd:.6f}); "
+                             "Gammapy refuses overlapping intervals too")
+    total, others = _predicted_counts(datasets, models, source, "light_curve")
     tolerance = 1e-6 * u.s
     rows = []
     for start, stop in bounds:
@@ -297,7 +350,7 @@ def light_curve(datasets, models: Models, source: str, energy_edges: u.Quantity 
         if not chosen:
             continue
         table = _flux_point_table([datasets[i] for i in chosen], [total[i] for i in chosen], [others[i] for i in chosen], models[source],
-                                  snapped, n_sigma, n_sigma_ul, scan_values)  # fmt: skip
+                                  requested, n_sigma, n_sigma_ul, scan_values)  # fmt: skip
         row = Table({"time_min": [start.tt.mjd], "time_max": [stop.tt.mjd]})
         for column in table.columns:
             values = np.asarray(table[column])
@@ -311,6 +364,5 @@ def light_curve(datasets, models: Models, source: str, energy_edges: u.Quantity 
     if not rows:
         raise ValueError("light_curve: no dataset lies within any of the time intervals")
     curve = vstack(rows, metadata_conflicts="silent")
-    curve.meta.update(table.meta)
-    curve.meta.update({"SOURCE": source, "MJDREFI": 0, "MJDREFF": 0.0, "TIMESYS": "tt", "TIMEUNIT": "d"})
+    curve.meta.update({**_sed_meta(n_sigma, n_sigma_ul), "SOURCE": source, "MJDREFI": 0, "MJDREFF": 0.0, "TIMESYS": "tt", "TIMEUNIT": "d"})
     return LightCurve(curve)

@@ -106,6 +106,15 @@ def fit_files(datasets_path, models_path, out, ts_sources=(), plots: bool = True
     return result
 
 
+def _output_folder(out) -> Path:
+    """``out`` as a folder to write into, checked before any work: an existing file there is an
+    error, not a traceback after the computation."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out}: exists and is not a folder")
+    return out
+
+
 def _fov_background_norms(datasets: list, settings: dict) -> dict:
     """Each dataset's FoV background ``(norm, error)``, ``None`` (with a warning) where
     Gammapy's maker fails."""
@@ -151,6 +160,7 @@ def reduce_files(config_path, out, progress: bool | None = None) -> Path:
     from .io import write_map_dataset
     from .makers import make_map_datasets
 
+    out = _output_folder(out)
     config = read_analysis_config(config_path)
     store, runs = config.datastore, []
     for obs_id in config.obs_ids:
@@ -180,15 +190,14 @@ def reduce_files(config_path, out, progress: bool | None = None) -> Path:
     for kind, fields in dropped.items():
         if kind not in config.map_selection:
             datasets = [dataclasses.replace(d, **fields) for d in datasets]
-    out = Path(out)
+    models = Models([FoVBackgroundModel(d.name, norm=norms[d.name][0]) if norms.get(d.name) else FoVBackgroundModel(d.name) for d in datasets])
+    errors = {f"{name}-bkg.norm": norm[1] for name, norm in norms.items() if norm is not None}
     out.mkdir(parents=True, exist_ok=True)
     entries = []
     for dataset in datasets:
         filename = f"{dataset.name}.fits"  # uncompressed, as Gammapy writes them: gzip would take longer than the reduction
         write_map_dataset(dataset, out / filename)
         entries.append({"name": dataset.name, "type": "MapDataset", "filename": filename})
-    models = Models([FoVBackgroundModel(d.name, norm=norms[d.name][0]) if norms.get(d.name) else FoVBackgroundModel(d.name) for d in datasets])
-    errors = {f"{name}-bkg.norm": norm[1] for name, norm in norms.items() if norm is not None}
     write_models(models, out / "models.yaml", errors=errors)
     text = gammapy_yaml({"datasets": entries})
     return atomic_write(out / "datasets.yaml", lambda tmp: tmp.write_text(text))
@@ -208,7 +217,7 @@ def flux_points_files(datasets_path, models_path, out, source: str, energy_edges
     from .estimators import flux_points
     from .plots import plot_flux_points
 
-    out = Path(out)
+    out = _output_folder(out)
     check_not_input(out / "flux_points.fits", [datasets_path, models_path])
     datasets = read_datasets(datasets_path, progress=sys.stderr.isatty())
     models = read_models(models_path)
@@ -236,7 +245,7 @@ def light_curve_files(datasets_path, models_path, out, source: str, energy_edges
     from .estimators import light_curve
     from .plots import plot_light_curve
 
-    out = Path(out)
+    out = _output_folder(out)
     check_not_input(out / "light_curve.fits", [datasets_path, models_path])
     datasets = read_datasets(datasets_path, progress=sys.stderr.isatty())
     models = read_models(models_path)
