@@ -121,7 +121,7 @@ def test_flux_point_bins_beyond_the_data_are_gammapys_nan_rows(crab_files):
     (["--source", "vela", "--energy-edges", "1,3"], r"no model 'vela' \(models: crab, obs_23523-bkg, obs_23526-bkg\)"),
     (["--source", "crab", "--energy-edges", "3,1"], r"--energy-edges '3,1': expected at least two increasing values in TeV"),
     (["--source", "crab"], r"flux points need --energy-edges"),
-    (["--source", "crab", "--energy-edges", "1,3", "--models", "far.yaml"], r"source 'crab' predicts no counts in any dataset"),
+    (["--source", "crab", "--energy-edges", "1,3", "--models", "far.yaml"], r"model 'crab' at 100 22.024 \(icrs\) lies outside every dataset map"),
     (["--source", "crab", "--energy-edges", "1,x"], r"--energy-edges '1,x': expected comma-separated numbers"),
 ])  # fmt: skip
 def test_flux_point_errors_name_the_problem(crab_files, tmp_path, capsys, arguments, message):
