@@ -15,13 +15,14 @@ def add_parser(commands) -> None:
     reduce = sub.add_parser("reduce", help="reduce DL3 runs to MapDatasets as a Gammapy AnalysisConfig YAML says")
     reduce.add_argument("config", help="Gammapy AnalysisConfig YAML (its observations and datasets sections; type 3d)")
     reduce.add_argument("--out", required=True, help="output folder: one MapDataset file per run, datasets.yaml, models.yaml")
-    estimate = sub.add_parser("estimate", help="flux points or a light curve of a source from fitted models (Gammapy's estimators)")
-    estimate.add_argument("kind", choices=["flux-points", "light-curve"], help="what to estimate")
+    estimate = sub.add_parser("estimate", help="flux points, a light curve or an excess map from fitted models (Gammapy's estimators)")
+    estimate.add_argument("kind", choices=["flux-points", "light-curve", "excess-map"], help="what to estimate")
     estimate.add_argument("--datasets", required=True, help="Gammapy datasets.yaml")
     estimate.add_argument("--models", required=True, help="Gammapy models.yaml with the fitted models (fitax gamma fit's DIR/models.yaml)")
     estimate.add_argument("--out", required=True, help="output folder: flux_points.fits (Gammapy's gadf-sed) and flux_points.png, "
                                                        "or light_curve.fits (Gammapy's lightcurve format) and light_curve.png")
-    estimate.add_argument("--source", required=True, help="name of the source model")
+    estimate.add_argument("--source", default=None, help="name of the source model (flux points, light curves)")
+    estimate.add_argument("--correlation-radius", default="0.1deg", help="excess maps: top-hat radius (default 0.1deg)")
     estimate.add_argument("--energy-edges", default=None,
                           help="comma-separated energy bin edges in TeV, e.g. 1,3,10 (required for flux points; light curves: 1,10)")
     estimate.add_argument("--time-bins", default=None,
@@ -57,8 +58,14 @@ def _fit(args: argparse.Namespace) -> int:
 
 
 def _estimate(args: argparse.Namespace) -> int:
-    from .pipeline import flux_points_files, light_curve_files
+    from .pipeline import excess_map_files, flux_points_files, light_curve_files
 
+    if args.kind == "excess-map":
+        energy = None if args.energy_edges is None else _energy_edges(args.energy_edges)
+        print(excess_map_files(args.datasets, args.models, args.out, _angle(args.correlation_radius), energy, plots=not args.no_plots))
+        return 0
+    if args.source is None:
+        raise ValueError(f"{args.kind} needs --source NAME (the source model)")
     if args.kind == "flux-points":
         if args.energy_edges is None:
             raise ValueError("flux points need --energy-edges (TeV), e.g. --energy-edges 1,3,10")
@@ -70,6 +77,20 @@ def _estimate(args: argparse.Namespace) -> int:
     energy = _energy_edges(args.energy_edges or "1,10")
     print(light_curve_files(args.datasets, args.models, args.out, args.source, energy, time_bins, plots=not args.no_plots))
     return 0
+
+
+def _angle(text: str) -> float:
+    """An angle in degrees from ``0.1deg``, ``6arcmin``, ``0.1 deg`` or a bare number (deg)."""
+    import astropy.units as u
+
+    try:
+        value = u.Quantity(text) if any(c.isalpha() for c in text) else u.Quantity(float(text), "deg")
+        degrees = float(value.to_value("deg"))
+    except (ValueError, TypeError, u.UnitsError) as error:
+        raise ValueError(f"--correlation-radius {text!r}: expected an angle, e.g. 0.1deg") from error
+    if not degrees > 0:
+        raise ValueError(f"--correlation-radius {text!r}: must be positive")
+    return degrees
 
 
 def _edges(text: str, option: str, example: str) -> list[float]:

@@ -21,7 +21,7 @@ from .mapdataset import MapDataset
 from .modelio import read_models, write_models, write_results
 from .models import FoVBackgroundModel, Models
 
-__all__ = ["fit_files", "flux_points_files", "light_curve_files", "reduce_files"]
+__all__ = ["excess_map_files", "fit_files", "flux_points_files", "light_curve_files", "reduce_files"]
 
 
 @contextlib.contextmanager
@@ -258,4 +258,33 @@ def light_curve_files(datasets_path, models_path, out, source: str, energy_edges
     path = curve.write(out / "light_curve.fits")
     if plots:
         plot_light_curve(curve, out / "light_curve.png")
+    return path
+
+
+def excess_map_files(datasets_path, models_path, out, correlation_radius: float, energy_edges=None, plots: bool = True) -> Path:
+    """Excess and significance maps (:func:`fitax.gamma.estimators.excess_map`) of the single
+    (stacked) dataset of Gammapy's files, the background predicted by the models, written to
+    ``out/excess_map.fits`` with ``out/excess_map.png``; returns the FITS path.
+
+    Example:
+        >>> excess_map_files("stacked/datasets.yaml", "stacked/models.yaml", "maps", 0.1)  # doctest: +SKIP
+        PosixPath('maps/excess_map.fits')
+    """
+    import astropy.units as u
+
+    from .estimators import excess_map
+    from .plots import plot_excess_map
+
+    out = _output_folder(out)
+    check_not_input(out / "excess_map.fits", [datasets_path, models_path])
+    datasets = read_datasets(datasets_path)
+    if len(datasets) != 1:
+        raise ValueError(f"{datasets_path}: an excess map is made of one dataset, found {len(datasets)} ({', '.join(datasets.names)}); "
+                         "stack the runs first (fitax gamma reduce with stack: true), as Gammapy asks")
+    maps = excess_map(datasets[0], read_models(models_path), correlation_radius * u.deg,
+                      None if energy_edges is None else u.Quantity(energy_edges, "TeV"))
+    out.mkdir(parents=True, exist_ok=True)
+    path = maps.write(out / "excess_map.fits")
+    if plots:
+        plot_excess_map(maps, out / "excess_map.png")
     return path

@@ -17,7 +17,7 @@ from ..parameters import ParameterSpace
 from .datasets import Datasets
 from .models import Models, SkyModel
 
-__all__ = ["plot_flux_points", "plot_light_curve", "plot_maps", "plot_spectrum", "sed_band"]
+__all__ = ["plot_excess_map", "plot_flux_points", "plot_light_curve", "plot_maps", "plot_spectrum", "sed_band"]
 
 
 def _save(figure, path: Path) -> Path:
@@ -240,5 +240,24 @@ def plot_light_curve(curve, path) -> Path:
             ax.errorbar(middle[upper], values, xerr=half[upper], yerr=0.3 * values, uplims=True, fmt="v", color=f"C{k}")
     ax.set(xlabel="time [MJD]", ylabel="flux [cm⁻² s⁻¹]", title=f"{table.meta.get('SOURCE', '')}: light curve")
     ax.legend(fontsize=8)
+    figure.tight_layout()
+    return _save(figure, Path(path))
+
+
+def plot_excess_map(maps, path) -> Path:
+    """The significance (``sqrt_ts``) and excess maps side by side, in sky coordinates."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure = plt.figure(figsize=(12, 5))
+    for index, (name, label, cmap) in enumerate((("sqrt_ts", "significance (sqrt TS)", "RdBu_r"), ("npred_excess", "excess counts", "viridis"))):
+        ax = figure.add_subplot(1, 2, index + 1, projection=maps.wcs)
+        data = maps.maps[name]
+        limit = np.nanmax(np.abs(data)) if name == "sqrt_ts" else None
+        image = ax.imshow(data, origin="lower", cmap=cmap, vmin=-limit if limit else None, vmax=limit)
+        figure.colorbar(image, ax=ax, label=label)
+        ax.set_title(f"{label}, correlation radius {maps.meta.get('corr_rad', float('nan')):.3g} deg")
     figure.tight_layout()
     return _save(figure, Path(path))
