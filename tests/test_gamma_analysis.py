@@ -34,6 +34,20 @@ def _config(store, **datasets) -> dict:
     return {"observations": {"datastore": str(store), "obs_ids": [23526, 23523]}, "datasets": settings}
 
 
+def _reduce_both(config: dict, folder):
+    """``config`` reduced by ``fitax gamma reduce`` (into ``folder/out``) and by Gammapy's
+    ``Analysis``: (Gammapy's datasets, fitax's as Gammapy reads them, with their models)."""
+    from gammapy.analysis import Analysis, AnalysisConfig
+    from gammapy.datasets import Datasets
+
+    path = _write(folder / "analysis.yaml", config)
+    assert main(["gamma", "reduce", str(path), "--out", str(folder / "out")]) == 0
+    analysis = Analysis(AnalysisConfig.read(path))
+    analysis.get_observations()
+    analysis.get_datasets()
+    return analysis.datasets, Datasets.read(folder / "out" / "datasets.yaml", filename_models=folder / "out" / "models.yaml")
+
+
 def _write(path, config: dict):
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
@@ -78,18 +92,9 @@ def test_stacked_reduction_is_gammapys_stacked_dataset(tmp_path):
     the masks. Gammapy keeps the stack in float32: within 1e-6 (measured 4e-7)."""
     hess = shared_data("gamma", "hess-dl3-dr1")
     pytest.importorskip("gammapy", reason="Gammapy (test extra) not installed")
-    from gammapy.analysis import Analysis, AnalysisConfig
-    from gammapy.datasets import Datasets
-
     config = _config(hess, stack=True)
     config["observations"]["obs_ids"] = [23523, 23526, 23559]
-    config = _write(tmp_path / "analysis.yaml", config)
-    assert main(["gamma", "reduce", str(config), "--out", str(tmp_path / "out")]) == 0
-    analysis = Analysis(AnalysisConfig.read(config))
-    analysis.get_observations()
-    analysis.get_datasets()
-    (theirs,) = analysis.datasets
-    (mine,) = Datasets.read(tmp_path / "out" / "datasets.yaml", filename_models=tmp_path / "out" / "models.yaml")
+    (theirs,), (mine,) = _reduce_both(config, tmp_path)
     assert mine.name == "stacked" and mine.counts.geom == theirs.counts.geom and mine.edisp.edisp_map.geom == theirs.edisp.edisp_map.geom
     np.testing.assert_array_equal(mine.counts.data, theirs.counts.data)
     np.testing.assert_array_equal(mine.mask_safe.data, theirs.mask_safe.data)
@@ -126,19 +131,11 @@ def test_fov_background_norms_are_gammapys(tmp_path, stack):
     (``min_counts`` above its counts) loses its safe mask, as in Gammapy."""
     hess = shared_data("gamma", "hess-dl3-dr1")
     pytest.importorskip("gammapy", reason="Gammapy (test extra) not installed")
-    from gammapy.analysis import Analysis, AnalysisConfig
-    from gammapy.datasets import Datasets
-
     background = {"method": "fov_background", "exclusion": str(_exclusion_file(tmp_path / "exclusion.fits")), "parameters": {"method": "scale"}}
     config = _config(hess, stack=stack, background=background)
     config["observations"]["obs_ids"] = [23523, 23526, 23559]
-    config = _write(tmp_path / "analysis.yaml", config)
-    assert main(["gamma", "reduce", str(config), "--out", str(tmp_path / "out")]) == 0
-    analysis = Analysis(AnalysisConfig.read(config))
-    analysis.get_observations()
-    analysis.get_datasets()
-    ours = Datasets.read(tmp_path / "out" / "datasets.yaml", filename_models=tmp_path / "out" / "models.yaml")
-    for theirs, mine in zip(analysis.datasets, ours, strict=True):
+    reference, ours = _reduce_both(config, tmp_path)
+    for theirs, mine in zip(reference, ours, strict=True):
         assert_close_where_large(mine.background.data, theirs.background.data, 1e-6)
         np.testing.assert_array_equal(mine.mask_safe.data, theirs.mask_safe.data)
         if not stack:
@@ -147,10 +144,10 @@ def test_fov_background_norms_are_gammapys(tmp_path, stack):
             assert norm.error == pytest.approx(reference.error, rel=1e-6)
 
     background["parameters"]["min_counts"] = 1e9
-    config = _write(tmp_path / "analysis.yaml", _config(hess, stack=stack, background=background))
+    (tmp_path / "failed").mkdir()
     with pytest.warns(UserWarning, match="the FoV background norm failed"):
-        main(["gamma", "reduce", str(config), "--out", str(tmp_path / "failed")])
-    assert not any(d.mask_safe.data.any() for d in Datasets.read(tmp_path / "failed" / "datasets.yaml"))
+        reference, ours = _reduce_both(_config(hess, stack=stack, background=background), tmp_path / "failed")
+    assert not any(d.mask_safe.data.any() for d in ours) and not any(d.mask_safe.data.any() for d in reference)
 
 
 @pytest.mark.parametrize(("change", "message"), [
