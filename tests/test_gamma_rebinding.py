@@ -95,6 +95,7 @@ def test_fit_still_moving_after_the_last_binding_warns_and_is_not_converged(obse
         assert fg.fit(datasets, far).converged
 
 
+@pytest.mark.slow  # 30 s
 def test_ts_from_fits_that_did_not_converge_warns(observation):
     """Two steps are not enough for either fit: the TS is still returned (the caller may
     want to see it), not converged, and a warning names both fits and why they stopped."""

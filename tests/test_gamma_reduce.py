@@ -276,3 +276,24 @@ def test_a_geometry_that_misses_the_run_is_a_clear_error():
     edges = np.geomspace(0.5, 50, 5) * u.TeV
     with pytest.raises(ValueError, match=r"obs 23523: the geometry \(10x10 pixels\) has no exposure from this run; its pointing \(RA 83.63"):
         map_dataset_file(observation, MapGeometry(wcs, (10, 10), edges, edges))
+
+
+def test_stacking_a_run_twice_counts_its_good_time_once():
+    """Stacked good time intervals are their union (Gammapy's ``GTI.union``): overlapping
+    intervals count once, while counts add."""
+    from fitax.gamma.stacking import stack_map_datasets
+
+    observation = DataStore.from_dir(shared_data("gamma", "hess-dl3-dr1")).observation(23523)
+    geometry = MapGeometry(*_small_geometry())
+    run = map_dataset_file(observation, geometry, ("offset-max",), offset_max=1.0 * u.deg)
+    stacked = stack_map_datasets(geometry, [run, run])
+    assert stacked.gti.shape == (1, 2) and stacked.livetime == pytest.approx(run.livetime, rel=1e-12)
+    np.testing.assert_array_equal(stacked.counts, 2 * run.counts * run.mask_safe)
+
+
+def _small_geometry():
+    from astropy.wcs import WCS
+
+    wcs = WCS(naxis=2)
+    wcs.wcs.ctype, wcs.wcs.crval, wcs.wcs.cdelt, wcs.wcs.crpix = ["RA---CAR", "DEC--CAR"], [83.633, 22.014], [-0.05, 0.05], [20.5, 20.5]
+    return wcs, (40, 40), np.geomspace(1, 10, 4) * u.TeV, np.geomspace(0.7, 15, 7) * u.TeV

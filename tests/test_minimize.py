@@ -18,7 +18,7 @@ def _physical_hessian(objective, params, args, values):
     return np.asarray(jax.hessian(lambda v: objective(space.with_values(params, v), args))(space.values(values)))
 
 
-@pytest.mark.parametrize("max_steps", [1, 3])
+@pytest.mark.parametrize("max_steps", [pytest.param(1, marks=pytest.mark.slow), 3])  # max_steps=1 takes 35 s
 def test_errors_come_from_the_exact_hessian_when_the_step_limit_stops_a_quasi_newton_fit(max_steps):
     # hessian_every = 5 with a budget of 1 or 3 steps: the fit stops on quasi-Newton (BFGS)
     # Hessians, whose covariance differed from the exact one by up to 2 sigma_i sigma_j

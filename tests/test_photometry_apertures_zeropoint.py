@@ -83,6 +83,7 @@ def _true_aperture_fraction(radius):
     return float(np.mean(fractions))
 
 
+@pytest.mark.slow  # 76 s; make test keeps the other aperture and zero-point checks
 def test_aperture_correction_recovers_the_true_ratio(field):
     image, header, truth, _ = field
     data = ImageData(image, np.zeros(image.shape, bool), header, 10.0)

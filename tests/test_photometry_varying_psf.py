@@ -78,6 +78,7 @@ def test_constant_image_keeps_degree_zero():
     assert shape.degree == 0 and catalog.meta["PSFDEG"] == 0 and "PSFSIGX" in catalog.meta
 
 
+@pytest.mark.slow  # 43 s; make test keeps the degree-selection checks
 def test_field_curvature_without_linear_terms_is_found():
     """Widths growing towards every edge (focus, field curvature: sigma = 1.4 + 0.03 (u^2 + v^2),
     no linear term, 4% wider in the corners): degree 1 does not pay for its parameters (chi2

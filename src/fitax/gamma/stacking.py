@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import numpy as np
+from astropy import units as u
 from astropy.time import Time
 from astropy.wcs import WCS
 from scipy.interpolate import RegularGridInterpolator
@@ -70,17 +71,26 @@ def _add_weighted_irf(irf: np.ndarray, exposure: np.ndarray, part: tuple[slice, 
     np.nan_to_num(irf, copy=False)
 
 
-def _by_start(intervals: list[Time]) -> Time:
-    """The runs' good time intervals ``(n, 2)`` in one array, by start."""
-    joined = Time(np.concatenate([t.tt.jd1 for t in intervals]), np.concatenate([t.tt.jd2 for t in intervals]), format="jd", scale="tt")
-    return joined[np.argsort(joined[:, 0].mjd)]
+def _union(intervals: list[Time]) -> Time:
+    """The union of the runs' good time intervals, ``(n, 2)`` by start, overlapping ones merged
+    (Gammapy's ``GTI.union`` after stacking)."""
+    reference = intervals[0][0, 0]
+    seconds = np.concatenate([(t - reference).to_value("s") for t in intervals])
+    seconds = seconds[np.argsort(seconds[:, 0])]
+    merged = [list(seconds[0])]
+    for start, stop in seconds[1:]:
+        if start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], stop)
+        else:
+            merged.append([start, stop])
+    return reference + u.Quantity(np.array(merged), "s")
 
 
 def stack_map_datasets(geometry: MapGeometry, datasets: list[MapDatasetFile], name: str = "stacked") -> MapDatasetFile:
     """The runs' ``datasets`` (each on a cutout of ``geometry``, as :func:`make_map_datasets`
     makes them) stacked into one dataset on ``geometry``, in their order, as Gammapy's
     ``MapDataset.stack`` into an empty ``MapDataset.create(geometry)``. A run with no safe bin
-    is left out; the stack's good time is the sum of the runs'."""
+    is left out; the stack's good time is the union of the runs'."""
     energy = np.asarray(datasets[0].energy_edges) if datasets else geometry.energy_edges.to_value("TeV")
     true = np.asarray(datasets[0].energy_true_edges) if datasets else geometry.energy_true_edges.to_value("TeV")
     n_reco, n_true = energy.size - 1, true.size - 1
@@ -119,11 +129,14 @@ def stack_map_datasets(geometry: MapGeometry, datasets: list[MapDatasetFile], na
             irf_part = _placement(geometry.irf_wcs, dataset.edisp_wcs, dataset.edisp.shape[2:], where)
             weights = _edisp_weights(safe, dataset.wcs, dataset.edisp_wcs, dataset.edisp.shape[2:])[None]
             _add_weighted_irf(edisp, edisp_exposure, irf_part, dataset.edisp, dataset.edisp_exposure, weights)
+    gti = _union(intervals) if intervals else None
+    if gti is not None:  # overlapping runs count once, as in Gammapy's stacked GTI
+        livetime = float(np.sum((gti[:, 1] - gti[:, 0]).to_value("s")))
     return MapDatasetFile(
         name=name, path=None, counts=counts, exposure=exposure, background=background, mask_safe=mask, mask_fit=None,
         energy_edges=energy, energy_true_edges=true, wcs=geometry.wcs, psf=psf if has_psf else None,
         psf_rad=0.5 * (rad_edges[1:] + rad_edges[:-1]), psf_rad_edges=rad_edges, psf_energy_true=np.sqrt(true[1:] * true[:-1]),
         psf_wcs=geometry.irf_wcs, edisp=edisp if has_edisp else None, edisp_wcs=geometry.irf_wcs, livetime=livetime,
         psf_exposure=psf_exposure if has_psf else None, edisp_exposure=edisp_exposure if has_edisp else None,
-        gti=_by_start(intervals) if intervals else None,
+        gti=gti,
     )  # fmt: skip
