@@ -94,6 +94,7 @@ def test_model_outside_the_map_is_an_error(simulated):
         datasets.npred(set_values(truth, {"point.spectral.index": np.nan}))
 
 
+@pytest.mark.filterwarnings("error:Checksum verification failed")
 def test_written_datasets_are_read_by_gammapy_with_the_same_npred(simulated, monkeypatch):
     pytest.importorskip("gammapy", reason="Gammapy (test extra) not installed")
     import gammapy.datasets.map as gammapy_map

@@ -23,6 +23,7 @@ from astropy.coordinates import SkyCoord
 from astropy.wcs import WCS
 from jax.scipy.special import ndtr
 
+from ._common import gammapy_yaml
 from .datasets import Datasets
 from .mapdataset import MapDataset
 from .io import MapDatasetFile, write_map_dataset
@@ -113,8 +114,8 @@ def _frame(wcs: WCS) -> str:
 
 
 def write_datasets(datasets: Datasets, folder) -> Path:
-    """Write each dataset as ``<name>.fits.gz`` and a ``datasets.yaml`` listing them."""
-    import yaml
+    """Write each dataset as ``<name>.fits.gz`` and a ``datasets.yaml`` listing them (with
+    Gammapy's checksum)."""
 
     from ..io import atomic_write
 
@@ -124,5 +125,5 @@ def write_datasets(datasets: Datasets, folder) -> Path:
         filename = f"{dataset.name}.fits.gz"
         write_map_dataset(_replace(dataset.irfs, counts=dataset.counts, name=dataset.name), folder / filename)
         entries.append({"name": dataset.name, "type": "MapDataset", "filename": filename})
-    text = yaml.safe_dump({"datasets": entries}, sort_keys=False)
+    text = gammapy_yaml({"datasets": entries})
     return atomic_write(folder / "datasets.yaml", lambda tmp: tmp.write_text(text))
