@@ -84,9 +84,14 @@ def snap_energy_edges(edges: np.ndarray, requested: np.ndarray) -> np.ndarray:
     return (np.round(pixel + 0.5)).astype(int)
 
 
+def _cash(counts: np.ndarray, mu: np.ndarray) -> np.ndarray:
+    """Gammapy's Cash terms ``2 (mu - n log mu)``, ``mu`` floored at 1e-25, 0 log 0 = 0."""
+    mu = np.maximum(mu, _TRUNCATION)
+    return 2.0 * (mu - np.where(counts > 0, counts * np.log(mu), 0.0))
+
+
 def _stat(norm: float, counts: np.ndarray, other: np.ndarray, signal: np.ndarray) -> float:
-    mu = np.maximum(other + norm * signal, _TRUNCATION)
-    return float(2.0 * np.sum(mu - counts * np.log(mu)))
+    return float(np.sum(_cash(counts, other + norm * signal)))
 
 
 def _best_norm(counts: np.ndarray, other: np.ndarray, signal: np.ndarray) -> tuple[float, float, bool]:
@@ -457,11 +462,7 @@ def excess_map(dataset, models: Models, correlation_radius: u.Quantity = 0.1 * u
         expected = correlate(reference) / correlate(mask.any(axis=0).astype(float))
     excess = n_on - mu
 
-    def cash(n, m):
-        m = np.maximum(m, _TRUNCATION)
-        return 2.0 * (m - np.where(n > 0, n * np.log(m), 0.0))
-
-    ts = cash(n_on, mu) - cash(n_on, n_on)
+    ts = _cash(n_on, mu) - _cash(n_on, n_on)
     sqrt_ts = np.sign(excess) * np.sqrt(np.clip(ts, 0, None))
 
     def lambert_offsets(n_sigma_value: float, branch: int) -> np.ndarray:

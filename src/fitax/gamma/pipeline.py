@@ -115,6 +115,14 @@ def _output_folder(out) -> Path:
     return out
 
 
+def _estimator_inputs(datasets_path, models_path, out, filename: str):
+    """The output folder (checked before any work, never one of the inputs' files), the
+    datasets and the models of an estimator job."""
+    out = _output_folder(out)
+    check_not_input(out / filename, [datasets_path, models_path])
+    return out, read_datasets(datasets_path, progress=sys.stderr.isatty()), read_models(models_path)
+
+
 def _fov_background_norms(datasets: list, settings: dict) -> dict:
     """Each dataset's FoV background ``(norm, error)``, ``None`` (with a warning) where
     Gammapy's maker fails."""
@@ -217,10 +225,7 @@ def flux_points_files(datasets_path, models_path, out, source: str, energy_edges
     from .estimators import flux_points
     from .plots import plot_flux_points
 
-    out = _output_folder(out)
-    check_not_input(out / "flux_points.fits", [datasets_path, models_path])
-    datasets = read_datasets(datasets_path, progress=sys.stderr.isatty())
-    models = read_models(models_path)
+    out, datasets, models = _estimator_inputs(datasets_path, models_path, out, "flux_points.fits")
     points = flux_points(datasets, models, source, u.Quantity(energy_edges, "TeV"))
     out.mkdir(parents=True, exist_ok=True)
     path = points.write(out / "flux_points.fits")
@@ -245,10 +250,7 @@ def light_curve_files(datasets_path, models_path, out, source: str, energy_edges
     from .estimators import light_curve
     from .plots import plot_light_curve
 
-    out = _output_folder(out)
-    check_not_input(out / "light_curve.fits", [datasets_path, models_path])
-    datasets = read_datasets(datasets_path, progress=sys.stderr.isatty())
-    models = read_models(models_path)
+    out, datasets, models = _estimator_inputs(datasets_path, models_path, out, "light_curve.fits")
     intervals = None
     if time_bins is not None:
         edges = Time(time_bins, format="mjd", scale="tt")
@@ -275,13 +277,11 @@ def excess_map_files(datasets_path, models_path, out, correlation_radius: float,
     from .estimators import excess_map
     from .plots import plot_excess_map
 
-    out = _output_folder(out)
-    check_not_input(out / "excess_map.fits", [datasets_path, models_path])
-    datasets = read_datasets(datasets_path)
+    out, datasets, models = _estimator_inputs(datasets_path, models_path, out, "excess_map.fits")
     if len(datasets) != 1:
         raise ValueError(f"{datasets_path}: an excess map is made of one dataset, found {len(datasets)} ({', '.join(datasets.names)}); "
                          "stack the runs first (fitax gamma reduce with stack: true), as Gammapy asks")
-    maps = excess_map(datasets[0], read_models(models_path), correlation_radius * u.deg,
+    maps = excess_map(datasets[0], models, correlation_radius * u.deg,
                       None if energy_edges is None else u.Quantity(energy_edges, "TeV"))
     out.mkdir(parents=True, exist_ok=True)
     path = maps.write(out / "excess_map.fits")
