@@ -15,14 +15,19 @@ def add_parser(commands) -> None:
     reduce = sub.add_parser("reduce", help="reduce DL3 runs to MapDatasets as a Gammapy AnalysisConfig YAML says")
     reduce.add_argument("config", help="Gammapy AnalysisConfig YAML (its observations and datasets sections; type 3d)")
     reduce.add_argument("--out", required=True, help="output folder: one MapDataset file per run, datasets.yaml, models.yaml")
-    estimate = sub.add_parser("estimate", help="flux points, a light curve or an excess map from fitted models (Gammapy's estimators)")
-    estimate.add_argument("kind", choices=["flux-points", "light-curve", "excess-map"], help="what to estimate")
+    estimate = sub.add_parser("estimate", help="flux points, a light curve, an excess map or a TS map from fitted models (Gammapy's estimators)")
+    estimate.add_argument("kind", choices=["flux-points", "light-curve", "excess-map", "ts-map"], help="what to estimate")
     estimate.add_argument("--datasets", required=True, help="Gammapy datasets.yaml")
     estimate.add_argument("--models", required=True, help="Gammapy models.yaml with the fitted models (fitax gamma fit's DIR/models.yaml)")
     estimate.add_argument("--out", required=True, help="output folder: flux_points.fits (Gammapy's gadf-sed) and flux_points.png, "
-                                                       "or light_curve.fits (Gammapy's lightcurve format) and light_curve.png")
+                                                       "light_curve.fits (Gammapy's lightcurve format) and light_curve.png, "
+                                                       "excess_map.fits and excess_map.png, or ts_map.fits (Gammapy's FluxMaps) and ts_map.png")
     estimate.add_argument("--source", default=None, help="name of the source model (flux points, light curves)")
     estimate.add_argument("--correlation-radius", default="0.1deg", help="excess maps: top-hat radius (default 0.1deg)")
+    estimate.add_argument("--kernel", default="point", help="TS maps: the test source, point or gaussian:WIDTH (e.g. gaussian:0.1deg)")
+    estimate.add_argument("--index", type=float, default=2.0, help="TS maps: power-law index of the test source (default 2)")
+    estimate.add_argument("--kernel-width", default="1deg", help="TS maps: full width of the kernel (default 1deg)")
+    estimate.add_argument("--errors", action="store_true", help="TS maps: also norm_errn/norm_errp (1 sigma) and norm_ul (2 sigma)")
     estimate.add_argument("--energy-edges", default=None,
                           help="comma-separated energy bin edges in TeV, e.g. 1,3,10 (required for flux points; light curves: 1,10)")
     estimate.add_argument("--time-bins", default=None,
@@ -60,9 +65,16 @@ def _fit(args: argparse.Namespace) -> int:
 def _estimate(args: argparse.Namespace) -> int:
     from .pipeline import excess_map_files, flux_points_files, light_curve_files
 
+    if args.kind == "ts-map":
+        from .pipeline import ts_map_files
+
+        energy = None if args.energy_edges is None else _energy_edges(args.energy_edges)
+        print(ts_map_files(args.datasets, args.models, args.out, args.kernel, args.index, _angle(args.kernel_width, "--kernel-width"),
+                           energy, errors=args.errors, plots=not args.no_plots))
+        return 0
     if args.kind == "excess-map":
         energy = None if args.energy_edges is None else _energy_edges(args.energy_edges)
-        print(excess_map_files(args.datasets, args.models, args.out, _angle(args.correlation_radius), energy, plots=not args.no_plots))
+        print(excess_map_files(args.datasets, args.models, args.out, _angle(args.correlation_radius, "--correlation-radius"), energy, plots=not args.no_plots))
         return 0
     if args.source is None:
         raise ValueError(f"{args.kind} needs --source NAME (the source model)")
@@ -79,7 +91,7 @@ def _estimate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _angle(text: str) -> float:
+def _angle(text: str, option: str) -> float:
     """An angle in degrees from ``0.1deg``, ``6arcmin``, ``0.1 deg`` or a bare number (deg)."""
     import astropy.units as u
 
@@ -87,9 +99,9 @@ def _angle(text: str) -> float:
         value = u.Quantity(text) if any(c.isalpha() for c in text) else u.Quantity(float(text), "deg")
         degrees = float(value.to_value("deg"))
     except (ValueError, TypeError, u.UnitsError) as error:
-        raise ValueError(f"--correlation-radius {text!r}: expected an angle, e.g. 0.1deg") from error
+        raise ValueError(f"{option} {text!r}: expected an angle, e.g. 0.1deg") from error
     if not degrees > 0:
-        raise ValueError(f"--correlation-radius {text!r}: must be positive")
+        raise ValueError(f"{option} {text!r}: must be positive")
     return degrees
 
 

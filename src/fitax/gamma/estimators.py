@@ -30,8 +30,9 @@ from ..io import atomic_write
 from .datasets import Datasets
 from .mapdataset import MapDataset
 from .models import Models
+from .spectral import PowerLawSpectralModel
 
-__all__ = ["ExcessMap", "FluxPoints", "LightCurve", "NORM_SCAN", "excess_map", "flux_points", "light_curve", "snap_energy_edges"]
+__all__ = ["ExcessMap", "FluxPoints", "LightCurve", "NORM_SCAN", "excess_map", "flux_points", "light_curve", "reco_exposure", "snap_energy_edges"]
 
 NORM_SCAN = np.geomspace(0.2, 5.0, 11)
 """Gammapy's default norm scan: 11 values from 0.2 to 5, log-spaced."""
@@ -409,6 +410,15 @@ class ExcessMap:
         return f"ExcessMap({self.maps['ts'].shape[1]}x{self.maps['ts'].shape[0]} pixels, max sqrt(TS) {np.nanmax(self.maps['sqrt_ts']):.1f})"
 
 
+def reco_exposure(dataset: MapDataset, spectral) -> np.ndarray:
+    """Counts ``(energy, ny, nx)`` that the spectrum ``spectral`` gives in each pixel, through
+    the exposure and the energy dispersion at the map centre (Gammapy's
+    ``estimate_exposure_reco_energy(normalize=False)``)."""
+    true_edges = np.asarray(dataset.energy_true_edges, float)
+    flux = np.asarray(spectral.integral(true_edges[:-1], true_edges[1:]), float)
+    return np.einsum("tyx,t,tr->ryx", dataset.exposure, flux, dataset.edisp_matrix(None))
+
+
 def excess_map(dataset, models: Models, correlation_radius: u.Quantity = 0.1 * u.deg, energy_edges: u.Quantity | None = None, *,
                n_sigma: float = 1.0, n_sigma_ul: float = 2.0) -> ExcessMap:
     """Excess and significance maps of one MapDataset (stack runs first), as Gammapy's
@@ -441,13 +451,7 @@ def excess_map(dataset, models: Models, correlation_radius: u.Quantity = 0.1 * u
     (background,) = Datasets([dataset]).npred(models)
     counts = np.sum(dataset.counts[low:high] * mask, axis=0)
     background = np.sum(np.nan_to_num(background[low:high]) * mask, axis=0)
-    # the flux a power law of index 2 (amplitude 1e-12 cm-2 s-1 TeV-1 at 1 TeV) puts in each
-    # pixel, through the exposure and the energy dispersion at the map centre
-    true_edges = np.asarray(dataset.energy_true_edges, float)
-    flux = 1e-12 * (1.0 / true_edges[:-1] - 1.0 / true_edges[1:])
-    matrix = dataset.edisp_matrix(None)
-    reference = np.einsum("tyx,t,tr->ryx", dataset.exposure, flux, matrix)[low:high]
-    reference = np.sum(reference * mask, axis=0)
+    reference = np.sum(reco_exposure(dataset, PowerLawSpectralModel(index=2.0, amplitude=1e-12))[low:high] * mask, axis=0)
 
     pixel = float(np.mean(np.abs(dataset.wcs.wcs.cdelt)))
     kernel = Tophat2DKernel(u.Quantity(correlation_radius, "deg").value / pixel).array

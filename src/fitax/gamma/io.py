@@ -21,7 +21,7 @@ from astropy.wcs import WCS
 
 from ..io import atomic_write, open_fits
 
-__all__ = ["MapDatasetFile", "read_map_dataset", "read_sky_mask", "write_map_dataset"]
+__all__ = ["MapDatasetFile", "bands_hdu", "map_image_hdu", "read_map_dataset", "read_sky_mask", "write_map_dataset"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,10 +136,13 @@ def _irf_map(hdul, name, band_table: Table, axes: tuple[str, str], path, image):
         values = np.asarray(band_table[axis], float)
         indices.append(np.searchsorted(np.unique(values), values))
     table = Table.read(hdu)
-    if len(table) != len(band_table) or "DATA" not in table.colnames:
-        raise ValueError(f"{path}[{name}]: expected a DATA column with one row per row of {name}_BANDS")
+    # Gammapy writes one value per row, or (after a cutout) one row per outer-axis bin holding
+    # the inner axis as a vector: either way the values in row-major order follow the BANDS rows
+    values = np.asarray(table["DATA"], float).ravel() if "DATA" in table.colnames else None
+    if values is None or values.size != len(band_table):
+        raise ValueError(f"{path}[{name}]: expected a DATA column with one value per row of {name}_BANDS ({len(band_table)})")
     data = np.zeros((indices[0].max() + 1, indices[1].max() + 1, 1, 1))
-    data[indices[0], indices[1], 0, 0] = np.asarray(table["DATA"], float)
+    data[indices[0], indices[1], 0, 0] = values
     return data, None
 
 
@@ -244,7 +247,7 @@ def read_map_dataset(path) -> MapDatasetFile:
     )
 
 
-def _bands(name: str, axes: list[tuple[str, np.ndarray, str]]) -> fits.BinTableHDU:
+def bands_hdu(name: str, axes: list[tuple[str, np.ndarray, str]]) -> fits.BinTableHDU:
     """A ``<NAME>_BANDS`` table: one row per bin of the non-spatial axes (first axis
     fastest), with the centre and edges of each; ``axes`` are ``(column, edges, interp)``."""
     grids = np.meshgrid(*[np.arange(len(edges) - 1) for _, edges, _ in axes], indexing="ij")
@@ -269,7 +272,8 @@ def _bands(name: str, axes: list[tuple[str, np.ndarray, str]]) -> fits.BinTableH
     return hdu
 
 
-def _image(name: str, data: np.ndarray, wcs: WCS, bands: fits.BinTableHDU, unit: str = "") -> fits.ImageHDU:
+def map_image_hdu(name: str, data: np.ndarray, wcs: WCS, bands: fits.BinTableHDU, unit: str = "") -> fits.ImageHDU:
+    """An image HDU of a Gammapy map: the celestial WCS and the axes of ``bands``."""
     header = wcs.celestial.to_header()
     for key in ("AXCOLS1", "INTERP1", "AXCOLS2", "INTERP2"):
         if key in bands.header:
@@ -289,8 +293,8 @@ def write_map_dataset(contents: MapDatasetFile, path) -> Path:
     hdus = [fits.PrimaryHDU(header=fits.Header([("NAME", contents.name), ("CREATOR", "fitax")]))]
 
     def add(name, data, wcs, axes, unit=""):
-        bands = _bands(name, axes)
-        hdus.extend([_image(name, data, wcs, bands, unit), bands])
+        bands = bands_hdu(name, axes)
+        hdus.extend([map_image_hdu(name, data, wcs, bands, unit), bands])
 
     add("COUNTS", contents.counts, contents.wcs, reco)
     add("EXPOSURE", contents.exposure, contents.wcs, true, "m2 s")

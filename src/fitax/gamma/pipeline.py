@@ -288,3 +288,39 @@ def excess_map_files(datasets_path, models_path, out, correlation_radius: float,
     if plots:
         plot_excess_map(maps, out / "excess_map.png")
     return path
+
+
+def ts_map_files(datasets_path, models_path, out, kernel: str = "point", index: float = 2.0, kernel_width: float = 1.0,
+                 energy_edges=None, errors: bool = False, plots: bool = True) -> Path:
+    """TS maps (:func:`fitax.gamma.ts_map.ts_map`) of the datasets of Gammapy's files (one, or
+    several on one sky grid fitted jointly) on top of the models' predicted counts, written to
+    ``out/ts_map.fits`` (Gammapy's ``FluxMaps`` format, with ``out/ts_map_model.yaml``) and
+    ``out/ts_map.png``; ``kernel`` is ``"point"`` or ``"gaussian:0.1deg"``; returns the FITS path.
+
+    Example:
+        >>> ts_map_files("stacked/datasets.yaml", "stacked/models.yaml", "maps", kernel="gaussian:0.1deg")  # doctest: +SKIP
+        PosixPath('maps/ts_map.fits')
+    """
+    import astropy.units as u
+
+    from .plots import plot_ts_map
+    from .ts_map import kernel_model, ts_map
+
+    kind, _, width = kernel.partition(":")
+    if kind not in ("point", "gaussian") or (kind == "gaussian") != bool(width):
+        raise ValueError(f"--kernel {kernel!r}: expected 'point' or 'gaussian:WIDTH', e.g. gaussian:0.1deg")
+    sigma = None
+    if width:
+        try:
+            sigma = float(u.Quantity(width).to_value("deg"))
+        except (ValueError, TypeError, u.UnitsError) as error:
+            raise ValueError(f"--kernel {kernel!r}: the Gaussian width must be an angle, e.g. gaussian:0.1deg") from error
+    source = kernel_model(kind, index=index, sigma=sigma)
+    out, datasets, models = _estimator_inputs(datasets_path, models_path, out, "ts_map.fits")
+    maps = ts_map(datasets, models, source, kernel_width * u.deg, None if energy_edges is None else u.Quantity(energy_edges, "TeV"),
+                  errors=errors)
+    out.mkdir(parents=True, exist_ok=True)
+    path = maps.write(out / "ts_map.fits")
+    if plots:
+        plot_ts_map(maps, out / "ts_map.png")
+    return path

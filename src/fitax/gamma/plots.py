@@ -261,3 +261,24 @@ def plot_excess_map(maps, path) -> Path:
         ax.set_title(f"{label}, correlation radius {maps.meta.get('corr_rad', float('nan')):.3g} deg")
     figure.tight_layout()
     return _save(figure, Path(path))
+
+
+def plot_ts_map(maps, path) -> Path:
+    """The significance (``sqrt_ts``) and the amplitude (``norm``) maps of the first energy bin
+    side by side, in sky coordinates."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure = plt.figure(figsize=(12, 5))
+    low, high = maps.energy_edges[0], maps.energy_edges[1]
+    for index, (name, label, cmap) in enumerate((("sqrt_ts", "significance (sqrt TS)", "RdBu_r"), ("norm", "norm (x reference flux)", "viridis"))):
+        ax = figure.add_subplot(1, 2, index + 1, projection=maps.wcs)
+        data = maps.maps[name][0]
+        limit = np.nanmax(np.abs(data)) if name == "sqrt_ts" else None
+        image = ax.imshow(data, origin="lower", cmap=cmap, vmin=-limit if limit else None, vmax=limit)
+        figure.colorbar(image, ax=ax, label=label)
+        ax.set_title(f"TS map {low:.3g}-{high:.3g} TeV: {label}")
+    figure.tight_layout()
+    return _save(figure, Path(path))
