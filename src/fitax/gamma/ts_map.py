@@ -40,7 +40,7 @@ from jaxtyping import Array, Float, Int
 from ..io import atomic_write
 from .datasets import Datasets
 from .estimators import reco_exposure, snap_energy_edges
-from .geometry import celestial, pixel_skycoords
+from .geometry import celestial
 from .io import bands_hdu, map_image_hdu
 from .irf import map_centre, pixel_scale
 from .mapdataset import MapDataset
@@ -152,10 +152,17 @@ def _nearest_exposure(dataset: MapDataset, position: SkyCoord) -> np.ndarray:
     exposed = np.any(dataset.exposure > 0, axis=0)
     if not exposed.any():
         raise ValueError(f"dataset {dataset.name!r}: no pixel has exposure; a TS map needs some")
-    separation = pixel_skycoords(dataset.wcs, dataset.shape).separation(position).deg
-    separation[~exposed] = np.inf
-    y, x = np.unravel_index(np.argmin(separation), separation.shape)
-    return dataset.exposure[:, y, x]
+    x, y = celestial(dataset.wcs).world_to_pixel(position)
+    near = (slice(max(int(y) - 2, 0), int(y) + 4), slice(max(int(x) - 2, 0), int(x) + 4))
+    if exposed[near].all():  # the usual case: no need to measure the distance to every pixel
+        candidates = np.zeros_like(exposed)
+        candidates[near] = True
+    else:
+        candidates = exposed
+    rows, columns = np.nonzero(candidates)
+    separation = celestial(dataset.wcs).pixel_to_world(columns, rows).separation(position).deg
+    index = np.argmin(separation)
+    return dataset.exposure[:, rows[index], columns[index]]
 
 
 def ts_map_kernel(dataset: MapDataset, model: SkyModel, width: float) -> np.ndarray:
@@ -234,7 +241,9 @@ def ts_map(datasets, models: Models | None = None, kernel: SkyModel | None = Non
         groups = [(low, high) for low, high in zip(snapped[:-1], snapped[1:]) if high > low]
         if not groups:
             raise ValueError(f"ts_map: the energy edges {list(requested)} TeV cover no bin of the datasets' axis")
-    npreds = Datasets(members).npred(models)
+    # without source or background models the predicted counts are the background maps
+    modelled = bool(models.sky_models) or any(models.background_model(d.name) is not None for d in members)
+    npreds = Datasets(members).npred(models) if modelled else [d.background for d in members]
     kernels = [ts_map_kernel(dataset, kernel, width) for dataset in members]
     half = kernels[0].shape[-1] // 2
     results = [_energy_group(members, npreds, kernels, kernel, low, high, half, n_sigma, n_sigma_ul, errors) for low, high in groups]
