@@ -13,9 +13,10 @@ counts. Each pixel's Cash statistic is then a convex function of one amplitude.
 Gammapy solves one pixel after another in a Python loop (``brentq`` on the Cash derivative,
 to 1% of the amplitude). Here all pixels are solved together: the counts, background and
 source counts around each pixel are laid out as an ``(entries, pixels)`` array for a block of
-image rows, and a safeguarded Newton iteration runs on every pixel of the block at once until
-each amplitude is within 1e-6 of its statistical error (Gammapy's brackets, so the same root).
-The blocks have one shape: a map compiles once per image and kernel size.
+image rows, and a bracketed Halley iteration runs on every pixel of the block at once until
+each amplitude is within 1e-6 of its statistical error (Gammapy's brackets, so the same root);
+the errors and upper limit are the statistic's crossings, found likewise. The blocks have one
+shape: a map compiles once per image and kernel size.
 
 Example:
     >>> maps = ts_map(dataset, models, kernel_width=1 * u.deg)  # doctest: +SKIP
@@ -25,7 +26,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import functools
 from pathlib import Path
 
 import jax
@@ -37,6 +37,7 @@ from astropy.io import fits
 from astropy.wcs import WCS
 from jaxtyping import Array, Float, Int
 
+from .. import programs
 from ..io import atomic_write
 from .datasets import Datasets
 from .estimators import reco_exposure, snap_energy_edges
@@ -184,6 +185,21 @@ def ts_map_kernel(dataset: MapDataset, model: SkyModel, width: float) -> np.ndar
         raise ValueError(f"TS-map kernel: spatial model {type(spatial).__name__} not supported (point or Gaussian)")
     exposure = _nearest_exposure(dataset, centre)
     n_energy, n_true = dataset.counts.shape[0], dataset.exposure.shape[0]
+    if isinstance(spatial, PointSpatialModel) and dataset.irfs.psf is not None:
+        # a point at the centre pixel: the PSF kernels themselves, through the spectrum and
+        # the energy dispersion (what npred computes, without compiling it)
+        psf = dataset.psf_kernel(centre)
+        size = psf.shape[-1]
+        window_psf = np.zeros((n_true, npix, npix))
+        half, kernel_half = npix // 2, size // 2
+        cut = min(half, kernel_half)
+        window_psf[:, half - cut:half + cut + 1, half - cut:half + cut + 1] = psf[:, kernel_half - cut:kernel_half + cut + 1,
+                                                                                    kernel_half - cut:kernel_half + cut + 1]
+        edges = np.asarray(dataset.energy_true_edges, float)
+        flux = np.asarray(model.spectral.integral(edges[:-1], edges[1:]), float)
+        kernel = np.einsum("t,tr,tyx->ryx", exposure * flux, dataset.edisp_matrix(centre), window_psf)
+        total = kernel.sum(axis=(1, 2), keepdims=True)
+        return np.divide(kernel, total, out=np.zeros_like(kernel), where=total > 0)
     window = dataclasses.replace(
         dataset, name=f"{dataset.name}-ts-kernel", counts=np.zeros((n_energy, npix, npix)),
         exposure=np.broadcast_to(exposure[:, None, None], (n_true, npix, npix)).copy(),
@@ -308,7 +324,7 @@ def _energy_group(members, npreds, kernels, kernel, low: int, high: int, half: i
     return result
 
 
-@functools.partial(jax.jit, static_argnames=("rows", "size", "errors"))
+@programs.cached(name="fitax.gamma.ts_map")
 def _solve(counts: Float[Array, "d py px"], background: Float[Array, "d py px"], exposure: Float[Array, "d py px"],
            patterns: Int[Array, "d py px"], kernels: Float[Array, "d p kk"], n_sigma, n_sigma_ul, *, rows: int, size: int,
            errors: bool) -> dict:
