@@ -246,39 +246,31 @@ def plot_light_curve(curve, path) -> Path:
 
 def plot_excess_map(maps, path) -> Path:
     """The significance (``sqrt_ts``) and excess maps side by side, in sky coordinates."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure = plt.figure(figsize=(12, 5))
-    for index, (name, label, cmap) in enumerate((("sqrt_ts", "significance (sqrt TS)", "RdBu_r"), ("npred_excess", "excess counts", "viridis"))):
-        ax = figure.add_subplot(1, 2, index + 1, projection=maps.wcs)
-        data = maps.maps[name]
-        limit = np.nanmax(np.abs(data)) if name == "sqrt_ts" else None
-        image = ax.imshow(data, origin="lower", cmap=cmap, vmin=-limit if limit else None, vmax=limit)
-        figure.colorbar(image, ax=ax, label=label)
-        ax.set_title(f"{label}, correlation radius {maps.meta.get('corr_rad', float('nan')):.3g} deg")
-    figure.tight_layout()
-    return _save(figure, Path(path))
+    title = f"correlation radius {maps.meta.get('corr_rad', float('nan')):.3g} deg"
+    return _significance_and(maps.wcs, maps.maps["sqrt_ts"], maps.maps["npred_excess"], "excess counts", title, path)
 
 
 def plot_ts_map(maps, path) -> Path:
     """The significance (``sqrt_ts``) and the amplitude (``norm``) maps of the first energy bin
     side by side, in sky coordinates."""
+    title = f"TS map {maps.energy_edges[0]:.3g}-{maps.energy_edges[1]:.3g} TeV"
+    return _significance_and(maps.wcs, maps.maps["sqrt_ts"][0], maps.maps["norm"][0], "norm (x reference flux)", title, path)
+
+
+def _significance_and(wcs, significance: np.ndarray, other: np.ndarray, label: str, title: str, path) -> Path:
+    """A significance image (symmetric diverging colours) beside another, on ``wcs``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     figure = plt.figure(figsize=(12, 5))
-    low, high = maps.energy_edges[0], maps.energy_edges[1]
-    for index, (name, label, cmap) in enumerate((("sqrt_ts", "significance (sqrt TS)", "RdBu_r"), ("norm", "norm (x reference flux)", "viridis"))):
-        ax = figure.add_subplot(1, 2, index + 1, projection=maps.wcs)
-        data = maps.maps[name][0]
-        limit = np.nanmax(np.abs(data)) if name == "sqrt_ts" else None
-        image = ax.imshow(data, origin="lower", cmap=cmap, vmin=-limit if limit else None, vmax=limit)
-        figure.colorbar(image, ax=ax, label=label)
-        ax.set_title(f"TS map {low:.3g}-{high:.3g} TeV: {label}")
+    limit = float(np.nanmax(np.abs(significance))) if np.isfinite(significance).any() else 1.0
+    panels = ((significance, "significance (sqrt TS)", "RdBu_r", -limit, limit), (other, label, "viridis", None, None))
+    for index, (data, name, cmap, low, high) in enumerate(panels):
+        ax = figure.add_subplot(1, 2, index + 1, projection=wcs)
+        image = ax.imshow(data, origin="lower", cmap=cmap, vmin=low, vmax=high)
+        figure.colorbar(image, ax=ax, label=name)
+        ax.set_title(f"{name}, {title}")
     figure.tight_layout()
     return _save(figure, Path(path))
