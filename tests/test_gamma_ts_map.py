@@ -1,7 +1,7 @@
 """TS maps (``fitax.gamma.ts_map``, ``fitax gamma estimate ts-map``) against Gammapy 2.1's
 ``TSMapEstimator`` on the same file: a 4 x 3 deg cutout of the Fermi-LAT 3FHL Galactic-centre
-dataset (its safe mask changes with energy across the cutout, so Gammapy's per-pixel mask
-weighting of the kernel is exercised), 10-350 GeV, 1 deg kernel.
+dataset, 10-350 GeV, 1 deg kernel; and the same with a safe mask that changes with energy
+across the map, which exercises Gammapy's per-pixel mask weighting of the kernel.
 
 Gammapy is run with ``rtol=1e-6`` so that its own root finding (1% by default) does not hide
 a difference. Tolerances (the issue's): TS and amplitudes within 1e-3 relative where TS > 1;
@@ -38,17 +38,23 @@ def cutout(tmp_path_factory):
     dataset = MapDataset.read(path, name="fermi")
     small = dataset.cutout(SkyCoord(0.2, -0.4, unit="deg", frame="galactic"), width=(4 * u.deg, 3 * u.deg), name="fermi")
     small.write(folder / "fermi.fits")
+    # a safe mask that changes with energy across the map: the two lowest bins unsafe left of
+    # the centre, the highest unsafe in the top rows, so that pixels near those edges average
+    # the kernel over different energy bins (Gammapy's mask weighting)
+    small.mask_safe.data[:2, :, :40] = False
+    small.mask_safe.data[-1, 45:, :] = False
+    small.write(folder / "fermi_masked.fits")
     (folder / "datasets.yaml").write_text(yaml.safe_dump({"datasets": [{"name": "fermi", "type": "MapDataset", "filename": "fermi.fits"}]}))
     (folder / "models.yaml").write_text(yaml.safe_dump({"components": []}))
     return folder
 
 
-def _gammapy_maps(folder, kernel_model=None, selection=("errn-errp", "ul")):
+def _gammapy_maps(folder, kernel_model=None, selection=("errn-errp", "ul"), filename="fermi.fits"):
     import astropy.units as u
     from gammapy.datasets import MapDataset
     from gammapy.estimators import TSMapEstimator
 
-    dataset = MapDataset.read(folder / "fermi.fits", name="fermi")
+    dataset = MapDataset.read(folder / filename, name="fermi")
     estimator = TSMapEstimator(kernel_model, kernel_width="1 deg", energy_edges=list(ENERGY) * u.TeV, rtol=1e-6,
                                selection_optional=list(selection))
     return estimator.run(dataset)
@@ -100,6 +106,17 @@ def test_gaussian_kernel_and_index_equal_gammapys(cutout):
                   kernel_width=1 * u.deg, energy_edges=ENERGY * u.TeV)
     _compare(maps.maps, theirs, ("ts", "norm", "norm_err"), 1e-3)
     assert "norm_ul" not in maps.maps
+
+
+def test_energy_dependent_mask_weights_the_kernel_as_gammapy(cutout):
+    import astropy.units as u
+
+    from fitax.gamma.mapdataset import MapDataset
+    from fitax.gamma.ts_map import ts_map
+
+    theirs = _gammapy_maps(cutout, selection=(), filename="fermi_masked.fits")
+    maps = ts_map(MapDataset.read(cutout / "fermi_masked.fits"), kernel_width=1 * u.deg, energy_edges=ENERGY * u.TeV)
+    _compare(maps.maps, theirs, ("ts", "norm", "norm_err", "npred"), 1e-3)
 
 
 def test_gammapy_loses_the_top_true_energy_of_fermi_files():
