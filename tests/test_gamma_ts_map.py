@@ -119,6 +119,45 @@ def test_energy_dependent_mask_weights_the_kernel_as_gammapy(cutout):
     _compare(maps.maps, theirs, ("ts", "norm", "norm_err", "npred"), 1e-3)
 
 
+MODELS = {"components": [
+    {"name": "gc", "type": "SkyModel",
+     "spectral": {"type": "PowerLawSpectralModel", "parameters": [
+         {"name": "index", "value": 2.3}, {"name": "amplitude", "value": 2e-11, "unit": "cm-2 s-1 TeV-1"},
+         {"name": "reference", "value": 0.03, "unit": "TeV"}]},
+     "spatial": {"type": "PointSpatialModel", "frame": "galactic", "parameters": [
+         {"name": "lon_0", "value": -0.056, "unit": "deg"}, {"name": "lat_0", "value": -0.046, "unit": "deg"}]}},
+    {"type": "FoVBackgroundModel", "datasets_names": ["fermi"], "spectral": {"type": "PowerLawNormSpectralModel", "parameters": [
+        {"name": "norm", "value": 1.08}, {"name": "tilt", "value": 0.05}, {"name": "reference", "value": 0.05, "unit": "TeV"}]}},
+]}  # fmt: skip
+
+
+def test_models_and_energy_bins_as_gammapy(cutout):
+    """The kernel fitted on top of a source and a tilted background model, in two energy bins."""
+    import astropy.units as u
+    from gammapy.datasets import MapDataset as GammapyDataset
+    from gammapy.estimators import TSMapEstimator
+    from gammapy.modeling.models import Models as GammapyModels
+
+    from fitax.gamma.mapdataset import MapDataset
+    from fitax.gamma.modelio import read_models
+    from fitax.gamma.ts_map import ts_map
+
+    (cutout / "sources.yaml").write_text(yaml.safe_dump(MODELS, sort_keys=False))
+    dataset = GammapyDataset.read(cutout / "fermi.fits", name="fermi")
+    dataset.models = GammapyModels.read(cutout / "sources.yaml")
+    edges = [0.01, 0.05, 0.35]
+    theirs = TSMapEstimator(kernel_width="1 deg", energy_edges=edges * u.TeV, rtol=1e-6).run(dataset)
+    maps = ts_map(MapDataset.read(cutout / "fermi.fits", name="fermi"), read_models(cutout / "sources.yaml"),
+                  kernel_width=1 * u.deg, energy_edges=edges * u.TeV)
+    assert maps.maps["ts"].shape[0] == 2
+    for index in range(2):
+        significant = theirs["ts"].data[index] > 1
+        assert significant.sum() > 50
+        for name in ("ts", "norm", "norm_err", "npred"):
+            np.testing.assert_allclose(maps.maps[name][index][significant], theirs[name].data[index][significant], rtol=1e-3,
+                                       err_msg=f"{name}, energy bin {index}")
+
+
 def test_gammapy_loses_the_top_true_energy_of_fermi_files():
     """Where Gammapy is wrong: its PSF kernel is zero at the exposure's last true energy
     (500 GeV), which the PSF table covers, so its npred lacks that bin's source counts
