@@ -16,7 +16,8 @@ source counts around each pixel are laid out as an ``(entries, pixels)`` array f
 image rows, and a bracketed Halley iteration runs on every pixel of the block at once until
 each amplitude is within 1e-6 of its statistical error (Gammapy's brackets, so the same root);
 the errors and upper limit are the statistic's crossings, found likewise. The blocks have one
-shape: a map compiles once per image and kernel size.
+shape: a map compiles once per image size, kernel size and number of distinct energy masks
+(rounded up to a power of two).
 
 Example:
     >>> maps = ts_map(dataset, models, kernel_width=1 * u.deg)  # doctest: +SKIP
@@ -73,28 +74,22 @@ class FluxMaps:
     energy_edges: np.ndarray
     wcs: WCS
     reference_model: SkyModel
-    meta: dict
-
-    @property
-    def flux(self) -> u.Quantity:
-        """Integrated flux ``norm x`` the reference model's flux in each energy bin [cm-2 s-1]."""
-        spectral = self.reference_model.spectral
-        reference = np.asarray(spectral.integral(self.energy_edges[:-1], self.energy_edges[1:]))
-        return self.maps["norm"] * reference[:, None, None] * u.Unit("cm-2 s-1")
+    meta: dict  # FITS keyword -> (value, comment), written to the primary header
 
     def write(self, path) -> Path:
-        """Write as Gammapy's ``FluxMaps.write`` does (atomically): one image HDU per quantity,
-        each with its ``<NAME>_BANDS`` energy table, and the reference model in
-        ``<stem>_model.yaml`` beside it, named in the primary header (``MODEL``) so that
-        ``FluxMaps.read(path)`` finds it."""
+        """Write as Gammapy's ``FluxMaps.write`` does: one image HDU per quantity, each with its
+        ``<NAME>_BANDS`` energy table, and the reference model in ``<stem>_model.yaml`` beside
+        it, named (absolute) in the primary header's ``MODEL`` so that ``FluxMaps.read(path)``
+        finds it from any folder. The FITS file is complete before the model is written, and
+        only then takes its name."""
         path = Path(path)
-        model_path = path.with_name(path.name.split(".")[0] + "_model.yaml").resolve()
-        write_models(Models([self.reference_model]), model_path)
+        stem = path.name.removesuffix(".gz").removesuffix(".fits")
+        model_path = path.with_name(stem + "_model.yaml").resolve()
         primary = fits.PrimaryHDU()
         primary.header["SED_TYPE"] = "likelihood"
         primary.header["MODEL"] = model_path.as_posix()
-        for key, value in self.meta.items():
-            primary.header[key.upper()[:8]] = value
+        for key, (value, comment) in self.meta.items():
+            primary.header[key] = (value, comment)
         hdus = [primary]
         for name in _QUANTITIES:
             if name in self.maps:
@@ -103,7 +98,12 @@ class FluxMaps:
                 data = data.astype(np.int64) if name in ("is_ul", "success") else np.asarray(data, float)
                 hdus += [map_image_hdu(name.upper(), data, self.wcs, bands), bands]
         hdulist = fits.HDUList(hdus)
-        return atomic_write(path, lambda tmp: hdulist.writeto(tmp, overwrite=True))
+
+        def write(tmp):
+            hdulist.writeto(tmp, overwrite=True)
+            write_models(Models([self.reference_model]), model_path)
+
+        return atomic_write(path, write)
 
     def __repr__(self) -> str:
         ts = self.maps["ts"]
@@ -249,6 +249,10 @@ def ts_map(datasets, models: Models | None = None, kernel: SkyModel | None = Non
     if not width > 0:
         raise ValueError(f"ts_map: kernel_width must be positive, got {kernel_width}")
     edges = np.asarray(members[0].energy_edges, float)
+    for dataset in members:
+        if not np.allclose(dataset.energy_edges, edges, rtol=1e-6, atol=0):
+            raise ValueError(f"ts_map: dataset {dataset.name!r} has other energy bins than {members[0].name!r}; "
+                             "the datasets of one TS map must share their energy axis")
     if energy_edges is None:
         groups = [(0, edges.size - 1)]
     else:
@@ -264,10 +268,12 @@ def ts_map(datasets, models: Models | None = None, kernel: SkyModel | None = Non
     half = kernels[0].shape[-1] // 2
     results = [_energy_group(members, npreds, kernels, kernel, low, high, half, n_sigma, n_sigma_ul, errors) for low, high in groups]
     maps = {name: np.stack([result[name] for result in results]) for name in results[0]}
-    maps["is_ul"] = ~(maps["sqrt_ts"] >= 2.0) if errors else np.isnan(maps["norm"])
+    # Gammapy's rule: with upper limits, below sqrt(TS) 2 (not where there is no value); without, no value
+    maps["is_ul"] = maps["sqrt_ts"] < 2.0 if errors else np.isnan(maps["norm"])
     maps["success"] = np.where(np.isnan(maps["norm"]), True, maps["success"] > 0.5)
     group_edges = np.array([edges[low] for low, _ in groups] + [edges[groups[-1][1]]])
-    meta = {"n_sigma": n_sigma, "n_sigma_ul": n_sigma_ul, "kwidth": width, "creator": "fitax"}
+    meta = {"N_SIGMA": (n_sigma, "sigmas of norm_err, norm_errn, norm_errp"), "N_SIG_UL": (n_sigma_ul, "sigmas of norm_ul"),
+            "KWIDTH": (width, "[deg] full width of the kernel"), "CREATOR": ("fitax", "")}
     return FluxMaps(maps, group_edges, members[0].wcs, kernel, meta)
 
 
@@ -298,7 +304,13 @@ def _energy_group(members, npreds, kernels, kernel, low: int, high: int, half: i
         patterns.append(index.reshape(dataset.shape))
         weighted.append(averaged)
         used |= mask.any(axis=0) & (background[-1] > 0)
+    if not used.any():
+        names = ", ".join(repr(d.name) for d in members)
+        raise ValueError(f"ts_map: no pixel of {names} has both an unmasked energy bin in {members[0].energy_edges[low]:.4g}-"
+                         f"{members[0].energy_edges[high]:.4g} TeV and a predicted background; check the safe/fit masks and the background")
+    # the number of distinct masks is rounded up to a power of two: it is part of the program's shape
     n_patterns = max(w.shape[0] for w in weighted)
+    n_patterns = 1 if n_patterns == 1 else 1 << (n_patterns - 1).bit_length()
     weighted = [np.concatenate([w, np.zeros((n_patterns - w.shape[0],) + w.shape[1:])]) for w in weighted]
     ny, nx = members[0].shape
     size = 2 * half + 1
@@ -365,7 +377,7 @@ def _solve(counts: Float[Array, "d py px"], background: Float[Array, "d py px"],
             m.append(kernel * entries(exposure[d], start))
             r.append(entries(per_exposure[d], start) * inverse)
         window = lambda image: jax.lax.dynamic_slice(image, (start, 0), (rows, nx)).reshape(-1)  # noqa: E731
-        return pixel_fits(jnp.concatenate(c), jnp.concatenate(m), jnp.concatenate(r), window(window_background),
+        return _pixel_fits(jnp.concatenate(c), jnp.concatenate(m), jnp.concatenate(r), window(window_background),
                           window(window_counts_log_background), n_sigma, n_sigma_ul, errors)
 
     fitted = jax.lax.map(block_fit, jnp.arange(blocks))
@@ -384,7 +396,7 @@ def _sums(*terms):
     return jax.lax.reduce(terms, (0.0,) * len(terms), lambda a, b: tuple(x + y for x, y in zip(a, b)), (0,))
 
 
-def pixel_fits(counts: Float[Array, "k n"], model: Float[Array, "k n"], ratio: Float[Array, "k n"], sum_background: Float[Array, " n"],
+def _pixel_fits(counts: Float[Array, "k n"], model: Float[Array, "k n"], ratio: Float[Array, "k n"], sum_background: Float[Array, " n"],
                counts_log_background: Float[Array, " n"], n_sigma, n_sigma_ul, errors: bool) -> dict:
     """Fit ``counts ~ Poisson(background + norm x model)`` for each of ``n`` pixels, ``k``
     entries each (Cash statistic), as Gammapy's ``BrentqFluxEstimator`` defines the result.
@@ -400,8 +412,7 @@ def pixel_fits(counts: Float[Array, "k n"], model: Float[Array, "k n"], ratio: F
     stat_null = 2.0 * (sum_background - counts_log_background)
     norm_min_total = -jnp.min(ratio, axis=0)  # predicted counts stay >= 0 above
     # where counts were seen, counts x model / (background + norm x model) = counts / (norm + ratio)
-    ratio_all = ratio
-    ratio = jnp.where(counts > 0, ratio, jnp.inf)
+    ratio_all, ratio = ratio, jnp.where(counts > 0, ratio, jnp.inf)  # every entry's; those with counts
     # Gammapy's bracket of the root (Stewart 2009), from the smallest background-to-model ratio
     # where counts were seen and its counts (any of equal ratios gives a valid bracket)
     ratio_min = jnp.min(ratio, axis=0)
