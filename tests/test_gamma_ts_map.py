@@ -230,6 +230,22 @@ def test_datasets_on_other_energy_bins_and_empty_masks_are_refused(cutout):
         ts_map(masked)
 
 
+def test_two_datasets_fitted_jointly_as_gammapy(cutout):
+    import astropy.units as u
+    from gammapy.datasets import Datasets as GammapyDatasets
+    from gammapy.datasets import MapDataset as GammapyDataset
+    from gammapy.estimators import TSMapEstimator
+
+    from fitax.gamma.mapdataset import MapDataset
+    from fitax.gamma.ts_map import ts_map
+
+    names = ("fermi.fits", "fermi_masked.fits")
+    theirs = TSMapEstimator(kernel_width="1 deg", energy_edges=list(ENERGY) * u.TeV, rtol=1e-6).run(
+        GammapyDatasets([GammapyDataset.read(cutout / name, name=name.split(".")[0]) for name in names]))
+    maps = ts_map([MapDataset.read(cutout / name) for name in names], kernel_width=1 * u.deg, energy_edges=ENERGY * u.TeV)
+    _compare(maps.maps, theirs, ("ts", "norm", "norm_err", "npred", "npred_excess"), 1e-3)
+
+
 def test_gammapy_loses_the_top_true_energy_of_fermi_files():
     """Where Gammapy is wrong: its PSF kernel is zero at the exposure's last true energy
     (500 GeV), which the PSF table covers, so its npred lacks that bin's source counts
