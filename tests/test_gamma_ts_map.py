@@ -116,6 +116,7 @@ def test_point_source_ts_map_equals_gammapys(cutout, tmp_path):
     assert written.reference_model.spectral_model.index.value == 2.0
 
 
+@pytest.mark.slow
 def test_gaussian_kernel_and_index_equal_gammapys(cutout):
     import astropy.units as u
     from gammapy.modeling.models import GaussianSpatialModel, PowerLawSpectralModel, SkyModel
@@ -154,6 +155,7 @@ MODELS = {"components": [
 ]}  # fmt: skip
 
 
+@pytest.mark.slow
 def test_models_and_energy_bins_as_gammapy(cutout):
     """The kernel fitted on top of a source and a tilted background model, in two energy bins."""
     import astropy.units as u
@@ -230,6 +232,7 @@ def test_datasets_on_other_energy_bins_and_empty_masks_are_refused(cutout):
         ts_map(masked)
 
 
+@pytest.mark.slow
 def test_two_datasets_fitted_jointly_as_gammapy(cutout):
     import astropy.units as u
     from gammapy.datasets import Datasets as GammapyDatasets
