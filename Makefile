@@ -26,11 +26,14 @@ demo: install
 # function of fitax (shapes and dtypes enforced, not decorative). Bad-input tests are left
 # out of that pass: the checker rejects their wrong types before fitax's own clearer errors.
 TYPECHECKED_TESTS := tests/test_stats.py tests/test_parameters.py tests/test_bijectors.py tests/test_mapsum.py \
-	tests/test_integrate.py tests/test_minimize.py tests/test_profile.py tests/test_batch.py tests/test_sample.py
+	tests/test_integrate.py tests/test_minimize.py tests/test_profile.py tests/test_batch.py
+TYPECHECKED_LANE_TWO := tests/test_sample.py
+TYPECHECK = $(PYTEST) -o addopts="" --jaxtyping-packages=fitax,typecheck.checker -m "not slow" -k "not bad and not invalid"
 
 # The suite runs in separate pytest processes, two lanes at a time (one per core): gamma, the
 # AGC columnar analysis, the core with the doctests, then the type-checked pass in one lane;
-# HEP inference and the AGC derivatives, the sampler, then photometry in the other. tests/conftest.py drops JAX's compiled programs after a test module
+# HEP inference and the AGC derivatives, the sampler (and its type-checked pass), the programs
+# cache, then photometry in the other. tests/conftest.py drops JAX's compiled programs after a test module
 # once the process holds many memory mappings: one session holding every program passed
 # Linux's limit of 65530 (each XLA:CPU executable maps its code) and XLA crashed in
 # backend_compile_and_load. Photometry runs in its own process because after HEP's programs
@@ -49,7 +52,7 @@ LANE_CACHE := cache=$$(mktemp -d) && trap 'rm -rf "$$cache"' EXIT && export FITA
 # tests balance the lanes. pytest's --ignore-glob would not drop files named on its command line.
 HEP_LANE_TWO_TESTS := $(filter-out tests/test_hep_agc.py,$(wildcard tests/test_hep_*.py))
 NOT_GAMMA_HEP_PHOTOMETRY := --ignore-glob='tests/test_gamma_*' --ignore-glob='tests/test_hep_*' \
-	--ignore-glob='tests/test_photometry_*' --ignore=tests/test_sample.py
+	--ignore-glob='tests/test_photometry_*' --ignore=tests/test_sample.py --ignore=tests/test_programs.py
 
 test: install-test
 	$(MAKE) --no-print-directory -j2 --output-sync=target lane-gamma-core lane-hep-photometry MARK="not slow"
@@ -62,13 +65,13 @@ lane-gamma-core:
 	&& $(PYTEST) -m "$(MARK)" --durations=10 tests/test_gamma_*.py \
 	&& $(PYTEST) -m "$(MARK)" --durations=5 tests/test_hep_agc.py \
 	&& $(PYTEST) -m "$(MARK)" --durations=10 $(NOT_GAMMA_HEP_PHOTOMETRY) \
-	&& if [ "$(MARK)" = "not slow" ]; then $(PYTEST) -o addopts="" --jaxtyping-packages=fitax,typecheck.checker \
-		-m "not slow" -k "not bad and not invalid" $(TYPECHECKED_TESTS); fi
+	&& if [ "$(MARK)" = "not slow" ]; then $(TYPECHECK) $(TYPECHECKED_TESTS); fi
 
 lane-hep-photometry:
 	$(LANE_CACHE) \
 	&& $(PYTEST) -m "$(MARK)" --durations=5 $(HEP_LANE_TWO_TESTS) \
-	&& $(PYTEST) -m "$(MARK)" --durations=5 tests/test_sample.py \
+	&& $(PYTEST) -m "$(MARK)" --durations=5 tests/test_sample.py tests/test_programs.py \
+	&& if [ "$(MARK)" = "not slow" ]; then $(TYPECHECK) $(TYPECHECKED_LANE_TWO); fi \
 	&& $(PYTEST) -m "$(MARK)" --durations=10 tests/test_photometry_*.py
 
 bench: install-test
