@@ -28,10 +28,11 @@ from astropy.time import Time
 from ..io import atomic_write
 from .datasets import Datasets
 from .mapdataset import MapDataset
-from .models import Models
+from .flux_maps import FluxMaps
+from .models import Models, SkyModel
 from .spectral import PowerLawSpectralModel
 
-__all__ = ["ExcessMap", "FluxPoints", "LightCurve", "NORM_SCAN", "excess_map", "flux_points", "light_curve", "reco_exposure", "snap_energy_edges"]
+__all__ = ["FluxPoints", "LightCurve", "NORM_SCAN", "excess_map", "flux_points", "light_curve", "reco_exposure", "snap_energy_edges"]
 
 NORM_SCAN = np.geomspace(0.2, 5.0, 11)
 """Gammapy's default norm scan: 11 values from 0.2 to 5, log-spaced."""
@@ -382,35 +383,6 @@ def light_curve(datasets, models: Models, source: str, energy_edges: u.Quantity 
     return LightCurve(curve)
 
 
-@dataclasses.dataclass(frozen=True)
-class ExcessMap:
-    """Gammapy's ``ExcessMapEstimator`` maps of one dataset, summed over the energies asked
-    for: ``counts`` and ``npred`` (counts and background within the correlation radius of each
-    pixel), ``npred_excess``, ``ts``/``sqrt_ts`` (Cash, Li & Ma's equation 17 for a known
-    background), ``norm`` (the excess over the excess a power law of index 2 and amplitude
-    1e-12 cm-2 s-1 TeV-1 would give) with ``norm_err`` (``n_sigma``), ``norm_errn``/``norm_errp``
-    and ``norm_ul`` (``n_sigma_ul``); images ``(ny, nx)`` on ``wcs``."""
-
-    maps: dict[str, np.ndarray]
-    wcs: object
-    meta: dict
-
-    def write(self, path) -> Path:
-        """One image HDU per quantity (``COUNTS``, ``NPRED``, ``NPRED_EXCESS``, ``TS``,
-        ``SQRT_TS``, ``NORM``, ...), each with the map's WCS (Gammapy's ``Map.read(path,
-        hdu=NAME)`` reads them), atomically."""
-        from astropy.io import fits
-
-        header = self.wcs.to_header()
-        hdus = [fits.PrimaryHDU(header=fits.Header([(key.upper()[:8], value) for key, value in self.meta.items()]))]
-        hdus += [fits.ImageHDU(np.asarray(data, float), header=header, name=name.upper()) for name, data in self.maps.items()]
-        hdulist = fits.HDUList(hdus)
-        return atomic_write(path, lambda tmp: hdulist.writeto(tmp, overwrite=True))
-
-    def __repr__(self) -> str:
-        return f"ExcessMap({self.maps['ts'].shape[1]}x{self.maps['ts'].shape[0]} pixels, max sqrt(TS) {np.nanmax(self.maps['sqrt_ts']):.1f})"
-
-
 def reco_exposure(dataset: MapDataset, spectral) -> np.ndarray:
     """Counts ``(energy, ny, nx)`` that the spectrum ``spectral`` gives in each pixel, through
     the exposure and the energy dispersion at the map centre (Gammapy's
@@ -421,12 +393,18 @@ def reco_exposure(dataset: MapDataset, spectral) -> np.ndarray:
 
 
 def excess_map(dataset, models: Models, correlation_radius: u.Quantity = 0.1 * u.deg, energy_edges: u.Quantity | None = None, *,
-               n_sigma: float = 1.0, n_sigma_ul: float = 2.0) -> ExcessMap:
+               n_sigma: float = 1.0, n_sigma_ul: float = 2.0) -> FluxMaps:
     """Excess and significance maps of one MapDataset (stack runs first), as Gammapy's
     ``ExcessMapEstimator`` with its defaults: the counts and the predicted counts of
     ``models`` (the background) in the dataset's safe bins, summed over the energy bins within
     ``energy_edges`` (default: all), each correlated with a top-hat of ``correlation_radius``
     (astropy's ``Tophat2DKernel``, as Gammapy); Cash statistics per pixel (a known background).
+    The result is one energy bin of :class:`~fitax.gamma.flux_maps.FluxMaps`: ``counts`` and
+    ``npred`` (counts within the correlation radius), ``npred_excess``, ``ts``/``sqrt_ts`` (Li &
+    Ma's equation 17 for a known background), ``norm`` (the excess over the excess a power law of
+    index 2 and amplitude 1e-12 cm-2 s-1 TeV-1 would give, the reference model) with
+    ``norm_err`` (``n_sigma``), ``norm_errn``/``norm_errp``/``norm_ul`` (``n_sigma_ul``) and
+    ``is_ul``, written in Gammapy's FluxMaps format.
 
     Example:
         >>> maps = excess_map(stacked, models, 0.1 * u.deg)  # doctest: +SKIP
@@ -488,5 +466,9 @@ def excess_map(dataset, models: Models, correlation_radius: u.Quantity = 0.1 * u
     outside = ~mask.any(axis=0)
     for values in maps.values():
         values[outside] = np.nan  # as Gammapy: no value where no energy is safe
-    meta = {"n_sigma": n_sigma, "n_sigma_ul": n_sigma_ul, "corr_rad": float(u.Quantity(correlation_radius, "deg").value), "creator": "fitax"}
-    return ExcessMap(maps, dataset.wcs, meta)
+    with np.errstate(invalid="ignore"):
+        maps["is_ul"] = maps["sqrt_ts"] < 2.0  # Gammapy's rule with upper limits (False where there is no value)
+    meta = {"N_SIGMA": (n_sigma, "sigmas of norm_err, norm_errn, norm_errp"), "N_SIG_UL": (n_sigma_ul, "sigmas of norm_ul"),
+            "CORR_RAD": (float(u.Quantity(correlation_radius, "deg").value), "[deg] correlation radius"), "CREATOR": ("fitax", "")}
+    reference = SkyModel(PowerLawSpectralModel(index=2.0, amplitude=1e-12), name="excess-reference")
+    return FluxMaps({name: values[None] for name, values in maps.items()}, edges[[low, high]], dataset.wcs, reference, meta)

@@ -246,8 +246,8 @@ def plot_light_curve(curve, path) -> Path:
 
 def plot_excess_map(maps, path) -> Path:
     """The significance (``sqrt_ts``) and excess maps side by side, in sky coordinates."""
-    title = f"correlation radius {maps.meta.get('corr_rad', float('nan')):.3g} deg"
-    return _significance_and(maps.wcs, maps.maps["sqrt_ts"], maps.maps["npred_excess"], "excess counts", title, path)
+    title = f"correlation radius {maps.meta['CORR_RAD'][0]:.3g} deg"
+    return _significance_and(maps.wcs, maps.maps["sqrt_ts"][0], maps.maps["npred_excess"][0], "excess counts", title, path)
 
 
 def plot_ts_map(maps, path) -> Path:

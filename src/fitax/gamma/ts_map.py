@@ -27,88 +27,32 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from astropy import units as u
 from astropy.coordinates import SkyCoord
-from astropy.io import fits
 from astropy.wcs import WCS
 from jaxtyping import Array, Float, Int
 
 from .. import programs
-from ..io import atomic_write
 from .datasets import Datasets
 from .estimators import reco_exposure, snap_energy_edges
+from .flux_maps import FluxMaps
 from .geometry import celestial
-from .io import bands_hdu, map_image_hdu
 from .irf import map_centre, pixel_scale
 from .mapdataset import MapDataset
-from .modelio import write_models
 from .models import Models, SkyModel
 from .spatial import GaussianSpatialModel, PointSpatialModel
 from .spectral import PowerLawSpectralModel
 
-__all__ = ["FluxMaps", "kernel_model", "ts_map", "ts_map_kernel"]
+__all__ = ["kernel_model", "ts_map", "ts_map_kernel"]
 
 _TRUNCATION = 1e-25  # Gammapy's floor of predicted counts inside the logarithm of Cash
 _TOLERANCE = 1e-6  # amplitudes converge to this fraction of their statistical error
 _MAX_ITERATIONS = 60
 _BLOCK_ENTRIES = 400_000  # entries x pixels per block of rows (~3 MB per array; 0.2-0.7 M measured alike on CPU)
-_QUANTITIES = ("norm", "norm_err", "norm_errn", "norm_errp", "norm_ul", "ts", "sqrt_ts", "npred", "npred_excess",
-               "stat", "stat_null", "niter", "is_ul", "success")
-
-
-@dataclasses.dataclass(frozen=True)
-class FluxMaps:
-    """Gammapy's ``FluxMaps`` of ``sed_type="likelihood"``: maps ``(energy, ny, nx)`` of
-    ``norm`` (the amplitude over ``reference_model``'s), ``norm_err`` (``n_sigma``),
-    ``norm_errn``/``norm_errp``/``norm_ul`` (when asked for), ``ts``, ``sqrt_ts`` (signed by the
-    norm), ``npred``/``npred_excess`` (within the kernel), ``stat``/``stat_null``, ``niter``,
-    ``is_ul`` and ``success``, on ``wcs`` with energy bins ``energy_edges`` [TeV]; NaN where no
-    energy bin is used or nothing is predicted."""
-
-    maps: dict[str, np.ndarray]
-    energy_edges: np.ndarray
-    wcs: WCS
-    reference_model: SkyModel
-    meta: dict  # FITS keyword -> (value, comment), written to the primary header
-
-    def write(self, path) -> Path:
-        """Write as Gammapy's ``FluxMaps.write`` does: one image HDU per quantity, each with its
-        ``<NAME>_BANDS`` energy table, and the reference model in ``<stem>_model.yaml`` beside
-        it, named (absolute) in the primary header's ``MODEL`` so that ``FluxMaps.read(path)``
-        finds it from any folder. The FITS file is complete before the model is written, and
-        only then takes its name."""
-        path = Path(path)
-        stem = path.name.removesuffix(".gz").removesuffix(".fits")
-        model_path = path.with_name(stem + "_model.yaml").resolve()
-        primary = fits.PrimaryHDU()
-        primary.header["SED_TYPE"] = "likelihood"
-        primary.header["MODEL"] = model_path.as_posix()
-        for key, (value, comment) in self.meta.items():
-            primary.header[key] = (value, comment)
-        hdus = [primary]
-        for name in _QUANTITIES:
-            if name in self.maps:
-                bands = bands_hdu(name.upper(), [("ENERGY", self.energy_edges, "log")])
-                data = self.maps[name]
-                data = data.astype(np.int64) if name in ("is_ul", "success") else np.asarray(data, float)
-                hdus += [map_image_hdu(name.upper(), data, self.wcs, bands), bands]
-        hdulist = fits.HDUList(hdus)
-
-        def write(tmp):
-            hdulist.writeto(tmp, overwrite=True)
-            write_models(Models([self.reference_model]), model_path)
-
-        return atomic_write(path, write)
-
-    def __repr__(self) -> str:
-        ts = self.maps["ts"]
-        return (f"FluxMaps({ts.shape[2]}x{ts.shape[1]} pixels, {ts.shape[0]} energy bin(s) "
-                f"{self.energy_edges[0]:.3g}-{self.energy_edges[-1]:.3g} TeV, max TS {np.nanmax(ts):.1f})")
 
 
 def kernel_model(kind: str = "point", index: float = 2.0, sigma: float | None = None) -> SkyModel:
