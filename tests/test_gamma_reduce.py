@@ -235,6 +235,7 @@ def test_reduced_run_written_as_a_map_dataset_is_what_gammapy_makes(tmp_path):
     assert read_map_dataset(path).counts.sum() == reference.counts.data.sum() > 100
 
 
+@pytest.mark.slow  # a long comparison, run by make test-slow (CI runs both): make test stays under 15 min
 def test_psf_and_edisp_maps_of_a_cta_three_gauss_psf_equal_gammapy():
     """CTA Prod5 South (3-Gauss PSF, widths written as 0 below its energy range, edisp_2d), a
     Galactic TAN geometry 9 x 7 deg around an offset pointing, beyond the IRFs' offsets."""

@@ -102,6 +102,7 @@ def _unweighted(samples) -> dict:
     return out
 
 
+@pytest.mark.slow  # a long comparison, run by make test-slow (CI runs both): make test stays under 15 min
 def test_hard_histograms_equal_the_awkward_implementation_on_generated_files(inputs):
     samples = read_inputs(inputs)
     result = fill_histograms(samples, progress=False, step_size=16_384)

@@ -108,6 +108,7 @@ def test_an_image_in_dn_gives_the_same_catalog_in_electrons(saturated_quadrant, 
     assert main(["phot", "run", str(tmp_path / "unitless.fits"), "-o", str(tmp_path / "u.fits")]) == 2
 
 
+@pytest.mark.slow  # a long comparison, run by make test-slow (CI runs both): make test stays under 15 min
 def test_without_saturate_saturated_stars_pass_unflagged_and_low(saturated_quadrant, tmp_path):
     """The checks above can fail: the same quadrant with SATURATE removed (what an earlier
     release read) returns the saturated stars unflagged, their fluxes biased low."""
