@@ -133,24 +133,21 @@ def ts_map_kernel(dataset: MapDataset, model: SkyModel, width: float) -> np.ndar
         # a point at the centre pixel: the PSF kernels themselves, through the spectrum and
         # the energy dispersion (what npred computes, without compiling it)
         psf = dataset.psf_kernel(centre)
-        size = psf.shape[-1]
         window_psf = np.zeros((n_true, npix, npix))
-        half, kernel_half = npix // 2, size // 2
+        half, kernel_half = npix // 2, psf.shape[-1] // 2
         cut = min(half, kernel_half)
-        window_psf[:, half - cut:half + cut + 1, half - cut:half + cut + 1] = psf[:, kernel_half - cut:kernel_half + cut + 1,
-                                                                                    kernel_half - cut:kernel_half + cut + 1]
+        inner, outer = slice(half - cut, half + cut + 1), slice(kernel_half - cut, kernel_half + cut + 1)
+        window_psf[:, inner, inner] = psf[:, outer, outer]
         edges = np.asarray(dataset.energy_true_edges, float)
         flux = np.asarray(model.spectral.integral(edges[:-1], edges[1:]), float)
         kernel = np.einsum("t,tr,tyx->ryx", exposure * flux, dataset.edisp_matrix(centre), window_psf)
-        total = kernel.sum(axis=(1, 2), keepdims=True)
-        return np.divide(kernel, total, out=np.zeros_like(kernel), where=total > 0)
-    window = dataclasses.replace(
-        dataset, name=f"{dataset.name}-ts-kernel", counts=np.zeros((n_energy, npix, npix)),
-        exposure=np.broadcast_to(exposure[:, None, None], (n_true, npix, npix)).copy(),
-        background=np.zeros((n_energy, npix, npix)), mask=np.ones((n_energy, npix, npix), bool), wcs=wcs,
-    )
-    source = SkyModel(model.spectral, placed, name="ts-kernel")
-    kernel = np.asarray(window.npred(Models([source])), float)
+    else:
+        window = dataclasses.replace(
+            dataset, name=f"{dataset.name}-ts-kernel", counts=np.zeros((n_energy, npix, npix)),
+            exposure=np.broadcast_to(exposure[:, None, None], (n_true, npix, npix)).copy(),
+            background=np.zeros((n_energy, npix, npix)), mask=np.ones((n_energy, npix, npix), bool), wcs=wcs,
+        )
+        kernel = np.asarray(window.npred(Models([SkyModel(model.spectral, placed, name="ts-kernel")])), float)
     total = kernel.sum(axis=(1, 2), keepdims=True)
     return np.divide(kernel, total, out=np.zeros_like(kernel), where=total > 0)
 
@@ -210,7 +207,8 @@ def ts_map(datasets, models: Models | None = None, kernel: SkyModel | None = Non
     npreds = Datasets(members).npred(models) if modelled else [d.background for d in members]
     kernels = [ts_map_kernel(dataset, kernel, width) for dataset in members]
     half = kernels[0].shape[-1] // 2
-    results = [_energy_group(members, npreds, kernels, kernel, low, high, half, n_sigma, n_sigma_ul, errors) for low, high in groups]
+    exposures = [reco_exposure(dataset, kernel.spectral) for dataset in members]
+    results = [_energy_group(members, npreds, exposures, kernels, low, high, half, n_sigma, n_sigma_ul, errors) for low, high in groups]
     maps = {name: np.stack([result[name] for result in results]) for name in results[0]}
     # Gammapy's rule: with upper limits, below sqrt(TS) 2 (not where there is no value); without, no value
     maps["is_ul"] = maps["sqrt_ts"] < 2.0 if errors else np.isnan(maps["norm"])
@@ -221,16 +219,16 @@ def ts_map(datasets, models: Models | None = None, kernel: SkyModel | None = Non
     return FluxMaps(maps, group_edges, members[0].wcs, kernel, meta)
 
 
-def _energy_group(members, npreds, kernels, kernel, low: int, high: int, half: int, n_sigma, n_sigma_ul, errors: bool) -> dict:
+def _energy_group(members, npreds, exposures, kernels, low: int, high: int, half: int, n_sigma, n_sigma_ul, errors: bool) -> dict:
     """The per-pixel fit over energy bins ``low:high`` of every dataset."""
     counts, background, exposure, patterns, weighted = [], [], [], [], []
     used = np.zeros(members[0].shape, bool)
-    for dataset, npred, kernel_cube in zip(members, npreds, kernels):
+    for dataset, npred, reco, kernel_cube in zip(members, npreds, exposures, kernels):
         npred = np.asarray(npred, float)[low:high]
         mask = dataset.mask[low:high] & np.isfinite(npred)
         counts.append(np.sum(dataset.counts[low:high] * mask, axis=0))
         background.append(np.sum(np.where(mask, npred, 0.0), axis=0))
-        exposure.append(np.sum(reco_exposure(dataset, kernel.spectral)[low:high] * mask, axis=0))
+        exposure.append(np.sum(reco[low:high] * mask, axis=0))
         # Gammapy averages the kernel over the energy bins the mask keeps at each pixel: the
         # distinct masks along energy are few, so each gets its kernel and pixels an index
         # (pixels the mask removes at every energy have no exposure and need no kernel)
@@ -418,19 +416,15 @@ def _pixel_fits(counts: Float[Array, "k n"], model: Float[Array, "k n"], ratio: 
             jnp.where(positive, model - counts / shifted, 0.0))
         return stat_null + 2.0 * (excess - logs), 2.0 * slope
 
-    def stat_at_best(norm):
-        """Cash at a norm where every predicted count is positive."""
-        return stat_null + 2.0 * (norm * sum_model - jnp.sum(counts * jnp.log1p(norm / ratio), axis=0))
+    def stat_and_slope_positive(norm):
+        """:func:`stat_and_slope` where every predicted count is positive, by a cheaper formula."""
+        logs, inverse = _sums(counts * jnp.log1p(norm / ratio), counts / (norm + ratio))
+        return stat_null + 2.0 * (norm * sum_model - logs), 2.0 * (sum_model - inverse)
 
     def stat_and_slope_anywhere(norm):
-        """:func:`stat_and_slope`, by the cheaper formula where every predicted count is positive."""
-        def positive(norm):
-            logs, inverse = _sums(counts * jnp.log1p(norm / ratio), counts / (norm + ratio))
-            return stat_null + 2.0 * (norm * sum_model - logs), 2.0 * (sum_model - inverse)
+        return jax.lax.cond(jnp.any(norm <= norm_min_total), stat_and_slope, stat_and_slope_positive, norm)
 
-        return jax.lax.cond(jnp.any(norm <= norm_min_total), stat_and_slope, positive, norm)
-
-    stat = stat_at_best(norm)
+    stat = stat_and_slope_positive(norm)[0]  # the best fit never predicts negative counts
     result = {"norm": norm, "norm_err": n_sigma * sigma, "ts": stat_null - stat, "npred": sum_background + norm * sum_model,
               "npred_excess": norm * sum_model, "stat": stat, "stat_null": stat_null, "niter": niter, "success": success}
     if errors:
