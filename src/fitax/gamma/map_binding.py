@@ -33,6 +33,7 @@ from . import irf
 from .geometry import celestial, pixel_centres, position_key
 from .map_npred import OneDataset, SourceArrays, dataset_npred, dataset_stat, sharded_stat
 from .models import Models, SkyModel
+from .psf_position import position_psf
 from .spatial import PointSpatialModel, unit_vectors
 from .template import TemplateSpatialModel
 
@@ -145,13 +146,16 @@ def bind_maps(members: list, sources: list[SkyModel], shard: bool) -> MapGroup:
     positions = [source.spatial.position for source in sources]
     edisps = [[dataset.edisp_matrix(position) for dataset in members] for position in positions]
     used = _used_true_energies(edisps, len(first.energy_true_centres))
+    by_position = [_psf_by_position(source) for source in sources]
     kernels: dict[tuple[int, int], np.ndarray] = {}
     for j, position in enumerate(positions):
         for i, dataset in enumerate(members):
-            kernel = None if position is None else dataset.psf_kernel(position)
+            kernel = None if position is None or by_position[j] else dataset.psf_kernel(position)
             if kernel is not None:
                 kernels[i, j] = _trimmed(kernel[used])
-    size = max([k.shape[-1] for k in kernels.values()], default=1)
+    position_psfs = [dataset.cached(("psf_position", tuple(used)), lambda d=dataset: position_psf(d, used))
+                     for dataset in members] if any(by_position) else []
+    size = max([k.shape[-1] for k in kernels.values()] + [p.components.shape[-1] for p in position_psfs], default=1)
     fft_shape = (_fft_length(ny, size), _fft_length(nx, size))
 
     def padded(kernel):
@@ -188,6 +192,9 @@ def bind_maps(members: list, sources: list[SkyModel], shard: bool) -> MapGroup:
                 rank = _rank_bucket(max(mix.shape[1] for _, mix in parts), len(used))
                 psf_fft = to_device(np.stack([np.pad(f, ((0, rank - len(f)), (0, 0), (0, 0))) for f, _ in parts]))
                 psf_mix = to_device(np.stack([np.pad(mix, ((0, 0), (0, rank - mix.shape[1]))) for _, mix in parts]))
+        position_fft = position_weights = None
+        if by_position[j]:
+            position_fft, position_weights = _position_arrays(members, position_psfs, size, fft_shape, used)
         pixel = jacobian = reference = grid_xyz = point_kernel = template_image = None
         oversampling = 1
         if isinstance(spatial, TemplateSpatialModel):
@@ -208,7 +215,8 @@ def bind_maps(members: list, sources: list[SkyModel], shard: bool) -> MapGroup:
         source_arrays.append(SourceArrays(
             applies=to_device([float(source.applies_to(d.name)) for d in members]), edisp=to_device(edisp),
             psf_fft=psf_fft, psf_mix=psf_mix, pixel=pixel, pixel_jacobian=jacobian, reference=reference, psf_kernel=point_kernel,
-            grid_xyz=grid_xyz, template_image=template_image, oversampling=oversampling, is_point=is_point,
+            grid_xyz=grid_xyz, template_image=template_image, position_fft=position_fft, position_weights=position_weights,
+            oversampling=oversampling, is_point=is_point,
         ))
     data = _stacked_data(tuple(members), n_real, size + 1, tuple(used))
     return MapGroup(
@@ -220,6 +228,33 @@ def bind_maps(members: list, sources: list[SkyModel], shard: bool) -> MapGroup:
         sources=tuple(source_arrays), names=tuple(d.name if i < n_real else "" for i, d in enumerate(members)), source_names=tuple(s.name for s in sources),
         kernel_size=size, fft_shape=fft_shape, data_constant=to_device(data.constant), sharded=shard and n_real > 1,
     )
+
+
+def _psf_by_position(source: SkyModel) -> bool:
+    """Whether ``source`` is spread with the PSF of each pixel (a point source's PSF is
+    that of its position either way)."""
+    return source.psf_mode == "position" and not isinstance(source.spatial, PointSpatialModel)
+
+
+def _position_arrays(members: list, position_psfs: list, size: int, fft_shape: tuple[int, int], used) -> tuple[Array, Array]:
+    """The datasets' position-dependent PSFs as arrays of the group: the components'
+    Fourier transforms (padded to ``size`` pixels, centred) and their weights, with as many
+    components in every dataset (zeros: exact) rounded up to a multiple of 4, so that
+    another binding with a few more does not compile the fit again."""
+    rank = -(-max(p.rank for p in position_psfs) // 4) * 4
+
+    def transforms(decomposition):
+        k = decomposition.components.shape[-1]
+        start = (size - k) // 2
+        padded = np.zeros(decomposition.components.shape[:2] + (size, size))
+        padded[:, :, start:start + k, start:start + k] = decomposition.components
+        return np.fft.rfft2(padded, s=fft_shape)
+
+    fft = [d.cached(("psf_position_fft", tuple(used), size, fft_shape), lambda p=p: transforms(p))
+           for d, p in zip(members, position_psfs)]
+    extra = lambda array: ((0, 0), (0, rank - array.shape[1]), (0, 0), (0, 0))  # noqa: E731
+    return (to_device(np.stack([np.pad(f, extra(f)) for f in fft])),
+            to_device(np.stack([np.pad(p.weights, extra(p.weights)) for p in position_psfs])))
 
 
 @dataclasses.dataclass(frozen=True)

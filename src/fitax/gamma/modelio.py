@@ -22,7 +22,7 @@ from ..parameters import Parameter, parameters_dict, tie
 from . import spatial as spatial_models
 from . import spectral as spectral_models
 from ._common import gammapy_yaml, load_yaml
-from .models import FoVBackgroundModel, Models, SkyModel
+from .models import PSF_MODES, FoVBackgroundModel, Models, SkyModel
 from .template import TemplateSpatialModel
 
 __all__ = ["read_models", "write_models", "write_results", "SPECTRAL_TAGS", "SPATIAL_TAGS"]
@@ -137,7 +137,11 @@ def read_models(path) -> Models:
                 frame = spatial_part.get("frame", "icrs")
                 spatial = _build(_lookup_class(SPATIAL_TAGS, spatial_part.get("type"), where), spatial_part.get("parameters"),
                                  f"{where} spatial", frame=frame, links=links, prefix=f"{name}.spatial")
-            models.append(SkyModel(spectral, spatial, name=name, datasets_names=component.get("datasets_names")))
+            psf_mode = component.get("psf_mode", "centre")
+            if psf_mode not in PSF_MODES:
+                raise ValueError(f"{where}: psf_mode {psf_mode!r}; expected one of {PSF_MODES}")
+            models.append(SkyModel(spectral, spatial, name=name, datasets_names=component.get("datasets_names"),
+                                   psf_mode=psf_mode))
         elif tag == "FoVBackgroundModel":
             names = component.get("datasets_names") or []
             if len(names) != 1:
@@ -232,6 +236,8 @@ def models_to_dict(models: Models, errors: dict[str, float] | None = None) -> di
                                         "parameters": _parameter_entries(model.spatial, errors, f"{model.name}.spatial", link_sources)}
             if model.datasets_names is not None:
                 component["datasets_names"] = list(model.datasets_names)
+            if model.psf_mode != "centre":
+                component["psf_mode"] = model.psf_mode  # fitax's key; Gammapy ignores it
         else:
             component = {"type": "FoVBackgroundModel", "datasets_names": [model.dataset_name],
                          "spectral": {"type": _BACKGROUND_SPECTRAL[0],

@@ -16,7 +16,9 @@ from jaxtyping import Array, ArrayLike, Float
 from ..parameters import Parameter, parameters_dict
 from ._common import parameter
 
-__all__ = ["SkyModel", "FoVBackgroundModel", "Models"]
+__all__ = ["SkyModel", "FoVBackgroundModel", "Models", "PSF_MODES"]
+
+PSF_MODES = ("centre", "position")
 
 
 class SkyModel(eqx.Module):
@@ -24,6 +26,11 @@ class SkyModel(eqx.Module):
 
     Without a spatial model it can only be fitted to spectra (on-off datasets).
     ``datasets_names`` restricts the model to some datasets of a joint fit (``None``: all).
+    ``psf_mode`` says how an extended source meets the PSF in map datasets: ``"centre"``
+    (Gammapy's way, the default) convolves it with the PSF at its centre; ``"position"``
+    spreads each part of it with the PSF where that part lies (for sources across which
+    the PSF changes: diffuse templates, large disks; see :mod:`fitax.gamma.psf_position`).
+    Point sources are the same either way.
 
     Example:
         >>> from fitax.gamma import SkyModel, PowerLawSpectralModel, PointSpatialModel
@@ -36,14 +43,23 @@ class SkyModel(eqx.Module):
     spatial: eqx.Module | None
     name: str = eqx.field(static=True)
     datasets_names: tuple[str, ...] | None = eqx.field(static=True)
+    psf_mode: str = eqx.field(static=True)
 
-    def __init__(self, spectral_model, spatial_model=None, name: str = "", datasets_names: Iterable[str] | None = None):
+    def __init__(self, spectral_model, spatial_model=None, name: str = "", datasets_names: Iterable[str] | None = None,
+                 psf_mode: str = "centre"):
         if not name:
             raise ValueError("a SkyModel needs a name")
+        if psf_mode not in PSF_MODES:
+            raise ValueError(f"model {name!r}: psf_mode {psf_mode!r}; expected one of {PSF_MODES}")
         self.spectral = spectral_model
         self.spatial = spatial_model
         self.name = str(name)
         self.datasets_names = None if datasets_names is None else tuple(datasets_names)
+        self.psf_mode = psf_mode
+
+    def with_psf_mode(self, psf_mode: str) -> "SkyModel":
+        """The same model with another ``psf_mode``."""
+        return SkyModel(self.spectral, self.spatial, self.name, self.datasets_names, psf_mode)
 
     @property
     def spectral_model(self):
@@ -60,8 +76,9 @@ class SkyModel(eqx.Module):
         parameters = parameters_dict(self)
         free = sum(p.is_free for p in parameters.values())
         spatial = type(self.spatial).__name__ if self.spatial is not None else "no spatial model"
+        mode = "" if self.psf_mode == "centre" else f", PSF by {self.psf_mode}"
         return (f"SkyModel({self.name!r}: {type(self.spectral).__name__} x {spatial}, "
-                f"{len(parameters)} parameters, {free} free)")
+                f"{len(parameters)} parameters, {free} free{mode})")
 
 
 class FoVBackgroundModel(eqx.Module):
@@ -150,6 +167,10 @@ class Models:
         """The collection with the model of the same name replaced by ``model``."""
         self[model.name]
         return Models([model if n == model.name else m for n, m in self._models.items()])
+
+    def with_psf_mode(self, psf_mode: str) -> "Models":
+        """Every sky model with ``psf_mode`` (``fitax gamma fit --psf-mode``)."""
+        return Models([m.with_psf_mode(psf_mode) if isinstance(m, SkyModel) else m for m in self])
 
     @property
     def sky_models(self) -> list[SkyModel]:

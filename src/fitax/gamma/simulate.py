@@ -51,8 +51,8 @@ def _offsets(wcs: WCS, shape, pointing: SkyCoord) -> np.ndarray:
     return wcs.pixel_to_world(x, y).separation(pointing).deg
 
 
-def _psf_sigma(energy: np.ndarray, offset: np.ndarray) -> np.ndarray:
-    return np.clip(0.08 * energy**-0.25, 0.03, 0.15)[:, None, None] * (1 + 0.1 * offset**2)[None]
+def _psf_sigma(energy: np.ndarray, offset: np.ndarray, widening: float) -> np.ndarray:
+    return np.clip(0.08 * energy**-0.25, 0.03, 0.15)[:, None, None] * (1 + widening * offset**2)[None]
 
 
 def simulate_observation(
@@ -66,9 +66,13 @@ def simulate_observation(
     energy_edges: np.ndarray | None = None,
     energy_true_edges: np.ndarray | None = None,
     rng: np.random.Generator | None = None,
+    psf_widening: float = 0.1,
+    psf_nodes: int = 4,
 ) -> MapDataset:
     """One observation of ``models`` (sources and this dataset's background model) with
-    the analytic instrument above; ``livetime`` in seconds."""
+    the analytic instrument above; ``livetime`` in seconds. The PSF widens by a factor
+    ``1 + psf_widening offset^2`` (offset in deg) and is tabulated on ``psf_nodes x
+    psf_nodes`` positions across the map."""
     rng = np.random.default_rng(0) if rng is None else rng
     energy_edges = np.geomspace(0.5, 50.0, 13) if energy_edges is None else np.asarray(energy_edges, float)
     energy_true_edges = np.geomspace(0.3, 100.0, 21) if energy_true_edges is None else np.asarray(energy_true_edges, float)
@@ -83,15 +87,16 @@ def simulate_observation(
     pixel_area = float(np.abs(wcs.wcs.cdelt).prod())
     background = (1e-2 * centres**-2.7 * np.diff(energy_edges))[:, None, None] * pixel_area * livetime * acceptance[None]
 
-    irf_wcs = make_geometry(tuple(wcs.wcs.crval), npix=4, binsz=npix * float(abs(wcs.wcs.cdelt[0])) / 4, frame=_frame(wcs))
-    irf_offset = _offsets(irf_wcs, (4, 4), pointing)
+    irf_wcs = make_geometry(tuple(wcs.wcs.crval), npix=psf_nodes, binsz=npix * float(abs(wcs.wcs.cdelt[0])) / psf_nodes,
+                            frame=_frame(wcs))
+    irf_offset = _offsets(irf_wcs, (psf_nodes, psf_nodes), pointing)
     rad = 0.5 * (_RAD_EDGES[1:] + _RAD_EDGES[:-1])
-    sigma = _psf_sigma(centres_true, irf_offset)  # (true, 4, 4)
+    sigma = _psf_sigma(centres_true, irf_offset, psf_widening)  # (true, nodes, nodes)
     psf = np.exp(-0.5 * (rad[None, :, None, None] / sigma[:, None]) ** 2) / (2 * np.pi * sigma[:, None] ** 2)
     log_edges = np.log(energy_edges)
     cdf = np.asarray(ndtr((log_edges[None, :] - np.log(centres_true)[:, None]) / 0.1))
     migration = np.diff(cdf, axis=1)  # (true, reco)
-    edisp = np.broadcast_to(migration[:, :, None, None], migration.shape + (4, 4)).copy()
+    edisp = np.broadcast_to(migration[:, :, None, None], migration.shape + (psf_nodes, psf_nodes)).copy()
     contents = MapDatasetFile(
         name=name, path=None, counts=np.zeros((len(centres),) + shape), exposure=exposure, background=background,
         mask_safe=np.ones((len(centres),) + shape, bool), mask_fit=None, energy_edges=energy_edges,
