@@ -1,5 +1,6 @@
-"""``fitax gamma reduce``, ``fitax gamma fit``, ``fitax gamma estimate`` and ``fitax gamma
-demo``: Gammapy-style data reduction, 3D fits and flux points from the shell."""
+"""``fitax gamma reduce``, ``fitax gamma fit``, ``fitax gamma estimate``, ``fitax gamma
+npred`` and ``fitax gamma demo``: Gammapy-style data reduction, 3D fits, estimators and
+predicted counts from the shell."""
 
 from __future__ import annotations
 
@@ -7,6 +8,12 @@ import argparse
 import sys
 
 __all__ = ["add_parser", "run"]
+
+
+# fitax.gamma.models.PSF_MODES, spelled out: the parser is built without importing JAX
+_PSF_MODES = ("centre", "position")
+_PSF_MODE_HELP = ("how extended sources meet the PSF, for every model: centre (the PSF at the model's centre, Gammapy's "
+                 "way) or position (the PSF of each pixel); default: each model's psf_mode in models.yaml, else centre")
 
 
 def add_parser(commands) -> None:
@@ -43,6 +50,12 @@ def add_parser(commands) -> None:
                      help="after the fit, draw N posterior samples per chain (NUTS, 4 chains, N warm-up iterations): "
                           "posterior.ecsv and corner.png")
     fit.add_argument("--seed", type=int, default=0, help="random seed of the sampler (default: 0)")
+    fit.add_argument("--psf-mode", choices=_PSF_MODES, default=None, help=_PSF_MODE_HELP)
+    npred = sub.add_parser("npred", help="write each map dataset's predicted counts cube (Gammapy map FITS)")
+    npred.add_argument("--datasets", required=True, help="Gammapy datasets.yaml")
+    npred.add_argument("--models", required=True, help="Gammapy models.yaml")
+    npred.add_argument("--out", required=True, help="output folder: <dataset>_npred.fits per map dataset")
+    npred.add_argument("--psf-mode", choices=_PSF_MODES, default=None, help=_PSF_MODE_HELP)
     demo = sub.add_parser("demo", help="simulate datasets, fit them, write the results and plots")
     demo.add_argument("--out", default="results/gamma", help="output folder (default: results/gamma)")
     demo.add_argument("--datasets", type=int, default=3, help="number of simulated observations (default: 3)")
@@ -55,7 +68,7 @@ def _fit(args: argparse.Namespace) -> int:
     if args.sample < 0:
         raise ValueError(f"--sample must be >= 0, got {args.sample}")
     result = fit_files(args.datasets, args.models, args.out, args.ts, plots=not args.no_plots, num_samples=args.sample,
-                       seed=args.seed)
+                       seed=args.seed, psf_mode=args.psf_mode)
     if not result.converged:
         print(f"fitax gamma fit: the fit did not converge: {result.message}", file=sys.stderr)
         return 1
@@ -131,6 +144,11 @@ def run(args: argparse.Namespace) -> int:
             return 0
         if args.gamma_command == "estimate":
             return _estimate(args)
+        if args.gamma_command == "npred":
+            from .pipeline import npred_files
+
+            npred_files(args.datasets, args.models, args.out, args.psf_mode)
+            return 0
         if args.gamma_command == "reduce":
             from .pipeline import reduce_files
 

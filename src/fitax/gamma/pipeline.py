@@ -21,7 +21,7 @@ from .mapdataset import MapDataset
 from .modelio import read_models, write_models, write_results
 from .models import FoVBackgroundModel, Models
 
-__all__ = ["excess_map_files", "fit_files", "flux_points_files", "light_curve_files", "reduce_files"]
+__all__ = ["excess_map_files", "fit_files", "flux_points_files", "light_curve_files", "npred_files", "reduce_files"]
 
 
 @contextlib.contextmanager
@@ -50,9 +50,13 @@ def _elapsed(label: str):
         bar.close()
 
 
-def fit_files(datasets_path, models_path, out, ts_sources=(), plots: bool = True, num_samples: int = 0, seed: int = 0):
+def fit_files(datasets_path, models_path, out, ts_sources=(), plots: bool = True, num_samples: int = 0, seed: int = 0,
+              psf_mode: str | None = None):
     """What ``fitax gamma fit`` does: read, fit, write ``out/models.yaml``,
     ``out/results.ecsv`` and the plots; returns the :class:`fitax.FitResult`.
+
+    ``psf_mode`` (``"centre"`` or ``"position"``) overrides every sky model's
+    :attr:`~fitax.gamma.SkyModel.psf_mode` (``None``: as ``models.yaml`` says).
 
     ``num_samples`` > 0: then draw that many posterior samples per chain (4 chains, as
     many warm-up iterations) from the fit (:func:`fitax.gamma.sample`), and write their
@@ -66,7 +70,7 @@ def fit_files(datasets_path, models_path, out, ts_sources=(), plots: bool = True
     inputs = [datasets_path, models_path] + [path for d in datasets for path in d.source_files]
     for path in outputs.values():
         check_not_input(path, inputs)
-    models = read_models(models_path)
+    models = _with_psf_mode(read_models(models_path), psf_mode)
     free = sum(p.is_free for p in models.parameters.values())
     print(f"Fitting {free} free parameters of {len(models)} models to {len(datasets)} dataset(s) "
           "(the first fit on this machine compiles the likelihood; the compiled code is cached)...", flush=True)
@@ -104,6 +108,44 @@ def fit_files(datasets_path, models_path, out, ts_sources=(), plots: bool = True
             written.append(atomic_write(outputs["corner.png"], lambda tmp: figure.savefig(tmp, dpi=100, format="png")))
     print("Wrote " + ", ".join(str(p) for p in written))
     return result
+
+
+def _with_psf_mode(models: Models, psf_mode: str | None) -> Models:
+    return models if psf_mode is None else models.with_psf_mode(psf_mode)
+
+
+def npred_files(datasets_path, models_path, out, psf_mode: str | None = None) -> list[Path]:
+    """What ``fitax gamma npred`` does: each map dataset's predicted counts (sources and
+    background) written as ``out/<dataset>_npred.fits``, a Gammapy map file
+    (``Map.read`` reads it: the cube in the primary HDU, its energy axis in
+    ``PRIMARY_BANDS``); ``psf_mode`` overrides the models' as in :func:`fit_files`.
+
+    Example:
+        >>> npred_files("sim/datasets.yaml", "sim/models_true.yaml", "npred", psf_mode="position")  # doctest: +SKIP
+        [PosixPath('npred/obs000_npred.fits'), ...]
+    """
+    from astropy.io import fits
+
+    from .io import bands_hdu, map_image_hdu
+
+    out, datasets, models = _estimator_inputs(datasets_path, models_path, out, "")
+    models = _with_psf_mode(models, psf_mode)
+    maps = [d for d in datasets if isinstance(d, MapDataset)]
+    if not maps:
+        raise ValueError(f"{datasets_path}: no MapDataset to predict counts for (npred maps need sky maps)")
+    inputs = [datasets_path, models_path] + [path for d in datasets for path in d.source_files]
+    paths = [out / f"{dataset.name}_npred.fits" for dataset in maps]
+    for path in paths:
+        check_not_input(path, inputs)
+    out.mkdir(parents=True, exist_ok=True)
+    for dataset, path in zip(maps, paths):
+        npred = dataset.npred(models)
+        bands = bands_hdu("PRIMARY", [("ENERGY", dataset.energy_edges, "log")])
+        image = map_image_hdu("PRIMARY", npred, dataset.wcs, bands)
+        hdus = fits.HDUList([fits.PrimaryHDU(image.data, header=image.header), bands])
+        atomic_write(path, lambda tmp, hdus=hdus: hdus.writeto(tmp, output_verify="exception"))
+        print(f"{dataset.name}: {npred.sum():.6g} predicted counts -> {path}")
+    return paths
 
 
 def _output_folder(out) -> Path:
