@@ -1,5 +1,5 @@
 """``fitax gamma reduce``, ``fitax gamma fit``, ``fitax gamma estimate``, ``fitax gamma
-npred`` and ``fitax gamma demo``: Gammapy-style data reduction, 3D fits, estimators and
+npred``, ``fitax gamma simulate`` and ``fitax gamma demo``: Gammapy-style data reduction, 3D fits, estimators and
 predicted counts from the shell."""
 
 from __future__ import annotations
@@ -51,6 +51,12 @@ def add_parser(commands) -> None:
                           "posterior.ecsv and corner.png")
     fit.add_argument("--seed", type=int, default=0, help="random seed of the sampler (default: 0)")
     fit.add_argument("--psf-mode", choices=_PSF_MODES, default=None, help=_PSF_MODE_HELP)
+    simulate = sub.add_parser("simulate", help="simulate a survey: observations x event types as Gammapy datasets, true and start models")
+    simulate.add_argument("--n-obs", type=int, required=True, help="number of observations")
+    simulate.add_argument("--event-types", type=int, default=1, help="event types per observation, 1-4 (default: 1, all events)")
+    simulate.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    simulate.add_argument("--npix", type=int, default=60, help="map width in 0.03 deg pixels (default: 60)")
+    simulate.add_argument("--out", required=True, help="output folder: datasets, datasets.yaml, models_true.yaml, models_start.yaml")
     npred = sub.add_parser("npred", help="write each map dataset's predicted counts cube (Gammapy map FITS)")
     npred.add_argument("--datasets", required=True, help="Gammapy datasets.yaml")
     npred.add_argument("--models", required=True, help="Gammapy models.yaml")
@@ -144,6 +150,11 @@ def run(args: argparse.Namespace) -> int:
             return 0
         if args.gamma_command == "estimate":
             return _estimate(args)
+        if args.gamma_command == "simulate":
+            from .simulate import simulate_files
+
+            simulate_files(args.out, args.n_obs, args.event_types, args.seed, args.npix)
+            return 0
         if args.gamma_command == "npred":
             from .pipeline import npred_files
 

@@ -10,12 +10,18 @@ Instrument (analytic, chosen to resemble a CTA-like array at a few TeV, not any 
 * energy dispersion: log-normal with 10% resolution;
 * background: ``1e-2 (E / 1 TeV)^-2.7`` counts TeV-1 deg-2 s-1 times the acceptance.
 
+Event types (:data:`EVENT_TYPES`, as CTA's PSF quartiles) split an observation's events
+into classes with their own PSF width, energy resolution, effective area and background:
+each becomes a dataset of its own (``obs007_et2``), fitted jointly.
+
 Counts are Poisson draws of fitax's own npred of the true models, so fits of them test
 fitax against known truth, and the files are a test of the writer against Gammapy.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from pathlib import Path
 
 import numpy as np
@@ -27,11 +33,29 @@ from ._common import gammapy_yaml
 from .datasets import Datasets
 from .mapdataset import MapDataset
 from .io import MapDatasetFile, write_map_dataset
-from .models import Models
+from .models import FoVBackgroundModel, Models, SkyModel
 
-__all__ = ["simulate_observation", "make_geometry", "write_datasets"]
+__all__ = ["simulate_observation", "make_geometry", "write_datasets", "EventType", "EVENT_TYPES", "survey_models",
+           "start_models", "simulate_survey", "simulate_files"]
 
 _RAD_EDGES = np.linspace(0.0, 0.66, 67)
+
+
+@dataclasses.dataclass(frozen=True)
+class EventType:
+    """A class of events: PSF width and energy resolution relative to the instrument
+    above, and its shares of the effective area and of the background."""
+
+    psf_scale: float
+    resolution: float
+    area_share: float
+    background_share: float
+
+
+# from the best-reconstructed quarter of the events to the worst: sharper PSF, less
+# background (PSF-quartile event types); the shares add up to 1
+EVENT_TYPES = (EventType(0.7, 0.08, 0.25, 0.15), EventType(0.9, 0.10, 0.25, 0.2),
+               EventType(1.1, 0.12, 0.25, 0.25), EventType(1.4, 0.15, 0.25, 0.4))
 
 
 def make_geometry(centre: tuple[float, float] = (0.0, 0.0), npix: int = 80, binsz: float = 0.02, frame: str = "galactic") -> WCS:
@@ -68,11 +92,14 @@ def simulate_observation(
     rng: np.random.Generator | None = None,
     psf_widening: float = 0.1,
     psf_nodes: int = 4,
+    event_type: EventType | None = None,
 ) -> MapDataset:
     """One observation of ``models`` (sources and this dataset's background model) with
     the analytic instrument above; ``livetime`` in seconds. The PSF widens by a factor
     ``1 + psf_widening offset^2`` (offset in deg) and is tabulated on ``psf_nodes x
-    psf_nodes`` positions across the map."""
+    psf_nodes`` positions across the map. ``event_type``: only that class of the events
+    (default: all of them)."""
+    event_type = EventType(1.0, 0.1, 1.0, 1.0) if event_type is None else event_type
     rng = np.random.default_rng(0) if rng is None else rng
     energy_edges = np.geomspace(0.5, 50.0, 13) if energy_edges is None else np.asarray(energy_edges, float)
     energy_true_edges = np.geomspace(0.3, 100.0, 21) if energy_true_edges is None else np.asarray(energy_true_edges, float)
@@ -83,18 +110,18 @@ def simulate_observation(
     offset = _offsets(wcs, shape, pointing)
     acceptance = np.exp(-0.5 * (offset / 2.0) ** 2)
     area = 3e5 * centres_true**0.3 / (1 + (0.2 / centres_true) ** 2)
-    exposure = area[:, None, None] * livetime * acceptance[None]
+    exposure = event_type.area_share * area[:, None, None] * livetime * acceptance[None]
     pixel_area = float(np.abs(wcs.wcs.cdelt).prod())
-    background = (1e-2 * centres**-2.7 * np.diff(energy_edges))[:, None, None] * pixel_area * livetime * acceptance[None]
+    background = event_type.background_share * (1e-2 * centres**-2.7 * np.diff(energy_edges))[:, None, None] * pixel_area * livetime * acceptance[None]
 
     irf_wcs = make_geometry(tuple(wcs.wcs.crval), npix=psf_nodes, binsz=npix * float(abs(wcs.wcs.cdelt[0])) / psf_nodes,
                             frame=_frame(wcs))
     irf_offset = _offsets(irf_wcs, (psf_nodes, psf_nodes), pointing)
     rad = 0.5 * (_RAD_EDGES[1:] + _RAD_EDGES[:-1])
-    sigma = _psf_sigma(centres_true, irf_offset, psf_widening)  # (true, nodes, nodes)
+    sigma = event_type.psf_scale * _psf_sigma(centres_true, irf_offset, psf_widening)  # (true, nodes, nodes)
     psf = np.exp(-0.5 * (rad[None, :, None, None] / sigma[:, None]) ** 2) / (2 * np.pi * sigma[:, None] ** 2)
     log_edges = np.log(energy_edges)
-    cdf = np.asarray(ndtr((log_edges[None, :] - np.log(centres_true)[:, None]) / 0.1))
+    cdf = np.asarray(ndtr((log_edges[None, :] - np.log(centres_true)[:, None]) / event_type.resolution))
     migration = np.diff(cdf, axis=1)  # (true, reco)
     edisp = np.broadcast_to(migration[:, :, None, None], migration.shape + (psf_nodes, psf_nodes)).copy()
     contents = MapDatasetFile(
@@ -109,8 +136,6 @@ def simulate_observation(
 
 
 def _replace(contents: MapDatasetFile, **changes) -> MapDatasetFile:
-    import dataclasses
-
     return dataclasses.replace(contents, **changes)
 
 
@@ -132,3 +157,118 @@ def write_datasets(datasets: Datasets, folder) -> Path:
         entries.append({"name": dataset.name, "type": "MapDataset", "filename": filename})
     text = gammapy_yaml({"datasets": entries})
     return atomic_write(folder / "datasets.yaml", lambda tmp: tmp.write_text(text))
+
+
+def survey_models(dataset_names: list[str], rng: np.random.Generator) -> Models:
+    """The truth of a simulated survey of the Galactic-centre region: a point source, a
+    Gaussian and a large disk (the extended ones spread with the PSF of each position,
+    ``psf_mode="position"``), the Gaussian's and the disk's spectral index tied (one
+    population), and per dataset a background model with free norm and tilt near 1 and 0."""
+    from ..parameters import thaw, tie
+    from .spatial import DiskSpatialModel, GaussianSpatialModel, PointSpatialModel
+    from .spectral import PowerLawSpectralModel
+
+    sources = [
+        SkyModel(PowerLawSpectralModel(index=2.4, amplitude=1e-11), PointSpatialModel(0.1, 0.15, frame="galactic"), name="point"),
+        SkyModel(PowerLawSpectralModel(index=2.2, amplitude=1e-11), GaussianSpatialModel(-0.2, -0.1, 0.15, frame="galactic"),
+                 name="gauss", psf_mode="position"),
+        SkyModel(PowerLawSpectralModel(index=2.2, amplitude=2e-11), DiskSpatialModel(0.25, -0.25, 0.3, edge_width=0.3, frame="galactic"),
+                 name="disk", psf_mode="position"),
+    ]
+    backgrounds = [FoVBackgroundModel(name, norm=1 + 0.05 * rng.standard_normal(), tilt=0.03 * rng.standard_normal())
+                   for name in dataset_names]
+    models = thaw(Models(sources + backgrounds), *[f"{b.name}.tilt" for b in backgrounds])
+    return tie(models, "disk.spectral.index", "gauss.spectral.index")
+
+
+def start_models(truth: Models, rng: np.random.Generator) -> Models:
+    """The truth perturbed as a fit would start from it: positions by ~0.03 deg, sizes by
+    ~15%, indices by ~0.2, amplitudes by ~30%; background norms 1 and tilts 0."""
+    from ..parameters import set_values
+
+    changes = {}
+    for name, parameter in truth.parameters.items():
+        if parameter.frozen or parameter.tied_to is not None:
+            continue
+        value = float(parameter.value)
+        if name.endswith((".lon_0", ".lat_0")):
+            changes[name] = value + 0.03 * rng.standard_normal()
+        elif name.endswith((".sigma", ".r_0")):
+            changes[name] = value * np.exp(0.15 * rng.standard_normal())
+        elif name.endswith(".index"):
+            changes[name] = value + 0.2 * rng.standard_normal()
+        elif name.endswith(".amplitude"):
+            changes[name] = value * np.exp(0.3 * rng.standard_normal())
+        elif name.endswith("-bkg.norm"):
+            changes[name] = 1.0
+        elif name.endswith("-bkg.tilt"):
+            changes[name] = 0.0
+    return set_values(truth, changes)
+
+
+def simulate_survey(n_obs: int, event_types: int = 1, seed: int = 0, npix: int = 60, livetime: float = 3600.0,
+                    progress: bool = False) -> tuple[Datasets, Models]:
+    """``n_obs`` observations around the Galactic centre (pointings on rings 0.5-0.9 deg
+    from it), each split into ``event_types`` datasets (the first of :data:`EVENT_TYPES`,
+    or all events for 1), and their true models (:func:`survey_models`)."""
+    if n_obs < 1:
+        raise ValueError(f"--n-obs must be at least 1, got {n_obs}")
+    if not 1 <= event_types <= len(EVENT_TYPES):
+        raise ValueError(f"--event-types must be between 1 and {len(EVENT_TYPES)}, got {event_types}")
+    rng = np.random.default_rng(seed)
+    types = [None] if event_types == 1 else list(EVENT_TYPES[:event_types])
+    if event_types > 1:  # the chosen classes hold all the events
+        total_area = sum(t.area_share for t in types)
+        total_background = sum(t.background_share for t in types)
+        types = [EventType(t.psf_scale, t.resolution, t.area_share / total_area, t.background_share / total_background)
+                 for t in types]
+    names = [f"obs{i:03d}" if event_types == 1 else f"obs{i:03d}_et{k}" for i in range(n_obs) for k in range(event_types)]
+    truth = survey_models(names, rng)
+    wcs = make_geometry(npix=npix, binsz=0.03)
+    datasets = []
+    bar = _progress(len(names), "simulating datasets", progress)
+    for i in range(n_obs):
+        angle, radius = 2.4 * i, 0.5 + 0.4 * (i % 3) / 2
+        pointing = SkyCoord(radius * np.cos(angle), radius * np.sin(angle), unit="deg", frame="galactic")
+        for k, event_type in enumerate(types):
+            name = names[i * event_types + k]
+            datasets.append(simulate_observation(truth, name, pointing, livetime, wcs=wcs, npix=npix, rng=rng,
+                                                 psf_widening=0.3, event_type=event_type))
+            bar.update()
+    bar.close()
+    return Datasets(datasets), truth
+
+
+def simulate_files(out, n_obs: int, event_types: int = 1, seed: int = 0, npix: int = 60) -> Path:
+    """What ``fitax gamma simulate`` does: :func:`simulate_survey` written to ``out`` as
+    Gammapy files: one MapDataset per observation and event type, ``datasets.yaml``,
+    ``models_true.yaml`` and a perturbed ``models_start.yaml`` that ``fitax gamma fit``
+    takes as it is. Returns the ``datasets.yaml`` path.
+
+    Example:
+        >>> simulate_files("survey", n_obs=10, event_types=4)  # doctest: +SKIP
+        PosixPath('survey/datasets.yaml')
+    """
+    import sys
+
+    from .modelio import write_models
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out}: exists and is not a folder")
+    start = time.perf_counter()
+    datasets, truth = simulate_survey(n_obs, event_types, seed, npix, progress=sys.stderr.isatty())
+    path = write_datasets(datasets, out)
+    write_models(truth, out / "models_true.yaml")
+    write_models(start_models(truth, np.random.default_rng(seed + 1)), out / "models_start.yaml")
+    free = sum(p.is_free for p in truth.parameters.values())
+    print(f"Simulated {len(datasets)} datasets ({n_obs} observations x {event_types} event types, "
+          f"{sum(int(d.counts.sum()) for d in datasets)} counts, {free} free parameters) in "
+          f"{time.perf_counter() - start:.1f} s: {path}, models_true.yaml, models_start.yaml")
+    return path
+
+
+def _progress(total: int, label: str, show: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=label, disable=not show, leave=False)
