@@ -57,6 +57,8 @@ def add_parser(commands) -> None:
     simulate.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     simulate.add_argument("--npix", type=int, default=60, help="map width in 0.03 deg pixels (default: 60)")
     simulate.add_argument("--out", required=True, help="output folder: datasets, datasets.yaml, models_true.yaml, models_start.yaml")
+    simulate.add_argument("--psf-mode", choices=_PSF_MODES, default="position",
+                          help="how the extended sources meet the PSF, in the simulation and the models (default: position)")
     npred = sub.add_parser("npred", help="write each map dataset's predicted counts cube (Gammapy map FITS)")
     npred.add_argument("--datasets", required=True, help="Gammapy datasets.yaml")
     npred.add_argument("--models", required=True, help="Gammapy models.yaml")
@@ -153,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
         if args.gamma_command == "simulate":
             from .simulate import simulate_files
 
-            simulate_files(args.out, args.n_obs, args.event_types, args.seed, args.npix)
+            simulate_files(args.out, args.n_obs, args.event_types, args.seed, args.npix, args.psf_mode)
             return 0
         if args.gamma_command == "npred":
             from .pipeline import npred_files

@@ -33,7 +33,7 @@ from . import irf
 from .geometry import celestial, pixel_centres, position_key
 from .map_npred import OneDataset, SourceArrays, dataset_npred, dataset_stat, sharded_stat
 from .models import Models, SkyModel
-from .psf_position import position_psf
+from .psf_position import edisp_by_pixel, position_psf
 from .spatial import PointSpatialModel, unit_vectors
 from .template import TemplateSpatialModel
 
@@ -145,8 +145,11 @@ def bind_maps(members: list, sources: list[SkyModel], shard: bool) -> MapGroup:
     ny, nx = first.shape
     positions = [source.spatial.position for source in sources]
     edisps = [[dataset.edisp_matrix(position) for dataset in members] for position in positions]
-    used = _used_true_energies(edisps, len(first.energy_true_centres))
     by_position = [_psf_by_position(source) for source in sources]
+    pixel_edisps = [dataset.cached(("edisp_by_pixel",), lambda d=dataset: edisp_by_pixel(d)) for dataset in members] \
+        if any(by_position) else []
+    every_pixel = [list(found[0]) for found in pixel_edisps if found is not None]
+    used = _used_true_energies(edisps + every_pixel, len(first.energy_true_centres))
     kernels: dict[tuple[int, int], np.ndarray] = {}
     for j, position in enumerate(positions):
         for i, dataset in enumerate(members):
@@ -171,6 +174,10 @@ def bind_maps(members: list, sources: list[SkyModel], shard: bool) -> MapGroup:
         basis, mix = psf_components(padded(kernel))
         return padded_fft(basis), mix
 
+    # one copy on the device for all the sources spread by position: the arrays depend on the dataset only
+    position_arrays = _position_arrays(members, position_psfs, size, fft_shape, used) if position_psfs else None
+    pixel_edisp_arrays = _pixel_edisp_arrays(members, pixel_edisps, used) if any(p is not None for p in pixel_edisps) \
+        else (None, None)
     source_arrays = []
     for j, source in enumerate(sources):
         spatial, position = source.spatial, positions[j]
@@ -192,9 +199,8 @@ def bind_maps(members: list, sources: list[SkyModel], shard: bool) -> MapGroup:
                 rank = _rank_bucket(max(mix.shape[1] for _, mix in parts), len(used))
                 psf_fft = to_device(np.stack([np.pad(f, ((0, rank - len(f)), (0, 0), (0, 0))) for f, _ in parts]))
                 psf_mix = to_device(np.stack([np.pad(mix, ((0, 0), (0, rank - mix.shape[1]))) for _, mix in parts]))
-        position_fft = position_weights = None
-        if by_position[j]:
-            position_fft, position_weights = _position_arrays(members, position_psfs, size, fft_shape, used)
+        position_fft, position_weights = position_arrays if by_position[j] else (None, None)
+        pixel_edisp, pixel_edisp_index = pixel_edisp_arrays if by_position[j] else (None, None)
         pixel = jacobian = reference = grid_xyz = point_kernel = template_image = None
         oversampling = 1
         if isinstance(spatial, TemplateSpatialModel):
@@ -216,6 +222,7 @@ def bind_maps(members: list, sources: list[SkyModel], shard: bool) -> MapGroup:
             applies=to_device([float(source.applies_to(d.name)) for d in members]), edisp=to_device(edisp),
             psf_fft=psf_fft, psf_mix=psf_mix, pixel=pixel, pixel_jacobian=jacobian, reference=reference, psf_kernel=point_kernel,
             grid_xyz=grid_xyz, template_image=template_image, position_fft=position_fft, position_weights=position_weights,
+            pixel_edisp=pixel_edisp, pixel_edisp_index=pixel_edisp_index,
             oversampling=oversampling, is_point=is_point,
         ))
     data = _stacked_data(tuple(members), n_real, size + 1, tuple(used))
@@ -255,6 +262,16 @@ def _position_arrays(members: list, position_psfs: list, size: int, fft_shape: t
     extra = lambda array: ((0, 0), (0, rank - array.shape[1]), (0, 0), (0, 0))  # noqa: E731
     return (to_device(np.stack([np.pad(f, extra(f)) for f in fft])),
             to_device(np.stack([np.pad(p.weights, extra(p.weights)) for p in position_psfs])))
+
+
+def _pixel_edisp_arrays(members: list, pixel_edisps: list, used) -> tuple[Array, Array]:
+    """Each dataset's per-pixel energy dispersion (its map-centre matrix everywhere where
+    one matrix holds), as many matrices per dataset (padding repeats the first)."""
+    found = [p if p is not None else (d.edisp_matrix(None)[None], np.zeros(int(np.prod(d.shape)), np.int32))
+             for d, p in zip(members, pixel_edisps)]
+    count = max(len(matrices) for matrices, _ in found)
+    matrices = np.stack([np.concatenate([m[:, used]] + [m[:1, used]] * (count - len(m))) for m, _ in found])
+    return to_device(matrices), to_device(np.stack([index for _, index in found]))
 
 
 @dataclasses.dataclass(frozen=True)

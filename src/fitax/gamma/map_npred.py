@@ -9,7 +9,8 @@ no cut-out can truncate a source as it grows or moves):
             + background x norm (E / E_ref)^-tilt
 
 A source with ``psf_mode="position"`` is instead spread with the PSF of each pixel it
-covers, the exposure taken there too (see :mod:`fitax.gamma.psf_position`):
+covers, the exposure taken there too (see :mod:`fitax.gamma.psf_position`), and each
+pixel's counts go through that pixel's energy dispersion:
 
     npred_true(x, E_true) = integral of the spectrum over the E_true bin
                             x sum_x' K(x - x'; E_true, x') exposure(x', E_true) F(x')
@@ -30,7 +31,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Complex, Float
+from jaxtyping import Array, Complex, Float, Int
 
 from ..mapsum import map_items
 from ..stats import cash_sparse
@@ -54,6 +55,8 @@ class SourceArrays(eqx.Module):
     template_image: Float[Array, "n p y x"] | None  # template: flux fraction per pixel (p = 1 or et)
     position_fft: Complex[Array, "n et m fy fxh"] | None  # psf_mode="position": Fourier transforms of the kernel components
     position_weights: Float[Array, "n et m y x"] | None   # ... and their coefficients x exposure at each pixel
+    pixel_edisp: Float[Array, "n k et e"] | None          # psf_mode="position": the EDisp matrices of the map's pixels
+    pixel_edisp_index: Int[Array, "n p"] | None           # ... and which one each pixel takes
     oversampling: int = eqx.field(static=True)
     is_point: bool = eqx.field(static=True)
 
@@ -153,6 +156,14 @@ def _planes_matmul(matrix: Float[Array, "a b"], planes: Float[Array, "b y x"]) -
     return (matrix @ planes.reshape(planes.shape[0], -1)).reshape((matrix.shape[0],) + planes.shape[1:])
 
 
+def _apply_pixel_edisp(true_counts: Float[Array, "et y x"], matrices: Float[Array, "k et e"],
+                       index: Int[Array, " p"]) -> Float[Array, "e y x"]:
+    """Each pixel's counts through its own energy-dispersion matrix."""
+    _, ny, nx = true_counts.shape
+    reco = jnp.einsum("tp,pte->ep", true_counts.reshape(true_counts.shape[0], -1), matrices[index])
+    return reco.reshape(-1, ny, nx)
+
+
 def _apply_edisp(true_counts: Float[Array, "et y x"], edisp: Float[Array, "et e"]) -> Float[Array, "e y x"]:
     return _planes_matmul(edisp.T, true_counts)
 
@@ -177,6 +188,9 @@ def dataset_npred(models: Models, group, one: OneDataset) -> Float[Array, "e y x
         if arrays.position_fft is not None:
             true_counts = _convolve_by_position(image, arrays.position_weights, arrays.position_fft, group.kernel_size,
                                                 group.fft_shape) * flux[:, None, None]
+            if arrays.pixel_edisp is not None:
+                npred = npred + arrays.applies * _apply_pixel_edisp(true_counts, arrays.pixel_edisp, arrays.pixel_edisp_index)
+                continue
         else:
             spread = image if arrays.psf_fft is None else _convolve(image, arrays.psf_fft, arrays.psf_mix, group.kernel_size,
                                                                     group.fft_shape)

@@ -38,7 +38,7 @@ from jaxtyping import Float
 from . import irf
 from .geometry import celestial, pixel_skycoords
 
-__all__ = ["PositionPSF", "position_psf", "POSITION_PSF_TOLERANCE"]
+__all__ = ["PositionPSF", "position_psf", "POSITION_PSF_TOLERANCE", "edisp_by_pixel"]
 
 POSITION_PSF_TOLERANCE = 1e-5
 
@@ -150,3 +150,24 @@ def position_psf(dataset, used: np.ndarray, tolerance: float = POSITION_PSF_TOLE
     ny, nx = dataset.shape
     return PositionPSF(components=components.reshape(n_true, rank, size, size),
                        weights=(pixel_coefficients * exposure).reshape(n_true, rank, ny, nx))
+
+
+def edisp_by_pixel(dataset) -> tuple[np.ndarray, np.ndarray] | None:
+    """The energy dispersion of each map pixel, for sources spread by position: the
+    distinct matrices ``(k, energy_true, energy)`` of the EDisp map's pixels that hold map
+    pixels, and each map pixel's (flat ``y * nx + x``) index into them. Each pixel takes its
+    nearest EDisp-map pixel, as :func:`fitax.gamma.irf.edisp_matrix` does for a source's
+    centre. ``None`` where one matrix holds everywhere (no EDisp map, a single region, or
+    equal matrices)."""
+    contents = dataset.irfs
+    if contents.edisp is None or contents.edisp_wcs is None or contents.edisp.shape[2:] == (1, 1):
+        return None
+    ey, ex = contents.edisp.shape[2:]
+    positions = pixel_skycoords(dataset.wcs, dataset.shape).ravel()
+    x, y = (np.asarray(v, float) for v in celestial(contents.edisp_wcs).world_to_pixel(positions))
+    nearest = (np.clip(np.ceil(y - 0.5), 0, ey - 1).astype(int) * ex + np.clip(np.ceil(x - 0.5), 0, ex - 1).astype(int))
+    nodes, index = np.unique(nearest, return_inverse=True)
+    matrices = contents.edisp.reshape(contents.edisp.shape[:2] + (-1,))[:, :, nodes].transpose(2, 0, 1)
+    if np.all(matrices == matrices[:1]):
+        return None
+    return matrices, index.astype(np.int32)

@@ -159,10 +159,10 @@ def write_datasets(datasets: Datasets, folder) -> Path:
     return atomic_write(folder / "datasets.yaml", lambda tmp: tmp.write_text(text))
 
 
-def survey_models(dataset_names: list[str], rng: np.random.Generator) -> Models:
+def survey_models(dataset_names: list[str], rng: np.random.Generator, psf_mode: str = "position") -> Models:
     """The truth of a simulated survey of the Galactic-centre region: a point source, a
-    Gaussian and a large disk (the extended ones spread with the PSF of each position,
-    ``psf_mode="position"``), the Gaussian's and the disk's spectral index tied (one
+    Gaussian and a large disk (the extended ones with ``psf_mode``: by default spread
+    with the PSF of each position), the Gaussian's and the disk's spectral index tied (one
     population), and per dataset a background model with free norm and tilt near 1 and 0."""
     from ..parameters import thaw, tie
     from .spatial import DiskSpatialModel, GaussianSpatialModel, PointSpatialModel
@@ -171,9 +171,9 @@ def survey_models(dataset_names: list[str], rng: np.random.Generator) -> Models:
     sources = [
         SkyModel(PowerLawSpectralModel(index=2.4, amplitude=1e-11), PointSpatialModel(0.1, 0.15, frame="galactic"), name="point"),
         SkyModel(PowerLawSpectralModel(index=2.2, amplitude=1e-11), GaussianSpatialModel(-0.2, -0.1, 0.15, frame="galactic"),
-                 name="gauss", psf_mode="position"),
+                 name="gauss", psf_mode=psf_mode),
         SkyModel(PowerLawSpectralModel(index=2.2, amplitude=2e-11), DiskSpatialModel(0.25, -0.25, 0.3, edge_width=0.3, frame="galactic"),
-                 name="disk", psf_mode="position"),
+                 name="disk", psf_mode=psf_mode),
     ]
     backgrounds = [FoVBackgroundModel(name, norm=1 + 0.05 * rng.standard_normal(), tilt=0.03 * rng.standard_normal())
                    for name in dataset_names]
@@ -207,10 +207,10 @@ def start_models(truth: Models, rng: np.random.Generator) -> Models:
 
 
 def simulate_survey(n_obs: int, event_types: int = 1, seed: int = 0, npix: int = 60, livetime: float = 3600.0,
-                    progress: bool = False) -> tuple[Datasets, Models]:
+                    progress: bool = False, psf_mode: str = "position") -> tuple[Datasets, Models]:
     """``n_obs`` observations around the Galactic centre (pointings on rings 0.5-0.9 deg
     from it), each split into ``event_types`` datasets (the first of :data:`EVENT_TYPES`,
-    or all events for 1), and their true models (:func:`survey_models`)."""
+    or all events for 1), and their true models (:func:`survey_models` with ``psf_mode``)."""
     if n_obs < 1:
         raise ValueError(f"--n-obs must be at least 1, got {n_obs}")
     if not 1 <= event_types <= len(EVENT_TYPES):
@@ -223,7 +223,7 @@ def simulate_survey(n_obs: int, event_types: int = 1, seed: int = 0, npix: int =
         types = [EventType(t.psf_scale, t.resolution, t.area_share / total_area, t.background_share / total_background)
                  for t in types]
     names = [f"obs{i:03d}" if event_types == 1 else f"obs{i:03d}_et{k}" for i in range(n_obs) for k in range(event_types)]
-    truth = survey_models(names, rng)
+    truth = survey_models(names, rng, psf_mode)
     wcs = make_geometry(npix=npix, binsz=0.03)
     datasets = []
     bar = _progress(len(names), "simulating datasets", progress)
@@ -239,11 +239,12 @@ def simulate_survey(n_obs: int, event_types: int = 1, seed: int = 0, npix: int =
     return Datasets(datasets), truth
 
 
-def simulate_files(out, n_obs: int, event_types: int = 1, seed: int = 0, npix: int = 60) -> Path:
+def simulate_files(out, n_obs: int, event_types: int = 1, seed: int = 0, npix: int = 60, psf_mode: str = "position") -> Path:
     """What ``fitax gamma simulate`` does: :func:`simulate_survey` written to ``out`` as
     Gammapy files: one MapDataset per observation and event type, ``datasets.yaml``,
     ``models_true.yaml`` and a perturbed ``models_start.yaml`` that ``fitax gamma fit``
-    takes as it is. Returns the ``datasets.yaml`` path.
+    takes as it is (``psf_mode``: the extended sources', in the truth and in the start).
+    Returns the ``datasets.yaml`` path.
 
     Example:
         >>> simulate_files("survey", n_obs=10, event_types=4)  # doctest: +SKIP
@@ -257,7 +258,7 @@ def simulate_files(out, n_obs: int, event_types: int = 1, seed: int = 0, npix: i
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out}: exists and is not a folder")
     start = time.perf_counter()
-    datasets, truth = simulate_survey(n_obs, event_types, seed, npix, progress=sys.stderr.isatty())
+    datasets, truth = simulate_survey(n_obs, event_types, seed, npix, progress=sys.stderr.isatty(), psf_mode=psf_mode)
     path = write_datasets(datasets, out)
     write_models(truth, out / "models_true.yaml")
     write_models(start_models(truth, np.random.default_rng(seed + 1)), out / "models_start.yaml")
