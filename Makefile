@@ -33,7 +33,7 @@ TYPECHECK = $(PYTEST) -o addopts="" --jaxtyping-packages=fitax,typecheck.checker
 # The suite runs in separate pytest processes, two lanes at a time (one per core): gamma, the
 # AGC columnar analysis, the core with the doctests, then the type-checked pass in one lane;
 # HEP inference and the AGC derivatives, the sampler (and its type-checked pass), the programs
-# cache, then photometry in the other. tests/conftest.py drops JAX's compiled programs after a test module
+# cache, the multi-process gamma fit, then photometry in the other. tests/conftest.py drops JAX's compiled programs after a test module
 # once the process holds many memory mappings: one session holding every program passed
 # Linux's limit of 65530 (each XLA:CPU executable maps its code) and XLA crashed in
 # backend_compile_and_load. Photometry runs in its own process because after HEP's programs
@@ -51,6 +51,8 @@ LANE_CACHE := cache=$$(mktemp -d) && trap 'rm -rf "$$cache"' EXIT && export FITA
 # Lane two runs every HEP test file but the AGC analysis's (lane one runs it); its gradient
 # tests balance the lanes. pytest's --ignore-glob would not drop files named on its command line.
 HEP_LANE_TWO_TESTS := $(filter-out tests/test_hep_agc.py,$(wildcard tests/test_hep_*.py))
+# The multi-process fit (its own Python processes, ~40 s) balances the lanes from lane two.
+GAMMA_LANE_TWO_TESTS := tests/test_gamma_distributed.py
 NOT_GAMMA_HEP_PHOTOMETRY := --ignore-glob='tests/test_gamma_*' --ignore-glob='tests/test_hep_*' \
 	--ignore-glob='tests/test_photometry_*' --ignore=tests/test_sample.py --ignore=tests/test_programs.py
 
@@ -62,7 +64,7 @@ test-slow: install-test
 
 lane-gamma-core:
 	$(LANE_CACHE) \
-	&& $(PYTEST) -m "$(MARK)" --durations=10 tests/test_gamma_*.py \
+	&& $(PYTEST) -m "$(MARK)" --durations=10 $(filter-out $(GAMMA_LANE_TWO_TESTS),$(wildcard tests/test_gamma_*.py)) \
 	&& $(PYTEST) -m "$(MARK)" --durations=5 tests/test_hep_agc.py \
 	&& $(PYTEST) -m "$(MARK)" --durations=10 $(NOT_GAMMA_HEP_PHOTOMETRY) \
 	&& if [ "$(MARK)" = "not slow" ]; then $(TYPECHECK) $(TYPECHECKED_TESTS); fi
@@ -70,7 +72,7 @@ lane-gamma-core:
 lane-hep-photometry:
 	$(LANE_CACHE) \
 	&& $(PYTEST) -m "$(MARK)" --durations=5 $(HEP_LANE_TWO_TESTS) \
-	&& $(PYTEST) -m "$(MARK)" --durations=5 tests/test_sample.py tests/test_programs.py \
+	&& $(PYTEST) -m "$(MARK)" --durations=5 tests/test_sample.py tests/test_programs.py $(GAMMA_LANE_TWO_TESTS) \
 	&& if [ "$(MARK)" = "not slow" ]; then $(TYPECHECK) $(TYPECHECKED_LANE_TWO); fi \
 	&& $(PYTEST) -m "$(MARK)" --durations=10 tests/test_photometry_*.py
 

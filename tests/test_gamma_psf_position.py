@@ -227,7 +227,7 @@ def test_simulate_command_writes_event_type_datasets_gammapy_reads(tmp_path):
     from fitax.cli import main
     from fitax.gamma import read_datasets
 
-    code = main(["gamma", "simulate", "--n-obs", "2", "--event-types", "3", "--npix", "24", "--out", str(tmp_path)])
+    code = main(["gamma", "simulate", "--n-obs", "2", "--event-types", "3", "--npix", "40", "--out", str(tmp_path)])
     assert code == 0
     datasets = read_datasets(tmp_path / "datasets.yaml")
     assert [d.name for d in datasets] == [f"obs{i:03d}_et{k}" for i in range(2) for k in range(3)]
@@ -251,6 +251,8 @@ def test_simulate_command_refuses_bad_counts(tmp_path, capsys):
     assert main(["gamma", "simulate", "--n-obs", "1", "--event-types", "5", "--out", str(tmp_path)]) == 2
     assert "--event-types must be between 1 and 4, got 5" in capsys.readouterr().err
     assert main(["gamma", "simulate", "--n-obs", "0", "--out", str(tmp_path)]) == 2
+    assert main(["gamma", "simulate", "--n-obs", "1", "--npix", "20", "--out", str(tmp_path)]) == 2
+    assert "--npix must be at least 40" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -39,6 +39,7 @@ __all__ = ["simulate_observation", "make_geometry", "write_datasets", "EventType
            "start_models", "simulate_survey", "simulate_files"]
 
 _RAD_EDGES = np.linspace(0.0, 0.66, 67)
+_MIN_SURVEY_NPIX = 40
 
 
 @dataclasses.dataclass(frozen=True)
@@ -215,6 +216,9 @@ def simulate_survey(n_obs: int, event_types: int = 1, seed: int = 0, npix: int =
         raise ValueError(f"--n-obs must be at least 1, got {n_obs}")
     if not 1 <= event_types <= len(EVENT_TYPES):
         raise ValueError(f"--event-types must be between 1 and {len(EVENT_TYPES)}, got {event_types}")
+    if npix < _MIN_SURVEY_NPIX:
+        raise ValueError(f"--npix must be at least {_MIN_SURVEY_NPIX} (the sources lie up to 0.55 deg from the centre, "
+                         f"pixels are 0.03 deg), got {npix}")
     rng = np.random.default_rng(seed)
     types = [None] if event_types == 1 else list(EVENT_TYPES[:event_types])
     if event_types > 1:  # the chosen classes hold all the events
