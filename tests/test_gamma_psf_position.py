@@ -117,8 +117,9 @@ def test_position_dependent_npred_equals_the_direct_sum(dataset):
     npred = dataset.npred(_models("position"))
     bright = expected > 1e-3
     assert bright.sum() > 0.9 * expected.size
-    np.testing.assert_allclose(npred[bright], expected[bright], rtol=1e-3)
-    np.testing.assert_allclose(npred.sum(), expected.sum(), rtol=1e-5)
+    # the decomposition keeps every kernel within 1e-5 of its sum (measured: 1.2e-5 per bin at most)
+    np.testing.assert_allclose(npred[bright], expected[bright], rtol=5e-5)
+    np.testing.assert_allclose(npred.sum(), expected.sum(), rtol=1e-8)
     # the centre's kernel is measurably different here: the test can tell the modes apart
     centre = dataset.npred(_models("centre"))
     assert np.max(np.abs(centre[bright] / expected[bright] - 1)) > 0.02
@@ -156,7 +157,7 @@ def test_position_dependent_npred_gradients_match_finite_differences(dataset):
         up[i] += step
         down[i] -= step
         numeric = (float(stat_jit(up)) - float(stat_jit(down))) / (2 * step)
-        assert gradient[i] == pytest.approx(numeric, rel=1e-5, abs=1e-7 / step), name
+        assert gradient[i] == pytest.approx(numeric, rel=1e-5, abs=1e-6), name  # measured: ~1e-8 relative
         checked += 1
     assert checked == 5  # lon_0, lat_0, sigma, index, amplitude
 
@@ -293,8 +294,10 @@ def test_position_mode_applies_each_pixels_energy_dispersion(dataset):
     pixel, as the direct sum does here."""
     from jax.scipy.special import ndtr
 
-    contents = dataset.irfs
+    # 5 x 4 nodes: a map that is not square (its last column of nodes dropped) checks the axes' order
+    contents = dataclasses.replace(dataset.irfs, psf=dataset.irfs.psf[..., :-1], edisp=dataset.irfs.edisp[..., :-1])
     ey, ex = contents.edisp.shape[2:]
+    assert (ey, ex) == (5, 4)
     true_centres = np.sqrt(dataset.energy_true_edges[1:] * dataset.energy_true_edges[:-1])
     log_edges = np.log(dataset.energy_edges)
     edisp = np.zeros_like(contents.edisp)
@@ -316,7 +319,27 @@ def test_position_mode_applies_each_pixels_energy_dispersion(dataset):
     expected = _spread(varied, source, lambda y, x: varied.psf_kernel(world[y, x]), edisp_at)
     npred = varied.npred(_models("position"))
     bright = expected > 1e-3
-    np.testing.assert_allclose(npred[bright], expected[bright], rtol=1e-3)
+    np.testing.assert_allclose(npred[bright], expected[bright], rtol=1e-3)  # Gammapy's kernels at each pixel, as above
     np.testing.assert_allclose(npred.sum(), expected.sum(), rtol=1e-5)
     centre_edisp = _spread(varied, source, lambda y, x: varied.psf_kernel(world[y, x]))
     assert np.max(np.abs(centre_edisp[bright] / expected[bright] - 1)) > 0.05
+
+
+def test_fit_command_applies_psf_mode_to_every_model(dataset, tmp_path):
+    """``fitax gamma fit --psf-mode position`` fits the sources of a centre-mode
+    ``models.yaml`` with the PSF of each position, and writes the mode into the fitted
+    models; the fit converges near the truth the data were simulated with."""
+    from fitax.cli import main
+    from fitax.gamma.simulate import write_datasets
+
+    truth = Models([_source("position"), FoVBackgroundModel("obs")])
+    simulated = simulate_observation(truth, "obs", SkyCoord(0.7, 0.6, unit="deg", frame="galactic"), 36000.0, npix=NPIX,
+                                     wcs=make_geometry(npix=NPIX, binsz=BINSZ), psf_widening=0.5, psf_nodes=5)
+    datasets_path = write_datasets(Datasets([simulated]), tmp_path / "data")
+    models_path = write_models(Models([_source("centre"), FoVBackgroundModel("obs")]), tmp_path / "models.yaml")
+    code = main(["gamma", "fit", "--datasets", str(datasets_path), "--models", str(models_path), "--out", str(tmp_path / "fit"),
+                 "--no-plots", "--psf-mode", "position"])
+    assert code == 0
+    fitted = read_models(tmp_path / "fit" / "models.yaml")
+    assert fitted["blob"].psf_mode == "position"
+    assert fitted.parameters["blob.spatial.sigma"].value == pytest.approx(0.25, abs=0.03)

@@ -31,7 +31,7 @@ from ..mapsum import map_items
 from ..stats import cash_data_term
 from . import irf
 from .geometry import celestial, pixel_centres, position_key
-from .map_npred import OneDataset, SourceArrays, dataset_npred, dataset_stat, sharded_stat
+from .map_npred import OneDataset, PositionArrays, SourceArrays, dataset_npred, dataset_stat, sharded_stat
 from .models import Models, SkyModel
 from .psf_position import edisp_by_pixel, position_psf
 from .spatial import PointSpatialModel, unit_vectors
@@ -199,7 +199,7 @@ def bind_maps(members: list, sources: list[SkyModel], shard: bool) -> MapGroup:
                 rank = _rank_bucket(max(mix.shape[1] for _, mix in parts), len(used))
                 psf_fft = to_device(np.stack([np.pad(f, ((0, rank - len(f)), (0, 0), (0, 0))) for f, _ in parts]))
                 psf_mix = to_device(np.stack([np.pad(mix, ((0, 0), (0, rank - mix.shape[1]))) for _, mix in parts]))
-        position_fft, position_weights = position_arrays if by_position[j] else (None, None)
+        by_pixel = position_arrays if by_position[j] else None
         pixel_edisp, pixel_edisp_index = pixel_edisp_arrays if by_position[j] else (None, None)
         pixel = jacobian = reference = grid_xyz = point_kernel = template_image = None
         oversampling = 1
@@ -221,7 +221,7 @@ def bind_maps(members: list, sources: list[SkyModel], shard: bool) -> MapGroup:
         source_arrays.append(SourceArrays(
             applies=to_device([float(source.applies_to(d.name)) for d in members]), edisp=to_device(edisp),
             psf_fft=psf_fft, psf_mix=psf_mix, pixel=pixel, pixel_jacobian=jacobian, reference=reference, psf_kernel=point_kernel,
-            grid_xyz=grid_xyz, template_image=template_image, position_fft=position_fft, position_weights=position_weights,
+            grid_xyz=grid_xyz, template_image=template_image, position_psf=by_pixel,
             pixel_edisp=pixel_edisp, pixel_edisp_index=pixel_edisp_index,
             oversampling=oversampling, is_point=is_point,
         ))
@@ -243,12 +243,14 @@ def _psf_by_position(source: SkyModel) -> bool:
     return source.psf_mode == "position" and not isinstance(source.spatial, PointSpatialModel)
 
 
-def _position_arrays(members: list, position_psfs: list, size: int, fft_shape: tuple[int, int], used) -> tuple[Array, Array]:
+def _position_arrays(members: list, position_psfs: list, size: int, fft_shape: tuple[int, int], used) -> PositionArrays:
     """The datasets' position-dependent PSFs as arrays of the group: the components'
-    Fourier transforms (padded to ``size`` pixels, centred) and their weights, with as many
-    components in every dataset (zeros: exact) rounded up to a multiple of 4, so that
-    another binding with a few more does not compile the fit again."""
+    Fourier transforms (padded to ``size`` pixels, centred), their coefficients at the
+    nodes and each pixel's nodes, with as many components in every dataset (zeros: exact)
+    rounded up to a multiple of 4, so that another binding with a few more does not
+    compile the fit again, and as many nodes (unused padding)."""
     rank = -(-max(p.rank for p in position_psfs) // 4) * 4
+    n_nodes = max(p.node_coefficients.shape[-1] for p in position_psfs)
 
     def transforms(decomposition):
         k = decomposition.components.shape[-1]
@@ -259,9 +261,12 @@ def _position_arrays(members: list, position_psfs: list, size: int, fft_shape: t
 
     fft = [d.cached(("psf_position_fft", tuple(used), size, fft_shape), lambda p=p: transforms(p))
            for d, p in zip(members, position_psfs)]
-    extra = lambda array: ((0, 0), (0, rank - array.shape[1]), (0, 0), (0, 0))  # noqa: E731
-    return (to_device(np.stack([np.pad(f, extra(f)) for f in fft])),
-            to_device(np.stack([np.pad(p.weights, extra(p.weights)) for p in position_psfs])))
+    padded_fft = [np.pad(f, ((0, 0), (0, rank - f.shape[1]), (0, 0), (0, 0))) for f in fft]
+    coefficients = [np.pad(p.node_coefficients, ((0, 0), (0, rank - p.rank), (0, n_nodes - p.node_coefficients.shape[-1])))
+                    for p in position_psfs]
+    return PositionArrays(fft=to_device(np.stack(padded_fft)), coefficients=to_device(np.stack(coefficients)),
+                          node_index=to_device(np.stack([p.node_index for p in position_psfs])),
+                          node_weight=to_device(np.stack([p.node_weight for p in position_psfs])))
 
 
 def _pixel_edisp_arrays(members: list, pixel_edisps: list, used) -> tuple[Array, Array]:

@@ -37,7 +37,17 @@ from ..mapsum import map_items
 from ..stats import cash_sparse
 from .models import Models
 
-__all__ = ["SourceArrays", "OneDataset", "dataset_npred", "dataset_stat", "sharded_stat"]
+__all__ = ["PositionArrays", "SourceArrays", "OneDataset", "dataset_npred", "dataset_stat", "sharded_stat"]
+
+
+class PositionArrays(eqx.Module):
+    """A dataset's position-dependent PSF (see :class:`fitax.gamma.psf_position.PositionPSF`),
+    leading axis: datasets of the group."""
+
+    fft: Complex[Array, "n et m fy fxh"]     # Fourier transforms of the kernel components
+    coefficients: Float[Array, "n et m nodes"]  # their weights at the PSF map's nodes
+    node_index: Int[Array, "n 4 p"]          # each pixel's four nodes ...
+    node_weight: Float[Array, "n 4 p"]       # ... and their bilinear weights
 
 
 class SourceArrays(eqx.Module):
@@ -53,8 +63,7 @@ class SourceArrays(eqx.Module):
     psf_kernel: Float[Array, "n et k k"] | None   # point source: PSF kernels (placed, not convolved)
     grid_xyz: Float[Array, "n 3 fy fx"] | None    # extended source: fine pixel centres in its frame
     template_image: Float[Array, "n p y x"] | None  # template: flux fraction per pixel (p = 1 or et)
-    position_fft: Complex[Array, "n et m fy fxh"] | None  # psf_mode="position": Fourier transforms of the kernel components
-    position_weights: Float[Array, "n et m y x"] | None   # ... and their coefficients x exposure at each pixel
+    position_psf: PositionArrays | None                   # psf_mode="position": the PSF of each pixel
     pixel_edisp: Float[Array, "n k et e"] | None          # psf_mode="position": the EDisp matrices of the map's pixels
     pixel_edisp_index: Int[Array, "n p"] | None           # ... and which one each pixel takes
     oversampling: int = eqx.field(static=True)
@@ -136,14 +145,16 @@ def _convolve(image: Float[Array, "p y x"], kernel_fft: Complex[Array, "r fy fxh
     return cropped if mix is None else _planes_matmul(mix, cropped)
 
 
-def _convolve_by_position(image: Float[Array, "p y x"], weights: Float[Array, "et m y x"],
-                          components_fft: Complex[Array, "et m fy fxh"], size: int, fft_shape) -> Float[Array, "et y x"]:
-    """``sum_m components[E, m] * (weights[E, m] image)`` at each true energy, cropped to
-    the image: the components' convolutions are summed in Fourier space, so a true energy
-    costs ``m`` forward transforms and one inverse."""
-    ny, nx = image.shape[-2:]
-    planes = weights * image[:, None]
-    summed = jnp.sum(jnp.fft.rfft2(planes, s=fft_shape) * components_fft, axis=1)
+def _convolve_by_position(image: Float[Array, "p y x"], exposure: Float[Array, "et y x"], psf: PositionArrays, size: int,
+                          fft_shape) -> Float[Array, "et y x"]:
+    """``sum_m U_m(E) * (beta_m(E) image)`` at each true energy, cropped to the image, with
+    ``beta_m(x', E)`` the components' coefficients at pixel ``x'`` (bilinear between its
+    nodes) times the exposure there; the components' convolutions are summed in Fourier
+    space, so a true energy costs ``m`` forward transforms and one inverse."""
+    n_true, ny, nx = exposure.shape
+    coefficients = jnp.einsum("emfp,fp->emp", psf.coefficients[:, :, psf.node_index], psf.node_weight)
+    planes = coefficients.reshape(n_true, -1, ny, nx) * (exposure[:, None] * image[:, None])
+    summed = jnp.sum(jnp.fft.rfft2(planes, s=fft_shape) * psf.fft, axis=1)
     full = jnp.fft.irfft2(summed, s=fft_shape)
     half = (size - 1) // 2
     return full[:, half:half + ny, half:half + nx]
@@ -158,9 +169,15 @@ def _planes_matmul(matrix: Float[Array, "a b"], planes: Float[Array, "b y x"]) -
 
 def _apply_pixel_edisp(true_counts: Float[Array, "et y x"], matrices: Float[Array, "k et e"],
                        index: Int[Array, " p"]) -> Float[Array, "e y x"]:
-    """Each pixel's counts through its own energy-dispersion matrix."""
+    """Each pixel's counts through its own energy-dispersion matrix: one matrix product per
+    distinct matrix, kept where the pixels take it (no per-pixel copy of the matrices)."""
     _, ny, nx = true_counts.shape
-    reco = jnp.einsum("tp,pte->ep", true_counts.reshape(true_counts.shape[0], -1), matrices[index])
+    flat = true_counts.reshape(true_counts.shape[0], -1)
+
+    def add(reco, k):
+        return reco + jnp.where(index == k, matrices[k].T @ flat, 0.0), None
+
+    reco, _ = jax.lax.scan(add, jnp.zeros((matrices.shape[-1], flat.shape[1])), jnp.arange(matrices.shape[0]))
     return reco.reshape(-1, ny, nx)
 
 
@@ -175,7 +192,7 @@ def dataset_npred(models: Models, group, one: OneDataset) -> Float[Array, "e y x
     low, high = group.energy_true_bounds
     npred = one.background * models.background_scales(group.names, group.energy_centres)[one.index][:, None, None]
     exposure = one.padded_exposure[:, margin:margin + ny, margin:margin + nx]
-    points = None
+    points = by_pixel = pixel_edisp = None
     for name, arrays in zip(group.source_names, one.sources):
         source = models[name]
         flux = source.spectral.integral(low, high)
@@ -185,17 +202,22 @@ def dataset_npred(models: Models, group, one: OneDataset) -> Float[Array, "e y x
             points = _add_point_source(points, source.spatial, arrays, one.padded_exposure, flux, margin)
             continue
         image = _extended_image(source.spatial, arrays, one.solid_angle, (ny, nx))
-        if arrays.position_fft is not None:
-            true_counts = _convolve_by_position(image, arrays.position_weights, arrays.position_fft, group.kernel_size,
+        if arrays.position_psf is not None:
+            true_counts = _convolve_by_position(image, exposure, arrays.position_psf, group.kernel_size,
                                                 group.fft_shape) * flux[:, None, None]
             if arrays.pixel_edisp is not None:
-                npred = npred + arrays.applies * _apply_pixel_edisp(true_counts, arrays.pixel_edisp, arrays.pixel_edisp_index)
+                # the sources spread by position share each pixel's matrices: applied once, to their sum
+                contribution = arrays.applies * true_counts
+                by_pixel = contribution if by_pixel is None else by_pixel + contribution
+                pixel_edisp = arrays
                 continue
         else:
             spread = image if arrays.psf_fft is None else _convolve(image, arrays.psf_fft, arrays.psf_mix, group.kernel_size,
                                                                     group.fft_shape)
             true_counts = spread * exposure * flux[:, None, None]
         npred = npred + arrays.applies * _apply_edisp(true_counts, arrays.edisp)
+    if by_pixel is not None:
+        npred = npred + _apply_pixel_edisp(by_pixel, pixel_edisp.pixel_edisp, pixel_edisp.pixel_edisp_index)
     return npred if points is None else npred + points[:, margin:margin + ny, margin:margin + nx]
 
 
