@@ -5,7 +5,7 @@ import functools
 import jax
 import numpy as np
 import pytest
-from conftest import shared_data
+from conftest import joint_stat_gradients, shared_data
 
 import fitax.gamma as fg
 from fitax.gamma.datasets import bind, stat_sum_groups
@@ -49,23 +49,8 @@ def test_gradient_of_joint_stat_matches_finite_differences():
     datasets = fg.Datasets([fg.MapDataset.read(shared_data("gamma", "sim", f"obs00{i}.fits.gz")) for i in range(2)])
     models = fg.read_models(shared_data("gamma", "sim", "models_true_n10.yaml"))
     models = fg.Models([m for m in models if getattr(m, "dataset_name", "obs000") in ("obs000", "obs001")])
-    groups = bind(datasets, models)
-    space = ParameterSpace.from_params(models)
-    values = np.asarray(space.values(models))
-
-    def stat(v):
-        return stat_sum_groups(space.with_values(models, v), groups)
-
-    gradient = np.asarray(jax.jit(jax.grad(stat))(values))
-    stat_jit = jax.jit(stat)
-    for i, name in enumerate(space.names):
-        # steps of ~1e-4 of a typical error: the Cash sum (~2.5e4) keeps ~1e-12 relative precision
-        step = 1e-6 * max(abs(values[i]), 1e-2) if "amplitude" not in name else 1e-4 * abs(values[i])
-        up, down = values.copy(), values.copy()
-        up[i] += step
-        down[i] -= step
-        numeric = (float(stat_jit(up)) - float(stat_jit(down))) / (2 * step)
-        assert gradient[i] == pytest.approx(numeric, rel=1e-5, abs=1e-7 / step), name
+    for name, gradient, numeric, step in joint_stat_gradients(datasets, models):
+        assert gradient == pytest.approx(numeric, rel=1e-5, abs=1e-7 / step), name
 
 
 @pytest.fixture(scope="module")

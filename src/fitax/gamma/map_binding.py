@@ -244,29 +244,31 @@ def _psf_by_position(source: SkyModel) -> bool:
 
 
 def _position_arrays(members: list, position_psfs: list, size: int, fft_shape: tuple[int, int], used) -> PositionArrays:
-    """The datasets' position-dependent PSFs as arrays of the group: the components'
-    Fourier transforms (padded to ``size`` pixels, centred), their coefficients at the
-    nodes and each pixel's nodes, with as many components in every dataset (zeros: exact)
-    rounded up to a multiple of 4, so that another binding with a few more does not
+    """The datasets' position-dependent PSFs as arrays of the group: the terms' Fourier
+    transforms (components padded to ``size`` pixels, centred), energies and coefficients
+    at the nodes, and each pixel's nodes; as many terms in every dataset (zeros: exact),
+    rounded up to a multiple of 8 so that another binding with a few more does not
     compile the fit again, and as many nodes (unused padding)."""
-    rank = -(-max(p.rank for p in position_psfs) // 4) * 4
+    n_terms = -(-max(p.n_terms for p in position_psfs) // 8) * 8
     n_nodes = max(p.node_coefficients.shape[-1] for p in position_psfs)
 
     def transforms(decomposition):
         k = decomposition.components.shape[-1]
         start = (size - k) // 2
-        padded = np.zeros(decomposition.components.shape[:2] + (size, size))
-        padded[:, :, start:start + k, start:start + k] = decomposition.components
+        padded = np.zeros((decomposition.n_terms, size, size))
+        padded[:, start:start + k, start:start + k] = decomposition.components
         return np.fft.rfft2(padded, s=fft_shape)
 
     fft = [d.cached(("psf_position_fft", tuple(used), size, fft_shape), lambda p=p: transforms(p))
            for d, p in zip(members, position_psfs)]
-    padded_fft = [np.pad(f, ((0, 0), (0, rank - f.shape[1]), (0, 0), (0, 0))) for f in fft]
-    coefficients = [np.pad(p.node_coefficients, ((0, 0), (0, rank - p.rank), (0, n_nodes - p.node_coefficients.shape[-1])))
-                    for p in position_psfs]
-    return PositionArrays(fft=to_device(np.stack(padded_fft)), coefficients=to_device(np.stack(coefficients)),
-                          node_index=to_device(np.stack([p.node_index for p in position_psfs])),
-                          node_weight=to_device(np.stack([p.node_weight for p in position_psfs])))
+    extra = [n_terms - p.n_terms for p in position_psfs]
+    return PositionArrays(
+        fft=to_device(np.stack([np.pad(f, ((0, e), (0, 0), (0, 0))) for f, e in zip(fft, extra)])),
+        energy_of=to_device(np.stack([np.pad(p.energy_of, (0, e)) for p, e in zip(position_psfs, extra)])),
+        coefficients=to_device(np.stack([np.pad(p.node_coefficients, ((0, e), (0, n_nodes - p.node_coefficients.shape[-1])))
+                                         for p, e in zip(position_psfs, extra)])),
+        node_index=to_device(np.stack([p.node_index for p in position_psfs])),
+        node_weight=to_device(np.stack([p.node_weight for p in position_psfs])))
 
 
 def _pixel_edisp_arrays(members: list, pixel_edisps: list, used) -> tuple[Array, Array]:

@@ -41,11 +41,12 @@ __all__ = ["PositionArrays", "SourceArrays", "OneDataset", "dataset_npred", "dat
 
 
 class PositionArrays(eqx.Module):
-    """A dataset's position-dependent PSF (see :class:`fitax.gamma.psf_position.PositionPSF`),
-    leading axis: datasets of the group."""
+    """A dataset's position-dependent PSF as terms (see
+    :class:`fitax.gamma.psf_position.PositionPSF`), leading axis: datasets of the group."""
 
-    fft: Complex[Array, "n et m fy fxh"]     # Fourier transforms of the kernel components
-    coefficients: Float[Array, "n et m nodes"]  # their weights at the PSF map's nodes
+    fft: Complex[Array, "n t fy fxh"]        # Fourier transforms of the kernel components
+    energy_of: Int[Array, "n t"]             # the true energy of each (padding: 0, with zeros)
+    coefficients: Float[Array, "n t nodes"]  # their weights at the PSF map's nodes
     node_index: Int[Array, "n 4 p"]          # each pixel's four nodes ...
     node_weight: Float[Array, "n 4 p"]       # ... and their bilinear weights
 
@@ -147,15 +148,16 @@ def _convolve(image: Float[Array, "p y x"], kernel_fft: Complex[Array, "r fy fxh
 
 def _convolve_by_position(image: Float[Array, "p y x"], exposure: Float[Array, "et y x"], psf: PositionArrays, size: int,
                           fft_shape) -> Float[Array, "et y x"]:
-    """``sum_m U_m(E) * (beta_m(E) image)`` at each true energy, cropped to the image, with
-    ``beta_m(x', E)`` the components' coefficients at pixel ``x'`` (bilinear between its
-    nodes) times the exposure there; the components' convolutions are summed in Fourier
-    space, so a true energy costs ``m`` forward transforms and one inverse."""
+    """``sum_m U_m(E) * (beta_m(E) image(E))`` at each true energy ``E``, cropped to the
+    image, with ``beta_m(x', E)`` the component's coefficient at pixel ``x'`` (bilinear
+    between its nodes) times the exposure there. Each term is one forward transform; the
+    terms of an energy are summed in Fourier space and transformed back once."""
     n_true, ny, nx = exposure.shape
-    coefficients = jnp.einsum("emfp,fp->emp", psf.coefficients[:, :, psf.node_index], psf.node_weight)
-    planes = coefficients.reshape(n_true, -1, ny, nx) * (exposure[:, None] * image[:, None])
-    summed = jnp.sum(jnp.fft.rfft2(planes, s=fft_shape) * psf.fft, axis=1)
-    full = jnp.fft.irfft2(summed, s=fft_shape)
+    coefficients = jnp.einsum("tfp,fp->tp", psf.coefficients[:, psf.node_index], psf.node_weight)
+    images = image[psf.energy_of] if image.shape[0] > 1 else image
+    planes = coefficients.reshape(-1, ny, nx) * exposure[psf.energy_of] * images
+    spectra = jnp.fft.rfft2(planes, s=fft_shape) * psf.fft
+    full = jnp.fft.irfft2(jax.ops.segment_sum(spectra, psf.energy_of, num_segments=n_true), s=fft_shape)
     half = (size - 1) // 2
     return full[:, half:half + ny, half:half + nx]
 

@@ -21,8 +21,10 @@ nodes' kernels span few dimensions (a singular-value decomposition,
     npred_true(x, E) = sum_m [U_m(E) * (beta_m(E) F(E))](x),
     beta_m(x', E) = exposure(x', E) sum_node W(x', node) a_m(node; E),
 
-one FFT convolution per component, summed in Fourier space: ``M + 1`` transforms per
-true energy where a kernel of the source's centre needs about two. The truncation keeps
+one FFT convolution per component, summed in Fourier space: ``M_E + 1`` transforms at a
+true energy of ``M_E`` components, where a kernel of the source's centre needs about two.
+The components of all energies form one list of terms, so an energy of lower rank costs
+no padding. The truncation keeps
 every node's kernel within ``POSITION_PSF_TOLERANCE`` of its sum (L1 norm), and so every
 pixel's (a convex combination of nodes).
 """
@@ -45,25 +47,32 @@ POSITION_PSF_TOLERANCE = 1e-5
 
 @dataclasses.dataclass(frozen=True)
 class PositionPSF:
-    """A dataset's position-dependent PSF: at true energy ``E``, the kernel of pixel ``p``
-    is ``sum_m components[E, m] sum_f node_weight[f, p] node_coefficients[E, m,
-    node_index[f, p]]``.
+    """A dataset's position-dependent PSF as terms ``t``, each a kernel component of one
+    true energy: the kernel of pixel ``p`` at true energy ``E`` is the sum over the terms of
+    that energy (``energy_of[t] == E``) of ``components[t] sum_f node_weight[f, p]
+    node_coefficients[t, node_index[f, p]]``.
 
-    ``components`` ``(energy_true, M, k, k)`` are the kernel components ``U_m(E)`` (zero
-    beyond each energy's rank), ``node_coefficients`` ``(energy_true, M, nodes)`` their
-    weights at the PSF map's nodes, ``node_index`` and ``node_weight`` ``(4, ny * nx)``
-    each pixel's four nodes and bilinear weights. Stored so, not as per-pixel weights,
+    ``components`` ``(T, k, k)`` are the components ``U_m(E)`` of every energy in turn (as
+    many as each energy's rank: no zero components), ``node_coefficients`` ``(T, nodes)``
+    their weights at the PSF map's nodes, ``node_index`` and ``node_weight`` ``(4, ny *
+    nx)`` each pixel's four nodes and bilinear weights. Stored so, not as per-pixel weights,
     the decomposition of a 60 x 60 map holds 0.4 MB instead of 9 MB.
     """
 
-    components: Float[np.ndarray, "et m k k"]
-    node_coefficients: Float[np.ndarray, "et m nodes"]
+    components: Float[np.ndarray, "t k k"]
+    energy_of: Int[np.ndarray, " t"]
+    node_coefficients: Float[np.ndarray, "t nodes"]
     node_index: Int[np.ndarray, "4 p"]
     node_weight: Float[np.ndarray, "4 p"]
 
     @property
+    def n_terms(self) -> int:
+        return len(self.energy_of)
+
+    @property
     def rank(self) -> int:
-        return self.components.shape[1]
+        """The largest number of components at a true energy."""
+        return int(np.bincount(self.energy_of).max())
 
 
 def _node_weights(dataset, psf_shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -129,23 +138,21 @@ def position_psf(dataset, used: np.ndarray, tolerance: float = POSITION_PSF_TOLE
     else:
         index, weight = _node_weights(dataset, contents.psf.shape[2:])
     if contents.psf is None:
-        return PositionPSF(components=np.ones((len(used), 1, 1, 1)), node_coefficients=np.ones((len(used), 1, 1)),
-                           node_index=index, node_weight=weight)
+        return PositionPSF(components=np.ones((len(used), 1, 1)), energy_of=np.arange(len(used), dtype=np.int32),
+                           node_coefficients=np.ones((len(used), 1)), node_index=index, node_weight=weight)
     nodes, inverse = np.unique(index, return_inverse=True)
     kernels = _node_kernels(dataset, nodes, contents.psf.shape[2:], used)  # (nodes, et, k, k)
     n_nodes, n_true, size, _ = kernels.shape
-    factors = []
+    components, coefficients, energy_of = [], [], []
     for energy in range(n_true):
         flat = kernels[:, energy].reshape(n_nodes, -1)
-        factors.append(_truncated_svd(flat, tolerance * np.abs(flat).sum(axis=1)))
-    rank = max(len(right) for _, right in factors)
-    components = np.zeros((n_true, rank, size * size))
-    node_coefficients = np.zeros((n_true, rank, n_nodes))
-    for energy, (left, right) in enumerate(factors):
-        components[energy, :len(right)] = right
-        node_coefficients[energy, :len(right)] = left.T
-    return PositionPSF(components=components.reshape(n_true, rank, size, size), node_coefficients=node_coefficients,
-                       node_index=inverse.reshape(index.shape).astype(np.int32), node_weight=weight)
+        left, right = _truncated_svd(flat, tolerance * np.abs(flat).sum(axis=1))
+        components.append(right)
+        coefficients.append(left.T)
+        energy_of += [energy] * len(right)
+    return PositionPSF(components=np.concatenate(components).reshape(-1, size, size), energy_of=np.asarray(energy_of, np.int32),
+                       node_coefficients=np.concatenate(coefficients), node_index=inverse.reshape(index.shape).astype(np.int32),
+                       node_weight=weight)
 
 
 def edisp_by_pixel(dataset) -> tuple[np.ndarray, np.ndarray] | None:
