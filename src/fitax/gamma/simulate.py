@@ -207,11 +207,13 @@ def start_models(truth: Models, rng: np.random.Generator) -> Models:
     return set_values(truth, changes)
 
 
-def simulate_survey(n_obs: int, event_types: int = 1, seed: int = 0, npix: int = 60, livetime: float = 3600.0,
+def simulate_survey(n_obs: int, event_types: int = 1, seed: int = 0, npix: int = 60, livetime: float = 18000.0,
                     progress: bool = False, psf_mode: str = "position") -> tuple[Datasets, Models]:
-    """``n_obs`` observations around the Galactic centre (pointings on rings 0.5-0.9 deg
-    from it), each split into ``event_types`` datasets (the first of :data:`EVENT_TYPES`,
-    or all events for 1), and their true models (:func:`survey_models` with ``psf_mode``)."""
+    """``n_obs`` observations of ``livetime`` seconds around the Galactic centre (pointings on
+    rings 0.5-0.9 deg from it), each split into ``event_types`` datasets (the first of
+    :data:`EVENT_TYPES`, or all events for 1), and their true models (:func:`survey_models`
+    with ``psf_mode``). With 1 h, an event type of 100 x 4 held ~240 counts, too few to fix
+    its background tilt (one ran away in the fit); 5 h give ~1200."""
     if n_obs < 1:
         raise ValueError(f"--n-obs must be at least 1, got {n_obs}")
     if not 1 <= event_types <= len(EVENT_TYPES):
