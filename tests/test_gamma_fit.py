@@ -152,6 +152,8 @@ def test_fit_matches_gammapy_iminuit(single, gammapy_global):
         assert ours.errors[name] == pytest.approx(error, rel=0.01), name
 
 
+# slow: tests/test_gamma_distributed.py fits 3 datasets padded to 4 devices, and across 2 processes, in make test
+@pytest.mark.slow
 def test_datasets_split_over_devices_give_the_same_stat_and_gradient():
     """The sharded path (used on accelerators; forced here on 4 CPU devices) pads three
     datasets to four and must give the unsharded statistic and gradient."""

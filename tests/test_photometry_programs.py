@@ -60,6 +60,8 @@ def _run_child(tmp_path, cache: str, images: int):
     return [json.loads(line) for line in done.stdout.splitlines()]
 
 
+# slow (64 s, make test's 15-minute budget): tests/test_programs.py checks the mechanism in make test
+@pytest.mark.slow
 def test_each_program_is_traced_once_per_process(tmp_path):
     first, second = _run_child(tmp_path, "-", 2)
     assert first["stars"] >= 25 and second["stars"] >= 40
