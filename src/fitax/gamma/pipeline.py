@@ -128,8 +128,9 @@ def npred_files(datasets_path, models_path, out, psf_mode: str | None = None) ->
 
     from .io import bands_hdu, map_image_hdu
 
-    out, datasets, models = _estimator_inputs(datasets_path, models_path, out, "")
-    models = _with_psf_mode(models, psf_mode)
+    out = _output_folder(out)
+    datasets = read_datasets(datasets_path, progress=sys.stderr.isatty())
+    models = _with_psf_mode(read_models(models_path), psf_mode)
     maps = [d for d in datasets if isinstance(d, MapDataset)]
     if not maps:
         raise ValueError(f"{datasets_path}: no MapDataset to predict counts for (npred maps need sky maps)")
@@ -138,8 +139,8 @@ def npred_files(datasets_path, models_path, out, psf_mode: str | None = None) ->
     for path in paths:
         check_not_input(path, inputs)
     out.mkdir(parents=True, exist_ok=True)
-    for dataset, path in zip(maps, paths):
-        npred = dataset.npred(models)
+    # all at once: datasets of the same shapes are one stacked group, compiled once
+    for dataset, path, npred in zip(maps, paths, type(datasets)(maps).npred(models)):
         bands = bands_hdu("PRIMARY", [("ENERGY", dataset.energy_edges, "log")])
         image = map_image_hdu("PRIMARY", npred, dataset.wcs, bands)
         hdus = fits.HDUList([fits.PrimaryHDU(image.data, header=image.header), bands])

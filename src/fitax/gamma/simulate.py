@@ -232,7 +232,9 @@ def simulate_survey(n_obs: int, event_types: int = 1, seed: int = 0, npix: int =
     truth = survey_models(names, rng, psf_mode)
     wcs = make_geometry(npix=npix, binsz=0.03)
     datasets = []
-    bar = _progress(len(names), "simulating datasets", progress)
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(names), desc="simulating datasets", disable=not progress, leave=False)
     for i in range(n_obs):
         angle, radius = 2.4 * i, 0.5 + 0.4 * (i % 3) / 2
         pointing = SkyCoord(radius * np.cos(angle), radius * np.sin(angle), unit="deg", frame="galactic")
@@ -274,8 +276,3 @@ def simulate_files(out, n_obs: int, event_types: int = 1, seed: int = 0, npix: i
           f"{time.perf_counter() - start:.1f} s: {path}, models_true.yaml, models_start.yaml")
     return path
 
-
-def _progress(total: int, label: str, show: bool):
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=label, disable=not show, leave=False)
