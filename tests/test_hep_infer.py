@@ -275,15 +275,17 @@ def test_sampled_gaussian_auxdata_have_the_constraint_width():
 @pytest.mark.slow
 def test_toy_cls_matches_pyhf_toys():
     """Toy CLs (observed, and the median of the expected band) within 3 Monte Carlo standard
-    errors of pyhf's ToyCalculator at the same number of toys (independent random numbers).
+    errors of pyhf's ToyCalculator (independent random numbers: fitax 2000 toys, pyhf 400).
+    pyhf draws from NumPy's global generator, seeded here so that a CI run is reproducible.
     pyhf 0.7.6's own band calls ``numpy.percentile(interpolation=)`` (gone in NumPy 2), so its
     band is computed here from its background toys the way pyhf does."""
-    ntoys = 400
+    ntoys, ntoys_ref = 2000, 400
     model, data, pmodel, pdata = both(simple_spec(obs=OBS_SIGNAL_LIKE))
     result = infer.hypotest(1.0, data, model, calctype="toybased", ntoys=ntoys, seed=3)
     assert result.converged, result.warnings
     pyhf.set_backend("numpy")
-    calculator = pyhf.infer.utils.create_calculator("toybased", pdata, pmodel, ntoys=ntoys, track_progress=False)
+    np.random.seed(11)
+    calculator = pyhf.infer.utils.create_calculator("toybased", pdata, pmodel, ntoys=ntoys_ref, track_progress=False)
     teststat = calculator.teststatistic(1.0)
     signal, background = calculator.distributions(1.0)
     _, _, cls_ref = calculator.pvalues(teststat, signal, background)
@@ -291,12 +293,14 @@ def test_toy_cls_matches_pyhf_toys():
     tail = lambda samples, t: (samples.size - np.searchsorted(samples, t, side="left")) / samples.size  # noqa: E731
     median_ref = np.percentile(tail(sb, b) / tail(b, b), 50.0)
     clsb, clb = result.clsb_obs, result.clb_obs
-    # Binomial errors of both tail fractions, propagated to their ratio, for two independent runs.
-    se = np.sqrt(2) * result.cls_obs * np.sqrt((1 - clsb) / (clsb * ntoys) + (1 - clb) / (clb * ntoys))
+    # Binomial errors of both tail fractions, propagated to their ratio, for each run.
+    relative_variance = (1 - clsb) / clsb + (1 - clb) / clb
+    se = result.cls_obs * np.sqrt(relative_variance * (1 / ntoys + 1 / ntoys_ref))
     assert abs(result.cls_obs - float(cls_ref)) < 3 * se
     # The median expected CLs is CLs+b at the median background toy over 0.5: same error model.
     median = result.cls_exp[2]
-    se_median = np.sqrt(2) * median * np.sqrt((1 - median / 2) / (median / 2 * ntoys) + 1 / ntoys)
+    relative_variance = (1 - median / 2) / (median / 2) + 1
+    se_median = median * np.sqrt(relative_variance * (1 / ntoys + 1 / ntoys_ref))
     assert abs(median - median_ref) < 3 * se_median
 
 
