@@ -13,6 +13,8 @@ from .geometry import SkyGrid, integrate_spatial
 from .models import FoVBackgroundModel, Models, SkyModel
 from .spectrum import SpectrumDataset, SpectrumDatasetOnOff
 from .template import TemplateSpatialModel
+from .psf_kernel_map import PSFKernelMap
+from .io import read_psf_kernel_map, write_psf_kernel_map
 from .spatial import ConstantSpatialModel, DiskSpatialModel, GaussianSpatialModel, PointSpatialModel, ShellSpatialModel
 from .spectral import (
     BrokenPowerLawSpectralModel,
@@ -30,4 +32,5 @@ __all__ = [
     "PowerLaw2SpectralModel", "PowerLawSpectralModel", "PowerLawNormSpectralModel", "TemplateSpatialModel", "SmoothBrokenPowerLawSpectralModel",
     "Datasets", "MapDataset", "SpectrumDataset", "SpectrumDatasetOnOff", "fit", "ts", "sample", "read_datasets", "read_models", "write_models", "write_results", "FoVBackgroundModel", "Models", "SkyModel", "PointSpatialModel",
     "ConstantSpatialModel", "DiskSpatialModel", "GaussianSpatialModel", "ShellSpatialModel", "SkyGrid", "integrate_spatial",
+    "PSFKernelMap", "read_psf_kernel_map", "write_psf_kernel_map",
 ]

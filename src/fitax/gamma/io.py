@@ -20,8 +20,10 @@ from astropy.time import Time
 from astropy.wcs import WCS
 
 from ..io import atomic_write, open_fits
+from .psf_kernel_map import PSFKernelMap
 
-__all__ = ["MapDatasetFile", "bands_hdu", "map_image_hdu", "read_map_dataset", "read_sky_mask", "write_map_dataset"]
+__all__ = ["MapDatasetFile", "bands_hdu", "map_image_hdu", "read_map_dataset", "read_sky_mask", "write_map_dataset",
+           "psf_kernel_map_hdus", "read_psf_kernel_map", "write_psf_kernel_map"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +44,9 @@ class MapDatasetFile:
     ``livetime`` [s] is the summed good time intervals (the ``GTI`` HDU's, Gammapy's
     ``gti.time_sum``: the ontime; the exposure already holds the dead-time correction), and
     ``gti`` those intervals' starts and stops (astropy ``Time``, ``(n, 2)``) where they are known.
+    ``psf_kernel_map`` is an asymmetric PSF (kernels per position, see
+    :mod:`fitax.gamma.psf_kernel_map`) where the file has one; it then replaces ``psf``,
+    which stays for Gammapy (a radial approximation).
     """
 
     name: str
@@ -65,12 +70,15 @@ class MapDatasetFile:
     psf_exposure: np.ndarray | None = None
     edisp_exposure: np.ndarray | None = None
     gti: Time | None = None
+    psf_kernel_map: PSFKernelMap | None = None
 
     def __repr__(self) -> str:
         ne, ny, nx = self.counts.shape
         parts = [f"{ne} reco x {len(self.energy_true_edges) - 1} true energies, {ny}x{nx} pixels",
                  f"counts {self.counts.sum():.0f}", "PSF" if self.psf is not None else "no PSF",
                  "EDISP" if self.edisp is not None else "no EDISP"]
+        if self.psf_kernel_map is not None:
+            parts.insert(3, "asymmetric PSF kernel map")
         return f"MapDatasetFile({self.name!r}: {', '.join(parts)})"
 
 
@@ -237,14 +245,107 @@ def read_map_dataset(path) -> MapDatasetFile:
             seconds = np.stack([table["START"].quantity.to_value("s"), table["STOP"].quantity.to_value("s")], axis=-1)
             livetime = float(np.sum(seconds[:, 1] - seconds[:, 0]))
             gti = _time_reference(hdul["GTI"].header) + u.Quantity(seconds, "s")
+        kernel_map = None
+        if _KERNEL_COMPONENTS in names:
+            kernel_map = _psf_kernel_map(hdul, path)
+            if not np.allclose(kernel_map.energy_true_edges, energy_true_edges, rtol=1e-6):
+                raise ValueError(f"{path}[{_KERNEL_TERMS}]: the kernel map's true-energy bins differ from EXPOSURE_BANDS'")
+            scale = np.asarray(wcs.wcs.cdelt, float)
+            if not np.allclose(kernel_map.pixel_scale, scale, rtol=1e-6):
+                raise ValueError(f"{path}[{_KERNEL_COMPONENTS}]: kernel pixels CDELT {kernel_map.pixel_scale.tolist()} differ "
+                                 f"from the maps' {scale.tolist()} (the kernels must be in the maps' pixels)")
     return MapDatasetFile(
         name=path.name, path=path, counts=counts, exposure=exposure, background=background,
         mask_safe=None if mask_safe is None else mask_safe.astype(bool),
         mask_fit=None if mask_fit is None else mask_fit.astype(bool), energy_edges=energy_edges,
         energy_true_edges=energy_true_edges, wcs=wcs, psf=psf, psf_rad=psf_rad, psf_rad_edges=psf_rad_edges,
         psf_energy_true=psf_energy_true, psf_wcs=psf_wcs, edisp=edisp,
-        edisp_wcs=edisp_wcs, livetime=livetime, gti=gti,
+        edisp_wcs=edisp_wcs, livetime=livetime, gti=gti, psf_kernel_map=kernel_map,
     )
+
+
+# The asymmetric PSF kernel map's HDUs (in a MapDataset file, which Gammapy reads ignoring
+# them, or on their own). COMPONENTS is an image (terms, k, k) whose WCS is the kernel's, as
+# Gammapy's PSFKernel (centred on offset 0, the maps' CDELT); COEFFICIENTS an image (terms,
+# ny, nx) on the node grid's WCS, each plane a sky map of one term's weight; TERMS the table
+# of the terms' true-energy bins (Gammapy's BANDS columns) and their index within the bin.
+_KERNEL_COMPONENTS, _KERNEL_COEFFICIENTS, _KERNEL_TERMS = "PSF_KERNEL_COMPONENTS", "PSF_KERNEL_COEFFICIENTS", "PSF_KERNEL_TERMS"
+
+
+def psf_kernel_map_hdus(kernel_map: PSFKernelMap) -> list:
+    """The three HDUs of ``kernel_map`` (``PSF_KERNEL_COMPONENTS``, ``PSF_KERNEL_COEFFICIENTS``,
+    ``PSF_KERNEL_TERMS``)."""
+    edges = kernel_map.energy_true_edges
+    of = kernel_map.energy_of
+    within = np.array([int(np.sum(of[:t] == of[t])) for t in range(len(of))])
+    terms = Table({"CHANNEL": np.arange(len(of)), "ENERGY_TRUE": np.sqrt(edges[of] * edges[of + 1]),
+                   "ENERGY_TRUE_MIN": edges[of], "ENERGY_TRUE_MAX": edges[of + 1], "COMPONENT": within},
+                  units={"ENERGY_TRUE": "TeV", "ENERGY_TRUE_MIN": "TeV", "ENERGY_TRUE_MAX": "TeV"})
+    terms_hdu = fits.table_to_hdu(terms)
+    terms_hdu.name = _KERNEL_TERMS
+    size = kernel_map.kernel_size
+    kernel_header = fits.Header()
+    for axis, ctype in enumerate(kernel_map.node_wcs.wcs.ctype, start=1):
+        kernel_header[f"CTYPE{axis}"] = ctype
+        kernel_header[f"CRPIX{axis}"] = (size + 1) / 2
+        kernel_header[f"CRVAL{axis}"] = 0.0
+        kernel_header[f"CDELT{axis}"] = float(kernel_map.pixel_scale[axis - 1])
+        kernel_header[f"CUNIT{axis}"] = "deg"
+    kernel_header.update({"HDUCLAS1": "PSF_KERNEL_MAP", "HDUCLAS2": "COMPONENTS", "TOLERANC": kernel_map.tolerance,
+                          "BANDSHDU": _KERNEL_TERMS})
+    node_header = kernel_map.node_wcs.to_header()
+    node_header.update({"HDUCLAS1": "PSF_KERNEL_MAP", "HDUCLAS2": "COEFFICIENTS", "BANDSHDU": _KERNEL_TERMS})
+    return [fits.ImageHDU(kernel_map.components, header=kernel_header, name=_KERNEL_COMPONENTS),
+            fits.ImageHDU(kernel_map.coefficients, header=node_header, name=_KERNEL_COEFFICIENTS), terms_hdu]
+
+
+def _psf_kernel_map(hdul, path) -> PSFKernelMap:
+    names = [h.name for h in hdul]
+    for name in (_KERNEL_COMPONENTS, _KERNEL_COEFFICIENTS, _KERNEL_TERMS):
+        if name not in names:
+            raise ValueError(f"{path}: missing HDU {name} of the PSF kernel map (HDUs present: {names})")
+    components = np.asarray(hdul[_KERNEL_COMPONENTS].data, float)
+    coefficients = np.asarray(hdul[_KERNEL_COEFFICIENTS].data, float)
+    terms = Table.read(hdul[_KERNEL_TERMS])
+    where = f"{path}[{_KERNEL_TERMS}]"
+    energy_true_edges = _edges(terms, "ENERGY_TRUE_MIN", "ENERGY_TRUE_MAX", where)
+    low = terms["ENERGY_TRUE_MIN"].quantity.to_value("TeV") if terms["ENERGY_TRUE_MIN"].unit else np.asarray(terms["ENERGY_TRUE_MIN"])
+    energy_of = np.searchsorted(energy_true_edges, np.asarray(low, float) * (1 + 1e-9)) - 1
+    for name, array in ((_KERNEL_COMPONENTS, components), (_KERNEL_COEFFICIENTS, coefficients)):
+        if array.ndim != 3 or len(array) != len(terms):
+            raise ValueError(f"{path}[{name}]: shape {array.shape}; expected ({len(terms)}, ., .), one plane per row of {_KERNEL_TERMS}")
+        if not np.all(np.isfinite(array)):
+            raise ValueError(f"{path}[{name}]: values must be finite")
+    header = hdul[_KERNEL_COMPONENTS].header
+    try:
+        pixel_scale = np.array([float(header["CDELT1"]), float(header["CDELT2"])])
+        return PSFKernelMap(components=components, energy_of=energy_of.astype(np.int32), coefficients=coefficients,
+                            energy_true_edges=energy_true_edges, node_wcs=WCS(hdul[_KERNEL_COEFFICIENTS].header).celestial,
+                            pixel_scale=pixel_scale, tolerance=float(header.get("TOLERANC", np.nan)))
+    except KeyError as error:
+        raise ValueError(f"{path}[{_KERNEL_COMPONENTS}]: missing header keyword {error} (the kernel pixels' size)") from error
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from error
+
+
+def read_psf_kernel_map(path) -> PSFKernelMap:
+    """An asymmetric PSF kernel map from a FITS file (its own, or a MapDataset's) holding the
+    ``PSF_KERNEL_*`` HDUs."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        hdul = open_fits(path)
+    except (OSError, fits.VerifyError, TypeError, EOFError) as error:
+        raise ValueError(f"{path}: not a readable FITS file (truncated or corrupt?): {error}") from error
+    with hdul:
+        return _psf_kernel_map(hdul, path)
+
+
+def write_psf_kernel_map(kernel_map: PSFKernelMap, path) -> Path:
+    """Write ``kernel_map`` as a FITS file of its own (atomically)."""
+    hdulist = fits.HDUList([fits.PrimaryHDU()] + psf_kernel_map_hdus(kernel_map))
+    return atomic_write(path, lambda tmp: hdulist.writeto(tmp, overwrite=True))
 
 
 def bands_hdu(name: str, axes: list[tuple[str, np.ndarray, str]]) -> fits.BinTableHDU:
@@ -311,6 +412,8 @@ def write_map_dataset(contents: MapDatasetFile, path) -> Path:
         add("PSF", contents.psf, contents.psf_wcs, [("RAD", contents.psf_rad_edges, "lin")] + true, "deg-2")
         if contents.psf_exposure is not None:
             add("PSF_EXPOSURE", contents.psf_exposure, contents.psf_wcs, [("RAD", contents.psf_rad_edges[[0, -1]], "lin")] + true, "m2 s")
+    if contents.psf_kernel_map is not None:
+        hdus.extend(psf_kernel_map_hdus(contents.psf_kernel_map))
     for name, mask in (("MASK_SAFE", contents.mask_safe), ("MASK_FIT", contents.mask_fit)):
         if mask is not None:
             add(name, mask.astype(np.int64), contents.wcs, reco)

@@ -88,10 +88,13 @@ class MapDataset:
 
     def psf_kernel(self, position: SkyCoord) -> np.ndarray | None:
         """PSF kernels ``(energy_true, n, n)`` for a source at ``position`` (see
-        :func:`fitax.gamma.irf.psf_kernel`), or ``None`` without a PSF."""
-        if self.irfs.psf is None:
-            return None
+        :func:`fitax.gamma.irf.psf_kernel`; with an asymmetric PSF kernel map, its kernels
+        interpolated at ``position``), or ``None`` without a PSF."""
         contents = self.irfs
+        if contents.psf_kernel_map is not None:
+            return self.cached(("psf", position_key(position)), lambda: contents.psf_kernel_map.kernels_at(position))
+        if contents.psf is None:
+            return None
         return self.cached(("psf", position_key(position)), lambda: irf.psf_kernel(
             contents.psf, contents.psf_wcs, contents.psf_energy_true, contents.psf_rad, contents.psf_rad_edges,
             position, self.energy_true_centres, self.wcs, self.shape,

@@ -39,6 +39,7 @@ from jaxtyping import Float, Int
 
 from . import irf
 from .geometry import celestial, pixel_skycoords
+from .psf_kernel_map import PSFKernelMap, bilinear_nodes, truncated_basis
 
 __all__ = ["PositionPSF", "position_psf", "POSITION_PSF_TOLERANCE", "edisp_by_pixel"]
 
@@ -75,27 +76,11 @@ class PositionPSF:
         return int(np.bincount(self.energy_of).max())
 
 
-def _node_weights(dataset, psf_shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Bilinear weights of the PSF map's nodes at each map pixel centre, clamped at the
-    PSF map's border as :func:`fitax.gamma.irf.psf_profile`: node indices ``(4, P)`` (flat
-    ``py * nx + px``) and weights ``(4, P)``."""
-    ny, nx = psf_shape
-    positions = pixel_skycoords(dataset.wcs, dataset.shape).ravel()
-    x, y = (np.asarray(v, float) for v in celestial(dataset.irfs.psf_wcs).world_to_pixel(positions))
-
-    def axis(coordinate, n):
-        if n == 1:
-            zeros = np.zeros(coordinate.shape, int)
-            return zeros, zeros, np.zeros(coordinate.shape)
-        coordinate = np.clip(coordinate, 0, n - 1)
-        low = np.minimum(np.floor(coordinate).astype(int), n - 2)
-        return low, low + 1, coordinate - low
-
-    x0, x1, fx = axis(x, nx)
-    y0, y1, fy = axis(y, ny)
-    index = np.stack([y0 * nx + x0, y0 * nx + x1, y1 * nx + x0, y1 * nx + x1])
-    weight = np.stack([(1 - fy) * (1 - fx), (1 - fy) * fx, fy * (1 - fx), fy * fx])
-    return index, weight
+def _node_weights(dataset, node_wcs, node_shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Bilinear weights ``(4, P)`` of the nodes ``(4, P)`` (flat ``py * nx + px``) at each
+    map pixel centre, clamped at the node grid's border as
+    :func:`fitax.gamma.irf.psf_profile`."""
+    return bilinear_nodes(node_wcs, node_shape, pixel_skycoords(dataset.wcs, dataset.shape).ravel())
 
 
 def _node_kernels(dataset, nodes: np.ndarray, psf_shape: tuple[int, int], used: np.ndarray) -> np.ndarray:
@@ -117,26 +102,17 @@ def _node_kernels(dataset, nodes: np.ndarray, psf_shape: tuple[int, int], used: 
     return padded
 
 
-def _truncated_svd(matrix: np.ndarray, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``left (rows, r) @ right (r, cols)`` of the smallest rank ``r`` whose residual has an
-    L1 norm within ``allowed`` in every row."""
-    u, singular, vt = np.linalg.svd(matrix, full_matrices=False)
-    for rank in range(1, len(singular) + 1):
-        left = u[:, :rank] * singular[:rank]
-        if np.all(np.abs(matrix - left @ vt[:rank]).sum(axis=1) <= allowed):
-            break
-    return left, vt[:rank]
-
-
 def position_psf(dataset, used: np.ndarray, tolerance: float = POSITION_PSF_TOLERANCE) -> PositionPSF:
     """The position-dependent PSF of ``dataset`` times its exposure at the true energies
     ``used`` (indices), decomposed as the module docstring says."""
     contents = dataset.irfs
+    if contents.psf_kernel_map is not None:
+        return _from_kernel_map(dataset, contents.psf_kernel_map, used)
     n_pixels = int(np.prod(dataset.shape))
     if contents.psf is None or contents.psf_wcs is None or contents.psf.shape[2:] == (1, 1):
         index, weight = np.zeros((4, n_pixels), np.int32), np.concatenate([np.ones((1, n_pixels)), np.zeros((3, n_pixels))])
     else:
-        index, weight = _node_weights(dataset, contents.psf.shape[2:])
+        index, weight = _node_weights(dataset, contents.psf_wcs, contents.psf.shape[2:])
     if contents.psf is None:
         return PositionPSF(components=np.ones((len(used), 1, 1)), energy_of=np.arange(len(used), dtype=np.int32),
                            node_coefficients=np.ones((len(used), 1)), node_index=index, node_weight=weight)
@@ -146,13 +122,26 @@ def position_psf(dataset, used: np.ndarray, tolerance: float = POSITION_PSF_TOLE
     components, coefficients, energy_of = [], [], []
     for energy in range(n_true):
         flat = kernels[:, energy].reshape(n_nodes, -1)
-        left, right = _truncated_svd(flat, tolerance * np.abs(flat).sum(axis=1))
-        components.append(right)
-        coefficients.append(left.T)
-        energy_of += [energy] * len(right)
+        basis = truncated_basis(flat, tolerance * np.abs(flat).sum(axis=1))
+        components.append(basis)
+        coefficients.append(basis @ flat.T)
+        energy_of += [energy] * len(basis)
     return PositionPSF(components=np.concatenate(components).reshape(-1, size, size), energy_of=np.asarray(energy_of, np.int32),
                        node_coefficients=np.concatenate(coefficients), node_index=inverse.reshape(index.shape).astype(np.int32),
                        node_weight=weight)
+
+
+def _from_kernel_map(dataset, kernel_map: PSFKernelMap, used: np.ndarray) -> PositionPSF:
+    """The asymmetric kernel map's own components (already truncated, at its tolerance) at
+    the true energies ``used``."""
+    index, weight = _node_weights(dataset, kernel_map.node_wcs, kernel_map.node_shape)
+    nodes, inverse = np.unique(index, return_inverse=True)
+    position_of = np.full(kernel_map.n_energies, -1)
+    position_of[used] = np.arange(len(used))
+    terms = np.flatnonzero(position_of[kernel_map.energy_of] >= 0)
+    coefficients = kernel_map.coefficients.reshape(len(kernel_map.components), -1)[terms][:, nodes]
+    return PositionPSF(components=kernel_map.components[terms], energy_of=position_of[kernel_map.energy_of[terms]].astype(np.int32),
+                       node_coefficients=coefficients, node_index=inverse.reshape(index.shape).astype(np.int32), node_weight=weight)
 
 
 def edisp_by_pixel(dataset) -> tuple[np.ndarray, np.ndarray] | None:

@@ -6,7 +6,11 @@ Instrument (analytic, chosen to resemble a CTA-like array at a few TeV, not any 
   acceptance of 2 deg width around the pointing;
 * PSF: a Gaussian of ``sigma(E) = 0.08 deg (E / 1 TeV)^-0.25`` (0.03 to 0.15 deg), wider by
   ``(1 + 0.1 offset^2)`` away from the pointing (so the PSF depends on the position), on a
-  coarse grid as a PSF map;
+  coarse grid as a PSF map; optionally elongated (``psf_elongation``: the ratio of the major
+  to the minor width, their geometric mean being ``sigma``) with the major axis pointing
+  away from the pointing, as the PSF of an off-axis source: then written as an asymmetric
+  PSF kernel map (:mod:`fitax.gamma.psf_kernel_map`) next to a radial PSF map of width
+  ``sigma`` that Gammapy reads;
 * energy dispersion: log-normal with 10% resolution;
 * background: ``1e-2 (E / 1 TeV)^-2.7`` counts TeV-1 deg-2 s-1 times the acceptance.
 
@@ -34,6 +38,7 @@ from .datasets import Datasets
 from .mapdataset import MapDataset
 from .io import MapDatasetFile, write_map_dataset
 from .models import FoVBackgroundModel, Models, SkyModel
+from .psf_kernel_map import PSFKernelMap
 
 __all__ = ["simulate_observation", "make_geometry", "write_datasets", "EventType", "EVENT_TYPES", "survey_models",
            "start_models", "simulate_survey", "simulate_files"]
@@ -94,12 +99,16 @@ def simulate_observation(
     psf_widening: float = 0.1,
     psf_nodes: int = 4,
     event_type: EventType | None = None,
+    psf_elongation: float = 1.0,
 ) -> MapDataset:
     """One observation of ``models`` (sources and this dataset's background model) with
     the analytic instrument above; ``livetime`` in seconds. The PSF widens by a factor
     ``1 + psf_widening offset^2`` (offset in deg) and is tabulated on ``psf_nodes x
     psf_nodes`` positions across the map. ``event_type``: only that class of the events
-    (default: all of them)."""
+    (default: all of them). ``psf_elongation`` > 1: an elongated PSF whose major axis points
+    away from the pointing (major / minor width; an asymmetric PSF kernel map)."""
+    if not psf_elongation >= 1:
+        raise ValueError(f"psf_elongation is the ratio of the major to the minor PSF width (>= 1), got {psf_elongation}")
     event_type = EventType(1.0, 0.1, 1.0, 1.0) if event_type is None else event_type
     rng = np.random.default_rng(0) if rng is None else rng
     energy_edges = np.geomspace(0.5, 50.0, 13) if energy_edges is None else np.asarray(energy_edges, float)
@@ -125,11 +134,19 @@ def simulate_observation(
     cdf = np.asarray(ndtr((log_edges[None, :] - np.log(centres_true)[:, None]) / event_type.resolution))
     migration = np.diff(cdf, axis=1)  # (true, reco)
     edisp = np.broadcast_to(migration[:, :, None, None], migration.shape + (psf_nodes, psf_nodes)).copy()
+    kernel_map = None
+    if psf_elongation > 1:
+        node_x, node_y = np.meshgrid(np.arange(psf_nodes), np.arange(psf_nodes))
+        away = pointing.position_angle(irf_wcs.pixel_to_world(node_x, node_y)).deg
+        stretch = np.sqrt(psf_elongation)
+        kernel_map = PSFKernelMap.elliptical_gaussian(sigma * stretch, sigma / stretch, away, energy_true_edges, irf_wcs,
+                                                      wcs.wcs.cdelt)
     contents = MapDatasetFile(
         name=name, path=None, counts=np.zeros((len(centres),) + shape), exposure=exposure, background=background,
         mask_safe=np.ones((len(centres),) + shape, bool), mask_fit=None, energy_edges=energy_edges,
         energy_true_edges=energy_true_edges, wcs=wcs, psf=psf, psf_rad=rad, psf_rad_edges=_RAD_EDGES,
         psf_energy_true=centres_true, psf_wcs=irf_wcs, edisp=edisp, edisp_wcs=irf_wcs, livetime=livetime,
+        psf_kernel_map=kernel_map,
     )
     expected = MapDataset.from_file_contents(contents, name).npred(models)
     counts = rng.poisson(expected).astype(float)
