@@ -157,7 +157,7 @@ def test_gamma_demo_runs_and_recovers_the_truth(tmp_path, capsys):
     assert "TS of extended" in capsys.readouterr().out
 
 
-# not marked slow (31 s): make test's only run of fitax.gamma.sample
+@pytest.mark.slow  # 48 s; the sampler itself is checked in make test by tests/test_sample.py
 def test_cli_fit_with_posterior_samples(simulated, tmp_path, capsys):
     """``--sample 25``: after the fit, 4 NUTS chains of 25 draws write posterior.ecsv (name,
     mean, std, q16, q50, q84, r_hat, ess per free parameter) and corner.png. What is checked

@@ -17,7 +17,7 @@ import pytest
 from astropy.coordinates import SkyCoord
 
 from fitax.gamma import (FoVBackgroundModel, GaussianSpatialModel, MapDataset, Models, PointSpatialModel, PowerLawSpectralModel,
-                         PSFKernelMap, SkyModel, read_psf_kernel_map, write_psf_kernel_map)
+                         PSFKernelMap, SkyModel, read_models, read_psf_kernel_map, write_psf_kernel_map)
 from fitax.gamma.datasets import Datasets, read_datasets
 from fitax.gamma.geometry import pixel_centres
 from fitax.gamma.psf_kernel_map import compress_node_kernels, elliptical_gaussian_kernels, truncated_basis
@@ -191,11 +191,6 @@ def test_position_mode_with_the_kernel_map_equals_the_direct_sum(dataset):
     assert np.max(np.abs(radial.npred(Models([source, FoVBackgroundModel("obs", norm=0.0)]))[bright] / expected[bright] - 1)) > 0.01
 
 
-def test_an_elongation_below_one_is_an_error():
-    with pytest.raises(ValueError, match="psf_elongation"):
-        simulate_observation(Models([FoVBackgroundModel("obs")]), "obs", POINTING, npix=NPIX, psf_elongation=0.5)
-
-
 @pytest.mark.slow
 def test_a_kernel_map_of_over_1_gb_dense_is_built_within_250_mb():
     """40 x 40 nodes x 20 true energies x 81 x 81 pixels (1.7 GB dense in float64) of kernels
@@ -220,3 +215,64 @@ def test_a_kernel_map_of_over_1_gb_dense_is_built_within_250_mb():
     assert kernel_map.dense_nbytes > 1e9
     assert peak < 250e6, peak / 1e6
     assert kernel_map.nbytes < 0.05 * kernel_map.dense_nbytes, repr(kernel_map)
+
+
+def test_simulate_command_writes_kernel_maps_that_npred_uses(tmp_path, capsys):
+    """``fitax gamma simulate --psf-elongation 1.8``: every dataset file carries the kernel
+    map (Gammapy still reads the files), ``fitax gamma npred`` predicts with it; an
+    elongation below 1 is refused naming the option."""
+    from fitax.cli import main
+
+    assert main(["gamma", "simulate", "--n-obs", "1", "--event-types", "2", "--npix", "40", "--psf-elongation", "1.8",
+                 "--out", str(tmp_path / "sim")]) == 0
+    datasets = read_datasets(tmp_path / "sim" / "datasets.yaml")
+    assert all(d.irfs.psf_kernel_map is not None for d in datasets)
+    assert main(["gamma", "npred", "--datasets", str(tmp_path / "sim" / "datasets.yaml"), "--models",
+                 str(tmp_path / "sim" / "models_true.yaml"), "--out", str(tmp_path / "npred")]) == 0
+    from astropy.io import fits
+
+    with fits.open(tmp_path / "npred" / "obs000_et0_npred.fits") as hdul:
+        np.testing.assert_allclose(hdul[0].data.sum(), datasets[0].npred(read_models(tmp_path / "sim" / "models_true.yaml")).sum(), rtol=1e-6)
+    gammapy_datasets = pytest.importorskip("gammapy.datasets")
+    assert gammapy_datasets.Datasets.read(tmp_path / "sim" / "datasets.yaml").names == [d.name for d in datasets]
+    capsys.readouterr()
+    assert main(["gamma", "simulate", "--n-obs", "1", "--psf-elongation", "0.5", "--out", str(tmp_path / "bad")]) == 2
+    assert "--psf-elongation is the ratio of the PSF's major to minor width, at least 1, got 0.5" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_an_elongated_rotated_psf_is_simulated_and_recovered():
+    """20 simulations of a 0.1 deg Gaussian 1 deg from the pointing, seen with a PSF twice as
+    long as wide along the direction to the pointing (~20000 counts each). Fitted with the
+    kernel map by position, the mean pulls of extension and position are within 1 sigma
+    (measured: sigma -0.20, lon 0.07, lat -0.03; pull widths 0.9-1.1). Fitted with the radial
+    PSF Gammapy reads from the same files (its width the geometric mean), the extension is
+    too large by more than 2 sigma on average (measured: +4.1). (With the kernel map at the
+    source's centre only, the position is off by -0.75 sigma in lon and lat: the kernel
+    turns and widens across the source.)"""
+    from fitax.gamma import fit
+    from fitax.parameters import set_values
+
+    npix = 40
+    wcs = make_geometry(npix=npix, binsz=0.02)
+    pointing = SkyCoord(0.8, 0.6, unit="deg", frame="galactic")
+
+    def models(mode):
+        return Models([SkyModel(PowerLawSpectralModel(index=2.3, amplitude=2e-11), GaussianSpatialModel(0.0, 0.0, 0.1, frame="galactic"),
+                                name="blob", psf_mode=mode), FoVBackgroundModel("obs")])
+
+    names = ["blob.spatial.sigma", "blob.spatial.lon_0", "blob.spatial.lat_0"]
+    truth = models("position")
+    pulls = {"kernel map": [], "radial": []}
+    for seed in range(20):
+        simulated = simulate_observation(truth, "obs", pointing, 180000.0, wcs=wcs, npix=npix, rng=np.random.default_rng(seed),
+                                         psf_widening=0.1, psf_nodes=5, psf_elongation=2.0)
+        radial = dataclasses.replace(simulated, irfs=dataclasses.replace(simulated.irfs, psf_kernel_map=None))
+        for label, dataset, mode in (("kernel map", simulated, "position"), ("radial", radial, "centre")):
+            result = fit(Datasets([dataset]), set_values(models(mode), {"blob.spatial.sigma": 0.08, "blob.spatial.lon_0": 0.01}))
+            assert result.converged
+            pulls[label].append([(result.values[n] - float(truth.parameters[n].value)) / result.errors[n] for n in names])
+    kernel_map, radial = np.mean(pulls["kernel map"], axis=0), np.mean(pulls["radial"], axis=0)
+    assert np.all(np.abs(kernel_map) < 1), dict(zip(names, kernel_map))
+    assert 0.7 < np.std(pulls["kernel map"], axis=0).min() and np.std(pulls["kernel map"], axis=0).max() < 1.4
+    assert radial[0] > 2, dict(zip(names, radial))

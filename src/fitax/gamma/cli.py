@@ -59,6 +59,9 @@ def add_parser(commands) -> None:
     simulate.add_argument("--out", required=True, help="output folder: datasets, datasets.yaml, models_true.yaml, models_start.yaml")
     simulate.add_argument("--psf-mode", choices=_PSF_MODES, default="position",
                           help="how the extended sources meet the PSF, in the simulation and the models (default: position)")
+    simulate.add_argument("--psf-elongation", type=float, default=1.0,
+                          help="ratio of the PSF's major to minor width, its major axis away from the pointing; above 1 the "
+                               "datasets carry an asymmetric PSF kernel map (default: 1, a round PSF)")
     npred = sub.add_parser("npred", help="write each map dataset's predicted counts cube (Gammapy map FITS)")
     npred.add_argument("--datasets", required=True, help="Gammapy datasets.yaml")
     npred.add_argument("--models", required=True, help="Gammapy models.yaml")
@@ -155,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
         if args.gamma_command == "simulate":
             from .simulate import simulate_files
 
-            simulate_files(args.out, args.n_obs, args.event_types, args.seed, args.npix, args.psf_mode)
+            simulate_files(args.out, args.n_obs, args.event_types, args.seed, args.npix, args.psf_mode, args.psf_elongation)
             return 0
         if args.gamma_command == "npred":
             from .pipeline import npred_files

@@ -225,16 +225,18 @@ def start_models(truth: Models, rng: np.random.Generator) -> Models:
 
 
 def simulate_survey(n_obs: int, event_types: int = 1, seed: int = 0, npix: int = 60, livetime: float = 18000.0,
-                    progress: bool = False, psf_mode: str = "position") -> tuple[Datasets, Models]:
+                    progress: bool = False, psf_mode: str = "position", psf_elongation: float = 1.0) -> tuple[Datasets, Models]:
     """``n_obs`` observations of ``livetime`` seconds around the Galactic centre (pointings on
     rings 0.5-0.9 deg from it), each split into ``event_types`` datasets (the first of
     :data:`EVENT_TYPES`, or all events for 1), and their true models (:func:`survey_models`
-    with ``psf_mode``). With 1 h, an event type of 100 x 4 held ~240 counts, too few to fix
+    with ``psf_mode``), with a PSF elongated by ``psf_elongation``. With 1 h, an event type of 100 x 4 held ~240 counts, too few to fix
     its background tilt (one ran away in the fit); 5 h give ~1200."""
     if n_obs < 1:
         raise ValueError(f"--n-obs must be at least 1, got {n_obs}")
     if not 1 <= event_types <= len(EVENT_TYPES):
         raise ValueError(f"--event-types must be between 1 and {len(EVENT_TYPES)}, got {event_types}")
+    if not psf_elongation >= 1:
+        raise ValueError(f"--psf-elongation is the ratio of the PSF's major to minor width, at least 1, got {psf_elongation}")
     if npix < _MIN_SURVEY_NPIX:
         raise ValueError(f"--npix must be at least {_MIN_SURVEY_NPIX} (the sources lie up to 0.55 deg from the centre, "
                          f"pixels are 0.03 deg), got {npix}")
@@ -258,17 +260,19 @@ def simulate_survey(n_obs: int, event_types: int = 1, seed: int = 0, npix: int =
         for k, event_type in enumerate(types):
             name = names[i * event_types + k]
             datasets.append(simulate_observation(truth, name, pointing, livetime, wcs=wcs, npix=npix, rng=rng,
-                                                 psf_widening=0.3, event_type=event_type))
+                                                 psf_widening=0.3, event_type=event_type, psf_elongation=psf_elongation))
             bar.update()
     bar.close()
     return Datasets(datasets), truth
 
 
-def simulate_files(out, n_obs: int, event_types: int = 1, seed: int = 0, npix: int = 60, psf_mode: str = "position") -> Path:
+def simulate_files(out, n_obs: int, event_types: int = 1, seed: int = 0, npix: int = 60, psf_mode: str = "position",
+                   psf_elongation: float = 1.0) -> Path:
     """What ``fitax gamma simulate`` does: :func:`simulate_survey` written to ``out`` as
     Gammapy files: one MapDataset per observation and event type, ``datasets.yaml``,
     ``models_true.yaml`` and a perturbed ``models_start.yaml`` that ``fitax gamma fit``
-    takes as it is (``psf_mode``: the extended sources', in the truth and in the start).
+    takes as it is (``psf_mode``: the extended sources', in the truth and in the start;
+    ``psf_elongation`` > 1: an asymmetric PSF, written as a kernel map in each file).
     Returns the ``datasets.yaml`` path.
 
     Example:
@@ -283,7 +287,8 @@ def simulate_files(out, n_obs: int, event_types: int = 1, seed: int = 0, npix: i
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out}: exists and is not a folder")
     start = time.perf_counter()
-    datasets, truth = simulate_survey(n_obs, event_types, seed, npix, progress=sys.stderr.isatty(), psf_mode=psf_mode)
+    datasets, truth = simulate_survey(n_obs, event_types, seed, npix, progress=sys.stderr.isatty(), psf_mode=psf_mode,
+                                      psf_elongation=psf_elongation)
     path = write_datasets(datasets, out)
     write_models(truth, out / "models_true.yaml")
     write_models(start_models(truth, np.random.default_rng(seed + 1)), out / "models_start.yaml")
