@@ -30,7 +30,12 @@ gradient (``jax.value_and_grad``), median of 20 calls after one compiling call, 
 disk convolved with the PSF of its centre and with that of each pixel; M is the
 largest number of components at a true energy, terms their number over all true
 energies (one forward FFT each), terms compiled that number rounded up to a multiple of 8
-(what the compiled function holds). Goal: position <= (M + 1) x centre.
+(what the compiled function holds). Goal: position <= (M + 1) x centre. A second row with
+the PSF elongated 2x along the direction to the pointing (an asymmetric kernel map).
+
+Table "kernel map": an asymmetric PSF kernel map of 1.5 GB dense float64, built from its
+elliptical-Gaussian definition chunk by chunk: build time, peak of the allocations Python
+traces (NumPy arrays included), memory held and dense.
 
 Run: ``python benchmarks/gamma_scale.py [--sizes 10x1,50x1,100x1,100x4] [--large]
 [--skip-gammapy] [--data DIR] [--json PATH]``. Simulating N = 100 x 4 takes ~5 min once.
@@ -100,8 +105,9 @@ def gammapy_fit(folder: Path) -> dict:
     return {"gammapy_s": seconds, "gammapy_stat": float(result.total_stat), "gammapy_success": bool(result.success)}
 
 
-def position_cost() -> dict:
-    """Cash + gradient of one dataset's disk, centre kernel vs the PSF of each pixel."""
+def position_cost(elongation: float = 1.0) -> dict:
+    """Cash + gradient of one dataset's disk, centre kernel vs the PSF of each pixel (a round
+    PSF map, or with ``elongation`` > 1 an asymmetric kernel map)."""
     import jax
     import numpy as np
     from astropy.coordinates import SkyCoord
@@ -116,9 +122,10 @@ def position_cost() -> dict:
     disk = fg.SkyModel(fg.PowerLawSpectralModel(index=2.2, amplitude=2e-11),
                        fg.DiskSpatialModel(0.25, -0.25, 0.3, edge_width=0.3, frame="galactic"), name="disk")
     dataset = simulate_observation(fg.Models([disk, fg.FoVBackgroundModel("obs")]), "obs",
-                                   SkyCoord(0.7, 0.4, unit="deg", frame="galactic"), 3600.0, wcs=wcs, npix=60, psf_widening=0.3)
+                                   SkyCoord(0.7, 0.4, unit="deg", frame="galactic"), 3600.0, wcs=wcs, npix=60, psf_widening=0.3,
+                                   psf_elongation=elongation)
     decomposition = position_psf(dataset, np.arange(dataset.exposure.shape[0]))
-    row = {"rank_max": decomposition.rank, "terms": decomposition.n_terms, "terms_compiled": -(-decomposition.n_terms // 8) * 8,
+    row = {"psf": "round (PSF map)" if elongation == 1 else f"elongated {elongation:g}x (kernel map)", "rank_max": decomposition.rank, "terms": decomposition.n_terms, "terms_compiled": -(-decomposition.n_terms // 8) * 8,
            "energies": dataset.exposure.shape[0]}
     for mode in ("centre", "position"):
         models = fg.Models([disk.with_psf_mode(mode), fg.FoVBackgroundModel("obs")])
@@ -135,6 +142,30 @@ def position_cost() -> dict:
     row["ratio"] = row["position_ms"] / row["centre_ms"]
     row["bound"] = row["rank_max"] + 1
     return row
+
+
+def kernel_map_memory() -> dict:
+    """Build an asymmetric kernel map of 40 x 40 nodes x 20 true energies x 77 x 77 pixels
+    (1.5 GB dense in float64), its kernels turning through 180 deg and widening 2x across
+    the grid; peak of Python-traced allocations (tracemalloc: NumPy's arrays included)."""
+    import tracemalloc
+
+    import numpy as np
+    from astropy.wcs import WCS
+
+    from fitax.gamma import PSFKernelMap
+    from fitax.gamma.simulate import make_geometry
+
+    y, x = np.mgrid[0:40, 0:40]
+    major = 0.1 * (1 + (x + y) / 78)[None] * np.linspace(1.0, 0.5, 20)[:, None, None]
+    node_wcs = WCS(make_geometry(npix=40, binsz=0.05).to_header())
+    tracemalloc.start()
+    kernel_map, seconds = timed(PSFKernelMap.elliptical_gaussian, major, major / 1.5, 180.0 * x / 39, np.geomspace(0.3, 100.0, 21),
+                                node_wcs, [-0.02, 0.02])
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    return {"map": repr(kernel_map), "build_s": seconds, "peak_mb": peak / 1e6, "held_mb": kernel_map.nbytes / 1e6,
+            "dense_mb": kernel_map.dense_nbytes / 1e6, "terms": len(kernel_map.components)}
 
 
 def main() -> None:
@@ -185,12 +216,16 @@ def main() -> None:
                        ("ratio_first", "ratio (first - compile)", ".1f"), ("stat_minus_gammapy", "stat - Gammapy's", ".3f"),
                        ("gammapy_extrapolated_s", "Gammapy extrap. [s]", ".0f"), ("ratio_extrapolated", "ratio extrap.", ".1f")],
                 title="\nJoint fits (fit: second fit in the process, fresh datasets, binding included; compile: first fit's)")
-    cost = position_cost()
-    print_table([cost], [("centre_ms", "centre [ms]", ".2f"), ("position_ms", "position [ms]", ".2f"), ("ratio", "ratio", ".1f"),
+    costs = [position_cost(), position_cost(elongation=2.0)]
+    print_table(costs, [("psf", "PSF", "s"), ("centre_ms", "centre [ms]", ".2f"), ("position_ms", "position [ms]", ".2f"), ("ratio", "ratio", ".1f"),
                          ("rank_max", "M", "d"), ("terms", "terms", "d"), ("terms_compiled", "terms compiled", "d"),
                          ("bound", "goal (M + 1)", "d")],
                 title="\nPosition-dependent PSF: Cash + gradient of one 60x60x12 dataset with a 0.3 deg disk (median of 20)")
-    write_json(args.json, {"scale": rows, "position_psf": [cost]})
+    memory = kernel_map_memory()
+    print_table([memory], [("build_s", "build [s]", ".1f"), ("peak_mb", "peak traced MB", ".0f"), ("held_mb", "held MB", ".1f"),
+                           ("dense_mb", "dense MB", ".0f"), ("terms", "terms", "d")],
+                title=f"\nAsymmetric PSF kernel map, built chunk by chunk: {memory['map']}")
+    write_json(args.json, {"scale": rows, "position_psf": costs, "kernel_map": [memory]})
 
 
 if __name__ == "__main__":
