@@ -62,11 +62,21 @@ class PSFKernelMap:
             dataset maps' pixel size and orientation.
         tolerance: the largest L1 residual of a node's kernel, relative to its sum.
 
-    Example:
+    Example: a PSF twice as long as it is wide, turning by 80 deg across a 7 x 7 node grid
+    one degree apart, held in 22 terms instead of 2 x 49 kernels:
+
+        >>> import numpy as np
+        >>> from astropy.wcs import WCS
         >>> from fitax.gamma.psf_kernel_map import PSFKernelMap
-        >>> kernel_map = PSFKernelMap.elliptical_gaussian(...)  # doctest: +SKIP
+        >>> node_wcs = WCS(naxis=2)
+        >>> node_wcs.wcs.ctype = ["GLON-CAR", "GLAT-CAR"]
+        >>> node_wcs.wcs.cdelt, node_wcs.wcs.crpix = [-1.0, 1.0], [4.0, 4.0]
+        >>> kernel_map = PSFKernelMap.elliptical_gaussian(
+        ...     sigma_major=np.full((2, 7, 7), 0.1), sigma_minor=np.full((2, 7, 7), 0.05),
+        ...     position_angle=np.linspace(0, 80, 49).reshape(7, 7), energy_true_edges=[0.1, 1.0, 10.0],
+        ...     node_wcs=node_wcs, pixel_scale=[-0.02, 0.02])
         >>> kernel_map
-        PSFKernelMap(20 true energies x 40x40 nodes, kernels 81x81 pixels of 0.02 deg: 102 terms (rank <= 6), 2.1 MB held, 1.7 GB dense)
+        PSFKernelMap(2 true energies x 7x7 nodes, kernels 39x39 pixels of 0.02 deg: 22 terms (rank <= 11), 0.3 MB held, 1.2 MB dense)
     """
 
     components: Float[np.ndarray, "t k k"]
