@@ -22,6 +22,7 @@ from astropy.wcs import WCS
 from astropy.wcs.utils import proj_plane_pixel_scales
 
 from .geometry import celestial
+from .psf_kernel_map import bilinear_nodes
 
 __all__ = ["PSF_CONTAINMENT", "psf_profile", "containment_radius", "psf_kernel", "edisp_matrix", "map_centre", "pixel_scale", "diagonal_edisp"]
 
@@ -53,13 +54,8 @@ def psf_profile(psf: np.ndarray, psf_wcs: WCS | None, position: SkyCoord) -> np.
     one-region PSF."""
     if psf_wcs is None or psf.shape[2:] == (1, 1):
         return psf[:, :, 0, 0]
-    ny, nx = psf.shape[2:]
-    x, y = _pixel_of(psf_wcs, position)
-    x, y = np.clip(x, 0, nx - 1), np.clip(y, 0, ny - 1)
-    x0, y0 = min(int(np.floor(x)), nx - 2), min(int(np.floor(y)), ny - 2)
-    fx, fy = x - x0, y - y0
-    return ((1 - fy) * ((1 - fx) * psf[:, :, y0, x0] + fx * psf[:, :, y0, x0 + 1])
-            + fy * ((1 - fx) * psf[:, :, y0 + 1, x0] + fx * psf[:, :, y0 + 1, x0 + 1]))
+    index, weight = bilinear_nodes(psf_wcs, psf.shape[2:], position)
+    return psf.reshape(psf.shape[:2] + (-1,))[:, :, index[:, 0]] @ weight[:, 0]
 
 
 def _interp_log_energy(profile: np.ndarray, energy_nodes: np.ndarray, energy: np.ndarray) -> np.ndarray:

@@ -33,6 +33,7 @@ from . import irf
 from .geometry import celestial, pixel_centres, position_key
 from .map_npred import OneDataset, PositionArrays, SourceArrays, dataset_npred, dataset_stat, sharded_stat
 from .models import Models, SkyModel
+from .psf_kernel_map import truncated_basis
 from .psf_position import edisp_by_pixel, position_psf
 from .spatial import PointSpatialModel, unit_vectors
 from .template import TemplateSpatialModel
@@ -430,10 +431,5 @@ def psf_components(kernels: Float[np.ndarray, "et k k"]) -> tuple[np.ndarray, np
     and the 1e-3 agreement the tests require.
     """
     flat = kernels.reshape(len(kernels), -1)
-    u, singular, vt = np.linalg.svd(flat, full_matrices=False)
-    allowed = PSF_TOLERANCE * np.abs(flat).sum(axis=1)
-    for rank in range(1, len(singular) + 1):
-        mix = u[:, :rank] * singular[:rank]
-        if np.all(np.abs(flat - mix @ vt[:rank]).sum(axis=1) <= allowed):
-            break
-    return vt[:rank].reshape((rank,) + kernels.shape[1:]), mix
+    basis = truncated_basis(flat, PSF_TOLERANCE * np.abs(flat).sum(axis=1))
+    return basis.reshape((len(basis),) + kernels.shape[1:]), flat @ basis.T
