@@ -184,3 +184,25 @@ def test_cli_fit_with_posterior_samples(simulated, tmp_path, capsys):
         assert abs(row["mean"] - value) < error, row["name"]
         assert 0.5 * error < row["std"] < 2 * error, row["name"]
         assert row["q16"] < row["q50"] < row["q84"]
+
+
+def test_simulated_counts_hold_only_the_models_of_their_dataset():
+    """A source restricted to another dataset and another dataset's background are not
+    simulated; a source restricted to this one and this background (norm 1.5) are. Sums
+    within 4 Poisson sigma of npred, where the other dataset's source would add ~3000
+    counts (the other background is 0.4 instead of 1.5 of ~5000)."""
+    from fitax.gamma.spatial import PointSpatialModel
+    from fitax.gamma.spectral import PowerLawSpectralModel
+
+    def source(name, dataset):
+        return fg.SkyModel(PowerLawSpectralModel(index=2.4, amplitude=1e-11), PointSpatialModel(0.1, 0.15, frame="galactic"),
+                        name=name, datasets_names=[dataset])
+
+    mine = fg.Models([source("mine", "a"), fg.FoVBackgroundModel("a", norm=1.5)])
+    everything = fg.Models([*mine, source("theirs", "b"), fg.FoVBackgroundModel("b", norm=0.4)])
+    dataset = simulate_observation(everything, "a", SkyCoord(0.0, 0.0, unit="deg", frame="galactic"), npix=40,
+                                   rng=np.random.default_rng(5))
+    expected = float(np.sum(dataset.npred(mine)))
+    theirs = float(np.sum(dataset.npred(fg.Models([source("theirs", "a")]))))
+    assert theirs > 10 * np.sqrt(expected)
+    assert abs(float(np.sum(dataset.counts)) - expected) < 4 * np.sqrt(expected)
