@@ -86,6 +86,25 @@ class TemplateMap:
             data = data * unit.to("sr-1")
         return cls(data=data, wcs=wcs, energy=energy, filename=str(path), normalize=normalize)
 
+    @classmethod
+    def from_image(cls, data, wcs: WCS, normalize: bool = True) -> "TemplateMap":
+        """A 2-d template from an image in memory: with ``normalize``, any non-negative
+        values (divided by their sum and the pixels' solid angles, as :meth:`read` does);
+        otherwise a brightness already in sr-1.
+
+        Example:
+            >>> import numpy as np
+            >>> from fitax.gamma.simulate import make_geometry
+            >>> template = TemplateMap.from_image(np.ones((10, 10)), make_geometry(npix=10))
+            >>> round(float((template.data * 0.02**2 * (np.pi / 180) ** 2).sum()), 4)
+            1.0
+        """
+        data = np.asarray(data, float)
+        if data.ndim != 2 or not np.all(np.isfinite(data)) or np.any(data < 0):
+            raise ValueError(f"a template image must be 2-d, finite and >= 0, got shape {data.shape}")
+        wcs = wcs.celestial
+        return cls(data=_normalised(data, wcs) if normalize else data, wcs=wcs, energy=None, normalize=normalize)
+
     @property
     def frame(self) -> str:
         return wcs_to_celestial_frame(self.wcs).name
