@@ -28,6 +28,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jax.custom_derivatives import SymbolicZero
+from jax.flatten_util import ravel_pytree
 from jaxtyping import Array
 
 __all__ = ["map_sum", "map_items", "ItemSum"]
@@ -85,14 +86,16 @@ def _map_sum_jvp(function, primals, tangents):
             return function(jax.tree_util.tree_unflatten(shared_def, _merge(shared_leaves, shared_active, active_shared)),
                             jax.tree_util.tree_unflatten(item_def, _merge(leaves_of_item, item_active, active_item)))
 
-        return jax.value_and_grad(f, argnums=(0, 1))(
+        value, (shared_grad, item_grad) = jax.value_and_grad(f, argnums=(0, 1))(
             [leaf for leaf, on in zip(shared_leaves, shared_active) if on],
             [leaf for leaf, on in zip(leaves_of_item, item_active) if on])
+        return value, ravel_pytree(shared_grad)[0], item_grad
 
-    values, (shared_grads, item_grads) = map_items(value_and_grad, item_leaves)
+    values, shared_flat, item_grads = map_items(value_and_grad, item_leaves)
+    active_tangents = [t for t in shared_tangents if not _is_zero(t)]
     tangent = jnp.zeros((), values.dtype)
-    for grad, t in zip(shared_grads, [t for t in shared_tangents if not _is_zero(t)]):
-        tangent = tangent + jnp.vdot(jnp.sum(grad, axis=0), t)
+    if active_tangents:
+        tangent = tangent + jnp.vdot(jnp.sum(shared_flat, axis=0), ravel_pytree(active_tangents)[0])
     for grad, t in zip(item_grads, [t for t in item_tangents if not _is_zero(t)]):
         tangent = tangent + jnp.vdot(grad, t)
     return jnp.sum(values), tangent

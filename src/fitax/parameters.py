@@ -438,9 +438,13 @@ class ParameterSpace:
         entry only, which lets autodiff skip whatever depends on undifferentiated entries
         (see :func:`fitax._minimize.value_grad_hessian`)."""
         leaves = list(self._leaves(params))
+        if not isinstance(values, (list, tuple)) and self._leaf_positions:
+            # one split, whose transpose is one concatenation (n slices would transpose
+            # to n padded copies of the vector)
+            split = np.split if isinstance(values, np.ndarray) else jnp.split
+            values = [column[..., 0] for column in split(values, len(self._leaf_positions), axis=-1)]
         for j, i in enumerate(self._leaf_positions):
-            value = values[j] if isinstance(values, (list, tuple)) else values[..., j]
-            leaves[i] = with_value(leaves[i], value)
+            leaves[i] = with_value(leaves[i], values[j])
         for target, source in self._tie_positions:
             leaves[target] = with_value(leaves[target], leaves[source].value)
         return jax.tree_util.tree_unflatten(self._treedef, leaves)

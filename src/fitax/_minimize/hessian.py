@@ -122,6 +122,12 @@ def _products(linear: Callable, seeds: Array) -> Array:
     return jax.lax.map(linear, seeds)
 
 
+def _scalars(x: Float[Array, " n"]) -> list[Array]:
+    """The entries of ``x`` as scalars, by one split (whose transpose is one concatenation:
+    n slices would compile to n kernels and transpose to n padded copies of ``x``)."""
+    return [column[0] for column in jnp.split(x, x.shape[0])]
+
+
 def value_grad_hessian(fun: Callable, v: Array, args: Any, plan: HessianPlan | None = None) -> tuple[Array, Array, Array]:
     """``fun(v, args)``, its gradient and its exact Hessian (see :func:`_value_grad_hessian`).
 
@@ -165,13 +171,13 @@ def _value_grad_hessian(fun: Callable, v: Array, args: Any, plan: HessianPlan | 
     if plan.costly:
         costly = jnp.asarray(plan.costly, dtype=int)
         columns = _products(full_product, jnp.eye(n, dtype=v.dtype)[costly])  # [k, r] = H[r, costly[k]]
-        entries = [v[i] for i in range(n)]
+        entries = _scalars(v)
 
         def cheap_grad(vc):
             def restricted(w):
                 values = list(entries)
-                for k, i in enumerate(plan.cheap):
-                    values[i] = w[k]
+                for i, value in zip(plan.cheap, _scalars(w)):
+                    values[i] = value
                 return fun(values, args)
 
             return jax.grad(restricted)(vc)
