@@ -238,8 +238,9 @@ def test_hessian_plans_give_the_dense_hessian():
     offsets = np.array([name.startswith("offset") for name in space.names])
     pattern = ~(offsets[:, None] & offsets[None, :]) | np.eye(6, dtype=bool)
     costly = np.array([name == "slope" for name in space.names])
+    every_costly = np.ones(6, bool)  # no cheap block left to colour
     for plan in (_minimize.hessian_plan(6, pattern, None), _minimize.hessian_plan(6, None, costly),
-                 _minimize.hessian_plan(6, pattern, costly), None):
+                 _minimize.hessian_plan(6, pattern, costly), _minimize.hessian_plan(6, pattern, every_costly), None):
         value, grad, hessian = _minimize.value_grad_hessian(physical, v, None, plan)
         np.testing.assert_allclose(value, physical(v, None), rtol=1e-14)
         np.testing.assert_allclose(grad, jax.grad(physical)(v, None), rtol=1e-12)

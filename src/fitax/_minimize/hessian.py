@@ -41,6 +41,8 @@ def hessian_coloring(pattern) -> HessianColoring | None:
     """
     import numpy as np
 
+    if len(pattern) == 0:
+        return None
     pattern = np.asarray(pattern, bool) | np.eye(len(pattern), dtype=bool)
     pattern = pattern | pattern.T
     n = len(pattern)
@@ -125,6 +127,8 @@ def _products(linear: Callable, seeds: Array) -> Array:
 def _scalars(x: Float[Array, " n"]) -> list[Array]:
     """The entries of ``x`` as scalars, by one split (whose transpose is one concatenation:
     n slices would compile to n kernels and transpose to n padded copies of ``x``)."""
+    if x.shape[0] == 0:
+        return []
     return [column[0] for column in jnp.split(x, x.shape[0])]
 
 
@@ -137,8 +141,9 @@ def value_grad_hessian(fun: Callable, v: Array, args: Any, plan: HessianPlan | N
     :class:`fitax.mapsum.ItemSum` objective), each item's value, gradient and
     Hessian-vector products are computed in one pass of a loop over the items. The
     products are summed over the items (a product is linear in the function) and the
-    Hessian is assembled from them once: assembling an ``n x n`` matrix per item cost
-    ``O(items x n^2)``, ~2 GB of per-item Hessians for 400 gamma-ray datasets.
+    Hessian is assembled from them once. With a ``plan`` the items then hold ``O(products
+    x n)`` each, where an ``n x n`` matrix per item held ~2 GB for 400 gamma-ray datasets
+    (without one, each item's products are its ``n x n`` rows).
     """
     n = v.shape[0]
     item_terms = getattr(fun, "item_terms", None)

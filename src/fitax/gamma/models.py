@@ -11,6 +11,7 @@ from collections.abc import Iterable, Iterator, Sequence
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
 from ..parameters import Parameter, parameters_dict
@@ -186,17 +187,26 @@ class Models:
         template as it is); maps and spectra scale their backgrounds with it. The
         parameters are stacked first, so a traced graph holds one power law, not one per
         dataset."""
+        order = {id(model): k for k, model in enumerate(self)}
         backgrounds = {m.dataset_name: m for m in reversed(list(self)) if isinstance(m, FoVBackgroundModel)}
-        values = []
-        for name in dataset_names:
+        free, fixed = [], []  # (rank in the parameter vector's order, row, column, value)
+        for row, name in enumerate(dataset_names):
             model = backgrounds.get(name)
-            values.append((1.0, 0.0, 1.0) if model is None else (model.norm.value, model.tilt.value, model.reference.value))
-        # norm and tilt interleaved, in the order of the parameter vector when the models
-        # list the backgrounds in dataset order: XLA then merges their slices of that vector
-        # into one (one kernel, not one per dataset: the fit's compile time stays flat in N)
-        norm_tilt = jnp.stack([jnp.asarray(x, float) for v in values for x in v[:2]]).reshape(len(values), 2)
-        reference = jnp.stack([jnp.asarray(v[2], float) for v in values])[:, None]
-        return norm_tilt[:, :1] * (jnp.asarray(energy, float)[None] / reference) ** -norm_tilt[:, 1:]
+            if model is None:
+                fixed += [(0, row, 0, 1.0), (0, row, 1, 0.0), (0, row, 2, 1.0)]
+                continue
+            for column, leaf in enumerate((model.norm, model.tilt, model.reference)):
+                (free if leaf.is_free else fixed).append((3 * order[id(model)] + column, row, column, leaf.value))
+        # The free norms and tilts are stacked in the order of the fit's parameter vector,
+        # whatever the order of the datasets, so that XLA merges their slices of that vector
+        # into one: one kernel, not one per dataset (the fit's compile time stays flat in N).
+        table = jnp.zeros((len(dataset_names), 3))
+        for entries in (sorted(free, key=lambda e: e[0]), fixed):
+            if entries:
+                rows, columns = np.array([e[1] for e in entries]), np.array([e[2] for e in entries])
+                table = table.at[rows, columns].set(jnp.stack([jnp.asarray(e[3], float) for e in entries]))
+        norm, tilt, reference = table[:, :1], table[:, 1:2], table[:, 2:]
+        return norm * (jnp.asarray(energy, float)[None] / reference) ** -tilt
 
     @property
     def parameters(self) -> dict[str, Parameter]:
