@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _minimize, programs
-from .mapsum import ItemSum, map_sum
+from .mapsum import ItemSum
 from .parameters import ParameterSpace, parameters_dict
 
 __all__ = ["fit", "FitResult", "NEWTON_MAX_PARAMETERS", "HESSIAN_EVERY_LARGE"]
@@ -121,8 +121,8 @@ class FitResult:
 
 def physical_objective(objective, space: ParameterSpace, params, errordef: float):
     """``objective`` (priors added) as a function of the free parameters' values ``v``; for
-    an :class:`~fitax.mapsum.ItemSum`, it also gives its terms as functions of ``v``
-    (``item_terms``), so that exact Hessians are computed item by item."""
+    an :class:`~fitax.mapsum.ItemSum`, an ItemSum of its terms as functions of ``v``, so that
+    exact Hessians are computed item by item."""
     def fun(v, args):
         model = space.with_values(params, v)
         return call_objective(objective, model, args) + errordef * space.prior_penalty(model)
@@ -135,17 +135,11 @@ def physical_objective(objective, space: ParameterSpace, params, errordef: float
             terms = [(functools.partial(_term_of_values, function, space, params), items) for function, items in objective.terms(args)]
             return terms + [(penalty, None)]
 
-        def summed(v, args):
-            # The sum over items is taken with the vector ``v`` as the shared argument, not
-            # the model pytree made from it: the per-item gradients then come out as one
-            # vector, where a pytree of n scalar parameters added O(n) small operations
-            # outside the loop, each compiled on its own (XLA compile time grew with the
-            # number of datasets through their background parameters).
-            return sum(function(v, None) if items is None else map_sum(function, v, items)
-                       for function, items in item_terms(args))
-
-        summed.item_terms = item_terms
-        return summed
+        # A sum over items again, of functions of the vector ``v``: summed with ``v`` as the
+        # shared argument, the per-item gradients come out as one vector (a pytree of n
+        # scalar parameters added O(n) small operations outside the loop, each compiled on
+        # its own), and value_grad_hessian sees the items.
+        return ItemSum(item_terms)
     return fun
 
 

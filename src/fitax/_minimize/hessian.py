@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
 from ..device import to_device
-from ..mapsum import map_items
+from ..mapsum import ItemSum, map_items
 
 class HessianColoring(eqx.Module):
     """How to get a sparse symmetric Hessian from fewer Hessian-vector products than
@@ -136,9 +136,9 @@ def value_grad_hessian(fun: Callable, v: Array, args: Any, plan: HessianPlan | N
     """``fun(v, args)``, its gradient and its exact Hessian (forward over reverse mode; see
     :func:`_value_grad_products`).
 
-    When ``fun`` is a sum over items and says so (``fun.item_terms(args)`` gives its
-    ``(function(v, item), items)`` terms, as :func:`fitax.fit` provides for a
-    :class:`fitax.mapsum.ItemSum` objective), each item's value, gradient and
+    When ``fun`` is a :class:`fitax.mapsum.ItemSum` of functions of ``v`` (its
+    ``terms(args)`` are ``(function(v, item), items)``, as :func:`fitax.fit` makes of an
+    ItemSum objective), each item's value, gradient and
     Hessian-vector products are computed in one pass of a loop over the items. The
     products are summed over the items (a product is linear in the function) and the
     Hessian is assembled from them once. With a ``plan`` the items then hold ``O(products
@@ -146,12 +146,11 @@ def value_grad_hessian(fun: Callable, v: Array, args: Any, plan: HessianPlan | N
     (without one, each item's products are its ``n x n`` rows).
     """
     n = v.shape[0]
-    item_terms = getattr(fun, "item_terms", None)
-    if item_terms is None:
+    if not isinstance(fun, ItemSum):
         value, grad, products = _value_grad_products(fun, v, args, plan)
         return value, grad, _hessian_from_products(products, plan, n)
     total = None
-    for function, items in item_terms(args):
+    for function, items in fun.terms(args):
         if items is None:
             part = _value_grad_products(function, v, None, plan)
         else:

@@ -189,22 +189,25 @@ class Models:
         dataset."""
         order = {id(model): k for k, model in enumerate(self)}
         backgrounds = {m.dataset_name: m for m in reversed(list(self)) if isinstance(m, FoVBackgroundModel)}
-        free, fixed = [], []  # (rank in the parameter vector's order, row, column, value)
+        free, fixed = [], []  # free: (rank in the parameter vector, (row, column, value)); fixed: (row, column, value)
         for row, name in enumerate(dataset_names):
             model = backgrounds.get(name)
             if model is None:
-                fixed += [(0, row, 0, 1.0), (0, row, 1, 0.0), (0, row, 2, 1.0)]
+                fixed += [(row, 0, 1.0), (row, 1, 0.0), (row, 2, 1.0)]
                 continue
             for column, leaf in enumerate((model.norm, model.tilt, model.reference)):
-                (free if leaf.is_free else fixed).append((3 * order[id(model)] + column, row, column, leaf.value))
+                if leaf.is_free:
+                    free.append((3 * order[id(model)] + column, (row, column, leaf.value)))
+                else:
+                    fixed.append((row, column, leaf.value))
         # The free norms and tilts are stacked in the order of the fit's parameter vector,
         # whatever the order of the datasets, so that XLA merges their slices of that vector
         # into one: one kernel, not one per dataset (the fit's compile time stays flat in N).
         table = jnp.zeros((len(dataset_names), 3))
-        for entries in (sorted(free, key=lambda e: e[0]), fixed):
+        for entries in ([entry for _, entry in sorted(free, key=lambda e: e[0])], fixed):
             if entries:
-                rows, columns = np.array([e[1] for e in entries]), np.array([e[2] for e in entries])
-                table = table.at[rows, columns].set(jnp.stack([jnp.asarray(e[3], float) for e in entries]))
+                rows, columns, values = zip(*entries)
+                table = table.at[np.array(rows), np.array(columns)].set(jnp.stack([jnp.asarray(x, float) for x in values]))
         norm, tilt, reference = table[:, :1], table[:, 1:2], table[:, 2:]
         return norm * (jnp.asarray(energy, float)[None] / reference) ** -tilt
 
