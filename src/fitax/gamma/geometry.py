@@ -15,7 +15,8 @@ from astropy.wcs import WCS
 from astropy.wcs.utils import wcs_to_celestial_frame
 from jaxtyping import Array, Float
 
-__all__ = ["SkyGrid", "celestial", "coarse_wcs", "cutout_wcs", "integrate_spatial", "nearest_pixel_values", "pixel_centres", "pixel_skycoords", "position_key", "solid_angles"]
+__all__ = ["SkyGrid", "celestial", "coarse_wcs", "cutout_wcs", "integrate_spatial", "nearest_pixel_values", "pixel_centres", "pixel_skycoords",
+           "position_key", "sky_to_pixel", "solid_angles"]
 
 
 class SkyGrid(eqx.Module):
@@ -44,6 +45,28 @@ def celestial(wcs):
     """The celestial part of ``wcs``: ``wcs`` itself when it has only the two sky axes
     (astropy's ``WCS.celestial`` deep-copies it, ~1 ms, on every call)."""
     return wcs if wcs.naxis == 2 and wcs.has_celestial else wcs.celestial
+
+
+def sky_to_pixel(wcs, positions: SkyCoord) -> tuple[np.ndarray, np.ndarray]:
+    """0-based pixel coordinates ``(x, y)`` of ``positions`` in the celestial part of
+    ``wcs``: astropy's ``world_to_pixel`` (the positions in the WCS's frame, then
+    ``all_world2pix``) without its high-level object machinery, ~0.6-1.3 ms a call where
+    this takes ~50 us when the frames agree; binding 400 datasets made ~2800 such calls.
+
+    Example:
+        >>> from astropy.wcs import WCS
+        >>> wcs = WCS(naxis=2); wcs.wcs.ctype = ["GLON-CAR", "GLAT-CAR"]; wcs.wcs.cdelt = [-0.1, 0.1]
+        >>> [float(v) for v in sky_to_pixel(wcs, SkyCoord(-0.2, 0.3, unit="deg", frame="galactic"))]
+        [1.0, 2.0]
+    """
+    image = celestial(wcs)
+    frame = wcs_to_celestial_frame(image)
+    if not positions.frame.is_equivalent_frame(frame):
+        positions = positions.transform_to(frame)
+    # the stored spherical data when there is one (``.spherical`` converts, ~0.1 ms)
+    data = positions.data if hasattr(positions.data, "lon") else positions.spherical
+    x, y = image.all_world2pix(data.lon.deg, data.lat.deg, 0)
+    return np.asarray(x, float), np.asarray(y, float)
 
 
 def pixel_centres(wcs, shape: tuple[int, int], oversampling: int = 1) -> tuple[np.ndarray, np.ndarray]:

@@ -21,7 +21,7 @@ from astropy.coordinates import SkyCoord, angular_separation
 from astropy.wcs import WCS
 from astropy.wcs.utils import proj_plane_pixel_scales
 
-from .geometry import celestial
+from .geometry import celestial, sky_to_pixel
 from .psf_kernel_map import bilinear_nodes
 
 __all__ = ["PSF_CONTAINMENT", "psf_profile", "containment_radius", "psf_kernel", "edisp_matrix", "map_centre", "pixel_scale", "diagonal_edisp"]
@@ -44,7 +44,7 @@ def map_centre(wcs: WCS, shape: tuple[int, int]) -> SkyCoord:
 
 
 def _pixel_of(wcs: WCS, position: SkyCoord) -> tuple[float, float]:
-    x, y = celestial(wcs).world_to_pixel(position)
+    x, y = sky_to_pixel(wcs, position)
     return float(x), float(y)
 
 
@@ -154,14 +154,16 @@ def psf_kernel(
     factors = np.minimum(np.ceil(_PRECISION_FACTOR / (2 * r68 / binsz)).astype(int), _MAX_UPSAMPLING)
     factors = np.maximum(factors, 1)
     size = _round_up_to_odd(2 * radii.max() / binsz)
-    centre = map_centre(wcs, shape)
-    ctype = tuple(celestial(wcs).wcs.ctype)
-    centre_lon, centre_lat = float(centre.spherical.lon.deg), float(centre.spherical.lat.deg)
+    image = celestial(wcs)
+    ny, nx = shape
+    centre_lon, centre_lat = (float(v) for v in image.all_pix2world((nx - 1) / 2, (ny - 1) / 2, 0))
+    centre_lon %= 360.0  # as map_centre's longitude
+    ctype, offsets = tuple(image.wcs.ctype), tuple(np.asarray(psf_rad, float).tolist())
     kernels = np.zeros((len(energy_true), size, size))
     for index, (values, radius, factor) in enumerate(zip(profile, radii, factors)):
         npix = _round_up_to_odd(2 * radius / binsz)
-        rad = _separation_grid(ctype, centre_lon, centre_lat, int(npix * factor), float(binsz / factor))
-        fine = np.clip(_interp_linear_extrapolate(rad, psf_rad, values), 0, None)
+        lower, weight = _offset_interpolation(ctype, centre_lon, centre_lat, int(npix * factor), float(binsz / factor), offsets)
+        fine = np.clip((1 - weight) * values[lower] + weight * values[lower + 1], 0, None)
         coarse = fine.reshape(npix, factor, npix, factor).sum(axis=(1, 3))
         start = (size - npix) // 2
         kernels[index, start:start + npix, start:start + npix] = coarse
@@ -169,10 +171,18 @@ def psf_kernel(
     return np.divide(kernels, total, out=np.zeros_like(kernels), where=total > 0)
 
 
-def _interp_linear_extrapolate(x: np.ndarray, nodes: np.ndarray, values: np.ndarray) -> np.ndarray:
-    index = np.clip(np.searchsorted(nodes, x) - 1, 0, len(nodes) - 2)
-    weight = (x - nodes[index]) / (nodes[index + 1] - nodes[index])
-    return (1 - weight) * values[index] + weight * values[index + 1]
+@functools.lru_cache(maxsize=256)
+def _offset_interpolation(ctype: tuple[str, str], frame_lon: float, frame_lat: float, npix: int, binsz: float,
+                          nodes: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Linear interpolation (extrapolated beyond the ends) of a PSF tabulated at offsets
+    ``nodes`` to the pixel centres of :func:`_separation_grid`: the lower node of each
+    pixel and its weight on the upper one. Cached: the datasets of a survey share their
+    grids and PSF offsets, and 400 of them made 24000 such look-ups."""
+    rad, nodes = _separation_grid(ctype, frame_lon, frame_lat, npix, binsz), np.asarray(nodes)
+    index = np.clip(np.searchsorted(nodes, rad) - 1, 0, len(nodes) - 2)
+    weight = (rad - nodes[index]) / (nodes[index + 1] - nodes[index])
+    index.flags.writeable = weight.flags.writeable = False
+    return index, weight
 
 
 def edisp_matrix(edisp: np.ndarray, edisp_wcs: WCS | None, position: SkyCoord) -> np.ndarray:

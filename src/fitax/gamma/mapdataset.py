@@ -17,7 +17,7 @@ from astropy.coordinates import SkyCoord
 from astropy.wcs import WCS
 
 from . import irf
-from .geometry import position_key, solid_angles
+from .geometry import position_key, sky_to_pixel, solid_angles
 from .io import MapDatasetFile, read_map_dataset
 from .likelihood import npred, stat_sum
 from .map_binding import bind_maps, check_sources_on_maps
@@ -130,7 +130,7 @@ class MapDataset:
         return np.sqrt(self.energy_true_edges[1:] * self.energy_true_edges[:-1])
 
     def contains(self, position: SkyCoord) -> bool:
-        x, y = self.wcs.world_to_pixel(position)
+        x, y = sky_to_pixel(self.wcs, position)
         ny, nx = self.shape
         return bool(-0.5 <= x <= nx - 0.5 and -0.5 <= y <= ny - 0.5)
 
@@ -172,7 +172,7 @@ def _pixel_linearisation(wcs: WCS, lon: float, lat: float, frame: str) -> tuple[
     step = 1e-4
     dlon = np.array([0.0, step, -step, 0.0, 0.0])
     dlat = np.array([0.0, 0.0, 0.0, step, -step])
-    x, y = wcs.world_to_pixel(SkyCoord(lon + dlon, lat + dlat, unit="deg", frame=frame))
-    points = np.stack([np.asarray(x, float), np.asarray(y, float)], axis=1)
+    x, y = sky_to_pixel(wcs, SkyCoord(lon + dlon, lat + dlat, unit="deg", frame=frame))
+    points = np.stack([x, y], axis=1)
     jacobian = np.stack([(points[1] - points[2]) / (2 * step), (points[3] - points[4]) / (2 * step)], axis=1)
     return points[0], jacobian

@@ -32,7 +32,7 @@ from astropy.coordinates import SkyCoord
 from astropy.wcs import WCS
 from jaxtyping import Float, Int
 
-from .geometry import celestial
+from .geometry import celestial, sky_to_pixel
 
 __all__ = ["PSFKernelMap", "compress_node_kernels", "elliptical_gaussian_kernels", "bilinear_nodes", "truncated_basis",
            "KERNEL_MAP_TOLERANCE"]
@@ -172,7 +172,7 @@ def bilinear_nodes(node_wcs: WCS, node_shape: tuple[int, int], positions: SkyCoo
     """Bilinear weights of a node grid's four nodes around each of ``positions``, clamped at
     the grid's border: flat node indices ``iy * nx + ix`` ``(4, P)`` and weights ``(4, P)``."""
     ny, nx = node_shape
-    x, y = (np.atleast_1d(np.asarray(v, float)) for v in celestial(node_wcs).world_to_pixel(positions))
+    x, y = (np.atleast_1d(v) for v in sky_to_pixel(node_wcs, positions))
 
     def axis(coordinate, n):
         if n == 1:
