@@ -27,3 +27,16 @@ def test_to_device_leaves_a_sharded_array_where_it_is():
     mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:2]), ("rows",))
     sharded = jax.device_put(np.arange(8.0), jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("rows")))
     assert to_device(sharded).sharding == sharded.sharding
+
+
+def test_the_device_array_never_shares_the_callers_memory():
+    """jaxlib 0.10.2 on CPU may alias a 64-byte aligned NumPy buffer even with
+    ``may_alias=False`` (jax-ml/jax#37830): changing the caller's array must not change
+    the device array."""
+    buffer = np.zeros(8 * 1000 + 64, np.uint8)
+    offset = (-buffer.ctypes.data) % 64
+    values = buffer[offset:offset + 8000].view(np.float64)
+    small = np.zeros(64, np.int8)
+    arrays = to_device(values), to_device(small)
+    values[0], small[0] = 42.0, 5
+    assert float(arrays[0][0]) == 0.0 and int(arrays[1][0]) == 0

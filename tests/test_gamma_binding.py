@@ -49,7 +49,8 @@ def test_sky_to_pixel_agrees_with_astropy():
 
     from fitax.gamma.geometry import sky_to_pixel
 
-    for ctype, crval in ((["GLON-TAN", "GLAT-TAN"], [359.4, -0.8]), (["RA---CAR", "DEC--CAR"], [83.6, 22.0])):
+    for ctype, crval in ((["GLON-TAN", "GLAT-TAN"], [359.4, -0.8]), (["RA---CAR", "DEC--CAR"], [83.6, 22.0]),
+                         (["DEC--TAN", "RA---TAN"], [22.0, 83.6])):  # latitude first: the WCS's axis order
         wcs = WCS(naxis=2)
         wcs.wcs.ctype, wcs.wcs.crval, wcs.wcs.cdelt, wcs.wcs.crpix = ctype, crval, [-0.02, 0.02], [50.5, 40.5]
         for frame in ("galactic", "icrs", "fk5"):

@@ -56,7 +56,7 @@ def sky_to_pixel(wcs, positions: SkyCoord) -> tuple[np.ndarray, np.ndarray]:
     Example:
         >>> from astropy.wcs import WCS
         >>> wcs = WCS(naxis=2); wcs.wcs.ctype = ["GLON-CAR", "GLAT-CAR"]; wcs.wcs.cdelt = [-0.1, 0.1]
-        >>> [float(v) for v in sky_to_pixel(wcs, SkyCoord(-0.2, 0.3, unit="deg", frame="galactic"))]
+        >>> [round(float(v), 9) for v in sky_to_pixel(wcs, SkyCoord(-0.2, 0.3, unit="deg", frame="galactic"))]
         [1.0, 2.0]
     """
     image = celestial(wcs)
@@ -65,7 +65,9 @@ def sky_to_pixel(wcs, positions: SkyCoord) -> tuple[np.ndarray, np.ndarray]:
         positions = positions.transform_to(frame)
     # the stored spherical data when there is one (``.spherical`` converts, ~0.1 ms)
     data = positions.data if hasattr(positions.data, "lon") else positions.spherical
-    x, y = image.all_world2pix(data.lon.deg, data.lat.deg, 0)
+    world = [None, None]
+    world[image.wcs.lng], world[image.wcs.lat] = data.lon.deg, data.lat.deg  # the WCS's axis order (DEC--TAN first too)
+    x, y = image.all_world2pix(*world, 0)
     return np.asarray(x, float), np.asarray(y, float)
 
 

@@ -157,7 +157,7 @@ def psf_kernel(
     image = celestial(wcs)
     ny, nx = shape
     centre_lon, centre_lat = (float(v) for v in image.all_pix2world((nx - 1) / 2, (ny - 1) / 2, 0))
-    centre_lon %= 360.0  # as map_centre's longitude
+    centre_lon = centre_lon % 360.0 if centre_lon % 360.0 < 360.0 else 0.0  # as map_centre's Longitude: [0, 360)
     ctype, offsets = tuple(image.wcs.ctype), tuple(np.asarray(psf_rad, float).tolist())
     kernels = np.zeros((len(energy_true), size, size))
     for index, (values, radius, factor) in enumerate(zip(profile, radii, factors)):

@@ -285,6 +285,8 @@ def _stacked_with_zeros(arrays: list[np.ndarray], shape: tuple[int, ...]) -> np.
     corner of its slot and zeros after it, written in place: padding each, then stacking,
     then copying to the device made three copies of the PSF transforms (460 MB per source
     for 400 simulated datasets)."""
+    if any(array.ndim != len(shape) or any(n > m for n, m in zip(array.shape, shape)) for array in arrays):
+        raise ValueError(f"cannot stack arrays of shapes {sorted({a.shape for a in arrays})} into slots of {tuple(shape)}")
     stacked = np.zeros((len(arrays),) + tuple(shape), np.result_type(*arrays))
     for slot, array in zip(stacked, arrays):
         slot[tuple(slice(0, n) for n in array.shape)] = array
@@ -391,7 +393,7 @@ def _padded_exposure(members: tuple, margin: int, used_true: list[int]) -> Array
         for row, dataset in enumerate(members):
             padded[row, :, margin:margin + ny, margin:margin + nx] = dataset.exposure[used_true]
         return to_device(padded)
-    return _pad_images(to_device(np.stack([dataset.exposure[used_true] for dataset in members])), margin)
+    return _pad_images(to_device(np.stack([dataset.exposure[used_true] for dataset in members]).astype(float, copy=False)), margin)
 
 
 @functools.partial(jax.jit, static_argnames="margin")
