@@ -62,7 +62,10 @@ def test_reduce_cli_makes_the_datasets_gammapys_analysis_makes(tmp_path):
 
     from fitax.gamma.datasets import read_datasets
 
-    config = _write(tmp_path / "analysis.yaml", _config(hess))
+    # the energy thresholds at each run's cutout centre (aeff-max, edisp-bias) fall inside the energy axis
+    safe_mask = {"methods": ["aeff-default", "offset-max", "aeff-max", "edisp-bias"],
+                 "parameters": {"offset_max": "2.0 deg", "aeff_percent": 40, "bias_percent": 4}}
+    config = _write(tmp_path / "analysis.yaml", _config(hess, safe_mask=safe_mask))
     assert main(["gamma", "reduce", str(config), "--out", str(tmp_path / "out")]) == 0
     analysis = Analysis(AnalysisConfig.read(config))
     analysis.get_observations()
@@ -83,6 +86,7 @@ def test_reduce_cli_makes_the_datasets_gammapys_analysis_makes(tmp_path):
         assert np.abs((mine.gti.time_start - theirs.gti.time_start).to_value("s")).max() < 1e-3
         assert np.abs((mine.gti.time_stop - theirs.gti.time_stop).to_value("s")).max() < 1e-3
     assert [d.counts.sum() for d in read_datasets(tmp_path / "out" / "datasets.yaml")] == [d.counts.data.sum() for d in analysis.datasets]
+    assert [d.mask_safe.data.any(axis=(1, 2)).tolist() for d in ours] == [[False, False, True, True], [False, False, False, True]]
 
 
 def test_stacked_reduction_is_gammapys_stacked_dataset(tmp_path):
@@ -156,7 +160,9 @@ def test_fov_background_norms_are_gammapys(tmp_path, stack):
     ({"datasets": {"type": "1d"}}, r"'datasets.type' = '1d'"),
     ({"datasets": {"background": {"method": "ring"}}}, r"'config.datasets.background.method' = 'ring': only fov_background"),
     ({"datasets": {"background": {"exclusion": "mask.fits"}}}, r"'config.datasets.background.exclusion' = 'mask.fits' is not supported by fitax yet \(no background maker"),
-    ({"datasets": {"safe_mask": {"methods": ["edisp-bias"]}}}, r"'edisp-bias': not supported by fitax yet"),
+    ({"datasets": {"safe_mask": {"methods": ["edisp_bias"]}}}, r"'edisp_bias': not a Gammapy safe-mask method"),
+    ({"datasets": {"safe_mask": {"parameters": {"aeff_percent": 150}}}}, r"'config.datasets.safe_mask.parameters.aeff_percent' = 150 must be a percentage"),
+    ({"datasets": {"safe_mask": {"parameters": {"position": "83.6 22.0"}}}}, r"'config.datasets.safe_mask.parameters.position' .* not supported"),
     ({"datasets": {"geom": {"wcs": {"binsize": 0.05}}}}, r"'config.datasets.geom.wcs.binsize' = 0.05 needs a unit of angle"),
     ({"observations": {"obs_ids": [23523, 99999]}}, r"obs 99999 not in the obs-index table"),
     ({"observations": {"datastore": "/nowhere/hess"}}, r"'observations.datastore' = '/nowhere/hess': no such data store"),

@@ -3,8 +3,7 @@ and ``datasets`` sections, read into what fitax's data reduction needs.
 
 Keys, defaults and meanings are Gammapy 2.1's, so a configuration a user already has runs
 unchanged. A key Gammapy does not know, or one whose setting fitax cannot reproduce yet (1D
-spectra, ring/reflected backgrounds, time selections, the ``aeff-max`` and
-``edisp-bias`` safe masks), is an error naming the key; nothing is silently ignored except the
+spectra, ring/reflected backgrounds, time selections, a safe-mask ``position``), is an error naming the key; nothing is silently ignored except the
 sections a data reduction does not use (``general``, ``fit``, ``flux_points``, ``excess_map``,
 ``light_curve``, and the ``metadata`` Gammapy's ``AnalysisConfig.write`` adds) and the 1D-only keys of a 3D analysis (``on_region``,
 ``containment_correction``, as Gammapy ignores them).
@@ -29,6 +28,7 @@ from ._common import load_yaml
 from .dl3 import DataStore
 from .geometry import coarse_wcs
 from .makers import BINSZ_IRF, MapGeometry
+from .reduce import SAFE_MASK_METHODS, SafeMaskParameters
 
 __all__ = ["ReductionConfig", "read_analysis_config"]
 
@@ -49,6 +49,7 @@ class ReductionConfig:
     geometry: MapGeometry
     safe_mask_methods: tuple[str, ...]
     safe_mask_offset_max: u.Quantity
+    safe_mask_parameters: SafeMaskParameters
     offset_max: u.Quantity
     required_irf: tuple[str, ...]
     map_selection: tuple[str, ...]
@@ -98,6 +99,12 @@ class _Section:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{self.source}: '{self.path}.{key}' = {value!r} must be a whole number of bins >= 1")
         return value
+
+    def percent(self, key: str, default: float) -> float:
+        value = self.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 100:
+            raise ValueError(f"{self.source}: '{self.path}.{key}' = {value!r} must be a percentage between 0 and 100")
+        return float(value)
 
     def section(self, key: str, known: set[str]) -> "_Section":
         return _Section(self.content.get(key), f"{self.path}.{key}", known, self.source)
@@ -247,15 +254,16 @@ def read_analysis_config(path) -> ReductionConfig:
     methods = tuple(safe.names("methods", ["aeff-default"]))
     parameters = safe.section("parameters", {"offset_max", "aeff_percent", "bias_percent", "position", "fixed_offset", "energy_min",
                                              "energy_max", "n_95"})  # fmt: skip
-    for key in sorted(set(parameters.content) - {"offset_max"}):
-        parameters.unsupported(key, "only offset_max is a safe-mask parameter fitax uses")
-    from .reduce import SAFE_MASK_METHODS
-
+    for key in sorted(set(parameters.content) - {"offset_max", "aeff_percent", "bias_percent", "fixed_offset"}):
+        parameters.unsupported(key, "fitax's safe masks take offset_max, aeff_percent, bias_percent and fixed_offset")
     for method in methods:
         if method not in SAFE_MASK_METHODS:
-            known = ("aeff-default", "aeff-max", "edisp-bias", "offset-max", "bkg-peak")
-            why = "not supported by fitax yet" if method in known else "not a Gammapy safe-mask method"
-            raise ValueError(f"{source}: 'datasets.safe_mask.methods' has {method!r}: {why} (fitax has {list(SAFE_MASK_METHODS)})")
+            raise ValueError(f"{source}: 'datasets.safe_mask.methods' has {method!r}: not a Gammapy safe-mask method (expected some of "
+                             f"{list(SAFE_MASK_METHODS)})")
+    safe_mask_parameters = SafeMaskParameters(
+        aeff_percent=parameters.percent("aeff_percent", 10.0), bias_percent=parameters.percent("bias_percent", 10.0),
+        fixed_offset=parameters.quantity("fixed_offset", "deg"),
+    )  # fmt: skip
     selection = tuple(datasets.names("map_selection", list(_MAP_SELECTION)))
     unknown = sorted(set(selection) - set(_MAP_SELECTION))
     if unknown:
@@ -288,7 +296,7 @@ def read_analysis_config(path) -> ReductionConfig:
     store = DataStore.from_dir(_store_path(observations.get("datastore", "$GAMMAPY_DATA/hess-dl3-dr1/"), source))
     return ReductionConfig(
         datastore=store, obs_ids=_selected_runs(observations, store), geometry=geometry, safe_mask_methods=methods,
-        safe_mask_offset_max=parameters.positive("offset_max", "deg", "3 deg"),
+        safe_mask_offset_max=parameters.positive("offset_max", "deg", "3 deg"), safe_mask_parameters=safe_mask_parameters,
         offset_max=geom.section("selection", {"offset_max"}).positive("offset_max", "deg", "2.5 deg"),
         required_irf=required, map_selection=selection, stack=stack, fov_background=fov_background,
     )  # fmt: skip

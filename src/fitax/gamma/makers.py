@@ -24,7 +24,7 @@ from .dl3 import DataStore, Observation
 from .geometry import celestial, coarse_wcs, cutout_wcs, pixel_skycoords
 from .io import MapDatasetFile
 from .irf_maps import RAD_EDGES, edisp_kernel_map, psf_map
-from .reduce import background_cube, counts_cube, exposure_cube, safe_mask
+from .reduce import SafeMaskParameters, background_cube, counts_cube, exposure_cube, safe_mask
 
 __all__ = ["BINSZ_IRF", "MapGeometry", "fov_background_norm", "make_map_datasets", "map_dataset_file"]
 
@@ -62,11 +62,12 @@ class MapGeometry:
 
 
 def map_dataset_file(observation: Observation, geometry: MapGeometry, safe_mask_methods=("aeff-default",),
-                     offset_max: u.Quantity = 3 * u.deg, name: str | None = None) -> MapDatasetFile:
+                     offset_max: u.Quantity = 3 * u.deg, name: str | None = None,
+                     safe_mask_parameters: SafeMaskParameters = SafeMaskParameters()) -> MapDatasetFile:
     """One run reduced to a MapDataset's contents (counts, exposure, background, PSF map and
     energy-dispersion kernel map with their exposures, safe mask, good time), for
     :func:`~fitax.gamma.io.write_map_dataset`: Gammapy's ``MapDatasetMaker`` then
-    ``SafeMaskMaker(methods=safe_mask_methods, offset_max=offset_max)``. A geometry the run
+    ``SafeMaskMaker(methods=safe_mask_methods, offset_max=offset_max, **safe_mask_parameters)``. A geometry the run
     gives no exposure to (every pixel beyond its IRFs' offsets) is a ``ValueError`` naming it.
 
     Example:
@@ -82,13 +83,16 @@ def map_dataset_file(observation: Observation, geometry: MapGeometry, safe_mask_
                          f"(RA {observation.pointing.ra.deg:.2f}, Dec {observation.pointing.dec.deg:.2f} deg) is "
                          f"{centre.separation(observation.pointing).deg[0, 0]:.1f} deg from the geometry's first pixel")
     background = background_cube(observation, wcs, shape, energy_edges)
-    mask = safe_mask(observation, wcs, shape, energy_edges, safe_mask_methods, offset_max=offset_max, background=background)
     psf = edisp = None
     irf_wcs, irf_shape = geometry.irf_wcs, geometry.irf_shape
     if observation.psf is not None:
         psf = psf_map(observation.psf, observation.pointing, irf_wcs, irf_shape, energy_true_edges, geometry.rad_edges)
     if observation.edisp is not None:
         edisp = edisp_kernel_map(observation.edisp, observation.pointing, irf_wcs, irf_shape, energy_edges, energy_true_edges)
+    elif "edisp-bias" in safe_mask_methods:
+        raise ValueError(f"obs {observation.obs_id}: the 'edisp-bias' safe mask needs an energy dispersion; the run has none")
+    mask = safe_mask(observation, wcs, shape, energy_edges, safe_mask_methods, offset_max=offset_max, background=background,
+                     parameters=safe_mask_parameters, exposure=exposure, energy_true_edges=energy_true_edges, edisp=edisp, edisp_wcs=irf_wcs)
     irf_exposure = exposure_cube(observation, irf_wcs, irf_shape, energy_true_edges).to_value("m2 s")[:, None]
     true_edges = u.Quantity(energy_true_edges).to_value("TeV")
     rad_edges = u.Quantity(geometry.rad_edges).to_value("deg")
@@ -105,11 +109,11 @@ def map_dataset_file(observation: Observation, geometry: MapGeometry, safe_mask_
 
 def make_map_datasets(store: DataStore, obs_ids: Iterable[int], geometry: MapGeometry, safe_mask_methods=("aeff-default",),
                       safe_mask_offset_max: u.Quantity = 3 * u.deg, offset_max: u.Quantity = 2.5 * u.deg,
-                      progress=None) -> list[MapDatasetFile]:
+                      progress=None, safe_mask_parameters: SafeMaskParameters = SafeMaskParameters()) -> list[MapDatasetFile]:
     """One dataset per run, in the order of ``obs_ids``, each on the part of ``geometry``
     within a square of side ``2 offset_max`` around its pointing (Gammapy's high-level
     analysis: ``DatasetsMaker`` with ``cutout_mode="trim"``), with the safe mask of
-    ``safe_mask_methods`` and ``safe_mask_offset_max``. A run whose cutout misses the geometry
+    ``safe_mask_methods``, ``safe_mask_offset_max`` and ``safe_mask_parameters``. A run whose cutout misses the geometry
     is left out with a warning, as Gammapy does; if every run misses it, that is a
     ``ValueError``. ``progress(obs_id)`` is called as each run is done."""
     from astropy.nddata.utils import NoOverlapError
@@ -125,7 +129,8 @@ def make_map_datasets(store: DataStore, obs_ids: Iterable[int], geometry: MapGeo
             warnings.warn(f"obs {obs_id} left out: its field of view (within {offset_max} of its pointing) misses the geometry", stacklevel=2)
             missed.append(obs_id)
             continue
-        datasets.append(map_dataset_file(observation, part, safe_mask_methods, safe_mask_offset_max))
+        datasets.append(map_dataset_file(observation, part, safe_mask_methods, safe_mask_offset_max,
+                                         safe_mask_parameters=safe_mask_parameters))
         if progress is not None:
             progress(obs_id)
     if not datasets:

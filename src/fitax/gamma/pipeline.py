@@ -225,7 +225,8 @@ def reduce_files(config_path, out, progress: bool | None = None) -> Path:
     bar = tqdm(total=len(runs), desc="reducing runs", unit="run", disable=not sys.stderr.isatty() if progress is None else not progress)
     with bar:
         datasets = make_map_datasets(store, runs, config.geometry, config.safe_mask_methods, config.safe_mask_offset_max,
-                                     offset_max=config.offset_max, progress=lambda obs_id: bar.update(1))
+                                     offset_max=config.offset_max, progress=lambda obs_id: bar.update(1),
+                                     safe_mask_parameters=config.safe_mask_parameters)
     dropped = {"background": {"background": None}, "psf": {"psf": None, "psf_exposure": None},
                "edisp": {"edisp": None, "edisp_exposure": None}}  # fmt: skip
     norms = _fov_background_norms(datasets, config.fov_background) if config.fov_background is not None else {}

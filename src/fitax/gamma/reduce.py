@@ -26,8 +26,8 @@ from astropy.coordinates import SkyCoord, SkyOffsetFrame
 from .dl3 import IRF, IRFAxis, Observation
 from .geometry import celestial, pixel_skycoords, solid_angles
 
-__all__ = ["SAFE_MASK_METHODS", "axis_edges", "background_cube", "counts_cube", "evaluate_irf", "exposure_cube", "fill_missing_energies",
-           "integrate_log_log", "safe_mask"]
+__all__ = ["SAFE_MASK_METHODS", "SafeMaskParameters", "aeff_max_energy", "axis_edges", "background_cube", "counts_cube",
+           "edisp_bias_energy", "evaluate_irf", "exposure_cube", "fill_missing_energies", "integrate_log_log", "safe_mask", "template_inverse"]
 
 
 _TINY = np.finfo(np.float32).tiny  # the floor of Gammapy's log scale for the float32 values GADF files hold
@@ -258,9 +258,22 @@ def background_cube(observation: Observation, wcs, shape: tuple[int, int], energ
     return counts.to_value(u.dimensionless_unscaled)
 
 
-SAFE_MASK_METHODS = ("aeff-default", "offset-max", "bkg-peak")
-"""The safe-mask methods of Gammapy's ``SafeMaskMaker`` fitax has (with its DL4 IRFs, the
-default); ``aeff-max`` and ``edisp-bias`` are not built yet."""
+SAFE_MASK_METHODS = ("aeff-default", "aeff-max", "edisp-bias", "offset-max", "bkg-peak")
+"""The safe-mask methods of Gammapy's ``SafeMaskMaker`` (with its default DL4 IRFs: the
+dataset's exposure and EDisp kernel map)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SafeMaskParameters:
+    """The settings of the energy-threshold safe masks, with Gammapy's ``SafeMaskMaker``
+    defaults: ``aeff-max`` keeps energies where the effective area exceeds ``aeff_percent``
+    of its maximum, ``edisp-bias`` those above the energy where the reconstruction bias falls
+    to ``bias_percent``; both at the geometry's centre, or ``fixed_offset`` north of the
+    pointing."""
+
+    aeff_percent: float = 10.0
+    bias_percent: float = 10.0
+    fixed_offset: u.Quantity | None = None
 
 
 def _energy_mask(edges: u.Quantity, energy_min=None, energy_max=None) -> np.ndarray:
@@ -270,14 +283,125 @@ def _energy_mask(edges: u.Quantity, energy_min=None, energy_max=None) -> np.ndar
     return (edges[:-1] >= low) & (edges[1:] <= high)
 
 
+def _log_centres(edges: np.ndarray) -> np.ndarray:
+    return np.sqrt(edges[1:] * edges[:-1])
+
+
+def template_inverse(energy: np.ndarray, values: np.ndarray, target: float, energy_min: float, energy_max: float) -> float:
+    """The first energy in ``[energy_min, energy_max]`` where ``values`` tabulated at
+    ``energy`` and interpolated linearly in log-log (below the float64 ``tiny`` a value is 0)
+    equal ``target``, or NaN: Gammapy's ``TemplateSpectralModel.inverse``, which brackets the
+    roots on 101 log-spaced energies and solves the first bracket with Brent's method; the same
+    brackets keep the same root where the curve crosses ``target`` more than once.
+
+    Example:
+        >>> round(template_inverse(np.array([1.0, 10.0]), np.array([1.0, 100.0]), 10.0, 1.0, 10.0), 9)
+        3.16227766
+    """
+    from scipy.optimize import brentq
+
+    tiny = np.finfo(float).tiny
+    log_energy, log_values = np.log(energy), np.log(np.clip(values, tiny, None))
+
+    def excess(x):
+        value = np.exp(np.interp(np.log(x), log_energy, log_values))
+        value = np.where(abs(value) - tiny <= tiny, 0.0, value)
+        return 1e12 * (value - target)  # Gammapy's scale, for the same Brent iterates
+
+    x = np.exp(np.linspace(np.log(energy_min), np.log(energy_max), 101))
+    signs = np.sign(excess(x))
+    changes = np.nonzero(signs[:-1] != signs[1:])[0]
+    if changes.size == 0:
+        return float("nan")
+    root, result = brentq(excess, x[changes[0]], x[changes[0] + 1], full_output=True, disp=False)
+    return float(root) if result.converged else float("nan")
+
+
+def aeff_max_energy(aeff: np.ndarray, energy_true_edges: u.Quantity, aeff_percent: float = 10.0) -> u.Quantity:
+    """The ``aeff-max`` threshold: the lowest true energy where the effective area ``aeff``
+    (tabulated at the centres of the true-energy bins) rises to ``aeff_percent`` of its
+    maximum, or its first positive node if it never crosses; ``None`` where it is 0
+    everywhere (Gammapy then masks every bin)."""
+    edges = u.Quantity(energy_true_edges).to_value("TeV")
+    energy = _log_centres(edges)
+    aeff = np.asarray(aeff, float)
+    positive = np.nonzero(aeff > 0)[0]
+    if positive.size == 0:
+        return None
+    lowest = energy[positive[0]]
+    root = template_inverse(energy, aeff, aeff_percent / 100 * aeff.max(), lowest, energy[-1])
+    return (lowest if np.isnan(root) else root) * u.TeV
+
+
+def edisp_bias_energy(kernel: np.ndarray, energy_true_edges: u.Quantity, energy_edges: u.Quantity, bias_percent: float = 10.0) -> u.Quantity:
+    """The ``edisp-bias`` threshold: the reconstructed energy ``(1 + b) E`` at the true energy
+    ``E`` above the bias peak where the mean reconstruction bias of the ``(energy_true,
+    energy)`` ``kernel`` falls to ``b = bias_percent / 100`` (Gammapy's ``get_bias_energy``:
+    the mean reconstructed energy over the bin centres, 0 for an empty row)."""
+    true = _log_centres(u.Quantity(energy_true_edges).to_value("TeV"))
+    reco = _log_centres(u.Quantity(energy_edges).to_value("TeV"))
+    kernel = np.asarray(kernel, float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.nan_to_num((kernel * reco).sum(axis=-1) / kernel.sum(axis=-1))
+    bias = (mean - true) / true
+    lowest = true[np.nanargmax(bias)]
+    root = template_inverse(true, bias, bias_percent / 100, lowest, true[-1])
+    return (lowest if np.isnan(root) else root) * (1 + bias_percent / 100) * u.TeV
+
+
+def _centre(wcs, shape: tuple[int, int]) -> SkyCoord:
+    """The sky position of the image's central pixel coordinate (Gammapy's ``center_skydir``)."""
+    from astropy.wcs.utils import wcs_to_celestial_frame
+
+    ny, nx = shape
+    lon, lat = celestial(wcs).all_pix2world((nx - 1) / 2, (ny - 1) / 2, 0)
+    return SkyCoord(lon, lat, unit="deg", frame=wcs_to_celestial_frame(celestial(wcs)))
+
+
+def _nearest_pixel(wcs, shape: tuple[int, int], position: SkyCoord) -> tuple[int, int]:
+    """``(iy, ix)`` of the pixel nearest ``position``, ties to the lower index as Gammapy's
+    (SciPy's) nearest-neighbour lookup."""
+    from .geometry import sky_to_pixel
+
+    ny, nx = shape
+    x, y = sky_to_pixel(wcs, position)
+    iy, ix = (int(np.floor(c)) + int(c - np.floor(c) > 0.5) for c in (float(y), float(x)))
+    if not (0 <= iy < ny and 0 <= ix < nx):
+        raise ValueError(f"the safe-mask position ({float(x):.1f}, {float(y):.1f}) px is outside the {nx}x{ny} image")
+    return iy, ix
+
+
+def _mask_position(observation: Observation, parameters: SafeMaskParameters, wcs, shape: tuple[int, int]) -> SkyCoord:
+    if parameters.fixed_offset is None:
+        return _centre(wcs, shape)
+    return observation.pointing.directional_offset_by(0 * u.deg, u.Quantity(parameters.fixed_offset))
+
+
+def _kernel_at(edisp: np.ndarray, edisp_wcs, position: SkyCoord) -> np.ndarray:
+    """The ``(energy_true, energy)`` kernel of the EDisp kernel map's pixel nearest
+    ``position``; where that pixel holds no kernel, the nearest one that does (Gammapy's
+    ``_get_nearest_valid_position``)."""
+    irf_shape = edisp.shape[-2:]
+    iy, ix = _nearest_pixel(edisp_wcs, irf_shape, position)
+    valid = np.any(edisp > 0, axis=(0, 1))
+    if not valid[iy, ix] and valid.any():
+        separation = pixel_skycoords(edisp_wcs, irf_shape).separation(position).deg
+        iy, ix = np.unravel_index(np.argmin(np.where(valid, separation, np.inf)), irf_shape)
+    return edisp[:, :, iy, ix]
+
+
 def safe_mask(observation: Observation, wcs, shape: tuple[int, int], energy_edges: u.Quantity, methods=("aeff-default",),
-              offset_max: u.Quantity = 3 * u.deg, background: np.ndarray | None = None) -> np.ndarray:
+              offset_max: u.Quantity = 3 * u.deg, background: np.ndarray | None = None, *,
+              parameters: SafeMaskParameters = SafeMaskParameters(), exposure: np.ndarray | None = None,
+              energy_true_edges: u.Quantity | None = None, edisp: np.ndarray | None = None, edisp_wcs=None) -> np.ndarray:
     """The ``(energy, ny, nx)`` mask of the bins safe to fit, as Gammapy's ``SafeMaskMaker``:
     the ``and`` of each method's (``aeff-default``: the energy range in the effective area's
     header, ``LO_THRES``/``HI_THRES`` [TeV]; ``offset-max``: pixels closer than ``offset_max``
-    to the pointing; ``bkg-peak``: energies from the lower edge of the bin where the
-    ``background`` cube's spectrum peaks), and, given a ``background``, bins where it is
-    positive and finite.
+    to the pointing; ``aeff-max``: energies above the ``exposure`` cube's threshold at the
+    centre, :func:`aeff_max_energy`; ``edisp-bias``: energies above the bias threshold of the
+    ``edisp`` kernel map (on ``edisp_wcs``) at the centre, :func:`edisp_bias_energy`;
+    ``bkg-peak``: energies from the lower edge of the bin where the ``background`` cube's
+    spectrum peaks), and, given a ``background``, bins where it is positive and finite.
 
     Example:
         >>> mask = safe_mask(obs, wcs, shape, edges, methods=("aeff-default", "offset-max"), offset_max=2.5 * u.deg)  # doctest: +SKIP
@@ -306,6 +430,22 @@ def safe_mask(observation: Observation, wcs, shape: tuple[int, int], energy_edge
             else:
                 warnings.warn(f"obs {observation.obs_id}: no {key} in the effective area's header: no safe energy bound from it", stacklevel=2)
         mask &= _energy_mask(edges, bounds.get("LO_THRES"), bounds.get("HI_THRES"))[:, None, None]
+    position = _mask_position(observation, parameters, wcs, shape)
+    if "aeff-max" in methods:
+        if exposure is None or energy_true_edges is None:
+            raise ValueError("'aeff-max' needs the exposure cube and its true-energy edges (exposure=, energy_true_edges=)")
+        iy, ix = _nearest_pixel(wcs, shape, position)
+        threshold = aeff_max_energy(np.asarray(exposure)[:, iy, ix], energy_true_edges, parameters.aeff_percent)
+        if threshold is None:
+            warnings.warn(f"obs {observation.obs_id}: no exposure at the safe-mask position: every bin masked (as Gammapy)", stacklevel=2)
+            mask[:] = False
+        else:
+            mask &= _energy_mask(edges, threshold)[:, None, None]
+    if "edisp-bias" in methods:
+        if edisp is None or edisp_wcs is None or energy_true_edges is None:
+            raise ValueError("'edisp-bias' needs the EDisp kernel map, its WCS and the true-energy edges (edisp=, edisp_wcs=, energy_true_edges=)")
+        kernel = _kernel_at(np.asarray(edisp), edisp_wcs, position)
+        mask &= _energy_mask(edges, edisp_bias_energy(kernel, energy_true_edges, edges, parameters.bias_percent))[:, None, None]
     if "bkg-peak" in methods:
         if background is None:
             raise ValueError("'bkg-peak' needs the background cube (background=)")
