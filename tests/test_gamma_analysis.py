@@ -157,7 +157,7 @@ def test_fov_background_norms_are_gammapys(tmp_path, stack):
 @pytest.mark.parametrize(("change", "message"), [
     ({"datasets": {"geom": {"wcs": {"binsz": "0.05 deg"}}}}, r"unknown key 'config.datasets.geom.wcs.binsz'"),
     ({"datasets": {"stack": "yes"}}, r"'datasets.stack' = 'yes'; expected true or false"),
-    ({"datasets": {"type": "1d"}}, r"'datasets.type' = '1d'"),
+    ({"datasets": {"type": "2d"}}, r"'datasets.type' = '2d'; expected '1d'"),
     ({"datasets": {"background": {"method": "ring"}}}, r"'config.datasets.background.method' = 'ring': only fov_background"),
     ({"datasets": {"background": {"exclusion": "mask.fits"}}}, r"'config.datasets.background.exclusion' = 'mask.fits' is not supported by fitax yet \(no background maker"),
     ({"datasets": {"safe_mask": {"methods": ["edisp_bias"]}}}, r"'edisp_bias': not a Gammapy safe-mask method"),

@@ -2,11 +2,14 @@
 and ``datasets`` sections, read into what fitax's data reduction needs.
 
 Keys, defaults and meanings are Gammapy 2.1's, so a configuration a user already has runs
-unchanged. A key Gammapy does not know, or one whose setting fitax cannot reproduce yet (1D
-spectra, ring/reflected backgrounds, time selections, a safe-mask ``position``), is an error naming the key; nothing is silently ignored except the
-sections a data reduction does not use (``general``, ``fit``, ``flux_points``, ``excess_map``,
-``light_curve``, and the ``metadata`` Gammapy's ``AnalysisConfig.write`` adds) and the 1D-only keys of a 3D analysis (``on_region``,
-``containment_correction``, as Gammapy ignores them).
+unchanged: 3D map datasets (``type: 3d``) or 1D on-off spectra with reflected regions
+(``type: 1d``). A key Gammapy does not know, or one whose setting fitax cannot reproduce yet
+(ring backgrounds, time selections, a safe-mask ``position``, point-like ON regions), is an
+error naming the key; nothing is silently ignored except the sections a data reduction does
+not use (``general``, ``fit``, ``flux_points``, ``excess_map``, ``light_curve``, and the
+``metadata`` Gammapy's ``AnalysisConfig.write`` adds), the 1D-only keys of a 3D analysis
+(``on_region``, ``containment_correction``) and the sky geometry and ``map_selection`` of a
+1D one, as Gammapy ignores them.
 
 Example:
     >>> config = read_analysis_config("config.yaml")  # doctest: +SKIP
@@ -29,8 +32,9 @@ from .dl3 import DataStore
 from .geometry import coarse_wcs
 from .makers import BINSZ_IRF, MapGeometry
 from .reduce import SAFE_MASK_METHODS, SafeMaskParameters
+from .spectrum_reduce import ONOFF_SAFE_MASK_METHODS, ReflectedRegionsFinder
 
-__all__ = ["ReductionConfig", "read_analysis_config"]
+__all__ = ["ReductionConfig", "SpectrumReductionConfig", "read_analysis_config"]
 
 _SECTIONS = {"general", "observations", "datasets", "fit", "flux_points", "excess_map", "light_curve", "metadata"}
 _IRF_TYPES = ("events", "gti", "aeff", "bkg", "edisp", "psf", "rad_max")
@@ -58,6 +62,28 @@ class ReductionConfig:
     """``{"min_counts", "min_npred_background", "exclusion"}`` with ``background.method:
     fov_background`` (``exclusion``: a sky image and its WCS, True where pixels may be used, or
     ``None``); ``None`` without a background maker."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SpectrumReductionConfig:
+    """A 1D on-off reduction: the data store, the runs (in the configured order), the circular
+    ON region, the energy axes, the safe mask, whether the exposure is corrected for the PSF's
+    containment, the reflected-regions finder and its exclusion mask, the IRFs a run must
+    have, and whether the spectra are stacked into one."""
+
+    datastore: DataStore
+    obs_ids: list[int]
+    on_region: object
+    energy_edges: u.Quantity
+    energy_true_edges: u.Quantity
+    safe_mask_methods: tuple[str, ...]
+    safe_mask_offset_max: u.Quantity
+    safe_mask_parameters: SafeMaskParameters
+    containment_correction: bool
+    finder: object
+    exclusion: tuple | None
+    required_irf: tuple[str, ...]
+    stack: bool
 
 
 class _Section:
@@ -179,18 +205,62 @@ def _fov_background(background: _Section) -> dict | None:
     parameters.unsupported("spectral_model", "the FoV background model is a norm (Gammapy's default pl-norm)", allowed=(None, "pl-norm"))
     parameters.unsupported("spatial_model", "the FoV background model has no spatial part")
     parameters.unsupported("fit", "the norm is found in closed form")
-    exclusion = None
-    if background.get("exclusion") is not None:
-        from .io import read_sky_mask
-
-        path = Path(os.path.expandvars(str(background.get("exclusion"))))
-        if not path.exists() and (background.source.parent / path).exists():
-            path = background.source.parent / path
-        if not path.exists():
-            raise FileNotFoundError(f"{background.source}: '{background.path}.exclusion' = {background.get('exclusion')!r}: no such file")
-        exclusion = read_sky_mask(path)
     return {"min_counts": float(parameters.get("min_counts", 0)), "min_npred_background": float(parameters.get("min_npred_background", 0)),
-            "exclusion": exclusion}
+            "exclusion": _exclusion(background)}
+
+
+def _exclusion(background: _Section):
+    """The ``background.exclusion`` mask file, read (a sky image and its WCS, True where
+    pixels may be used), or ``None``."""
+    if background.get("exclusion") is None:
+        return None
+    from .io import read_sky_mask
+
+    path = Path(os.path.expandvars(str(background.get("exclusion"))))
+    if not path.exists() and (background.source.parent / path).exists():
+        path = background.source.parent / path
+    if not path.exists():
+        raise FileNotFoundError(f"{background.source}: '{background.path}.exclusion' = {background.get('exclusion')!r}: no such file")
+    return read_sky_mask(path)
+
+
+def _reflected_background(background: _Section):
+    """The ``background`` section of a 1D analysis: Gammapy's ``ReflectedRegionsBackgroundMaker``
+    (``method: reflected``) with its finder's ``parameters`` and the ``exclusion`` mask."""
+    method = background.get("method")
+    if method != "reflected":
+        raise ValueError(f"{background.source}: '{background.path}.method' = {method!r}: a 1d analysis takes 'reflected' "
+                         "(the OFF counts of reflected regions)")
+    parameters = background.section("parameters", {"angle_increment", "min_distance", "min_distance_input", "max_region_number", "binsz"})
+    settings = {key: parameters.quantity(key, "rad") for key in ("angle_increment", "min_distance", "min_distance_input")
+                if parameters.get(key) is not None}
+    if parameters.get("binsz") is not None:
+        settings["binsz"] = parameters.positive("binsz", "deg")
+    if parameters.get("max_region_number") is not None:
+        settings["max_region_number"] = parameters.count("max_region_number")
+    try:
+        finder = ReflectedRegionsFinder(**settings)
+    except ValueError as error:
+        raise ValueError(f"{background.source}: '{parameters.path}': {error}") from error
+    return finder, _exclusion(background)
+
+
+def _on_region(datasets: _Section):
+    """``datasets.on_region``: Gammapy's circular ON region (``frame``, ``lon``, ``lat``,
+    ``radius``)."""
+    from astropy.coordinates import SkyCoord
+    from regions import CircleSkyRegion
+
+    section = datasets.section("on_region", {"frame", "lon", "lat", "radius"})
+    missing = [key for key in ("lon", "lat", "radius") if section.get(key) is None]
+    if missing:
+        raise ValueError(f"{section.source}: '{section.path}' needs lon, lat and radius for a 1d analysis; {', '.join(missing)} missing "
+                         "(point-like ON regions of RAD_MAX IRFs are not supported yet)")
+    frame = section.get("frame", "icrs")
+    if frame not in ("icrs", "galactic"):
+        raise ValueError(f"{section.source}: '{section.path}.frame' = {frame!r}; expected 'icrs' or 'galactic'")
+    centre = SkyCoord(section.quantity("lon", "deg"), section.quantity("lat", "deg"), frame=frame)
+    return CircleSkyRegion(centre, section.positive("radius", "deg"))
 
 
 def _store_path(value: str, source: Path) -> Path:
@@ -234,9 +304,10 @@ def _selected_runs(observations: _Section, store: DataStore) -> list[int]:
     return ids
 
 
-def read_analysis_config(path) -> ReductionConfig:
+def read_analysis_config(path) -> ReductionConfig | SpectrumReductionConfig:
     """Read the ``observations`` and ``datasets`` sections of a Gammapy ``AnalysisConfig``
-    YAML file (3D), with Gammapy's defaults; errors name the file and key."""
+    YAML file, with Gammapy's defaults: a 3D reduction (``type: 3d``) or a 1D on-off one
+    (``type: 1d``, Gammapy's default); errors name the file and key."""
     source = Path(path)
     top = _Section(load_yaml(source), "config", _SECTIONS, source)
     observations = top.section("observations", {"datastore", "obs_ids", "obs_file", "obs_cone", "obs_time", "required_irf"})
@@ -244,22 +315,23 @@ def read_analysis_config(path) -> ReductionConfig:
     datasets = top.section("datasets", {"type", "stack", "geom", "map_selection", "background", "safe_mask", "on_region",
                                         "containment_correction"})  # fmt: skip
     kind = str(datasets.get("type", "1d"))
-    if kind != "3d":
-        raise ValueError(f"{source}: 'datasets.type' = {kind!r} (Gammapy's default is '1d'): fitax reduces 3d datasets only, so far")
+    if kind not in ("1d", "3d"):
+        raise ValueError(f"{source}: 'datasets.type' = {kind!r}; expected '1d' (Gammapy's default) or '3d'")
     stack = datasets.get("stack", True)
     if not isinstance(stack, bool):
         raise ValueError(f"{source}: 'datasets.stack' = {stack!r}; expected true or false")
-    fov_background = _fov_background(datasets.section("background", {"method", "exclusion", "parameters"}))
+    background = datasets.section("background", {"method", "exclusion", "parameters"})
     safe = datasets.section("safe_mask", {"methods", "parameters"})
     methods = tuple(safe.names("methods", ["aeff-default"]))
     parameters = safe.section("parameters", {"offset_max", "aeff_percent", "bias_percent", "position", "fixed_offset", "energy_min",
                                              "energy_max", "n_95"})  # fmt: skip
     for key in sorted(set(parameters.content) - {"offset_max", "aeff_percent", "bias_percent", "fixed_offset"}):
         parameters.unsupported(key, "fitax's safe masks take offset_max, aeff_percent, bias_percent and fixed_offset")
+    allowed = SAFE_MASK_METHODS if kind == "3d" else ONOFF_SAFE_MASK_METHODS
     for method in methods:
-        if method not in SAFE_MASK_METHODS:
-            raise ValueError(f"{source}: 'datasets.safe_mask.methods' has {method!r}: not a Gammapy safe-mask method (expected some of "
-                             f"{list(SAFE_MASK_METHODS)})")
+        if method not in allowed:
+            why = "not for on-off spectra" if method in SAFE_MASK_METHODS else "not a Gammapy safe-mask method"
+            raise ValueError(f"{source}: 'datasets.safe_mask.methods' has {method!r}: {why} (expected some of {list(allowed)})")
     safe_mask_parameters = SafeMaskParameters(
         aeff_percent=parameters.percent("aeff_percent", 10.0), bias_percent=parameters.percent("bias_percent", 10.0),
         fixed_offset=parameters.quantity("fixed_offset", "deg"),
@@ -268,9 +340,6 @@ def read_analysis_config(path) -> ReductionConfig:
     unknown = sorted(set(selection) - set(_MAP_SELECTION))
     if unknown:
         raise ValueError(f"{source}: 'datasets.map_selection' has {unknown[0]!r}; expected some of {list(_MAP_SELECTION)}")
-    if not {"counts", "exposure"} <= set(selection):
-        raise ValueError(f"{source}: 'datasets.map_selection' = {list(selection)}: fitax's datasets always hold counts and exposure; "
-                         "list both (background, psf and edisp may be left out)")
     required = tuple(observations.names("required_irf", ["aeff", "edisp", "psf", "bkg"]))
     unknown = sorted(set(required) - set(_IRF_TYPES))
     if unknown:
@@ -278,7 +347,6 @@ def read_analysis_config(path) -> ReductionConfig:
 
     geom = datasets.section("geom", {"wcs", "selection", "axes"})
     wcs_section = geom.section("wcs", {"skydir", "binsize", "width", "binsize_irf"})
-    wcs, shape, binsz_irf = _wcs(wcs_section)
     axes = geom.section("axes", {"energy", "energy_true"})
     energy = _energy_edges(axes.section("energy", {"min", "max", "nbins"}))
     if axes.content.get("energy") is None:
@@ -290,13 +358,24 @@ def read_analysis_config(path) -> ReductionConfig:
         energy_true = np.exp(np.linspace(np.log(0.5), np.log(20.0), 17)) * u.TeV
     if energy_true is None:
         energy_true = energy
-    irf_wcs, irf_shape = coarse_wcs(wcs, shape, binsz_irf)
-    geometry = MapGeometry(wcs, shape, energy, energy_true, irf_wcs, irf_shape)
+    offset_max = geom.section("selection", {"offset_max"}).positive("offset_max", "deg", "2.5 deg")
 
     store = DataStore.from_dir(_store_path(observations.get("datastore", "$GAMMAPY_DATA/hess-dl3-dr1/"), source))
-    return ReductionConfig(
-        datastore=store, obs_ids=_selected_runs(observations, store), geometry=geometry, safe_mask_methods=methods,
-        safe_mask_offset_max=parameters.positive("offset_max", "deg", "3 deg"), safe_mask_parameters=safe_mask_parameters,
-        offset_max=geom.section("selection", {"offset_max"}).positive("offset_max", "deg", "2.5 deg"),
-        required_irf=required, map_selection=selection, stack=stack, fov_background=fov_background,
-    )  # fmt: skip
+    common = dict(datastore=store, obs_ids=_selected_runs(observations, store), safe_mask_methods=methods,
+                  safe_mask_offset_max=parameters.positive("offset_max", "deg", "3 deg"), safe_mask_parameters=safe_mask_parameters,
+                  required_irf=required, stack=stack)
+    if kind == "1d":
+        # Gammapy's 1d reduction ignores the sky geometry and map_selection (it makes counts, exposure and edisp)
+        containment = datasets.get("containment_correction", True)
+        if not isinstance(containment, bool):
+            raise ValueError(f"{source}: 'datasets.containment_correction' = {containment!r}; expected true or false")
+        finder, exclusion = _reflected_background(background)
+        return SpectrumReductionConfig(on_region=_on_region(datasets), energy_edges=energy, energy_true_edges=energy_true,
+                                       containment_correction=containment, finder=finder, exclusion=exclusion, **common)
+    if not {"counts", "exposure"} <= set(selection):
+        raise ValueError(f"{source}: 'datasets.map_selection' = {list(selection)}: fitax's datasets always hold counts and exposure; "
+                         "list both (background, psf and edisp may be left out)")
+    wcs, shape, binsz_irf = _wcs(wcs_section)
+    irf_wcs, irf_shape = coarse_wcs(wcs, shape, binsz_irf)
+    return ReductionConfig(geometry=MapGeometry(wcs, shape, energy, energy_true, irf_wcs, irf_shape), offset_max=offset_max,
+                           map_selection=selection, fov_background=_fov_background(background), **common)

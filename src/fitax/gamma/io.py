@@ -22,8 +22,8 @@ from astropy.wcs import WCS
 from ..io import atomic_write, open_fits
 from .psf_kernel_map import PSFKernelMap
 
-__all__ = ["MapDatasetFile", "bands_hdu", "map_image_hdu", "read_map_dataset", "read_sky_mask", "write_map_dataset",
-           "psf_kernel_map_hdus", "read_psf_kernel_map", "write_psf_kernel_map"]
+__all__ = ["MapDatasetFile", "bands_hdu", "map_image_hdu", "psf_kernel_map_hdus", "read_map_dataset", "read_psf_kernel_map", "read_sky_mask",
+           "region_map_hdus", "write_map_dataset", "write_psf_kernel_map", "write_spectrum_onoff"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -418,14 +418,75 @@ def write_map_dataset(contents: MapDatasetFile, path) -> Path:
         if mask is not None:
             add(name, mask.astype(np.int64), contents.wcs, reco)
     if contents.gti is not None or contents.livetime is not None:
-        # times relative to Gammapy's reference, 2001-01-01 (TT); without known times, one interval of the livetime from it
-        seconds = ((contents.gti - _GTI_REFERENCE).to_value("s") if contents.gti is not None
-                   else np.array([[0.0, contents.livetime]]))  # fmt: skip
-        gti = Table({"START": seconds[:, 0], "STOP": seconds[:, 1]}, units={"START": "s", "STOP": "s"})
-        gti_hdu = fits.table_to_hdu(gti)
-        gti_hdu.name = "GTI"
-        gti_hdu.header.update({"MJDREFI": 51910, "MJDREFF": 7.428703703703703e-4, "TIMESYS": "TT", "TIMEUNIT": "s", "TIMEREF": "LOCAL"})
-        hdus.append(gti_hdu)
+        hdus.append(_gti_hdu(contents.gti, contents.livetime))
+    hdulist = fits.HDUList(hdus)
+    return atomic_write(path, lambda tmp: hdulist.writeto(tmp, overwrite=True))
+
+
+def _gti_hdu(gti: Time | None, livetime: float | None) -> fits.BinTableHDU:
+    """Gammapy's GTI table: times relative to its reference, 2001-01-01 (TT); without known
+    times, one interval of the livetime from it."""
+    seconds = (gti - _GTI_REFERENCE).to_value("s") if gti is not None else np.array([[0.0, livetime]])
+    table = Table({"START": seconds[:, 0], "STOP": seconds[:, 1]}, units={"START": "s", "STOP": "s"})
+    hdu = fits.table_to_hdu(table)
+    hdu.name = "GTI"
+    hdu.header.update({"MJDREFI": 51910, "MJDREFF": 7.428703703703703e-4, "TIMESYS": "TT", "TIMEUNIT": "s", "TIMEREF": "LOCAL"})
+    return hdu
+
+
+def _region_hdu(name: str, regions, wcs: WCS) -> fits.BinTableHDU:
+    """A ``<NAME>_REGION`` table: the regions in pixels of ``wcs`` (the ``regions`` package's
+    FITS serialisation), with the WCS and its image shape in the header (Gammapy's
+    ``RegionGeom``)."""
+    from regions import Regions
+
+    table = Regions([region.to_pixel(wcs) for region in regions]).serialize(format="fits")
+    header = wcs.to_header()
+    ny, nx = wcs.array_shape
+    header["WCSSHAPE"] = f"({nx},{ny})"
+    hdu = fits.BinTableHDU(table, name=f"{name}_REGION")
+    hdu.header.update(header)
+    return hdu
+
+
+def region_map_hdus(name: str, data: np.ndarray, axes: list[tuple[str, np.ndarray, str]], regions, wcs: WCS, unit: str = "",
+                    header: dict | None = None) -> list[fits.BinTableHDU]:
+    """The three HDUs of a Gammapy ``RegionNDMap``: ``NAME`` (one row per bin of the last
+    of ``axes``' dimensions in ``data``, a ``DATA`` cell of the rest with the one-pixel sky
+    axes), ``NAME_BANDS`` and ``NAME_REGION``."""
+    bands = bands_hdu(name, axes)
+    data = np.asarray(data)
+    cells = data.reshape(data.shape + (1, 1))
+    table = Table({"CHANNEL": np.arange(len(cells), dtype=np.int16), "DATA": cells})
+    table["DATA"].unit = unit
+    hdu = fits.table_to_hdu(table)
+    hdu.name = name
+    for key in ("AXCOLS1", "INTERP1", "AXCOLS2", "INTERP2"):
+        if key in bands.header:
+            hdu.header[key] = bands.header[key]
+    hdu.header.update(header or {})
+    return [hdu, bands, _region_hdu(name, regions, wcs)]
+
+
+def write_spectrum_onoff(contents, path) -> Path:
+    """Write an on-off spectrum (:class:`fitax.gamma.spectrum_reduce.SpectrumOnOffFile`) as
+    Gammapy's ``SpectrumDatasetOnOff.write`` does (its default ``gadf`` format: region maps as
+    tables), readable by Gammapy and :func:`fitax.gamma.spectrum.read_spectrum_dataset`;
+    atomically."""
+    reco = [("ENERGY", contents.energy_edges, "log")]
+    true = [("ENERGY_TRUE", contents.energy_true_edges, "log")]
+    on = ([contents.on_region], contents.on_wcs)
+    hdus = [fits.PrimaryHDU(header=fits.Header([("NAME", contents.name), ("CREATOR", "fitax")]))]
+    hdus += region_map_hdus("COUNTS", contents.counts, reco, *on)
+    hdus += region_map_hdus("EXPOSURE", contents.exposure, true, *on, unit="m2 s", header={"LIVETIME": contents.livetime})
+    hdus += region_map_hdus("EDISP", contents.edisp, reco + true, *on)
+    whole_range = [("ENERGY", contents.energy_edges[[0, -1]], "log")]
+    hdus += region_map_hdus("EDISP_EXPOSURE", contents.edisp_exposure[:, None], whole_range + true, *on, unit="m2 s")
+    hdus += region_map_hdus("MASK_SAFE", contents.mask_safe.astype(bool), reco, *on)
+    hdus.append(_gti_hdu(contents.gti, contents.livetime))
+    hdus += region_map_hdus("COUNTS_OFF", contents.counts_off, reco, contents.off_regions, contents.off_wcs)
+    hdus += region_map_hdus("ACCEPTANCE", contents.acceptance, reco, *on)
+    hdus += region_map_hdus("ACCEPTANCE_OFF", contents.acceptance_off, reco, contents.off_regions, contents.off_wcs)
     hdulist = fits.HDUList(hdus)
     return atomic_write(path, lambda tmp: hdulist.writeto(tmp, overwrite=True))
 

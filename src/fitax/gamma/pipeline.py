@@ -187,13 +187,49 @@ def _fov_background_norms(datasets: list, settings: dict) -> dict:
     return norms
 
 
+def _reduce_spectra(config, runs: list[int], progress) -> list:
+    """The on-off spectra of ``runs`` (1D configuration), those without an OFF region left
+    out (as Gammapy), stacked into one if the configuration says so."""
+    from .spectrum_reduce import spectrum_onoff_file, stack_spectra
+
+    spectra = []
+    for obs_id in runs:
+        spectrum = spectrum_onoff_file(
+            config.datastore.observation(obs_id), config.on_region, config.energy_edges, config.energy_true_edges, config.safe_mask_methods,
+            config.safe_mask_offset_max, config.safe_mask_parameters, config.containment_correction, config.finder, config.exclusion,
+        )  # fmt: skip
+        if spectrum is not None:
+            spectra.append(spectrum)
+        progress()
+    if not spectra:
+        raise ValueError(f"no OFF region found for any of the {len(runs)} runs (outside the exclusion mask): no spectrum made")
+    return [stack_spectra(spectra)] if config.stack else spectra
+
+
+def _write_spectra(spectra: list, out: Path) -> Path:
+    """``out/pha_<name>.fits`` per spectrum, ``models.yaml`` (no background models: WStat
+    profiles the background) and ``datasets.yaml`` last, as Gammapy's ``Datasets.write``."""
+    from .io import write_spectrum_onoff
+
+    out.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for spectrum in spectra:
+        filename = f"pha_{spectrum.name}.fits"
+        write_spectrum_onoff(spectrum, out / filename)
+        entries.append({"name": spectrum.name, "type": "SpectrumDatasetOnOff", "filename": filename})
+    write_models(Models([]), out / "models.yaml")
+    text = gammapy_yaml({"datasets": entries})
+    return atomic_write(out / "datasets.yaml", lambda tmp: tmp.write_text(text))
+
+
 def reduce_files(config_path, out, progress: bool | None = None) -> Path:
-    """Reduce the runs a Gammapy ``AnalysisConfig`` YAML selects (3D, one dataset per run cut
-    out around its pointing, as Gammapy's high-level analysis, or with ``stack: true`` these
-    stacked into one named ``stacked``) and write them to ``out`` as Gammapy's
-    ``Datasets.write(path, filename_models=...)`` does: one MapDataset file per dataset,
-    ``datasets.yaml`` in the order of the configured runs and ``models.yaml`` with each
-    dataset's ``FoVBackgroundModel``. Runs without one of the configured ``required_irf`` are
+    """Reduce the runs a Gammapy ``AnalysisConfig`` YAML selects and write them to ``out`` as
+    Gammapy's ``Datasets.write(path, filename_models=...)`` does. 3D: one dataset per run cut
+    out around its pointing, as Gammapy's high-level analysis (or with ``stack: true`` these
+    stacked into one named ``stacked``), one MapDataset file per dataset and ``models.yaml``
+    with each dataset's ``FoVBackgroundModel``; 1D: an on-off spectrum per run (or stacked)
+    with reflected-region OFF counts, ``pha_<name>.fits`` each. ``datasets.yaml`` lists them
+    in the order of the configured runs. Runs without one of the configured ``required_irf`` are
     left out with a warning (Gammapy's ``skip_missing``). Every dataset is made before any
     file is written, each file atomically, ``datasets.yaml`` last. Returns its path.
 
@@ -207,7 +243,7 @@ def reduce_files(config_path, out, progress: bool | None = None) -> Path:
     import numpy as np
     from tqdm import tqdm
 
-    from .analysis_config import read_analysis_config
+    from .analysis_config import SpectrumReductionConfig, read_analysis_config
     from .io import write_map_dataset
     from .makers import make_map_datasets
 
@@ -223,6 +259,9 @@ def reduce_files(config_path, out, progress: bool | None = None) -> Path:
     if not runs:
         raise ValueError(f"{config_path}: no run selected (of {len(config.obs_ids)} matching the observation selection) has every required IRF")
     bar = tqdm(total=len(runs), desc="reducing runs", unit="run", disable=not sys.stderr.isatty() if progress is None else not progress)
+    if isinstance(config, SpectrumReductionConfig):
+        with bar:
+            return _write_spectra(_reduce_spectra(config, runs, lambda: bar.update(1)), out)
     with bar:
         datasets = make_map_datasets(store, runs, config.geometry, config.safe_mask_methods, config.safe_mask_offset_max,
                                      offset_max=config.offset_max, progress=lambda obs_id: bar.update(1),

@@ -27,7 +27,7 @@ from .dl3 import IRF, IRFAxis, Observation
 from .geometry import celestial, pixel_skycoords, solid_angles
 
 __all__ = ["SAFE_MASK_METHODS", "SafeMaskParameters", "aeff_max_energy", "axis_edges", "background_cube", "counts_cube",
-           "edisp_bias_energy", "evaluate_irf", "exposure_cube", "fill_missing_energies", "integrate_log_log", "safe_mask", "template_inverse"]
+           "edisp_bias_energy", "evaluate_irf", "event_energy_bins", "exposure_cube", "fill_missing_energies", "integrate_log_log", "safe_mask", "template_inverse"]
 
 
 _TINY = np.finfo(np.float32).tiny  # the floor of Gammapy's log scale for the float32 values GADF files hold
@@ -169,14 +169,20 @@ def counts_cube(observation: Observation, wcs, shape: tuple[int, int], energy_ed
     events = observation.events
     ny, nx = shape
     edges = u.Quantity(energy_edges).to_value("TeV")
-    energy = events["ENERGY"].quantity.to_value("TeV")
     positions = SkyCoord(events["RA"].quantity, events["DEC"].quantity, frame="icrs")
     x, y = celestial(wcs).world_to_pixel(positions)
     column, row = np.floor(x + 0.5).astype(int), np.floor(y + 0.5).astype(int)
-    energy_bin = np.searchsorted(edges, energy, side="right") - 1
+    energy_bin = event_energy_bins(observation, energy_edges)
     keep = (column >= 0) & (column < nx) & (row >= 0) & (row < ny) & (energy_bin >= 0) & (energy_bin < edges.size - 1)
     flat = (energy_bin[keep] * ny + row[keep]) * nx + column[keep]
     return np.bincount(flat, minlength=(edges.size - 1) * ny * nx).reshape(edges.size - 1, ny, nx)
+
+
+def event_energy_bins(observation: Observation, energy_edges: u.Quantity) -> np.ndarray:
+    """Each event's energy bin ``[low, high)``, -1 below the first edge and ``n`` from the
+    last (Gammapy's ``Map.fill_events``)."""
+    edges = u.Quantity(energy_edges).to_value("TeV")
+    return np.searchsorted(edges, observation.events["ENERGY"].quantity.to_value("TeV"), side="right") - 1
 
 
 def integrate_log_log(values: np.ndarray, x: np.ndarray, axis: int = 0) -> np.ndarray:

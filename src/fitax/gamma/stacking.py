@@ -24,7 +24,7 @@ from .geometry import nearest_pixel_values, pixel_skycoords
 from .io import MapDatasetFile
 from .makers import MapGeometry
 
-__all__ = ["stack_map_datasets"]
+__all__ = ["gti_union", "stack_map_datasets"]
 
 
 def _placement(parent: WCS, part: WCS, shape: tuple[int, int], where: str) -> tuple[slice, slice]:
@@ -71,7 +71,7 @@ def _add_weighted_irf(irf: np.ndarray, exposure: np.ndarray, part: tuple[slice, 
     np.nan_to_num(irf, copy=False)
 
 
-def _union(intervals: list[Time]) -> Time:
+def gti_union(intervals: list[Time]) -> Time:
     """The union of the runs' good time intervals, ``(n, 2)`` by start, overlapping ones merged
     (Gammapy's ``GTI.union`` after stacking)."""
     reference = intervals[0][0, 0]
@@ -129,7 +129,7 @@ def stack_map_datasets(geometry: MapGeometry, datasets: list[MapDatasetFile], na
             irf_part = _placement(geometry.irf_wcs, dataset.edisp_wcs, dataset.edisp.shape[2:], where)
             weights = _edisp_weights(safe, dataset.wcs, dataset.edisp_wcs, dataset.edisp.shape[2:])[None]
             _add_weighted_irf(edisp, edisp_exposure, irf_part, dataset.edisp, dataset.edisp_exposure, weights)
-    gti = _union(intervals) if intervals else None
+    gti = gti_union(intervals) if intervals else None
     if gti is not None:  # overlapping runs count once, as in Gammapy's stacked GTI
         livetime = float(np.sum((gti[:, 1] - gti[:, 0]).to_value("s")))
     return MapDatasetFile(
