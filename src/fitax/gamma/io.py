@@ -435,12 +435,12 @@ def _gti_hdu(gti: Time | None, livetime: float | None) -> fits.BinTableHDU:
 
 
 def _region_hdu(name: str, regions, wcs: WCS) -> fits.BinTableHDU:
-    """A ``<NAME>_REGION`` table: the regions in pixels of ``wcs`` (the ``regions`` package's
+    """A ``<NAME>_REGION`` table: the pixel ``regions`` of ``wcs`` (the ``regions`` package's
     FITS serialisation), with the WCS and its image shape in the header (Gammapy's
     ``RegionGeom``)."""
     from regions import Regions
 
-    table = Regions([region.to_pixel(wcs) for region in regions]).serialize(format="fits")
+    table = Regions(list(regions)).serialize(format="fits")
     header = wcs.to_header()
     ny, nx = wcs.array_shape
     header["WCSSHAPE"] = f"({nx},{ny})"
@@ -453,7 +453,7 @@ def region_map_hdus(name: str, data: np.ndarray, axes: list[tuple[str, np.ndarra
                     header: dict | None = None) -> list[fits.BinTableHDU]:
     """The three HDUs of a Gammapy ``RegionNDMap``: ``NAME`` (one row per bin of the last
     of ``axes``' dimensions in ``data``, a ``DATA`` cell of the rest with the one-pixel sky
-    axes), ``NAME_BANDS`` and ``NAME_REGION``."""
+    axes), ``NAME_BANDS`` and ``NAME_REGION`` (``regions`` in pixels of ``wcs``)."""
     bands = bands_hdu(name, axes)
     data = np.asarray(data)
     cells = data.reshape(data.shape + (1, 1))
@@ -475,7 +475,7 @@ def write_spectrum_onoff(contents, path) -> Path:
     atomically."""
     reco = [("ENERGY", contents.energy_edges, "log")]
     true = [("ENERGY_TRUE", contents.energy_true_edges, "log")]
-    on = ([contents.on_region], contents.on_wcs)
+    on = ([contents.on_region.to_pixel(contents.on_wcs)], contents.on_wcs)
     hdus = [fits.PrimaryHDU(header=fits.Header([("NAME", contents.name), ("CREATOR", "fitax")]))]
     hdus += region_map_hdus("COUNTS", contents.counts, reco, *on)
     hdus += region_map_hdus("EXPOSURE", contents.exposure, true, *on, unit="m2 s", header={"LIVETIME": contents.livetime})

@@ -74,6 +74,12 @@ class _RegionsFinder:
         wcs = _tan_wcs(center, _frame_name(region.center), binsz, int(np.rint(width / binsz)))
         return wcs, PixCoord.from_sky(center, wcs), region.to_pixel(wcs)
 
+    def run(self, region, center: SkyCoord, exclusion=None):
+        """The OFF regions of ``region`` about ``center`` (sky regions, as Gammapy's finders
+        return them) and the WCS they were found on."""
+        regions, wcs = self.find(region, center, exclusion)
+        return [r.to_sky(wcs) for r in regions], wcs
+
     @staticmethod
     def excluded_pixels(wcs, exclusion):
         """The pixels of ``wcs``'s image an ``exclusion`` ``(mask, mask_wcs)`` (True where
@@ -105,13 +111,16 @@ class ReflectedRegionsFinder(_RegionsFinder):
         if u.Quantity(self.angle_increment).to_value("rad") <= 0:
             raise ValueError(f"angle_increment = {self.angle_increment} must be positive")
 
-    def run(self, region, center: SkyCoord, exclusion=None):
-        """The reflected regions of ``region`` about ``center`` and the WCS they were found on.
+    def find(self, region, center: SkyCoord, exclusion=None):
+        """The reflected regions of ``region`` about ``center``, in pixels of the WCS they were
+        found on, and that WCS (:meth:`run` gives them on the sky).
 
         Example:
             >>> from regions import CircleSkyRegion
             >>> on = CircleSkyRegion(SkyCoord(80.2, 23.5, unit="deg"), 0.4 * u.deg)
             >>> regions, wcs = ReflectedRegionsFinder(min_distance_input=1 * u.rad).run(on, SkyCoord(83.2, 22.7, unit="deg"))
+            >>> len(regions)
+            14
             >>> [round(float(v), 6) for v in (regions[0].center.ra.deg, regions[0].center.dec.deg)]
             [83.19879, 25.57301]
         """
@@ -130,7 +139,7 @@ class ReflectedRegionsFinder(_RegionsFinder):
         while angle < angle_max:
             candidate = region_pixels.rotate(center_pixel, angle * u.rad)
             if not np.any(candidate.contains(excluded)):
-                regions.append(candidate.to_sky(wcs))
+                regions.append(candidate)
                 if len(regions) >= self.max_region_number:
                     break
                 angle += angle_min
@@ -164,8 +173,9 @@ class WobbleRegionsFinder(_RegionsFinder):
 
     n_off_regions: int = 1
 
-    def run(self, region, center: SkyCoord, exclusion=None):
-        """The wobble regions of ``region`` about ``center`` and the WCS they were found on."""
+    def find(self, region, center: SkyCoord, exclusion=None):
+        """The wobble regions of ``region`` about ``center``, in pixels of the WCS they were
+        found on, and that WCS."""
         wcs, center_pixel, region_pixels = self.reference(region, center)
         excluded = self.excluded_pixels(wcs, exclusion)
         positions = self.n_off_regions + 1
@@ -178,7 +188,7 @@ class WobbleRegionsFinder(_RegionsFinder):
         if any(np.any(a & b) for i, a in enumerate(masks) for b in masks[i + 1:]):
             warnings.warn("wobble OFF regions overlap: none used (use fewer or smaller regions)", stacklevel=2)
             return [], wcs
-        return [r.to_sky(wcs) for r in regions], wcs
+        return regions, wcs
 
 
 def psf_containment(psf: IRF, radius: u.Quantity, offset: u.Quantity, energy_true: u.Quantity) -> np.ndarray:
@@ -216,14 +226,15 @@ def psf_containment(psf: IRF, radius: u.Quantity, offset: u.Quantity, energy_tru
 
 
 def _region_counts(observation: Observation, regions, wcs, energy_edges: u.Quantity) -> np.ndarray:
-    """Events per energy bin within any of ``regions`` (Gammapy's pixel test in ``wcs``)."""
+    """Events per energy bin within any of the pixel ``regions`` of ``wcs`` (Gammapy's pixel
+    test)."""
     from regions import PixCoord
 
     events = observation.events
     pixels = PixCoord.from_sky(SkyCoord(events["RA"].quantity, events["DEC"].quantity, frame="icrs"), wcs)
     inside = np.zeros(len(events), bool)
     for region in regions:
-        inside |= region.to_pixel(wcs).contains(pixels)
+        inside |= region.contains(pixels)
     bins = event_energy_bins(observation, energy_edges)
     n = len(energy_edges) - 1
     keep = inside & (bins >= 0) & (bins < n)
@@ -242,9 +253,9 @@ class SpectrumOnOffFile:
     """A 1D on-off spectrum as Gammapy's ``SpectrumDatasetOnOff`` holds it: counts and
     ``counts_off`` per energy bin, their ``acceptance`` and ``acceptance_off`` (alpha =
     acceptance / acceptance_off), exposure [m2 s] per true-energy bin, the ``(energy_true,
-    energy)`` dispersion with its exposure, the safe mask, the ON region and its WCS, the OFF
-    regions and the WCS they were found on, livetime [s], good time intervals, and the runs'
-    ids and pointings; written by :func:`fitax.gamma.io.write_spectrum_onoff`."""
+    energy)`` dispersion with its exposure, the safe mask, the ON region (on the sky) and its
+    WCS, the OFF regions (in pixels of the WCS they were found on) and that WCS, livetime [s],
+    good time intervals, and the runs' ids and pointings; written by :func:`fitax.gamma.io.write_spectrum_onoff`."""
 
     name: str
     counts: np.ndarray
@@ -305,7 +316,7 @@ def spectrum_onoff_file(observation: Observation, on_region, energy_edges: u.Qua
     name = name or f"obs_{observation.obs_id}"
     pointing = observation.pointing
     finder = ReflectedRegionsFinder() if finder is None else finder
-    off_regions, off_wcs = finder.run(on_region, pointing, exclusion)
+    off_regions, off_wcs = finder.find(on_region, pointing, exclusion)
     if not off_regions:
         warnings.warn(f"obs {observation.obs_id} left out: no OFF region found outside the exclusion mask (as Gammapy)", stacklevel=2)
         return None
@@ -329,7 +340,7 @@ def spectrum_onoff_file(observation: Observation, on_region, energy_edges: u.Qua
     n = len(energy_edges) - 1
     on_wcs = _region_wcs(on_region)
     return SpectrumOnOffFile(
-        name=name, counts=_region_counts(observation, [on_region], on_wcs, energy_edges),
+        name=name, counts=_region_counts(observation, [on_region.to_pixel(on_wcs)], on_wcs, energy_edges),
         counts_off=_region_counts(observation, off_regions, off_wcs, energy_edges), acceptance=np.ones(n),
         acceptance_off=np.full(n, float(len(off_regions))), exposure=exposure[:, 0, 0], edisp=edisp[:, :, 0, 0],
         edisp_exposure=edisp_exposure[:, 0, 0, 0], mask_safe=mask[:, 0, 0], energy_edges=energy_edges.to_value("TeV"),
@@ -386,7 +397,7 @@ def stack_spectra(spectra: list[SpectrumOnOffFile], name: str = "stacked") -> Sp
     gtis = [s.gti for s in spectra if s.gti is not None]
     return dataclasses.replace(
         first, name=name, counts=counts, counts_off=counts_off, acceptance=acceptance, acceptance_off=np.nan_to_num(acceptance_off),
-        exposure=exposure, edisp=edisp, edisp_exposure=edisp_exposure, mask_safe=mask, off_regions=(first.on_region,),
+        exposure=exposure, edisp=edisp, edisp_exposure=edisp_exposure, mask_safe=mask, off_regions=(first.on_region.to_pixel(first.on_wcs),),
         off_wcs=first.on_wcs, livetime=livetime, gti=gti_union(gtis) if gtis else None,
         obs_ids=tuple(i for s in spectra for i in s.obs_ids), pointings=tuple(p for s in spectra for p in s.pointings),
     )  # fmt: skip
