@@ -51,9 +51,9 @@ LANE_CACHE := cache=$$(mktemp -d) && trap 'rm -rf "$$cache"' EXIT && export FITA
 # Lane two runs every HEP test file but the AGC analysis's (lane one runs it); its gradient
 # tests balance the lanes. pytest's --ignore-glob would not drop files named on its command line.
 HEP_LANE_TWO_TESTS := $(filter-out tests/test_hep_agc.py,$(wildcard tests/test_hep_*.py))
-# The multi-process fit (its own Python processes, ~40 s) and the position-dependent PSF
-# (~45 s) balance the lanes from lane two.
-GAMMA_LANE_TWO_TESTS := tests/test_gamma_distributed.py tests/test_gamma_psf_position.py
+# The multi-process fit (its own Python processes, ~40 s), the position-dependent PSF
+# (~45 s) and the 1D reduction (~40 s) balance the lanes from lane two.
+GAMMA_LANE_TWO_TESTS := tests/test_gamma_distributed.py tests/test_gamma_psf_position.py tests/test_gamma_spectrum_reduce.py
 NOT_GAMMA_HEP_PHOTOMETRY := --ignore-glob='tests/test_gamma_*' --ignore-glob='tests/test_hep_*' \
 	--ignore-glob='tests/test_photometry_*' --ignore=tests/test_sample.py --ignore=tests/test_programs.py
 

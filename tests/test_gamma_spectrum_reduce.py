@@ -174,7 +174,9 @@ def test_reduce_cli_makes_the_spectra_gammapys_analysis_makes_and_fits_them_alik
     """``fitax gamma reduce`` on a 1d configuration (with an exclusion mask) against Gammapy's
     Analysis on the same YAML, runs in order, then unstacked and stacked: the files Gammapy
     reads hold its spectra; ``fitax gamma fit`` of the unstacked ones finds Gammapy's
-    (iminuit's) power law on Gammapy's own spectra."""
+    (iminuit's) power law on Gammapy's own spectra, and ``fitax gamma estimate flux-points``
+    and ``light-curve`` (per run) Gammapy's flux points and light curve (norms and errors
+    within 1e-3, TS within 1e-2)."""
     from gammapy.analysis import Analysis, AnalysisConfig
     from gammapy.datasets import Datasets
     from gammapy.modeling import Fit
@@ -186,18 +188,21 @@ def test_reduce_cli_makes_the_spectra_gammapys_analysis_makes_and_fits_them_alik
         config = _config(hess, stack=stack, background={"method": "reflected", "exclusion": str(tmp_path / "exclusion.fits")})
         path = tmp_path / f"analysis_{stack}.yaml"
         path.write_text(yaml.safe_dump(config, sort_keys=False))
-        out = tmp_path / f"out_{stack}"
-        assert main(["gamma", "reduce", str(path), "--out", str(out)]) == 0
-        analysis = Analysis(AnalysisConfig.read(path))
-        analysis.get_observations()
-        analysis.get_datasets()
-        ours = Datasets.read(out / "datasets.yaml")
-        assert ours.names == (["stacked"] if stack else ["obs_23526", "obs_23523", "obs_23592", "obs_23559"])
-        for mine, theirs in zip(ours, analysis.datasets, strict=True):
-            for name in ("counts", "counts_off", "mask_safe"):
-                np.testing.assert_array_equal(getattr(mine, name).data, getattr(theirs, name).data, err_msg=name)
-            np.testing.assert_allclose(mine.alpha.data, theirs.alpha.data, rtol=1e-6)
-            np.testing.assert_allclose(mine.exposure.data, theirs.exposure.data, rtol=1e-6)
+        assert main(["gamma", "reduce", str(path), "--out", str(tmp_path / f"out_{stack}")]) == 0
+    analysis = Analysis(AnalysisConfig.read(tmp_path / "analysis_False.yaml"))
+    analysis.get_observations()
+    analysis.get_datasets()
+    ours = Datasets.read(tmp_path / "out_False" / "datasets.yaml")
+    assert ours.names == ["obs_23526", "obs_23523", "obs_23592", "obs_23559"]
+    for mine, theirs in zip(ours, analysis.datasets, strict=True):
+        for name in ("counts", "counts_off", "mask_safe"):
+            np.testing.assert_array_equal(getattr(mine, name).data, getattr(theirs, name).data, err_msg=name)
+        np.testing.assert_allclose(mine.alpha.data, theirs.alpha.data, rtol=1e-12)
+        np.testing.assert_allclose(mine.exposure.data, theirs.exposure.data, rtol=1e-12)
+    # stack: true writes the runs' stack (its agreement with Gammapy's stack_reduce: test_onoff_spectra_and_their_stack_equal_gammapys)
+    (stacked,) = Datasets.read(tmp_path / "out_True" / "datasets.yaml")
+    assert stacked.name == "stacked"
+    np.testing.assert_array_equal(stacked.counts.data, Datasets(list(ours)).stack_reduce().counts.data)
 
     models = {"components": [{"name": "crab", "type": "SkyModel", "spectral": {"type": "PowerLawSpectralModel", "parameters": [
         {"name": "index", "value": 2.5}, {"name": "amplitude", "value": 3e-11, "unit": "TeV-1 s-1 cm-2"},
@@ -214,6 +219,39 @@ def test_reduce_cli_makes_the_spectra_gammapys_analysis_makes_and_fits_them_alik
         assert abs(ours.value - parameter.value) < 0.05 * parameter.error, parameter.name
         assert ours.error == pytest.approx(parameter.error, rel=0.01), parameter.name
     assert 2.3 < fitted.parameters["index"].value < 2.8
+
+    # flux points of the fitted model on the on-off spectra (WStat), against Gammapy's estimator
+    from gammapy.estimators import FluxPoints, FluxPointsEstimator
+
+    edges = [0.7, 1, 2, 4, 10, 30]
+    assert main(["gamma", "estimate", "flux-points", "--datasets", str(tmp_path / "out_False" / "datasets.yaml"), "--models",
+                 str(tmp_path / "fit" / "models.yaml"), "--source", "crab", "--energy-edges", ",".join(map(str, edges)),
+                 "--out", str(tmp_path / "sed"), "--no-plots"]) == 0  # fmt: skip
+    ours = FluxPoints.read(tmp_path / "sed" / "flux_points.fits").to_table(sed_type="likelihood")
+    theirs.models = Models.read(tmp_path / "fit" / "models.yaml")
+    expected = FluxPointsEstimator(energy_edges=edges * u.TeV, source="crab", selection_optional="all").run(theirs).to_table(sed_type="likelihood")
+    assert np.all(np.asarray(expected["ts"]) > 25)
+    for name in ("norm", "norm_err", "norm_errp", "norm_errn", "norm_ul", "npred", "npred_excess"):
+        # measured 1.4e-4 on norm: Minuit stops 3e-6 above the minimum fitax's Newton solve reaches
+        np.testing.assert_allclose(np.asarray(ours[name], float), np.asarray(expected[name], float), rtol=1e-3, err_msg=name)
+    np.testing.assert_allclose(ours["ts"], expected["ts"], rtol=0, atol=1e-2)
+    np.testing.assert_array_equal(ours["counts"], expected["counts"])
+    np.testing.assert_allclose(ours["stat_scan"], expected["stat_scan"], rtol=0, atol=1e-6)
+
+    # a light curve per run (the spectra's good time intervals), against Gammapy's estimator
+    from gammapy.estimators import LightCurveEstimator
+
+    assert main(["gamma", "estimate", "light-curve", "--datasets", str(tmp_path / "out_False" / "datasets.yaml"), "--models",
+                 str(tmp_path / "fit" / "models.yaml"), "--source", "crab", "--energy-edges", "0.7,10", "--out", str(tmp_path / "lc"),
+                 "--no-plots"]) == 0  # fmt: skip
+    ours = FluxPoints.read(tmp_path / "lc" / "light_curve.fits", format="lightcurve").to_table(sed_type="likelihood", format="lightcurve")
+    expected = LightCurveEstimator(energy_edges=[0.7, 10] * u.TeV, source="crab", selection_optional="all").run(theirs)
+    expected = expected.to_table(sed_type="likelihood", format="lightcurve")
+    assert len(ours) == len(expected) == 4
+    np.testing.assert_allclose(ours["time_min"], expected["time_min"], rtol=0, atol=1e-8)
+    for name in ("norm", "norm_err", "norm_errn", "norm_errp", "norm_ul", "npred"):
+        np.testing.assert_allclose(np.asarray(ours[name], float), np.asarray(expected[name], float), rtol=1e-3, err_msg=name)
+    np.testing.assert_allclose(ours["ts"], expected["ts"], rtol=0, atol=1e-2)
 
 
 @pytest.mark.parametrize(("change", "message"), [

@@ -2,12 +2,13 @@
 ``reoptimize=False``, the default): per energy bin, the norm of one source's spectrum that
 best fits the counts of the datasets' bins in that energy range, everything else fixed.
 
-With the other models fixed, each bin's Cash statistic is a function of one number,
-``stat(norm) = 2 sum(mu - n log mu)`` with ``mu = other + norm x signal``: the predicted
-counts are computed once (one npred with and one without the source), and each bin is then a
-one-dimensional Newton solve on host arrays, its errors, upper limit and likelihood scan
-read off the same function. Gammapy refits a copy of its datasets with Minuit for each bin
-and each quantity.
+With the other models fixed, each bin's statistic is a function of one number: Cash,
+``stat(norm) = 2 sum(mu - n log mu)`` with ``mu = other + norm x signal``, for map datasets,
+and WStat (the background profiled bin by bin) with the signal ``other + norm x signal`` for
+on-off spectra. The predicted counts are computed once (one npred with and one without the
+source), and each bin is then a one-dimensional Newton solve on host arrays, its errors,
+upper limit and likelihood scan read off the same function. Gammapy refits a copy of its
+datasets with Minuit for each bin and each quantity.
 
 Example:
     >>> points = flux_points(datasets, models, "crab", [1, 3, 10] * u.TeV)  # doctest: +SKIP
@@ -28,6 +29,7 @@ from astropy.time import Time
 from ..io import atomic_write
 from .datasets import Datasets
 from .mapdataset import MapDataset
+from .spectrum import SpectrumDatasetOnOff
 from .flux_maps import FluxMaps
 from .models import Models, SkyModel
 from .spectral import PowerLawSpectralModel
@@ -95,23 +97,121 @@ def _stat(norm: float, counts: np.ndarray, other: np.ndarray, signal: np.ndarray
     return float(np.sum(_cash(counts, other + norm * signal)))
 
 
-def _best_norm(counts: np.ndarray, other: np.ndarray, signal: np.ndarray) -> tuple[float, float, bool]:
-    """The norm minimising Cash, its curvature ``d2 stat / d norm2`` there, and whether
-    Newton's method converged (steps halved to keep every predicted count positive)."""
-    norm = 1.0
+@dataclasses.dataclass(frozen=True)
+class _CashPiece:
+    """One dataset's bins of an energy range under Cash: ``mu = other + norm x signal``.
+    Bins the source does not reach add a constant, summed once, so that the one-dimensional
+    solves see only the bins near the source (~1% of a map's)."""
+
+    counts: np.ndarray
+    other: np.ndarray
+    signal: np.ndarray
+    constant: float
+    total_counts: int
+    other_total: float
+    n_bins: int
+
+    @classmethod
+    def of(cls, counts, other, signal) -> "_CashPiece":
+        counts, other, signal = (np.asarray(a, float) for a in (counts, other, signal))
+        reached = signal != 0
+        return cls(counts[reached], other[reached], signal[reached], _stat(0.0, counts[~reached], other[~reached], signal[~reached]),
+                   int(counts.sum()), float(other.sum()), counts.size)
+
+    def stat(self, norm: float) -> float:
+        return self.constant + _stat(norm, self.counts, self.other, self.signal)
+
+    def derivatives(self, norm: float) -> tuple[float, float]:
+        mu = self.other + norm * self.signal
+        return 2.0 * float(np.sum(self.signal - self.counts * self.signal / mu)), 2.0 * float(np.sum(self.counts * self.signal**2 / mu**2))
+
+    def allows(self, norm: float) -> bool:
+        return bool(np.all(self.other + norm * self.signal > 0))
+
+    def npred(self, norm: float) -> float:
+        return self.other_total + norm * float(self.signal.sum())
+
+    def excess(self, norm: float) -> float:
+        return norm * float(self.signal.sum())
+
+
+@dataclasses.dataclass(frozen=True)
+class _OnOffPiece:
+    """One on-off spectrum's bins of an energy range under WStat (Gammapy's, with its
+    goodness-of-fit terms): signal ``mu_sig = other + norm x signal``, the background profiled
+    per bin; its derivatives in the norm by the envelope theorem (``d stat / d mu_sig = 2 (1 -
+    n_on / mu_on)``) and the profiled background's slope."""
+
+    n_on: np.ndarray
+    n_off: np.ndarray
+    alpha: np.ndarray
+    other: np.ndarray
+    signal: np.ndarray
+    total_counts: int
+
+    @property
+    def n_bins(self) -> int:
+        return self.n_on.size
+
+    @classmethod
+    def of(cls, n_on, n_off, alpha, other, signal) -> "_OnOffPiece":
+        n_on = np.asarray(n_on, float)
+        return cls(n_on, np.asarray(n_off, float), np.asarray(alpha, float), np.asarray(other, float), np.asarray(signal, float),
+                   int(n_on.sum()))
+
+    def _background(self, mu_sig):
+        a = self.alpha
+        c = a * (self.n_on + self.n_off) - (1 + a) * mu_sig
+        d = np.sqrt(c**2 + 4 * a * (a + 1) * self.n_off * mu_sig)
+        return (c + d) / (2 * a * (a + 1)), c, d
+
+    def stat(self, norm: float) -> float:
+        mu_sig = self.other + norm * self.signal
+        mu_bkg, _, _ = self._background(mu_sig)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            on = np.where(self.n_on > 0, self.n_on * (np.log(self.n_on) - 1 - np.log(mu_sig + self.alpha * mu_bkg)), 0.0)
+            off = np.where(self.n_off > 0, self.n_off * (np.log(self.n_off) - 1 - np.log(mu_bkg)), 0.0)
+        return float(2 * np.sum(mu_sig + (1 + self.alpha) * mu_bkg + on + off))
+
+    def derivatives(self, norm: float) -> tuple[float, float]:
+        a = self.alpha
+        mu_sig = self.other + norm * self.signal
+        mu_bkg, c, d = self._background(mu_sig)
+        mu_on = mu_sig + a * mu_bkg
+        with np.errstate(divide="ignore", invalid="ignore"):
+            slope = np.where(d > 0, (-(1 + a) + (-(1 + a) * c + 2 * a * (a + 1) * self.n_off) / d) / (2 * a * (a + 1)), 0.0)
+            ratio = np.where(self.n_on > 0, self.n_on / mu_on, 0.0)
+            curvature = np.where(self.n_on > 0, 2 * ratio / mu_on * (1 + a * slope), 0.0)
+        return float(np.sum(2 * (1 - ratio) * self.signal)), float(np.sum(curvature * self.signal**2))
+
+    def allows(self, norm: float) -> bool:
+        return bool(np.isfinite(self.stat(norm)))
+
+    def npred(self, norm: float) -> float:
+        mu_sig = self.other + norm * self.signal
+        return float(np.sum(mu_sig + self.alpha * np.nan_to_num(self._background(mu_sig)[0])))
+
+    def excess(self, norm: float) -> float:
+        return norm * float(self.signal.sum())
+
+
+def _best_norm(pieces: list) -> tuple[float, float, bool]:
+    """The norm minimising the summed statistic, its curvature ``d2 stat / d norm2`` there,
+    and whether Newton's method converged (steps halved to keep every piece's prediction
+    valid)."""
+    norm, curvature = 1.0, np.nan
     for _ in range(100):
-        mu = other + norm * signal
-        gradient = 2.0 * np.sum(signal - counts * signal / mu)
-        curvature = 2.0 * np.sum(counts * signal**2 / mu**2)
-        if curvature <= 0:
+        gradient, curvature = (sum(values) for values in zip(*(p.derivatives(norm) for p in pieces)))
+        if not curvature > 0:
             return norm, curvature, False
         step = -gradient / curvature
-        while np.any(other + (norm + step) * signal <= 0):
+        for _ in range(60):
+            if all(p.allows(norm + step) for p in pieces):
+                break
             step /= 2
         norm += step
         if abs(step) < 1e-10 * max(1.0, abs(norm)):
-            mu = other + norm * signal
-            return norm, 2.0 * float(np.sum(counts * signal**2 / mu**2)), True
+            return norm, sum(p.derivatives(norm)[1] for p in pieces), True
     return norm, curvature, False
 
 
@@ -196,10 +296,8 @@ def _flux_point_table(datasets: list, total: list, others: list, model, requeste
             rows.append(_no_data_result(len(datasets), scan_values))
             e_min.append(lo), e_max.append(hi)
             continue
-        pieces = [(d.counts[low:high][d.mask[low:high]], o[low:high][d.mask[low:high]], (t - o)[low:high][d.mask[low:high]])
-                  for d, t, o in zip(datasets, total, others)]  # fmt: skip
-        counts, other, signal = (np.concatenate([p[i] for p in pieces]).astype(float) for i in range(3))
-        rows.append(_bin_result(counts, other, signal, pieces, n_sigma, n_sigma_ul, scan_values))
+        pieces = [_piece(d, t, o, slice(low, high)) for d, t, o in zip(datasets, total, others)]
+        rows.append(_bin_result(pieces, n_sigma, n_sigma_ul, scan_values))
         e_min.append(edges[low]), e_max.append(edges[high])
     table = Table()
     # one contiguous energy axis, as Gammapy's FluxPoints hold them (its axis is made of the
@@ -220,6 +318,15 @@ def _flux_point_table(datasets: list, total: list, others: list, model, requeste
     return table
 
 
+def _piece(dataset, total: np.ndarray, other: np.ndarray, bins: slice):
+    """The safe bins of ``dataset`` in the energy range ``bins``, as a Cash or WStat piece."""
+    mask = dataset.mask[bins]
+    if isinstance(dataset, SpectrumDatasetOnOff):
+        return _OnOffPiece.of(dataset.counts[bins][mask], dataset.counts_off[bins][mask], dataset.alpha[bins][mask], other[bins][mask],
+                              (total - other)[bins][mask])
+    return _CashPiece.of(dataset.counts[bins][mask], other[bins][mask], (total - other)[bins][mask])
+
+
 def _checked(datasets, models, source: str, energy_edges, where: str) -> tuple[Datasets, Models, np.ndarray]:
     """The datasets and models as fitax's collections, after the checks an estimator needs,
     and the requested energy edges [TeV]."""
@@ -228,8 +335,9 @@ def _checked(datasets, models, source: str, energy_edges, where: str) -> tuple[D
     if source not in models.names:
         raise ValueError(f"{where}: no model {source!r} (models: {', '.join(models.names)})")
     for dataset in datasets:
-        if not isinstance(dataset, MapDataset):
-            raise ValueError(f"{where}: dataset {dataset.name} is a {type(dataset).__name__}; estimators are built for MapDatasets so far")
+        if not isinstance(dataset, (MapDataset, SpectrumDatasetOnOff)):
+            raise ValueError(f"{where}: dataset {dataset.name} is a {type(dataset).__name__}; estimators take MapDatasets and on-off spectra "
+                             "(SpectrumDatasetOnOff)")
     edges = np.asarray(datasets[0].energy_edges, float)
     if any(not np.allclose(d.energy_edges, edges, rtol=1e-9) for d in datasets):
         raise ValueError(f"{where}: all datasets must share one reconstructed-energy axis (Gammapy: aligned energy axes)")
@@ -263,25 +371,21 @@ def _no_data_result(n_datasets: int, scan_values) -> dict:
             "norm_scan": np.asarray(scan_values, float), "stat_scan": np.full(len(scan_values), np.nan)}  # fmt: skip
 
 
-def _bin_result(counts, other, signal, pieces, n_sigma, n_sigma_ul, scan_values) -> dict:
+def _bin_result(pieces: list, n_sigma, n_sigma_ul, scan_values) -> dict:
     n_datasets = len(pieces)
-    if counts.size == 0:  # no safe bin in this energy range: Gammapy's values for datasets that do not contribute
+    counts = np.array([p.total_counts for p in pieces], dtype=int)
+    if sum(p.n_bins for p in pieces) == 0:
+        # no safe bin in this energy range: Gammapy's values for datasets that do not contribute
         return {"norm": np.nan, "norm_err": np.nan, "norm_errp": np.nan, "norm_errn": np.nan, "norm_ul": np.nan, "ts": np.nan,
                 "sqrt_ts": np.nan, "stat": 0.0, "stat_null": 0.0, "npred": np.full(n_datasets, np.nan), "npred_excess": np.zeros(n_datasets),
-                "counts": np.array([p[0].sum() for p in pieces], dtype=int), "success": False, "is_ul": False,
+                "counts": counts, "success": False, "is_ul": False,
                 "norm_scan": np.asarray(scan_values, float), "stat_scan": np.full(len(scan_values), np.nan)}  # fmt: skip
 
-    # bins the source does not reach add a constant to the statistic: sum them once, and let
-    # the one-dimensional solves see only the bins near the source (~1% of a map's)
-    reached = signal != 0
-    constant = _stat(0.0, counts[~reached], other[~reached], signal[~reached])
-    total_counts = counts.sum()
-    counts, other, signal = counts[reached], other[reached], signal[reached]
-
     def stat(x: float) -> float:
-        return constant + _stat(x, counts, other, signal)
+        return sum(p.stat(x) for p in pieces)
 
-    if total_counts == 0 or not np.any(signal > 0):
+    signal = np.concatenate([p.signal for p in pieces])
+    if counts.sum() == 0 or not np.any(signal > 0):
         # no counts (the statistic falls without bound as the norm goes negative) or no signal
         # here: no best norm; the upper limit is where the statistic rises n_sigma_ul^2 above norm 0
         null = stat(0.0)
@@ -289,10 +393,10 @@ def _bin_result(counts, other, signal, pieces, n_sigma, n_sigma_ul, scan_values)
         return {"norm": np.nan, "norm_err": np.nan, "norm_errp": np.nan, "norm_errn": np.nan,
                 "norm_ul": _crossing(stat, 0.0, null + n_sigma_ul**2, +1.0, scale) if np.any(signal > 0) else np.nan,
                 "ts": np.nan, "sqrt_ts": np.nan, "stat": null, "stat_null": null,
-                "npred": np.array([float(np.sum(o)) for _, o, _ in pieces]), "npred_excess": np.zeros(n_datasets),
-                "counts": np.array([int(c.sum()) for c, _, _ in pieces]), "success": False, "is_ul": True,
+                "npred": np.array([p.npred(0.0) for p in pieces]), "npred_excess": np.zeros(n_datasets),
+                "counts": counts, "success": False, "is_ul": True,
                 "norm_scan": np.asarray(scan_values, float), "stat_scan": np.array([stat(x) for x in scan_values])}  # fmt: skip
-    norm, curvature, success = _best_norm(counts, other, signal)
+    norm, curvature, success = _best_norm(pieces)
 
     best = stat(norm)
     null = stat(0.0)
@@ -305,9 +409,8 @@ def _bin_result(counts, other, signal, pieces, n_sigma, n_sigma_ul, scan_values)
     return {
         "norm": norm, "norm_err": n_sigma * error, "norm_errp": upper - norm, "norm_errn": norm - lower, "norm_ul": ul, "ts": ts,
         "sqrt_ts": np.sign(norm) * np.sqrt(max(ts, 0.0)), "stat": best, "stat_null": null,
-        "npred": np.array([float(np.sum(o + norm * s)) for _, o, s in pieces]),
-        "npred_excess": np.array([float(np.sum(norm * s)) for _, _, s in pieces]),
-        "counts": np.array([int(c.sum()) for c, _, _ in pieces]), "success": bool(success), "is_ul": bool(ts < n_sigma_ul**2),
+        "npred": np.array([p.npred(norm) for p in pieces]), "npred_excess": np.array([p.excess(norm) for p in pieces]),
+        "counts": counts, "success": bool(success), "is_ul": bool(ts < n_sigma_ul**2),
         "norm_scan": np.asarray(scan_values, float), "stat_scan": np.array([stat(x) for x in scan_values]),
     }  # fmt: skip
 
@@ -344,7 +447,7 @@ def light_curve(datasets, models: Models, source: str, energy_edges: u.Quantity 
         >>> curve.write("light_curve.fits")  # Gammapy: FluxPoints.read(..., format="lightcurve")  # doctest: +SKIP
     """
     datasets, models, requested = _checked(datasets, models, source, energy_edges, "light_curve")
-    gtis = [d.irfs.gti for d in datasets]
+    gtis = [d.irfs.gti if isinstance(d, MapDataset) else d.gti for d in datasets]
     missing = [d.name for d, gti in zip(datasets, gtis) if gti is None]
     if missing:
         raise ValueError(f"light_curve: datasets {', '.join(missing)} have no good time intervals (GTI) to place them in time")

@@ -22,7 +22,7 @@ from astropy.wcs import WCS
 from ..io import atomic_write, open_fits
 from .psf_kernel_map import PSFKernelMap
 
-__all__ = ["MapDatasetFile", "bands_hdu", "map_image_hdu", "psf_kernel_map_hdus", "read_map_dataset", "read_psf_kernel_map", "read_sky_mask",
+__all__ = ["MapDatasetFile", "bands_hdu", "map_image_hdu", "psf_kernel_map_hdus", "read_map_dataset", "read_gti", "read_psf_kernel_map", "read_sky_mask",
            "region_map_hdus", "write_map_dataset", "write_psf_kernel_map", "write_spectrum_onoff"]
 
 
@@ -94,6 +94,13 @@ def _time_reference(header) -> Time:
     if "MJDREF" in header:
         return Time(float(header["MJDREF"]), format="mjd", scale=scale)
     return _GTI_REFERENCE
+
+
+def read_gti(hdu) -> Time:
+    """A GTI table HDU's ``(n, 2)`` starts and stops, as absolute times."""
+    table = Table.read(hdu)
+    seconds = np.stack([table["START"].quantity.to_value("s"), table["STOP"].quantity.to_value("s")], axis=-1)
+    return _time_reference(hdu.header) + u.Quantity(seconds, "s")
 
 
 def _edges(table: Table, low: str, high: str, where: str) -> np.ndarray:
@@ -241,10 +248,8 @@ def read_map_dataset(path) -> MapDatasetFile:
                 raise ValueError(f"{path}[EDISP]: shape {edisp.shape}; expected ({n_true}, {n_reco}, y, x)")
         livetime = gti = None
         if "GTI" in names:
-            table = Table.read(hdul["GTI"])
-            seconds = np.stack([table["START"].quantity.to_value("s"), table["STOP"].quantity.to_value("s")], axis=-1)
-            livetime = float(np.sum(seconds[:, 1] - seconds[:, 0]))
-            gti = _time_reference(hdul["GTI"].header) + u.Quantity(seconds, "s")
+            gti = read_gti(hdul["GTI"])
+            livetime = float(np.sum((gti[:, 1] - gti[:, 0]).to_value("s")))
         kernel_map = None
         if _KERNEL_COMPONENTS in names:
             kernel_map = _psf_kernel_map(hdul, path)

@@ -24,7 +24,10 @@ from pathlib import Path
 import numpy as np
 from astropy.table import Table
 
+from astropy.time import Time
+
 from ..io import open_fits
+from .io import read_gti
 from .irf import diagonal_edisp
 from .likelihood import npred, stat_sum
 from .models import Models, SkyModel
@@ -81,6 +84,9 @@ class SpectrumDatasetOnOff(_Spectrum):
     energy_true_edges: np.ndarray
     livetime: float
     source_files: tuple[Path, ...] = ()
+    gti: Time | None = None
+    """The good time intervals ``(n, 2)`` where the file gives them (light curves place the
+    spectrum in time by them)."""
 
     @classmethod
     def read(cls, path, name: str | None = None) -> "SpectrumDatasetOnOff":
@@ -268,6 +274,7 @@ def read_spectrum_dataset(path, name: str | None = None) -> "SpectrumDataset | S
         acceptance_off = _region_column(hdul, "ACCEPTANCE_OFF", path, required=counts_off is not None)
         background = _region_column(hdul, "BACKGROUND", path, required=False)
         livetime = float(hdul["EXPOSURE"].header.get("LIVETIME", np.nan))
+        gti = read_gti(hdul["GTI"]) if "GTI" in hdul else None
     if len(counts) != len(energy_edges) - 1 or len(exposure) != len(energy_true_edges) - 1:
         raise ValueError(f"{path}: COUNTS has {len(counts)} bins for {len(energy_edges) - 1} energies, EXPOSURE "
                          f"{len(exposure)} for {len(energy_true_edges) - 1} true energies")
@@ -284,7 +291,7 @@ def read_spectrum_dataset(path, name: str | None = None) -> "SpectrumDataset | S
     if counts_off is not None:
         with np.errstate(divide="ignore", invalid="ignore"):
             alpha = np.where(acceptance_off > 0, acceptance / acceptance_off, 0.0)
-        return SpectrumDatasetOnOff(counts_off=counts_off, alpha=alpha, mask=mask & (alpha > 0), livetime=livetime, **common)
+        return SpectrumDatasetOnOff(counts_off=counts_off, alpha=alpha, mask=mask & (alpha > 0), livetime=livetime, gti=gti, **common)
     return SpectrumDataset(background=np.zeros_like(counts) if background is None else background, mask=mask, **common)
 
 
