@@ -235,6 +235,30 @@ def fill_missing_energies(irf: IRF) -> IRF:
     return dataclasses.replace(irf, columns={column: np.moveaxis(columns.reshape(moved.shape), -1, axis) * values.unit})
 
 
+def _edge_padded(irf: IRF, name: str) -> IRF:
+    """``irf`` with one more bin at each end of axis ``name``, holding the edge bins' values,
+    the axis' edges (or nodes) extended linearly in its scale (Gammapy's ``IRF.pad(1,
+    mode="edge")``)."""
+    axis = irf.axes[name]
+
+    def extended(values: np.ndarray) -> np.ndarray:
+        scaled = _scale(values, axis.interp)
+        scaled = np.concatenate([[2 * scaled[0] - scaled[1]], scaled, [2 * scaled[-1] - scaled[-2]]])
+        return _unscale(scaled, axis.interp) if axis.interp == "log" else scaled
+
+    unit = axis.nodes.unit
+    if axis.edges is not None:
+        edges = extended(axis.edges.to_value(unit))
+        nodes = np.sqrt(edges[1:] * edges[:-1]) if axis.interp == "log" else 0.5 * (edges[1:] + edges[:-1])
+        padded_axis = IRFAxis(name, nodes * unit, edges * unit, axis.interp)
+    else:
+        padded_axis = IRFAxis(name, extended(axis.nodes.value) * unit, None, axis.interp)
+    index = list(irf.axes).index(name)
+    width = [(1, 1) if k == index else (0, 0) for k in range(len(irf.axes))]
+    columns = {key: np.pad(values.value, width, mode="edge") * values.unit for key, values in irf.columns.items()}
+    return dataclasses.replace(irf, axes={**irf.axes, name: padded_axis}, columns=columns)
+
+
 def background_cube(observation: Observation, wcs, shape: tuple[int, int], energy_edges: u.Quantity,
                     fill_missing: bool = True) -> np.ndarray:
     """Predicted background counts ``(energy, ny, nx)``: the background rate at each pixel
@@ -244,21 +268,25 @@ def background_cube(observation: Observation, wcs, shape: tuple[int, int], energ
     with the IRF's ``fov_alignment``, on the background its ``MapDatasetMaker`` uses: missing
     rates filled along energy (:func:`fill_missing_energies`, unless ``fill_missing=False``).
 
-    Raises ``ValueError``, not supported yet, for a 2D (offset) background (Gammapy first pads
-    its offset axis by a bin of edge values, ``background_pad_offset``) and for one aligned
-    with Alt/Az (it rotates on the sky during the run)."""
+    A 2D background (energy, offset) is taken at each pixel's offset from the pointing, its
+    offset axis first padded by a bin of edge values at both ends (Gammapy's default
+    ``background_pad_offset``). Raises ``ValueError``, not supported yet, for a 3D background
+    aligned with Alt/Az (it rotates on the sky during the run)."""
     bkg = observation.bkg
     if bkg is None:
         raise ValueError(f"obs {observation.obs_id}: no background IRF (bkg) to predict a background with")
-    if bkg.fov_alignment not in ("RADEC", "REVERSE_LON_RADEC"):
+    radial = "offset" in bkg.axes
+    if not radial and bkg.fov_alignment not in ("RADEC", "REVERSE_LON_RADEC"):
         raise ValueError(f"obs {observation.obs_id}: a background aligned with {bkg.fov_alignment} (FOVALIGN) is not supported yet, only RADEC")
-    if "offset" in bkg.axes:
-        raise ValueError(f"obs {observation.obs_id}: 2D (offset) backgrounds are not supported yet (Gammapy pads their offset axis by a bin of edge values first)")
     if fill_missing:
         bkg = fill_missing_energies(bkg)
     edges = u.Quantity(energy_edges)[:, None, None]
-    lon, lat = _fov_coordinates(wcs, shape, observation.pointing, bkg.fov_alignment == "REVERSE_LON_RADEC")
-    rate = evaluate_irf(bkg, energy=edges, fov_lon=lon[None], fov_lat=lat[None])
+    if radial:
+        offset = pixel_skycoords(wcs, shape).separation(observation.pointing)
+        rate = evaluate_irf(_edge_padded(bkg, "offset"), energy=edges, offset=offset[None])
+    else:
+        lon, lat = _fov_coordinates(wcs, shape, observation.pointing, bkg.fov_alignment == "REVERSE_LON_RADEC")
+        rate = evaluate_irf(bkg, energy=edges, fov_lon=lon[None], fov_lat=lat[None])
     integrated = integrate_log_log(rate.value, np.broadcast_to(edges.value, rate.shape), axis=0) * rate.unit * edges.unit
     counts = integrated * solid_angles(wcs, shape) * u.sr * observation.ontime
     return counts.to_value(u.dimensionless_unscaled)
