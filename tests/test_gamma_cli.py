@@ -68,6 +68,9 @@ def test_models_yaml_converts_units(tmp_path):
     (lambda c: c["spatial"]["parameters"].append({"name": "radius", "value": 1.0}), "has no parameter 'radius'"),
     (lambda c: c["spectral"]["parameters"].append({"name": "index", "value": "two"}), "value must be a finite number"),
     (lambda c: c.update(type="TemplateNPredModel"), "unknown component type 'TemplateNPredModel'"),
+    (lambda c: c.update(temporal={"type": "ExpDecayTemporalModel", "parameters": []}),
+     "a temporal model (ExpDecayTemporalModel) is not supported by fitax yet"),
+    (lambda c: c.update(spectrum={"type": "PowerLawSpectralModel"}), "unknown key 'spectrum'"),
 ])
 def test_bad_models_yaml_names_file_model_and_parameter(tmp_path, edit, message):
     component = {"name": "src", "type": "SkyModel", "spectral": {"type": "PowerLawSpectralModel", "parameters": []},

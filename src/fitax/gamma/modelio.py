@@ -125,6 +125,13 @@ def read_models(path) -> Models:
         if tag == "SkyModel":
             if not name:
                 raise ValueError(f"{where}: a SkyModel needs a name")
+            if component.get("temporal") is not None:
+                raise ValueError(f"{where}: a temporal model ({component['temporal'].get('type')}) is not supported by fitax yet; "
+                                 "fitting without it would treat the source as constant in time")
+            unknown = sorted(set(component) - {"name", "type", "spectral", "spatial", "temporal", "datasets_names", "psf_mode"})
+            if unknown:
+                raise ValueError(f"{where}: unknown key {unknown[0]!r} (a SkyModel has name, type, spectral, spatial, datasets_names "
+                                 "and fitax's psf_mode)")
             if "spectral" not in component:
                 raise ValueError(f"{where}: no 'spectral' model")
             spectral_part, spatial_part = component["spectral"], component.get("spatial")
