@@ -71,6 +71,11 @@ def test_models_yaml_converts_units(tmp_path):
     (lambda c: c.update(temporal={"type": "ExpDecayTemporalModel", "parameters": []}),
      "a temporal model (ExpDecayTemporalModel) is not supported by fitax yet"),
     (lambda c: c.update(spectrum={"type": "PowerLawSpectralModel"}), "unknown key 'spectrum'"),
+    (lambda c: c["spectral"]["parameters"].append({"name": "index", "value": 2.0, "prior": {"type": "LogUniformPrior", "parameters": []}}),
+     "parameter 'index': prior of type 'LogUniformPrior' is not supported"),
+    (lambda c: c["spectral"]["parameters"].append({"name": "index", "value": 2.0, "prior": {
+        "type": "GaussianPrior", "parameters": [{"name": "mu", "value": 2.0}, {"name": "sigma", "value": 0.0}]}}),
+     "GaussianPrior: sigma must be > 0"),
 ])
 def test_bad_models_yaml_names_file_model_and_parameter(tmp_path, edit, message):
     component = {"name": "src", "type": "SkyModel", "spectral": {"type": "PowerLawSpectralModel", "parameters": []},

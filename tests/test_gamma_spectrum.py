@@ -201,3 +201,46 @@ def test_power_law_spectra_match_gammapy_to_round_off(tmp_path):
         ours = fg.SpectrumDataset.read(spectrum_path, name="spec")
         np.testing.assert_allclose(ours.npred_signal(models), theirs.npred_signal().data.ravel(), rtol=1e-14)
         assert ours.stat_sum(models) == pytest.approx(theirs.stat_sum(), abs=1e-12)
+
+
+def test_parameter_priors_of_models_yaml_fit_as_gammapys(tmp_path):
+    """Gammapy's parameter priors in models.yaml: a Gaussian prior on alpha (drawing it 4
+    sigma from where the data put it) and a uniform prior on beta (its bounds, as in
+    Gammapy): the same minimum as Gammapy + iminuit within 0.05 sigma, errors within 3%, the
+    statistic lower by Gammapy's constants (2 log(sigma sqrt(2 pi)) + 2 log(max - min));
+    written back, the priors read the same."""
+    from gammapy.datasets import Datasets, SpectrumDatasetOnOff
+    from gammapy.modeling import Fit
+    from gammapy.modeling.models import Models
+
+    models = yaml.safe_load(yaml.safe_dump(CRAB))
+    parameters = models["components"][0]["spectral"]["parameters"]
+    parameters[2]["prior"] = {"type": "GaussianPrior", "parameters": [{"name": "mu", "value": 2.2}, {"name": "sigma", "value": 0.03}],
+                              "weight": 1}
+    parameters[3]["prior"] = {"type": "UniformPrior", "parameters": [{"name": "min", "value": 0.0}, {"name": "max", "value": 0.5}],
+                              "weight": 1}
+    models_path = tmp_path / "models.yaml"
+    models_path.write_text(yaml.safe_dump(models))
+    files = [f for f in _pha_files() if "/hess/" in f]
+    datasets_path = tmp_path / "datasets.yaml"
+    datasets_path.write_text(yaml.safe_dump({"datasets": [{"name": f"hess{i}", "type": "SpectrumDatasetOnOff", "filename": f}
+                                                          for i, f in enumerate(files)]}))
+    theirs = Datasets([SpectrumDatasetOnOff.read(f, name=f"hess{i}") for i, f in enumerate(files)])
+    theirs.models = Models.read(models_path)
+    expected = Fit().run(theirs)
+    assert expected.success
+    read = fg.read_models(models_path)
+    assert read["crab"].spectral.beta.min == 0.0 and read["crab"].spectral.beta.max == 0.5
+    ours = fg.fit(fg.read_datasets(datasets_path), read)
+    assert ours.converged
+    assert ours.stat + 2 * np.log(0.03 * np.sqrt(2 * np.pi)) + 2 * np.log(0.5) == pytest.approx(expected.total_stat, abs=1e-3)
+    for parameter in theirs.models["crab"].spectral_model.parameters.free_parameters:
+        name = f"crab.spectral.{parameter.name}"
+        assert abs(ours.values[name] - parameter.value) < 0.05 * parameter.error, name
+        assert ours.errors[name] == pytest.approx(parameter.error, rel=0.03), name
+    assert abs(ours.values["crab.spectral.alpha"] - 2.2) < 0.15  # the prior pulled it
+
+    fg.write_models(read, tmp_path / "written.yaml")
+    again = fg.read_models(tmp_path / "written.yaml")["crab"].spectral
+    assert again.alpha.prior == read["crab"].spectral.alpha.prior and again.beta.prior == read["crab"].spectral.beta.prior
+    assert Models.read(tmp_path / "written.yaml")["crab"].spectral_model.alpha.prior.sigma.value == pytest.approx(0.03)

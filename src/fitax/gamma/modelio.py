@@ -18,7 +18,7 @@ import yaml
 
 from ..fit import FitResult
 from ..io import atomic_write
-from ..parameters import Parameter, parameters_dict, tie
+from ..parameters import GaussianPrior, Parameter, UniformPrior, parameters_dict, tie
 from . import spatial as spatial_models
 from . import spectral as spectral_models
 from ._common import gammapy_yaml, load_yaml
@@ -64,6 +64,43 @@ def _convert(value, unit: str | None, target: str | None, where: str) -> float:
         raise ValueError(f"{where}: unit {unit!r} cannot be converted to {target or 'dimensionless'!r}") from error
 
 
+def _prior(entry, unit: str | None, target: str | None, where: str):
+    """A parameter's Gammapy ``prior``: ``GaussianPrior`` (its ``weight`` folded into sigma:
+    Gammapy adds ``weight x -2 log N(value; mu, sigma)``, the same up to a constant) or
+    ``UniformPrior`` (the parameter's bounds, as in Gammapy); ``mu``, ``sigma``, ``min`` and
+    ``max`` in their own unit, else the parameter's."""
+    if entry is None or entry == "":
+        return None
+    kind = entry.get("type")
+    names = {"GaussianPrior": ("mu", "sigma"), "UniformPrior": ("min", "max")}
+    if kind not in names:
+        raise ValueError(f"{where}: prior of type {kind!r} is not supported; fitax has GaussianPrior and UniformPrior")
+    given = {p.get("name"): p for p in entry.get("parameters") or []}
+    values = {}
+    for name, default in zip(names[kind], ((0.0, 1.0) if kind == "GaussianPrior" else (0.0, 1.0))):
+        parameter = given.get(name, {})
+        value = parameter.get("value", default)
+        if not isinstance(value, (int, float)) or not np.isfinite(value):
+            raise ValueError(f"{where}: prior parameter {name!r} must be a finite number, got {value!r}")
+        values[name] = _convert(value, parameter.get("unit") or unit, target, f"{where}: prior parameter {name!r}")
+    weight = entry.get("weight", 1.0)
+    if not isinstance(weight, (int, float)) or not weight > 0:
+        raise ValueError(f"{where}: prior weight must be a positive number, got {weight!r}")
+    try:
+        if kind == "GaussianPrior":
+            return GaussianPrior(values["mu"], values["sigma"] / np.sqrt(weight))
+        return UniformPrior(values["min"], values["max"])
+    except ValueError as error:
+        raise ValueError(f"{where}: {error}") from error
+
+
+def _prior_entry(prior, unit: str | None) -> dict:
+    """The Gammapy YAML of a fitax prior."""
+    names = ("mu", "sigma") if isinstance(prior, GaussianPrior) else ("min", "max")
+    parameters = [{"name": name, "value": float(getattr(prior, name)), "unit": unit or ""} for name in names]
+    return {"type": type(prior).__name__, "parameters": parameters, "weight": 1.0}
+
+
 def _build(cls, entries: list, where: str, frame: str | None = None, links: dict | None = None, prefix: str = ""):
     """An instance of ``cls`` with the parameters listed in ``entries`` (the rest default)."""
     defaults = cls() if frame is None else cls(frame=frame)
@@ -90,9 +127,12 @@ def _build(cls, entries: list, where: str, frame: str | None = None, links: dict
                 bound[key] = _convert(given, unit, default.unit, here)
             else:
                 bound[key] = getattr(default, key)
+        prior = _prior(entry.get("prior"), unit, default.unit, here)
+        if isinstance(prior, UniformPrior):  # Gammapy's parameter bounds are then the prior's
+            bound = {"min": prior.min, "max": prior.max}
         kwargs[name] = Parameter(
             _convert(value, unit, default.unit, here), min=bound["min"], max=bound["max"],
-            frozen=bool(entry.get("frozen", default.frozen)), unit=default.unit,
+            frozen=bool(entry.get("frozen", default.frozen)), unit=default.unit, prior=prior,
         )
         if links is not None and entry.get("link"):
             links.setdefault(entry["link"], []).append(f"{prefix}.{name}")
@@ -215,6 +255,8 @@ def _parameter_entries(model, errors: dict[str, float], prefix: str, link_source
         if parameter.max is not None:
             entry["max"] = parameter.max
         entry["frozen"] = bool(parameter.frozen)
+        if parameter.prior is not None:
+            entry["prior"] = _prior_entry(parameter.prior, parameter.unit)
         if parameter.tied_to is not None:
             entry["link"] = parameter.tied_to
         elif f"{prefix}.{name}" in link_sources:
