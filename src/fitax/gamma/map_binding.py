@@ -36,6 +36,7 @@ from .models import Models, SkyModel
 from .psf_kernel_map import truncated_basis
 from .psf_position import edisp_by_pixel, position_psf
 from .spatial import PointSpatialModel, unit_vectors
+from .temporal import temporal_intervals
 from .template import TemplateSpatialModel
 
 __all__ = ["MapGroup", "bind_maps", "check_sources_on_maps", "oversampling_factor", "psf_components", "PSF_TOLERANCE"]
@@ -219,8 +220,10 @@ def bind_maps(members: list, sources: list[SkyModel], shard: bool) -> MapGroup:
             oversampling = max(oversampling_factor(spatial, d.wcs) for d in members)
             grid_xyz = to_device(np.stack([d.cached(("grid", oversampling, spatial.frame),
                                                        lambda d=d: _grid_in_frame(d, oversampling, spatial.frame)) for d in members]))
+        intervals = temporal_intervals(source, [d.irfs.gti for d in members], [d.name if i < n_real else "" for i, d in enumerate(members)])
         source_arrays.append(SourceArrays(
             applies=to_device([float(source.applies_to(d.name)) for d in members]), edisp=to_device(edisp),
+            intervals=None if intervals is None else to_device(intervals),
             psf_fft=psf_fft, psf_mix=psf_mix, pixel=pixel, pixel_jacobian=jacobian, reference=reference, psf_kernel=point_kernel,
             grid_xyz=grid_xyz, template_image=template_image, position_psf=by_pixel,
             pixel_edisp=pixel_edisp, pixel_edisp_index=pixel_edisp_index,

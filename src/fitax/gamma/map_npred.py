@@ -55,6 +55,7 @@ class SourceArrays(eqx.Module):
     """One source's per-dataset inputs (leading axis: datasets of the group)."""
 
     applies: Float[Array, " n"]
+    intervals: Float[Array, "n k 2"] | None  # good time intervals [MJD] a temporal model is averaged over
     edisp: Float[Array, "n et e"]
     psf_fft: Complex[Array, "n r fy fxh"] | None  # Fourier transforms of the PSF components (or kernels)
     psf_mix: Float[Array, "n et r"] | None         # kernel at each true energy = psf_mix @ components
@@ -198,6 +199,8 @@ def dataset_npred(models: Models, group, one: OneDataset) -> Float[Array, "e y x
     for name, arrays in zip(group.source_names, one.sources):
         source = models[name]
         flux = source.spectral.integral(low, high)
+        if arrays.intervals is not None:
+            flux = flux * source.temporal.mean(arrays.intervals)
         if arrays.is_point:
             if points is None:
                 points = jnp.zeros((npred.shape[0], ny + 2 * margin, nx + 2 * margin))

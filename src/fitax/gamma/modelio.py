@@ -23,6 +23,7 @@ from . import spatial as spatial_models
 from . import spectral as spectral_models
 from ._common import gammapy_yaml, load_yaml
 from .models import PSF_MODES, FoVBackgroundModel, Models, SkyModel
+from .temporal import TEMPORAL_TAGS, TIME_SCALES
 from .template import TemplateSpatialModel
 
 __all__ = ["read_models", "write_models", "write_results", "SPECTRAL_TAGS", "SPATIAL_TAGS"]
@@ -101,9 +102,11 @@ def _prior_entry(prior, unit: str | None) -> dict:
     return {"type": type(prior).__name__, "parameters": parameters, "weight": 1.0}
 
 
-def _build(cls, entries: list, where: str, frame: str | None = None, links: dict | None = None, prefix: str = ""):
-    """An instance of ``cls`` with the parameters listed in ``entries`` (the rest default)."""
-    defaults = cls() if frame is None else cls(frame=frame)
+def _build(cls, entries: list, where: str, frame: str | None = None, links: dict | None = None, prefix: str = "", scale: str | None = None):
+    """An instance of ``cls`` with the parameters listed in ``entries`` (the rest default),
+    in ``frame`` (spatial models) or time ``scale`` (temporal models)."""
+    options = {key: value for key, value in (("frame", frame), ("scale", scale)) if value is not None}
+    defaults = cls(**options)
     kwargs = {}
     for entry in entries or []:
         name = entry.get("name")
@@ -136,8 +139,7 @@ def _build(cls, entries: list, where: str, frame: str | None = None, links: dict
         )
         if links is not None and entry.get("link"):
             links.setdefault(entry["link"], []).append(f"{prefix}.{name}")
-    if frame is not None:
-        kwargs["frame"] = frame
+    kwargs.update(options)
     try:
         return cls(**kwargs)
     except ValueError as error:
@@ -165,13 +167,10 @@ def read_models(path) -> Models:
         if tag == "SkyModel":
             if not name:
                 raise ValueError(f"{where}: a SkyModel needs a name")
-            if component.get("temporal") is not None:
-                raise ValueError(f"{where}: a temporal model ({component['temporal'].get('type')}) is not supported by fitax yet; "
-                                 "fitting without it would treat the source as constant in time")
             unknown = sorted(set(component) - {"name", "type", "spectral", "spatial", "temporal", "datasets_names", "psf_mode"})
             if unknown:
-                raise ValueError(f"{where}: unknown key {unknown[0]!r} (a SkyModel has name, type, spectral, spatial, datasets_names "
-                                 "and fitax's psf_mode)")
+                raise ValueError(f"{where}: unknown key {unknown[0]!r} (a SkyModel has name, type, spectral, spatial, temporal, "
+                                 "datasets_names and fitax's psf_mode)")
             if "spectral" not in component:
                 raise ValueError(f"{where}: no 'spectral' model")
             spectral_part, spatial_part = component["spectral"], component.get("spatial")
@@ -184,11 +183,18 @@ def read_models(path) -> Models:
                 frame = spatial_part.get("frame", "icrs")
                 spatial = _build(_lookup_class(SPATIAL_TAGS, spatial_part.get("type"), where), spatial_part.get("parameters"),
                                  f"{where} spatial", frame=frame, links=links, prefix=f"{name}.spatial")
+            temporal, temporal_part = None, component.get("temporal")
+            if temporal_part is not None:
+                scale = temporal_part.get("scale", "utc")
+                if scale not in TIME_SCALES:
+                    raise ValueError(f"{where} temporal: scale {scale!r}; expected one of {list(TIME_SCALES)}")
+                temporal = _build(_lookup_class(TEMPORAL_TAGS, temporal_part.get("type"), f"{where} temporal"), temporal_part.get("parameters"),
+                                  f"{where} temporal", links=links, prefix=f"{name}.temporal", scale=scale)
             psf_mode = component.get("psf_mode", "centre")
             if psf_mode not in PSF_MODES:
                 raise ValueError(f"{where}: psf_mode {psf_mode!r}; expected one of {PSF_MODES}")
             models.append(SkyModel(spectral, spatial, name=name, datasets_names=component.get("datasets_names"),
-                                   psf_mode=psf_mode))
+                                   psf_mode=psf_mode, temporal_model=temporal))
         elif tag == "FoVBackgroundModel":
             names = component.get("datasets_names") or []
             if len(names) != 1:
@@ -283,6 +289,9 @@ def models_to_dict(models: Models, errors: dict[str, float] | None = None) -> di
             elif model.spatial is not None:
                 component["spatial"] = {"type": _tag(model.spatial), "frame": model.spatial.frame,
                                         "parameters": _parameter_entries(model.spatial, errors, f"{model.name}.spatial", link_sources)}
+            if model.temporal is not None:
+                component["temporal"] = {"type": _tag(model.temporal), "scale": model.temporal.scale,
+                                         "parameters": _parameter_entries(model.temporal, errors, f"{model.name}.temporal", link_sources)}
             if model.datasets_names is not None:
                 component["datasets_names"] = list(model.datasets_names)
             if model.psf_mode != "centre":

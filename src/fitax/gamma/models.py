@@ -23,7 +23,9 @@ PSF_MODES = ("centre", "position")
 
 
 class SkyModel(eqx.Module):
-    """A source: ``spectral(E) x spatial(lon, lat)`` [cm-2 s-1 TeV-1 sr-1].
+    """A source: ``spectral(E) x spatial(lon, lat)`` [cm-2 s-1 TeV-1 sr-1], times its
+    ``temporal`` model averaged over each dataset's good time intervals, if it has one
+    (:mod:`fitax.gamma.temporal`).
 
     Without a spatial model it can only be fitted to spectra (on-off datasets).
     ``datasets_names`` restricts the model to some datasets of a joint fit (``None``: all).
@@ -42,25 +44,27 @@ class SkyModel(eqx.Module):
 
     spectral: eqx.Module
     spatial: eqx.Module | None
+    temporal: eqx.Module | None
     name: str = eqx.field(static=True)
     datasets_names: tuple[str, ...] | None = eqx.field(static=True)
     psf_mode: str = eqx.field(static=True)
 
     def __init__(self, spectral_model, spatial_model=None, name: str = "", datasets_names: Iterable[str] | None = None,
-                 psf_mode: str = "centre"):
+                 psf_mode: str = "centre", temporal_model=None):
         if not name:
             raise ValueError("a SkyModel needs a name")
         if psf_mode not in PSF_MODES:
             raise ValueError(f"model {name!r}: psf_mode {psf_mode!r}; expected one of {PSF_MODES}")
         self.spectral = spectral_model
         self.spatial = spatial_model
+        self.temporal = temporal_model
         self.name = str(name)
         self.datasets_names = None if datasets_names is None else tuple(datasets_names)
         self.psf_mode = psf_mode
 
     def with_psf_mode(self, psf_mode: str) -> "SkyModel":
         """The same model with another ``psf_mode``."""
-        return SkyModel(self.spectral, self.spatial, self.name, self.datasets_names, psf_mode)
+        return SkyModel(self.spectral, self.spatial, self.name, self.datasets_names, psf_mode, self.temporal)
 
     @property
     def spectral_model(self):
@@ -70,6 +74,10 @@ class SkyModel(eqx.Module):
     def spatial_model(self):
         return self.spatial
 
+    @property
+    def temporal_model(self):
+        return self.temporal
+
     def applies_to(self, dataset_name: str) -> bool:
         return self.datasets_names is None or dataset_name in self.datasets_names
 
@@ -77,6 +85,8 @@ class SkyModel(eqx.Module):
         parameters = parameters_dict(self)
         free = sum(p.is_free for p in parameters.values())
         spatial = type(self.spatial).__name__ if self.spatial is not None else "no spatial model"
+        if self.temporal is not None:
+            spatial += f" x {type(self.temporal).__name__}"
         mode = "" if self.psf_mode == "centre" else f", PSF by {self.psf_mode}"
         return (f"SkyModel({self.name!r}: {type(self.spectral).__name__} x {spatial}, "
                 f"{len(parameters)} parameters, {free} free{mode})")

@@ -163,7 +163,7 @@ def _expected_counts(contents: MapDatasetFile, name: str, models: Models) -> np.
     def renamed(model):
         if isinstance(model, FoVBackgroundModel):
             return FoVBackgroundModel(_SIMULATED, model.norm, model.tilt, model.reference)
-        return SkyModel(model.spectral, model.spatial, model.name, None, model.psf_mode)
+        return SkyModel(model.spectral, model.spatial, model.name, None, model.psf_mode, model.temporal)
 
     own = [renamed(m) for m in models
            if (m.dataset_name == name if isinstance(m, FoVBackgroundModel) else m.applies_to(name))]

@@ -121,6 +121,7 @@ class SpectrumDataset(_Spectrum):
     energy_edges: np.ndarray
     energy_true_edges: np.ndarray
     source_files: tuple[Path, ...] = ()
+    gti: Time | None = None
 
     @classmethod
     def read(cls, path, name: str | None = None) -> "SpectrumDataset":
@@ -211,10 +212,12 @@ def read_ogip(path, name: str | None = None) -> SpectrumDatasetOnOff:
     for label, array in (("COUNTS", counts), ("off COUNTS", counts_off), ("SPECRESP", area)):
         if not np.all(np.isfinite(array)) or np.any(array < 0):
             raise ValueError(f"{path}: {label} must be finite and >= 0")
+    with _open(path, "PHA") as hdul:
+        gti = read_gti(hdul["GTI"]) if "GTI" in hdul else None
     return SpectrumDatasetOnOff(
         name=name or _observation_name(header, path), counts=counts, counts_off=counts_off, alpha=alpha,
         exposure=area * livetime, edisp=edisp, mask=mask, energy_edges=energy_edges, energy_true_edges=energy_true_edges,
-        livetime=livetime, source_files=(path, *files.values()),
+        livetime=livetime, source_files=(path, *files.values()), gti=gti,
     )
 
 
@@ -292,7 +295,7 @@ def read_spectrum_dataset(path, name: str | None = None) -> "SpectrumDataset | S
         with np.errstate(divide="ignore", invalid="ignore"):
             alpha = np.where(acceptance_off > 0, acceptance / acceptance_off, 0.0)
         return SpectrumDatasetOnOff(counts_off=counts_off, alpha=alpha, mask=mask & (alpha > 0), livetime=livetime, gti=gti, **common)
-    return SpectrumDataset(background=np.zeros_like(counts) if background is None else background, mask=mask, **common)
+    return SpectrumDataset(background=np.zeros_like(counts) if background is None else background, mask=mask, gti=gti, **common)
 
 
 def _observation_name(header, path: Path) -> str:

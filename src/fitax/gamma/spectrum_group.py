@@ -5,6 +5,7 @@ with the background spectrum otherwise), in Gammapy's convention."""
 from __future__ import annotations
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float
@@ -12,6 +13,7 @@ from jaxtyping import Array, Bool, Float
 from ..device import to_device
 from ..stats import cash, cash_data_term, wstat
 from .models import Models, SkyModel
+from .temporal import temporal_intervals
 
 __all__ = ["SpectrumGroup", "bind_spectra"]
 
@@ -30,6 +32,7 @@ class SpectrumGroup(eqx.Module):
     energy_true_edges: Float[Array, " et1"]
     energy_centres: Float[Array, " e"]
     applies: Float[Array, "s n"]  # 1 where a source applies to a dataset
+    intervals: tuple[Float[Array, "n k 2"] | None, ...]  # per source: good time intervals its temporal model is averaged over
     data_constant: Float[Array, ""]  # Gammapy's -2 log L minus fitax's deviance (data: a leaf, not a jit key)
     names: tuple[str, ...] = eqx.field(static=True)
     source_names: tuple[str, ...] = eqx.field(static=True)
@@ -38,9 +41,12 @@ class SpectrumGroup(eqx.Module):
         """Predicted signal counts (``npred_signal``)."""
         edges = self.energy_true_edges
         total = jnp.zeros_like(self.counts)
-        for name, applies in zip(self.source_names, self.applies):
-            flux = models[name].spectral.integral(edges[:-1], edges[1:])
-            total = total + applies[:, None] * jnp.einsum("nt,nte->ne", self.exposure * flux[None], self.edisp)
+        for name, applies, intervals in zip(self.source_names, self.applies, self.intervals):
+            source = models[name]
+            flux = source.spectral.integral(edges[:-1], edges[1:])[None] * jnp.ones((len(self.names), 1))
+            if intervals is not None:
+                flux = flux * jax.vmap(source.temporal.mean)(intervals)[:, None]
+            total = total + applies[:, None] * jnp.einsum("nt,nte->ne", self.exposure * flux, self.edisp)
         return total
 
     def stat(self, models: Models) -> Float[Array, ""]:
@@ -73,5 +79,7 @@ def bind_spectra(members: list, sources: list[SkyModel], on_off: bool) -> Spectr
         energy_centres=to_device(np.sqrt(first.energy_edges[1:] * first.energy_edges[:-1])),
         names=tuple(d.name for d in members), source_names=tuple(s.name for s in sources),
         applies=to_device(np.reshape([[float(s.applies_to(d.name)) for d in members] for s in sources], (len(sources), len(members)))),
+        intervals=tuple(None if (t := temporal_intervals(s, [d.gti for d in members], [d.name for d in members])) is None else to_device(t)
+                        for s in sources),
         data_constant=to_device(constant),
     )

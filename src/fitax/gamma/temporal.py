@@ -1,0 +1,207 @@
+"""Temporal models with Gammapy's names, parameters and units: a source's flux is its
+spectrum times ``f(t)``, and a dataset sees ``f`` averaged over its good time intervals,
+
+    norm = sum_i int_{start_i}^{stop_i} f(t) dt / sum_i (stop_i - start_i),
+
+as Gammapy's ``TemporalModel.integral`` summed over the GTIs. Times are MJD [d] in the
+model's ``scale`` (Gammapy's default: ``utc``); the intervals are converted to it where the
+datasets are bound, so the averages here are pure JAX functions of the parameters and the
+``(k, 2)`` interval arrays (intervals of zero length, ``start == stop``, pad a stack and add
+nothing). Every model has the closed-form integral Gammapy uses, except
+``SineTemporalModel``, whose Gammapy integral takes ``sin`` where the antiderivative of
+``1 + amp sin(omega (t - t_ref))`` has ``-cos / omega``; fitax integrates it correctly
+(``tests/test_gamma_temporal.py`` shows the difference against quadrature).
+
+Example:
+    >>> import numpy as np
+    >>> model = ExpDecayTemporalModel(t0=2.0, t_ref=53000.0)
+    >>> round(float(model.mean(np.array([[53000.0, 53002.0]]))), 6)  # (1 - e^-1) / 2 x 2 / 2
+    0.632121
+"""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax.numpy as jnp
+import jax.scipy.special as jsp
+from jaxtyping import Array, Float
+
+from ..parameters import Parameter
+from ._common import parameter
+
+__all__ = ["ConstantTemporalModel", "ExpDecayTemporalModel", "GaussianTemporalModel", "LinearTemporalModel", "PowerLawTemporalModel",
+           "SineTemporalModel", "TEMPORAL_TAGS", "TIME_SCALES", "temporal_intervals"]
+
+_T_REF_DEFAULT = 51544.0  # Gammapy's default t_ref, 2000-01-01 00:00 (MJD, UTC)
+TIME_SCALES = ("utc", "tt", "tai", "tcg", "tcb", "tdb", "ut1")
+
+
+class _TemporalModel(eqx.Module):
+    scale: str = eqx.field(static=True, kw_only=True, default="utc")
+
+    def __check_init__(self):
+        if self.scale not in TIME_SCALES:
+            raise ValueError(f"time scale {self.scale!r}; expected one of {TIME_SCALES}")
+
+    def __call__(self, time: Float[Array, "*t"]) -> Float[Array, "*t"]:
+        raise NotImplementedError
+
+    def antiderivative(self, time: Float[Array, "*t"]) -> Float[Array, "*t"]:
+        raise NotImplementedError
+
+    def mean(self, intervals: Float[Array, "k 2"]) -> Float[Array, ""]:
+        """``f`` averaged over the intervals ``(start, stop)`` [MJD, in ``scale``]."""
+        intervals = jnp.asarray(intervals, float)
+        start, stop = intervals[..., 0], intervals[..., 1]
+        # zero-length padding adds nothing: its antiderivative difference is taken as 0 exactly
+        integral = jnp.where(stop > start, self.antiderivative(stop) - self.antiderivative(jnp.where(stop > start, start, stop)), 0.0)
+        return jnp.sum(integral) / jnp.sum(stop - start)
+
+
+class ConstantTemporalModel(_TemporalModel):
+    """``f(t) = 1``."""
+
+    def __call__(self, time):
+        return jnp.ones_like(jnp.asarray(time, float))
+
+    def antiderivative(self, time):
+        return jnp.asarray(time, float)
+
+    def mean(self, intervals):
+        return jnp.ones(())
+
+
+class LinearTemporalModel(_TemporalModel):
+    """``f(t) = alpha + beta (t - t_ref)``, ``beta`` [d-1]."""
+
+    alpha: Parameter
+    beta: Parameter
+    t_ref: Parameter
+
+    def __init__(self, alpha=1.0, beta=0.0, t_ref=_T_REF_DEFAULT, *, scale: str = "utc"):
+        self.alpha = parameter(alpha, "")
+        self.beta = parameter(beta, "d-1")
+        self.t_ref = parameter(t_ref, "d", frozen=True)
+        self.scale = scale
+
+    def __call__(self, time):
+        return self.alpha.value + self.beta.value * (jnp.asarray(time, float) - self.t_ref.value)
+
+    def antiderivative(self, time):
+        dt = jnp.asarray(time, float) - self.t_ref.value
+        return self.alpha.value * dt + 0.5 * self.beta.value * dt**2
+
+
+class ExpDecayTemporalModel(_TemporalModel):
+    """``f(t) = exp(-(t - t_ref) / t0)``, ``t0`` [d]."""
+
+    t0: Parameter
+    t_ref: Parameter
+
+    def __init__(self, t0=1.0, t_ref=_T_REF_DEFAULT, *, scale: str = "utc"):
+        self.t0 = parameter(t0, "d")
+        self.t_ref = parameter(t_ref, "d", frozen=True)
+        self.scale = scale
+
+    def __call__(self, time):
+        return jnp.exp(-(jnp.asarray(time, float) - self.t_ref.value) / self.t0.value)
+
+    def antiderivative(self, time):
+        return -self.t0.value * self(time)
+
+
+class GaussianTemporalModel(_TemporalModel):
+    """``f(t) = exp(-(t - t_ref)^2 / (2 sigma^2))``, ``sigma`` [d]."""
+
+    t_ref: Parameter
+    sigma: Parameter
+
+    def __init__(self, t_ref=_T_REF_DEFAULT, sigma=1.0, *, scale: str = "utc"):
+        self.t_ref = parameter(t_ref, "d")
+        self.sigma = parameter(sigma, "d")
+        self.scale = scale
+
+    def __call__(self, time):
+        return jnp.exp(-((jnp.asarray(time, float) - self.t_ref.value) ** 2) / (2 * self.sigma.value**2))
+
+    def antiderivative(self, time):
+        sigma = self.sigma.value
+        return jnp.sqrt(jnp.pi / 2) * sigma * jsp.erf((jnp.asarray(time, float) - self.t_ref.value) / (jnp.sqrt(2.0) * sigma))
+
+
+class PowerLawTemporalModel(_TemporalModel):
+    """``f(t) = ((t - t_ref) / t0)^alpha``, ``t0`` [d]; defined after ``t_ref``."""
+
+    alpha: Parameter
+    t_ref: Parameter
+    t0: Parameter
+
+    def __init__(self, alpha=1.0, t_ref=_T_REF_DEFAULT, t0=1.0, *, scale: str = "utc"):
+        self.alpha = parameter(alpha, "")
+        self.t_ref = parameter(t_ref, "d", frozen=True)
+        self.t0 = parameter(t0, "d", frozen=True)
+        self.scale = scale
+
+    def __call__(self, time):
+        return ((jnp.asarray(time, float) - self.t_ref.value) / self.t0.value) ** self.alpha.value
+
+    def antiderivative(self, time):
+        x = (jnp.asarray(time, float) - self.t_ref.value) / self.t0.value
+        power = self.alpha.value + 1.0
+        near_minus_one = jnp.abs(power) < 1e-10
+        return self.t0.value * jnp.where(near_minus_one, jnp.log(x), x ** jnp.where(near_minus_one, 1.0, power) / jnp.where(near_minus_one, 1.0, power))
+
+
+class SineTemporalModel(_TemporalModel):
+    """``f(t) = 1 + amp sin(omega (t - t_ref))``, ``omega`` [rad d-1]."""
+
+    amp: Parameter
+    omega: Parameter
+    t_ref: Parameter
+
+    def __init__(self, amp=1.0, omega=1.0, t_ref=_T_REF_DEFAULT, *, scale: str = "utc"):
+        self.amp = parameter(amp, "")
+        self.omega = parameter(omega, "rad d-1")
+        self.t_ref = parameter(t_ref, "d")
+        self.scale = scale
+
+    def __call__(self, time):
+        return 1.0 + self.amp.value * jnp.sin(self.omega.value * (jnp.asarray(time, float) - self.t_ref.value))
+
+    def antiderivative(self, time):
+        dt = jnp.asarray(time, float) - self.t_ref.value  # from t_ref: MJDs of ~5e4 d would cost 1e-11 d of precision
+        return dt - self.amp.value / self.omega.value * jnp.cos(self.omega.value * dt)
+
+
+TEMPORAL_TAGS = {
+    ("ConstantTemporalModel", "const"): ConstantTemporalModel,
+    ("LinearTemporalModel", "linear"): LinearTemporalModel,
+    ("ExpDecayTemporalModel", "exp-decay"): ExpDecayTemporalModel,
+    ("GaussianTemporalModel", "gauss"): GaussianTemporalModel,
+    ("PowerLawTemporalModel", "powerlaw"): PowerLawTemporalModel,
+    ("SineTemporalModel", "sinus"): SineTemporalModel,
+}
+"""Gammapy's temporal model tags (type names and short names) fitax has."""
+
+
+def temporal_intervals(source, gtis: list, dataset_names: list[str]):
+    """The good time intervals ``(n, k, 2)`` [MJD in the source's temporal ``scale``] of the
+    datasets a source with a temporal model is bound to (padded with zero-length intervals
+    to the most any dataset has), or ``None`` for a source without one. A dataset the
+    source applies to without good time intervals is an error naming both."""
+    import numpy as np
+
+    if source.temporal is None:
+        return None
+    missing = [name for name, gti in zip(dataset_names, gtis) if gti is None and name and source.applies_to(name)]
+    if missing:
+        raise ValueError(f"model {source.name!r} has a temporal model, but datasets {missing} carry no good time intervals (GTI) "
+                         "to average it over")
+    scale = source.temporal.scale
+    mjds = [np.zeros((1, 2)) if gti is None else np.reshape(getattr(gti, scale).mjd, (-1, 2)) for gti in gtis]
+    k = max(len(m) for m in mjds)
+    padded = np.zeros((len(mjds), k, 2))
+    for i, m in enumerate(mjds):
+        padded[i, : len(m)] = m
+        padded[i, len(m):] = m[-1, 1]  # zero-length intervals at the last stop
+    return padded
