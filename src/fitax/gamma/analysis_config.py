@@ -3,8 +3,9 @@ and ``datasets`` sections, read into what fitax's data reduction needs.
 
 Keys, defaults and meanings are Gammapy 2.1's, so a configuration a user already has runs
 unchanged: 3D map datasets (``type: 3d``) or 1D on-off spectra with reflected regions
-(``type: 1d``). A key Gammapy does not know, or one whose setting fitax cannot reproduce yet
-(ring backgrounds, time selections, a safe-mask ``position``, point-like ON regions), is an
+(``type: 1d``), of whole runs or of the runs cut to ``obs_time`` intervals. A key Gammapy does
+not know, or one whose setting fitax cannot reproduce yet (ring backgrounds, a safe-mask
+``position``, point-like ON regions), is an
 error naming the key; nothing is silently ignored except the sections a data reduction does
 not use (``general``, ``fit``, ``flux_points``, ``excess_map``, ``light_curve``, and the
 ``metadata`` Gammapy's ``AnalysisConfig.write`` adds), the 1D-only keys of a 3D analysis
@@ -62,6 +63,9 @@ class ReductionConfig:
     """``{"min_counts", "min_npred_background", "exclusion"}`` with ``background.method:
     fov_background`` (``exclusion``: a sky image and its WCS, True where pixels may be used, or
     ``None``); ``None`` without a background maker."""
+    time_intervals: tuple | None = None
+    """``observations.obs_time``: ``((start, stop), ...)`` (astropy ``Time``), the runs cut to
+    each (Gammapy's ``Observations.select_time``), or ``None``."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,6 +88,7 @@ class SpectrumReductionConfig:
     exclusion: tuple | None
     required_irf: tuple[str, ...]
     stack: bool
+    time_intervals: tuple | None = None
 
 
 class _Section:
@@ -263,6 +268,33 @@ def _on_region(datasets: _Section):
     return CircleSkyRegion(centre, section.positive("radius", "deg"))
 
 
+def _time_intervals(section: _Section) -> tuple | None:
+    """``observations.obs_time``: ``start`` and ``stop`` (one time each, or lists of as many),
+    as Gammapy's ``TimeRangeConfig`` reads them (ISO strings, UTC) or MJD numbers (UTC)."""
+    from astropy.time import Time
+
+    start, stop = section.get("start"), section.get("stop")
+    if start is None and stop is None:
+        return None
+    if start is None or stop is None:
+        raise ValueError(f"{section.source}: '{section.path}' needs both start and stop")
+
+    def times(key, value):
+        values = value if isinstance(value, list) else [value]
+        try:
+            return [Time(v, format="mjd", scale="utc") if isinstance(v, (int, float)) else Time(str(v), scale="utc") for v in values]
+        except ValueError as error:
+            raise ValueError(f"{section.source}: '{section.path}.{key}' = {value!r} is not a time (e.g. '2004-12-04 22:00:00' or an MJD)") from error
+
+    starts, stops = times("start", start), times("stop", stop)
+    if len(starts) != len(stops) or isinstance(start, list) != isinstance(stop, list):
+        raise ValueError(f"{section.source}: '{section.path}' has {len(starts)} start(s) and {len(stops)} stop(s); give one of each or lists of as many")
+    for low, high in zip(starts, stops):
+        if not low < high:
+            raise ValueError(f"{section.source}: '{section.path}': start {low.iso} is not before stop {high.iso}")
+    return tuple(zip(starts, stops))
+
+
 def _store_path(value: str, source: Path) -> Path:
     """The data store folder: environment variables expanded (``$GAMMAPY_DATA``), relative to
     the working directory as in Gammapy, else to the configuration file's folder."""
@@ -311,7 +343,7 @@ def read_analysis_config(path) -> ReductionConfig | SpectrumReductionConfig:
     source = Path(path)
     top = _Section(load_yaml(source), "config", _SECTIONS, source)
     observations = top.section("observations", {"datastore", "obs_ids", "obs_file", "obs_cone", "obs_time", "required_irf"})
-    observations.section("obs_time", {"start", "stop"}).unsupported("start", "select runs with obs_ids or obs_cone")
+    time_intervals = _time_intervals(observations.section("obs_time", {"start", "stop"}))
     datasets = top.section("datasets", {"type", "stack", "geom", "map_selection", "background", "safe_mask", "on_region",
                                         "containment_correction"})  # fmt: skip
     kind = str(datasets.get("type", "1d"))
@@ -363,7 +395,7 @@ def read_analysis_config(path) -> ReductionConfig | SpectrumReductionConfig:
     store = DataStore.from_dir(_store_path(observations.get("datastore", "$GAMMAPY_DATA/hess-dl3-dr1/"), source))
     common = dict(datastore=store, obs_ids=_selected_runs(observations, store), safe_mask_methods=methods,
                   safe_mask_offset_max=parameters.positive("offset_max", "deg", "3 deg"), safe_mask_parameters=safe_mask_parameters,
-                  required_irf=required, stack=stack)
+                  required_irf=required, stack=stack, time_intervals=time_intervals)
     if kind == "1d":
         # Gammapy's 1d reduction ignores the sky geometry and map_selection (it makes counts, exposure and edisp)
         containment = datasets.get("containment_correction", True)

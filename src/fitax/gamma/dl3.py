@@ -212,6 +212,34 @@ class Observation:
     def time_stop(self) -> Time:
         return _time_reference(self.gti.meta, f"GTI of obs {self.obs_id}") + u.Quantity(self.gti["STOP"].max(), "s")
 
+    def overlaps(self, start: Time, stop: Time) -> bool:
+        """Whether the run's first good time interval overlaps ``[start, stop)`` (the test
+        Gammapy's ``Observations.select_time`` makes, with ``tstart``/``tstop`` of that interval)."""
+        reference = _time_reference(self.gti.meta, f"GTI of obs {self.obs_id}")
+        first_start, first_stop = (reference + u.Quantity(float(self.gti[column][0]), "s") for column in ("START", "STOP"))
+        return bool(first_start <= stop and first_stop > start)
+
+    def select_time(self, start: Time, stop: Time) -> "Observation":
+        """The run within ``[start, stop)``, as Gammapy's ``Observation.select_time``: the
+        events of those times and the good time intervals that overlap it, cropped to it (so
+        the ontime, livetime, exposure and background shrink with it); IRFs read already are
+        kept."""
+        where = f"obs {self.obs_id}"
+        gti_reference = _time_reference(self.gti.meta, f"GTI of {where}")
+        low, high = ((t - gti_reference).to_value("s") for t in (start, stop))
+        gti_start, gti_stop = np.asarray(self.gti["START"], float), np.asarray(self.gti["STOP"], float)
+        gti = self.gti[(gti_start <= high) & (gti_stop > low)]
+        gti["START"] = np.clip(np.asarray(gti["START"], float), low, high)
+        gti["STOP"] = np.clip(np.asarray(gti["STOP"], float), low, high)
+        if len(gti) == 0:
+            raise ValueError(f"{where}: no good time between {start.isot} and {stop.isot}")
+        event_reference = _time_reference(self.events.meta, f"EVENTS of {where}")
+        time = event_reference + self.events["TIME"].quantity
+        events = self.events[(time >= start) & (time < stop)]
+        selected = Observation(self.obs_id, self.pointing, events, gti, self.irf_locations)
+        selected.__dict__.update({name: value for name, value in self.__dict__.items() if name in _IRF_TYPES})
+        return selected
+
     def __repr__(self) -> str:
         irfs = [name for name in _IRF_TYPES if name in self.irf_locations]
         return (f"Observation({self.obs_id}: {len(self.events)} events, livetime {self.livetime.to_value('min'):.1f} min, "

@@ -109,32 +109,36 @@ def map_dataset_file(observation: Observation, geometry: MapGeometry, safe_mask_
 
 def make_map_datasets(store: DataStore, obs_ids: Iterable[int], geometry: MapGeometry, safe_mask_methods=("aeff-default",),
                       safe_mask_offset_max: u.Quantity = 3 * u.deg, offset_max: u.Quantity = 2.5 * u.deg,
-                      progress=None, safe_mask_parameters: SafeMaskParameters = SafeMaskParameters()) -> list[MapDatasetFile]:
+                      progress=None, safe_mask_parameters: SafeMaskParameters = SafeMaskParameters(),
+                      observations: Iterable[tuple[str, Observation]] | None = None) -> list[MapDatasetFile]:
     """One dataset per run, in the order of ``obs_ids``, each on the part of ``geometry``
     within a square of side ``2 offset_max`` around its pointing (Gammapy's high-level
     analysis: ``DatasetsMaker`` with ``cutout_mode="trim"``), with the safe mask of
-    ``safe_mask_methods``, ``safe_mask_offset_max`` and ``safe_mask_parameters``. A run whose cutout misses the geometry
-    is left out with a warning, as Gammapy does; if every run misses it, that is a
-    ``ValueError``. ``progress(obs_id)`` is called as each run is done."""
+    ``safe_mask_methods``, ``safe_mask_offset_max`` and ``safe_mask_parameters``; or one per
+    named run of ``observations`` (``(name, observation)``, e.g. runs cut to time intervals
+    by ``Observation.select_time``), ``store`` and ``obs_ids`` then unused. A run whose cutout
+    misses the geometry is left out with a warning, as Gammapy does; if every run misses it,
+    that is a ``ValueError``. ``progress(name)`` is called as each run is done."""
     from astropy.nddata.utils import NoOverlapError
 
+    if observations is None:
+        observations = ((f"obs_{int(obs_id)}", store.observation(obs_id)) for obs_id in obs_ids)
     datasets, missed = [], []
-    for obs_id in obs_ids:
-        observation = store.observation(obs_id)
+    for name, observation in observations:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", AstropyUserWarning)  # Cutout2D's "partial overlap" notes
                 part = geometry.cutout(observation.pointing, 2 * u.Quantity(offset_max))
         except NoOverlapError:
-            warnings.warn(f"obs {obs_id} left out: its field of view (within {offset_max} of its pointing) misses the geometry", stacklevel=2)
-            missed.append(obs_id)
+            warnings.warn(f"{name} left out: its field of view (within {offset_max} of its pointing) misses the geometry", stacklevel=2)
+            missed.append(name)
             continue
-        datasets.append(map_dataset_file(observation, part, safe_mask_methods, safe_mask_offset_max,
+        datasets.append(map_dataset_file(observation, part, safe_mask_methods, safe_mask_offset_max, name=name,
                                          safe_mask_parameters=safe_mask_parameters))
         if progress is not None:
-            progress(obs_id)
+            progress(name)
     if not datasets:
-        raise ValueError(f"every run ({', '.join(str(i) for i in missed)}) misses the geometry: no dataset made")
+        raise ValueError(f"every run ({', '.join(missed)}) misses the geometry: no dataset made")
     return datasets
 
 

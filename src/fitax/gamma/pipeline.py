@@ -187,22 +187,39 @@ def _fov_background_norms(datasets: list, settings: dict) -> dict:
     return norms
 
 
-def _reduce_spectra(config, runs: list[int], progress) -> list:
-    """The on-off spectra of ``runs`` (1D configuration), those without an OFF region left
-    out (as Gammapy), stacked into one if the configuration says so."""
+def _named_observations(store, runs: list[int], time_intervals) -> list:
+    """``(name, observation)`` of each run, or, with ``time_intervals``, of each run that
+    overlaps each interval cut to it (Gammapy's ``Observations.select_time``: intervals in
+    order, then runs), named ``obs_<id>``, with the interval's index where a run is cut
+    more than once; none overlapping is an error."""
+    if time_intervals is None:
+        return [(f"obs_{obs_id}", store.observation(obs_id)) for obs_id in runs]
+    whole = {obs_id: store.observation(obs_id) for obs_id in runs}
+    cut = [(k, obs_id, whole[obs_id].select_time(start, stop)) for k, (start, stop) in enumerate(time_intervals)
+           for obs_id in runs if whole[obs_id].overlaps(start, stop)]
+    if not cut:
+        raise ValueError(f"no selected run ({', '.join(map(str, runs))}) has good time within observations.obs_time")
+    repeated = {obs_id for _, obs_id, _ in cut if sum(other == obs_id for _, other, _ in cut) > 1}
+    return [(f"obs_{obs_id}_{k}" if obs_id in repeated else f"obs_{obs_id}", observation) for k, obs_id, observation in cut]
+
+
+def _reduce_spectra(config, observations: list, progress) -> list:
+    """The on-off spectra of the named ``observations`` (1D configuration), those without an
+    OFF region left out (as Gammapy), stacked into one if the configuration says so."""
     from .spectrum_reduce import spectrum_onoff_file, stack_spectra
 
     spectra = []
-    for obs_id in runs:
+    for name, observation in observations:
         spectrum = spectrum_onoff_file(
-            config.datastore.observation(obs_id), config.on_region, config.energy_edges, config.energy_true_edges, config.safe_mask_methods,
+            observation, config.on_region, config.energy_edges, config.energy_true_edges, config.safe_mask_methods,
             config.safe_mask_offset_max, config.safe_mask_parameters, config.containment_correction, config.finder, config.exclusion,
+            name=name,
         )  # fmt: skip
         if spectrum is not None:
             spectra.append(spectrum)
         progress()
     if not spectra:
-        raise ValueError(f"no OFF region found for any of the {len(runs)} runs (outside the exclusion mask): no spectrum made")
+        raise ValueError(f"no OFF region found for any of the {len(observations)} runs (outside the exclusion mask): no spectrum made")
     return [stack_spectra(spectra)] if config.stack else spectra
 
 
@@ -258,14 +275,15 @@ def reduce_files(config_path, out, progress: bool | None = None) -> Path:
             runs.append(obs_id)
     if not runs:
         raise ValueError(f"{config_path}: no run selected (of {len(config.obs_ids)} matching the observation selection) has every required IRF")
-    bar = tqdm(total=len(runs), desc="reducing runs", unit="run", disable=not sys.stderr.isatty() if progress is None else not progress)
+    observations = _named_observations(store, runs, config.time_intervals)
+    bar = tqdm(total=len(observations), desc="reducing runs", unit="run", disable=not sys.stderr.isatty() if progress is None else not progress)
     if isinstance(config, SpectrumReductionConfig):
         with bar:
-            return _write_spectra(_reduce_spectra(config, runs, lambda: bar.update(1)), out)
+            return _write_spectra(_reduce_spectra(config, observations, lambda: bar.update(1)), out)
     with bar:
         datasets = make_map_datasets(store, runs, config.geometry, config.safe_mask_methods, config.safe_mask_offset_max,
-                                     offset_max=config.offset_max, progress=lambda obs_id: bar.update(1),
-                                     safe_mask_parameters=config.safe_mask_parameters)
+                                     offset_max=config.offset_max, progress=lambda name: bar.update(1),
+                                     safe_mask_parameters=config.safe_mask_parameters, observations=observations)
     dropped = {"background": {"background": None}, "psf": {"psf": None, "psf_exposure": None},
                "edisp": {"edisp": None, "edisp_exposure": None}}  # fmt: skip
     norms = _fov_background_norms(datasets, config.fov_background) if config.fov_background is not None else {}
