@@ -404,3 +404,39 @@ def _small_geometry():
     wcs = WCS(naxis=2)
     wcs.wcs.ctype, wcs.wcs.crval, wcs.wcs.cdelt, wcs.wcs.crpix = ["RA---CAR", "DEC--CAR"], [83.633, 22.014], [-0.05, 0.05], [20.5, 20.5]
     return wcs, (40, 40), np.geomspace(1, 10, 4) * u.TeV, np.geomspace(0.7, 15, 7) * u.TeV
+
+
+def test_a_stack_too_large_for_memory_is_made_on_the_runs_bounding_box():
+    """Where the stacked cubes on the whole geometry would pass the limit (an all-sky
+    geometry: ~74 GB at 0.02 deg), the runs are stacked on the part of the same pixel grid
+    their cutouts cover: every array equals the whole stack's there, and nothing of the whole
+    stack lies outside it."""
+    import warnings
+
+    from fitax.gamma.stacking import stack_map_datasets, stacked_bytes, stacking_geometry
+
+    store = DataStore.from_dir(shared_data("gamma", "hess-dl3-dr1"))
+    wcs, _, energy, true = _small_geometry()
+    wcs.wcs.crpix = [60.5, 60.5]
+    geometry = MapGeometry(wcs, (120, 120), energy, true)  # 6 x 6 deg around the Crab
+    runs = make_map_datasets(store, [23523, 23526], geometry, ("offset-max",), 1.0 * u.deg, offset_max=1.0 * u.deg)
+    whole = stack_map_datasets(geometry, runs)
+    with pytest.warns(UserWarning, match=r"stacking on the runs' \d+ x \d+ pixels of the 120 x 120 geometry"):
+        cropped_geometry = stacking_geometry(geometry, runs, limit=stacked_bytes(geometry) - 1)
+    assert np.prod(cropped_geometry.shape) < 0.5 * np.prod(geometry.shape)
+    cropped = stack_map_datasets(cropped_geometry, runs)
+    x0, y0 = (int(round(v)) for v in np.asarray(geometry.wcs.wcs.crpix) - cropped_geometry.wcs.wcs.crpix)
+    ny, nx = cropped_geometry.shape
+    for name in ("counts", "exposure", "background", "mask_safe"):
+        full, part = getattr(whole, name), getattr(cropped, name)
+        np.testing.assert_array_equal(part, full[..., y0:y0 + ny, x0:x0 + nx], err_msg=name)
+        outside = full.copy()
+        outside[..., y0:y0 + ny, x0:x0 + nx] = 0
+        assert not outside.any(), name
+    ix0, iy0 = (int(round(v)) for v in np.asarray(geometry.irf_wcs.wcs.crpix) - cropped_geometry.irf_wcs.wcs.crpix)
+    iny, inx = cropped_geometry.irf_shape
+    np.testing.assert_array_equal(cropped.psf, whole.psf[..., iy0:iy0 + iny, ix0:ix0 + inx])
+    np.testing.assert_allclose(cropped.edisp, whole.edisp[..., iy0:iy0 + iny, ix0:ix0 + inx], rtol=0, atol=1e-15)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert stacking_geometry(geometry, runs) is geometry  # small enough: the whole geometry, as Gammapy

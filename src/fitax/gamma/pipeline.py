@@ -290,11 +290,12 @@ def reduce_files(config_path, out, progress: bool | None = None) -> Path:
     failed = {name for name, norm in norms.items() if norm is None}
     datasets = [dataclasses.replace(d, mask_safe=np.zeros_like(d.mask_safe)) if d.name in failed else d for d in datasets]
     if config.stack:
-        from .stacking import stack_map_datasets
+        from .stacking import stack_map_datasets, stacking_geometry
 
         # Gammapy stacks each run's background scaled by its FoV norm
-        datasets = [stack_map_datasets(config.geometry, [dataclasses.replace(d, background=d.background * norms[d.name][0])
-                                                         if norms.get(d.name) else d for d in datasets])]
+        datasets = [stack_map_datasets(stacking_geometry(config.geometry, datasets),
+                                       [dataclasses.replace(d, background=d.background * norms[d.name][0]) if norms.get(d.name) else d
+                                        for d in datasets])]
         norms = {}
     for kind, fields in dropped.items():
         if kind not in config.map_selection:

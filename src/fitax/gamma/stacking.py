@@ -14,6 +14,9 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
+import warnings
+
 import numpy as np
 from astropy import units as u
 from astropy.time import Time
@@ -24,7 +27,7 @@ from .geometry import nearest_pixel_values, pixel_skycoords
 from .io import MapDatasetFile
 from .makers import MapGeometry
 
-__all__ = ["gti_union", "stack_map_datasets"]
+__all__ = ["STACK_BYTES_LIMIT", "gti_union", "stack_map_datasets", "stacked_bytes", "stacking_geometry"]
 
 
 def _placement(parent: WCS, part: WCS, shape: tuple[int, int], where: str) -> tuple[slice, slice]:
@@ -84,6 +87,48 @@ def gti_union(intervals: list[Time]) -> Time:
         else:
             merged.append([start, stop])
     return reference + u.Quantity(np.array(merged), "s")
+
+
+STACK_BYTES_LIMIT = 2 * 1024**3
+"""Above this size of its cubes, a stacked dataset is made on the runs' bounding box rather
+than on the whole geometry (:func:`stacking_geometry`)."""
+
+
+def stacked_bytes(geometry: MapGeometry) -> int:
+    """Bytes of a stacked dataset's cubes on ``geometry``: counts, background, exposure,
+    mask and the PSF and EDisp maps with their exposures."""
+    n_reco, n_true = len(geometry.energy_edges) - 1, len(geometry.energy_true_edges) - 1
+    n_rad = len(geometry.rad_edges) - 1
+    pixels, irf_pixels = int(np.prod(geometry.shape)), int(np.prod(geometry.irf_shape))
+    return pixels * (8 * (2 * n_reco + n_true) + n_reco) + irf_pixels * 8 * n_true * (n_rad + n_reco + 2)
+
+
+def _bounding(parent: WCS, parts: list[tuple[WCS, tuple[int, int]]], where: str) -> tuple[WCS, tuple[int, int]]:
+    """The smallest image of ``parent``'s pixel grid holding every cutout ``(wcs, shape)``."""
+    placed = [_placement(parent, wcs, shape, where) for wcs, shape in parts]
+    y0, y1 = min(rows.start for rows, _ in placed), max(rows.stop for rows, _ in placed)
+    x0, x1 = min(columns.start for _, columns in placed), max(columns.stop for _, columns in placed)
+    wcs = parent.deepcopy()
+    wcs.wcs.crpix = np.asarray(parent.wcs.crpix) - [x0, y0]
+    wcs.array_shape = (y1 - y0, x1 - x0)
+    return wcs, (y1 - y0, x1 - x0)
+
+
+def stacking_geometry(geometry: MapGeometry, datasets: list[MapDatasetFile], limit: int = STACK_BYTES_LIMIT) -> MapGeometry:
+    """``geometry``, or, where a stacked dataset on it would exceed ``limit`` bytes (an
+    all-sky geometry: ~50 GB of cubes at 0.02 deg, what makes Gammapy's stacking run out of
+    memory), the part of it that the runs' cutouts cover, on the same pixel grid (so every
+    stacked value is Gammapy's; the pixels left out would hold nothing), with a warning."""
+    if stacked_bytes(geometry) <= limit or not datasets:
+        return geometry
+    wcs, shape = _bounding(geometry.wcs, [(d.wcs, d.counts.shape[1:]) for d in datasets], "stacking")
+    irf_parts = [(d.psf_wcs, d.psf.shape[2:]) for d in datasets if d.psf is not None]
+    irf_parts += [(d.edisp_wcs, d.edisp.shape[2:]) for d in datasets if d.edisp is not None]
+    irf_wcs, irf_shape = _bounding(geometry.irf_wcs, irf_parts, "stacking") if irf_parts else (geometry.irf_wcs, geometry.irf_shape)
+    cropped = dataclasses.replace(geometry, wcs=wcs, shape=shape, irf_wcs=irf_wcs, irf_shape=irf_shape)
+    warnings.warn(f"stacking on the runs' {shape[1]} x {shape[0]} pixels of the {geometry.shape[1]} x {geometry.shape[0]} geometry: "
+                  f"the whole would need {stacked_bytes(geometry) / 1e9:.3g} GB ({stacked_bytes(cropped) / 1e9:.3g} GB now)", stacklevel=2)
+    return cropped
 
 
 def stack_map_datasets(geometry: MapGeometry, datasets: list[MapDatasetFile], name: str = "stacked") -> MapDatasetFile:
