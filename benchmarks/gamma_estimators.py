@@ -9,7 +9,9 @@ the optional quantities fitax computes (Gammapy's ``selection_optional=["errn-er
 sensitivities), ``reoptimize=False``; the script checks they agree (norms, errors
 and upper limits within 1e-3 relative, TS within 1e-2). The light curve: 4 runs of the 2006
 PKS 2155-304 flare reduced likewise (4 x 4 deg, 6 bins 0.4-10 TeV, FoV background norms),
-one flux point 0.7-10 TeV per run, the same optional quantities.
+one flux point 0.7-10 TeV per run, the same optional quantities. The 1D row: the same 4 Crab
+runs reduced to on-off spectra (``type: 1d``, 0.11 deg ON region, reflected regions, 12 bins
+0.7-30 TeV), the Crab's power law (no spatial model), flux points in the same 6 bins (WStat).
 
 What is timed, in process: reading the datasets anew (fitax caches IRFs and bindings on its
 dataset objects, so each repeat reads fresh files on both sides) and estimating; median of
@@ -78,6 +80,28 @@ def _reduce(store: str, folder: Path) -> tuple[Path, Path]:
     return datasets, folder / "models.yaml"
 
 
+def _reduce_onoff(store: str, folder: Path) -> tuple[Path, Path]:
+    import yaml
+
+    config = {
+        "observations": {"datastore": str(Path(store).resolve()), "obs_ids": [23523, 23526, 23559, 23592]},
+        "datasets": {"type": "1d", "stack": False, "background": {"method": "reflected"}, "containment_correction": True,
+                     "on_region": {"frame": "icrs", "lon": "83.633 deg", "lat": "22.014 deg", "radius": "0.11 deg"},
+                     "geom": {"axes": {"energy": {"min": "0.7 TeV", "max": "30 TeV", "nbins": 12},
+                                       "energy_true": {"min": "0.5 TeV", "max": "50 TeV", "nbins": 20}}},
+                     "safe_mask": {"methods": ["aeff-default"]}},
+    }  # fmt: skip
+    (folder / "onoff.yaml").write_text(yaml.safe_dump(config))
+    from fitax.gamma.pipeline import reduce_files
+
+    datasets = reduce_files(folder / "onoff.yaml", folder / "onoff", progress=False)
+    crab = {"name": "crab", "type": "SkyModel", "spectral": {"type": "PowerLawSpectralModel", "parameters": [
+        {"name": "index", "value": 2.62}, {"name": "amplitude", "value": 4.4e-11, "unit": "cm-2 s-1 TeV-1"},
+        {"name": "reference", "value": 1.0, "unit": "TeV"}]}}  # fmt: skip
+    (folder / "onoff_models.yaml").write_text(yaml.safe_dump({"components": [crab]}, sort_keys=False))
+    return datasets, folder / "onoff_models.yaml"
+
+
 def _reduce_pks(store: str, folder: Path) -> tuple[Path, Path]:
     import yaml
 
@@ -123,14 +147,13 @@ def _gammapy_light_curve(datasets: Path, models: Path):
     return curve.to_table(sed_type="likelihood", format="lightcurve")
 
 
-def _worst_light_curve(ours, theirs) -> tuple[float, float]:
+def _worst_light_curve(ours, theirs) -> dict:
     import numpy as np
 
-    worst = 0.0
-    for key in ("norm", "norm_err", "norm_errn", "norm_errp", "norm_ul"):
-        a, b = np.asarray(ours[key], float), np.asarray(theirs[key], float)
-        worst = max(worst, float(np.nanmax(np.abs(a / b - 1))))
-    return worst, float(np.nanmax(np.abs(np.asarray(ours["ts"], float) - np.asarray(theirs["ts"], float))))
+    worst = {key: float(np.nanmax(np.abs(np.asarray(ours[key], float) / np.asarray(theirs[key], float) - 1)))
+             for key in ("norm", "norm_err", "norm_errn", "norm_errp", "norm_ul")}
+    worst["ts_abs"] = float(np.nanmax(np.abs(np.asarray(ours["ts"], float) - np.asarray(theirs["ts"], float))))
+    return worst
 
 
 def _fitax(datasets: Path, models: Path):
@@ -176,6 +199,23 @@ def _timed(fn) -> float:
     return time.perf_counter() - start
 
 
+def _compared(task: str, ours, theirs, worst, repeats: int) -> dict:
+    """One row: both sides once untimed (fitax's first call gives its compile time, the
+    median subtracted), their agreement (``worst(ours(), theirs())``: the worst relative
+    difference of norms, errors and upper limits, and of TS, absolute), then the medians of
+    ``repeats`` interleaved timings."""
+    first = _timed(ours)
+    differences = worst(ours(), theirs())
+    times = {"fitax": [], "gammapy": []}
+    for _ in range(repeats):
+        times["fitax"].append(_timed(ours))
+        times["gammapy"].append(_timed(theirs))
+    fitax_s, gammapy_s = statistics.median(times["fitax"]), statistics.median(times["gammapy"])
+    return {"task": task, "fitax_s": fitax_s, "gammapy_s": gammapy_s, "ratio": gammapy_s / fitax_s,
+            "fitax_compile_s": max(first - fitax_s, 0.0), "worst_norm": max(v for k, v in differences.items() if k != "ts_abs"),
+            "worst_ts_abs": differences.get("ts_abs")}  # fmt: skip
+
+
 def _gammapy_job(datasets: str, models: str, out: str) -> None:
     _gammapy(Path(datasets), Path(models)).write(Path(out) / "flux_points.fits", overwrite=True)
 
@@ -202,29 +242,16 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="fitax-bench-estimators-") as work:
         folder = Path(work)
         datasets, models = _reduce(args.data, folder)
-        first = _timed(lambda: _fitax(datasets, models))
-        ours, theirs = _fitax(datasets, models), _gammapy(datasets, models)
-        worst = _worst(ours, theirs)
-        fitax_times, gammapy_times = [], []
-        for _ in range(args.repeats):
-            fitax_times.append(_timed(lambda: _fitax(datasets, models)))
-            gammapy_times.append(_timed(lambda: _gammapy(datasets, models)))
-        fitax_s, gammapy_s = statistics.median(fitax_times), statistics.median(gammapy_times)
+        row = _compared(f"flux points, {len(ENERGY_EDGES) - 1} bins, 4 runs, errn-errp, ul, scan (read + estimate)",
+                        lambda: _fitax(datasets, models), lambda: _gammapy(datasets, models), _worst, args.repeats)
         pks_datasets, pks_models = _reduce_pks(args.data, folder)
-        first_curve = _timed(lambda: _fitax_light_curve(pks_datasets, pks_models))
-        worst_curve, worst_curve_ts = _worst_light_curve(_fitax_light_curve(pks_datasets, pks_models), _gammapy_light_curve(pks_datasets, pks_models))
-        curve_times = {"fitax": [], "gammapy": []}
-        for _ in range(args.repeats):
-            curve_times["fitax"].append(_timed(lambda: _fitax_light_curve(pks_datasets, pks_models)))
-            curve_times["gammapy"].append(_timed(lambda: _gammapy_light_curve(pks_datasets, pks_models)))
-        curve_row = {"task": f"light curve, {len(PKS_RUNS)} runs, 1 bin each, errn-errp, ul, scan (read + estimate)",
-                     "fitax_s": statistics.median(curve_times["fitax"]), "gammapy_s": statistics.median(curve_times["gammapy"]),
-                     "worst_norm": worst_curve, "worst_ts_abs": worst_curve_ts}  # fmt: skip
-        curve_row["ratio"] = curve_row["gammapy_s"] / curve_row["fitax_s"]
-        curve_row["fitax_compile_s"] = max(first_curve - curve_row["fitax_s"], 0.0)
-        row = {"task": f"flux points, {len(ENERGY_EDGES) - 1} bins, 4 runs, errn-errp, ul, scan (read + estimate)",
-               "fitax_s": fitax_s, "gammapy_s": gammapy_s, "ratio": gammapy_s / fitax_s, "fitax_compile_s": max(first - fitax_s, 0.0),
-               "worst_norm": max(v for k, v in worst.items() if k != "ts_abs"), "worst_ts_abs": worst.get("ts_abs")}  # fmt: skip
+        curve_row = _compared(f"light curve, {len(PKS_RUNS)} runs, 1 bin each, errn-errp, ul, scan (read + estimate)",
+                              lambda: _fitax_light_curve(pks_datasets, pks_models), lambda: _gammapy_light_curve(pks_datasets, pks_models),
+                              _worst_light_curve, args.repeats)
+        onoff_datasets, onoff_models = _reduce_onoff(args.data, folder)
+        onoff_row = _compared(f"flux points of 1D on-off spectra (WStat), {len(ENERGY_EDGES) - 1} bins, 4 runs, errn-errp, ul, scan "
+                              "(read + estimate)", lambda: _fitax(onoff_datasets, onoff_models), lambda: _gammapy(onoff_datasets, onoff_models),
+                              _worst, args.repeats)
         if args.shell:
             commands = {
                 "fitax": [str(Path(sys.executable).parent / "fitax"), "gamma", "estimate", "flux-points", "--datasets", str(datasets),
@@ -240,7 +267,7 @@ def main(argv=None) -> int:
                         shell[name].append(elapsed)
             row.update({"fitax_shell_s": statistics.median(shell["fitax"]), "gammapy_shell_s": statistics.median(shell["gammapy"])})
             row["shell_ratio"] = row["gammapy_shell_s"] / row["fitax_shell_s"]
-    rows = [row, curve_row]
+    rows = [row, curve_row, onoff_row]
     print_table(
         rows,
         [("task", "task", "s"), ("fitax_s", "fitax s", ".3f"), ("gammapy_s", "Gammapy s", ".2f"), ("ratio", "ratio", ".0f"),

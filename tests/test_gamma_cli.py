@@ -76,6 +76,11 @@ def test_models_yaml_converts_units(tmp_path):
     (lambda c: c["spectral"]["parameters"].append({"name": "index", "value": 2.0, "prior": {
         "type": "GaussianPrior", "parameters": [{"name": "mu", "value": 2.0}, {"name": "sigma", "value": 0.0}]}}),
      "GaussianPrior: sigma must be > 0"),
+    (lambda c: c["spectral"]["parameters"].append({"name": "index", "value": 2.0, "prior": {
+        "type": "GaussianPrior", "parameters": [{"name": "mu", "value": 2.0}, {"name": "sigm", "value": 0.1}]}}),
+     "a GaussianPrior has no parameter 'sigm'"),
+    (lambda c: c["spectral"]["parameters"].append({"name": "index", "value": 2.0, "prior": "gauss"}), "prior must be a mapping"),
+    (lambda c: c.update(apply_irf={"psf": False}), "apply_irf = {'psf': False} is not supported"),
 ])
 def test_bad_models_yaml_names_file_model_and_parameter(tmp_path, edit, message):
     component = {"name": "src", "type": "SkyModel", "spectral": {"type": "PowerLawSpectralModel", "parameters": []},
@@ -86,6 +91,21 @@ def test_bad_models_yaml_names_file_model_and_parameter(tmp_path, edit, message)
     with pytest.raises(ValueError) as error:
         fg.read_models(path)
     assert message in str(error.value) and "bad.yaml" in str(error.value)
+
+
+def test_a_prior_weight_narrows_the_gaussian_as_gammapy_weighs_it(tmp_path):
+    """Gammapy adds ``weight x ((value - mu) / sigma)^2`` (and a constant): a weight of 4
+    is sigma / 2; a weight of 0 is no prior."""
+    component = {"name": "src", "type": "SkyModel", "spectral": {"type": "PowerLawSpectralModel", "parameters": [
+        {"name": "index", "value": 2.0, "prior": {"type": "GaussianPrior", "parameters": [{"name": "mu", "value": 2.1},
+                                                                                         {"name": "sigma", "value": 0.2}], "weight": 4}},
+        {"name": "amplitude", "value": 1e-12, "unit": "cm-2 s-1 TeV-1", "prior": {
+            "type": "GaussianPrior", "parameters": [{"name": "mu", "value": 1e-12}, {"name": "sigma", "value": 1e-13}], "weight": 0}}]}}
+    path = tmp_path / "models.yaml"
+    path.write_text(yaml.safe_dump({"components": [component]}))
+    spectral = fg.read_models(path)["src"].spectral
+    assert spectral.index.prior.mu == pytest.approx(2.1) and spectral.index.prior.sigma == pytest.approx(0.1)
+    assert spectral.amplitude.prior is None
 
 
 def test_model_outside_the_map_is_an_error(simulated):

@@ -85,8 +85,9 @@ def _their_spectrum(run, on, energy, energy_true, methods, **safe):
 
 def test_onoff_spectra_and_their_stack_equal_gammapys(tmp_path):
     """Per run: counts, OFF counts, alpha, exposure with the PSF containment of a 0.11 deg
-    region, EDisp and safe masks (aeff-max, edisp-bias at non-default percentages) as
-    Gammapy's makers; written, Gammapy reads the same. Stacked: as Gammapy's stack_reduce."""
+    region, EDisp and safe masks (edisp-bias at a non-default percentage with the others;
+    aeff-max alone at 30 and 60%, where it decides) as Gammapy's makers; written, Gammapy
+    reads the same. Stacked: as Gammapy's stack_reduce."""
     from gammapy.data import DataStore as GammapyDataStore
     from gammapy.datasets import Datasets, SpectrumDatasetOnOff
     from gammapy.maps import MapAxis
@@ -129,6 +130,15 @@ def test_onoff_spectra_and_their_stack_equal_gammapys(tmp_path):
         assert read_spectrum_dataset(tmp_path / f"pha_{spectrum.name}.fits").counts.sum() == spectrum.counts.sum()
         theirs.append(reference)
         ours.append(spectrum)
+
+    # aeff-max alone, where it decides: its threshold comes from the exposure after the containment correction
+    run = GammapyDataStore.from_dir(hess).obs(23523)
+    for percent in (30, 60):
+        reference = _their_spectrum(run, on, energy, energy_true, ["aeff-max"], aeff_percent=percent)
+        spectrum = spectrum_onoff_file(DataStore.from_dir(hess).observation(23523), on, energy.edges, energy_true.edges, ["aeff-max"],
+                                       safe_mask_parameters=SafeMaskParameters(aeff_percent=percent), containment_correction=True)
+        np.testing.assert_array_equal(spectrum.mask_safe, reference.mask_safe.data.ravel(), err_msg=f"aeff-max {percent}%")
+        assert 1 <= (~spectrum.mask_safe).sum() <= 6
 
     stacked = Datasets(theirs).stack_reduce(name="stacked")
     read = SpectrumDatasetOnOff.read(write_spectrum_onoff(stack_spectra(ours), tmp_path / "pha_stacked.fits"))
@@ -173,8 +183,8 @@ def _config(store, **datasets):
 def test_reduce_cli_makes_the_spectra_gammapys_analysis_makes_and_fits_them_alike(tmp_path):
     """``fitax gamma reduce`` on a 1d configuration (with an exclusion mask) against Gammapy's
     Analysis on the same YAML, runs in order, then unstacked and stacked: the files Gammapy
-    reads hold its spectra; ``fitax gamma fit`` of the unstacked ones finds Gammapy's
-    (iminuit's) power law on Gammapy's own spectra, and ``fitax gamma estimate flux-points``
+    reads hold its spectra; ``fitax gamma fit`` of the unstacked ones finds the power law
+    Gammapy (iminuit) fits to the same files, and ``fitax gamma estimate flux-points``
     and ``light-curve`` (per run) Gammapy's flux points and light curve (norms and errors
     within 1e-3, TS within 1e-2)."""
     from gammapy.analysis import Analysis, AnalysisConfig
@@ -257,7 +267,7 @@ def test_reduce_cli_makes_the_spectra_gammapys_analysis_makes_and_fits_them_alik
 @pytest.mark.parametrize(("change", "message"), [
     ({"on_region": {"frame": "icrs", "lon": "83.6 deg", "lat": "22.0 deg"}}, r"'config.datasets.on_region' needs lon, lat and radius .* radius missing"),
     ({"background": {"method": "fov_background"}}, r"'config.datasets.background.method' = 'fov_background': a 1d analysis takes 'reflected'"),
-    ({"safe_mask": {"methods": ["bkg-peak"]}}, r"'bkg-peak': not for on-off spectra"),
+    ({"safe_mask": {"methods": ["bkg-peak"]}}, r"'bkg-peak': not supported yet for on-off spectra"),
     ({"background": {"method": "reflected", "parameters": {"angle_increment": "0 rad"}}}, r"angle_increment = 0.0 rad must be positive"),
     ({"background": {"method": "reflected", "parameters": {"n_off_regions": 3}}}, r"unknown key 'config.datasets.background.parameters.n_off_regions'"),
     ({"containment_correction": "yes"}, r"'datasets.containment_correction' = 'yes'; expected true or false"),
@@ -272,3 +282,35 @@ def test_bad_1d_configurations_are_errors_naming_the_key_and_write_nothing(tmp_p
 
     assert re.search(message, capsys.readouterr().err)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_wstat_flux_point_of_an_off_less_bin_finds_the_minimum():
+    """3 ON counts, no OFF counts (the top bin of many IACT spectra): while the profiled
+    background is 0 the statistic is linear in the norm (zero curvature, where Newton's method
+    stopped at its start, norm 1); the minimum, found by brute force on Gammapy's wstat, is at
+    norm 30 with TS 14.39."""
+    from gammapy.stats import wstat
+
+    from fitax.gamma.estimators import NORM_SCAN, _bin_result, _OnOffPiece
+
+    result = _bin_result([_OnOffPiece.of([3.0], [0.0], [0.1], [0.0], [0.1])], 1.0, 2.0, NORM_SCAN)
+    norms = np.linspace(0, 60, 600001)
+    statistic = wstat(3, 0, 0.1, 0.1 * norms)
+    assert result["success"] and result["norm"] == pytest.approx(norms[np.argmin(statistic)], abs=1e-4)
+    assert result["ts"] == pytest.approx(statistic[0] - statistic.min(), rel=1e-9) and not result["is_ul"]
+
+
+def test_point_like_irfs_are_refused_not_used_as_full_enclosure():
+    """A MAGIC run with point-like IRFs (RAD_MAX): its effective area already holds the
+    energy-dependent directional cut, so counts in a fixed circle would not match it (Gammapy
+    refuses this too); until the energy-dependent ON region is built, a clear error."""
+    from regions import CircleSkyRegion
+
+    from fitax.gamma.dl3 import DataStore
+    from fitax.gamma.spectrum_reduce import spectrum_onoff_file
+
+    store = DataStore.from_dir(shared_data("gamma", "magic", "rad_max", "data"))
+    observation = store.observation(store.obs_ids[0])
+    on = CircleSkyRegion(CRAB, 0.3 * u.deg)
+    with pytest.raises(ValueError, match=r"obs \d+: its IRFs are point-like \(RAD_MAX\)"):
+        spectrum_onoff_file(observation, on, np.geomspace(0.1, 10, 9) * u.TeV, np.geomspace(0.05, 20, 15) * u.TeV)

@@ -61,6 +61,18 @@ def test_averages_over_good_time_equal_gammapys_integrals(kind, values, scale):
         assert abs(expected - 1) > 1e-3  # the model varies over these nights
 
 
+def test_averages_count_leap_seconds_as_elapsed_time():
+    """Runs a week after the leap second of 2005-12-31, a UTC ``t_ref`` before it: Gammapy's
+    ``Time`` differences count the leap second, and so must the average (it was 1.2e-5 off)."""
+    gti = Time(np.array([[53740.9, 53740.92], [53742.9, 53742.95]]), format="mjd", scale="tt")
+    for kind, values in (("ExpDecayTemporalModel", {"t0": 0.5, "t_ref": 53733.5}), ("LinearTemporalModel", {"alpha": 1.0, "beta": 0.3,
+                                                                                                            "t_ref": 53733.5})):
+        expected = float(np.sum(_theirs(kind, values, "utc").integral(gti[:, 0], gti[:, 1])))
+        model = _ours(kind, values, "utc")
+        intervals = temporal.temporal_intervals(fg.SkyModel(fg.PowerLawSpectralModel(), name="s", temporal_model=model), [gti], ["d"])[0]
+        assert float(model.mean(intervals)) == pytest.approx(expected, rel=1e-9), kind
+
+
 def test_sine_average_is_the_integral_where_gammapys_is_not():
     """Gammapy's ``SineTemporalModel.integral`` takes ``sin`` where the antiderivative of
     ``1 + amp sin(omega (t - t_ref))`` has ``-cos / omega``: against quadrature fitax is
@@ -182,6 +194,23 @@ def test_map_dataset_npred_with_a_temporal_model_equals_gammapys(tmp_path):
     constant = datasets.npred(fg.Models([fg.SkyModel(source.spectral, source.spatial, name="crab")]))[0]
     background = datasets.npred(fg.Models([]))[0]
     assert (ours - background).sum() < 0.6 * (constant - background).sum()  # the decay matters here
+
+
+def test_a_dataset_without_good_time_is_fine_where_the_temporal_source_does_not_apply(tmp_path):
+    """A spectrum without GTIs (an OGIP file may have none) beside one with them, and a
+    decaying source restricted to the latter: the statistic is finite and the first
+    spectrum predicts nothing from the source (it was NaN, 0 x NaN)."""
+    import dataclasses
+
+    datasets_path = _spectra(tmp_path)
+    read = fg.read_datasets(datasets_path)
+    datasets = fg.Datasets([read[0], dataclasses.replace(read[1], gti=None)])
+    source = fg.SkyModel(fg.PowerLawSpectralModel(index=2.6, amplitude=4.4e-11), name="crab", datasets_names=[read[0].name],
+                         temporal_model=temporal.ExpDecayTemporalModel(t0=0.05, t_ref=53343.9))
+    npred = datasets.npred(fg.Models([source]))
+    assert np.isfinite(datasets.stat_sum(fg.Models([source]))) and np.all(npred[1] == 0) and npred[0].sum() > 1
+    with pytest.raises(ValueError, match="carry no good time intervals"):
+        datasets.stat_sum(fg.Models([fg.SkyModel(source.spectral, name="crab", temporal_model=source.temporal)]))
 
 
 def test_a_temporal_model_needs_good_time_intervals_and_a_known_type(tmp_path):

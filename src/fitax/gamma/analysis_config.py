@@ -84,7 +84,7 @@ class SpectrumReductionConfig:
     safe_mask_offset_max: u.Quantity
     safe_mask_parameters: SafeMaskParameters
     containment_correction: bool
-    finder: object
+    finder: ReflectedRegionsFinder
     exclusion: tuple | None
     required_irf: tuple[str, ...]
     stack: bool
@@ -362,7 +362,7 @@ def read_analysis_config(path) -> ReductionConfig | SpectrumReductionConfig:
     allowed = SAFE_MASK_METHODS if kind == "3d" else ONOFF_SAFE_MASK_METHODS
     for method in methods:
         if method not in allowed:
-            why = "not for on-off spectra" if method in SAFE_MASK_METHODS else "not a Gammapy safe-mask method"
+            why = "not supported yet for on-off spectra" if method in SAFE_MASK_METHODS else "not a Gammapy safe-mask method"
             raise ValueError(f"{source}: 'datasets.safe_mask.methods' has {method!r}: {why} (expected some of {list(allowed)})")
     safe_mask_parameters = SafeMaskParameters(
         aeff_percent=parameters.percent("aeff_percent", 10.0), bias_percent=parameters.percent("bias_percent", 10.0),

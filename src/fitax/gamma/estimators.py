@@ -198,12 +198,17 @@ class _OnOffPiece:
 def _best_norm(pieces: list) -> tuple[float, float, bool]:
     """The norm minimising the summed statistic, its curvature ``d2 stat / d norm2`` there,
     and whether Newton's method converged (steps halved to keep every piece's prediction
-    valid)."""
+    valid). Where the statistic is flat-curved (WStat is linear in the norm while an off-less
+    bin's profiled background is 0), the minimum is first bracketed downhill."""
     norm, curvature = 1.0, np.nan
+    bracketed = False
     for _ in range(100):
         gradient, curvature = (sum(values) for values in zip(*(p.derivatives(norm) for p in pieces)))
         if not curvature > 0:
-            return norm, curvature, False
+            if bracketed or gradient == 0:
+                return norm, curvature, False
+            norm, bracketed = _downhill_minimum(pieces, norm, -np.sign(gradient)), True
+            continue
         step = -gradient / curvature
         for _ in range(60):
             if all(p.allows(norm + step) for p in pieces):
@@ -213,6 +218,24 @@ def _best_norm(pieces: list) -> tuple[float, float, bool]:
         if abs(step) < 1e-10 * max(1.0, abs(norm)):
             return norm, sum(p.derivatives(norm)[1] for p in pieces), True
     return norm, curvature, False
+
+
+def _downhill_minimum(pieces: list, start: float, direction: float) -> float:
+    """The minimum of the summed statistic along ``direction`` from ``start``: steps doubled
+    until it rises (or the prediction turns invalid), then Brent's method in that bracket."""
+    from scipy.optimize import minimize_scalar
+
+    def stat(x: float) -> float:
+        return sum(p.stat(x) for p in pieces) if all(p.allows(x) for p in pieces) else np.inf
+
+    step, previous, current = max(1.0, abs(start)), start, start
+    for _ in range(60):
+        candidate = current + direction * step
+        if not stat(candidate) < stat(current):
+            low, high = sorted((previous, candidate))
+            return float(minimize_scalar(stat, bounds=(low, high), method="bounded", options={"xatol": 1e-12 * max(1.0, abs(current))}).x)
+        previous, current, step = current, candidate, 2 * step
+    return current
 
 
 def _crossing(stat, start: float, level: float, direction: float, scale: float) -> float:

@@ -67,29 +67,34 @@ def _convert(value, unit: str | None, target: str | None, where: str) -> float:
 
 def _prior(entry, unit: str | None, target: str | None, where: str):
     """A parameter's Gammapy ``prior``: ``GaussianPrior`` (its ``weight`` folded into sigma:
-    Gammapy adds ``weight x -2 log N(value; mu, sigma)``, the same up to a constant) or
-    ``UniformPrior`` (the parameter's bounds, as in Gammapy); ``mu``, ``sigma``, ``min`` and
-    ``max`` in their own unit, else the parameter's."""
+    Gammapy adds ``weight x -2 log N(value; mu, sigma)``, the same up to a constant; weight 0
+    is no prior) or ``UniformPrior`` (the parameter's bounds, as in Gammapy); ``mu``,
+    ``sigma``, ``min`` and ``max`` in their own unit, else the parameter's."""
     if entry is None or entry == "":
         return None
+    if not isinstance(entry, dict):
+        raise ValueError(f"{where}: prior must be a mapping with type, parameters and weight, got {entry!r}")
     kind = entry.get("type")
     names = {"GaussianPrior": ("mu", "sigma"), "UniformPrior": ("min", "max")}
     if kind not in names:
         raise ValueError(f"{where}: prior of type {kind!r} is not supported; fitax has GaussianPrior and UniformPrior")
     given = {p.get("name"): p for p in entry.get("parameters") or []}
+    unknown = sorted(set(given) - set(names[kind]))
+    if unknown:
+        raise ValueError(f"{where}: a {kind} has no parameter {unknown[0]!r} (it has {list(names[kind])})")
     values = {}
-    for name, default in zip(names[kind], ((0.0, 1.0) if kind == "GaussianPrior" else (0.0, 1.0))):
+    for name, default in zip(names[kind], (0.0, 1.0)):  # Gammapy's defaults: mu 0, sigma 1; min 0, max 1
         parameter = given.get(name, {})
         value = parameter.get("value", default)
         if not isinstance(value, (int, float)) or not np.isfinite(value):
             raise ValueError(f"{where}: prior parameter {name!r} must be a finite number, got {value!r}")
         values[name] = _convert(value, parameter.get("unit") or unit, target, f"{where}: prior parameter {name!r}")
     weight = entry.get("weight", 1.0)
-    if not isinstance(weight, (int, float)) or not weight > 0:
-        raise ValueError(f"{where}: prior weight must be a positive number, got {weight!r}")
+    if not isinstance(weight, (int, float)) or not weight >= 0:
+        raise ValueError(f"{where}: prior weight must be a number >= 0, got {weight!r}")
     try:
         if kind == "GaussianPrior":
-            return GaussianPrior(values["mu"], values["sigma"] / np.sqrt(weight))
+            return GaussianPrior(values["mu"], values["sigma"] / np.sqrt(weight)) if weight > 0 else None
         return UniformPrior(values["min"], values["max"])
     except ValueError as error:
         raise ValueError(f"{where}: {error}") from error
@@ -167,7 +172,9 @@ def read_models(path) -> Models:
         if tag == "SkyModel":
             if not name:
                 raise ValueError(f"{where}: a SkyModel needs a name")
-            unknown = sorted(set(component) - {"name", "type", "spectral", "spatial", "temporal", "datasets_names", "psf_mode"})
+            if component.get("apply_irf") not in (None, {}):
+                raise ValueError(f"{where}: apply_irf = {component['apply_irf']!r} is not supported by fitax yet (every IRF is applied)")
+            unknown = sorted(set(component) - {"name", "type", "spectral", "spatial", "temporal", "datasets_names", "psf_mode", "apply_irf"})
             if unknown:
                 raise ValueError(f"{where}: unknown key {unknown[0]!r} (a SkyModel has name, type, spectral, spatial, temporal, "
                                  "datasets_names and fitax's psf_mode)")

@@ -392,17 +392,17 @@ def _centre(wcs, shape: tuple[int, int]) -> SkyCoord:
     return SkyCoord(lon, lat, unit="deg", frame=wcs_to_celestial_frame(celestial(wcs)))
 
 
-def _nearest_pixel(wcs, shape: tuple[int, int], position: SkyCoord) -> tuple[int, int]:
-    """``(iy, ix)`` of the pixel nearest ``position``, ties to the lower index as Gammapy's
-    (SciPy's) nearest-neighbour lookup."""
+def _nearest_pixel(wcs, shape: tuple[int, int], position: SkyCoord) -> tuple[int, int, bool]:
+    """``(iy, ix, inside)``: the pixel nearest ``position``, ties to the lower index and a
+    position beyond the image taken to its edge (Gammapy's, SciPy's, nearest-neighbour
+    lookup, which extrapolates), and whether the position lies on the image."""
     from .geometry import sky_to_pixel
 
     ny, nx = shape
-    x, y = sky_to_pixel(wcs, position)
-    iy, ix = (int(np.floor(c)) + int(c - np.floor(c) > 0.5) for c in (float(y), float(x)))
-    if not (0 <= iy < ny and 0 <= ix < nx):
-        raise ValueError(f"the safe-mask position ({float(x):.1f}, {float(y):.1f}) px is outside the {nx}x{ny} image")
-    return iy, ix
+    x, y = (float(c) for c in sky_to_pixel(wcs, position))
+    inside = -0.5 <= x <= nx - 0.5 and -0.5 <= y <= ny - 0.5
+    iy, ix = (int(np.clip(np.floor(c) + (c - np.floor(c) > 0.5), 0, n - 1)) for c, n in ((y, ny), (x, nx)))
+    return iy, ix, inside
 
 
 def _mask_position(observation: Observation, parameters: SafeMaskParameters, wcs, shape: tuple[int, int]) -> SkyCoord:
@@ -413,12 +413,12 @@ def _mask_position(observation: Observation, parameters: SafeMaskParameters, wcs
 
 def _kernel_at(edisp: np.ndarray, edisp_wcs, position: SkyCoord) -> np.ndarray:
     """The ``(energy_true, energy)`` kernel of the EDisp kernel map's pixel nearest
-    ``position``; where that pixel holds no kernel, the nearest one that does (Gammapy's
-    ``_get_nearest_valid_position``)."""
+    ``position``; where that pixel holds no kernel, or the position lies beyond the map, the
+    nearest pixel on the sky that holds one (Gammapy's ``_get_nearest_valid_position``)."""
     irf_shape = edisp.shape[-2:]
-    iy, ix = _nearest_pixel(edisp_wcs, irf_shape, position)
+    iy, ix, inside = _nearest_pixel(edisp_wcs, irf_shape, position)
     valid = np.any(edisp > 0, axis=(0, 1))
-    if not valid[iy, ix] and valid.any():
+    if not (inside and valid[iy, ix]) and valid.any():
         separation = pixel_skycoords(edisp_wcs, irf_shape).separation(position).deg
         iy, ix = np.unravel_index(np.argmin(np.where(valid, separation, np.inf)), irf_shape)
     return edisp[:, :, iy, ix]
@@ -468,7 +468,7 @@ def safe_mask(observation: Observation, wcs, shape: tuple[int, int], energy_edge
     if "aeff-max" in methods:
         if exposure is None or energy_true_edges is None:
             raise ValueError("'aeff-max' needs the exposure cube and its true-energy edges (exposure=, energy_true_edges=)")
-        iy, ix = _nearest_pixel(wcs, shape, position)
+        iy, ix, _ = _nearest_pixel(wcs, shape, position)
         threshold = aeff_max_energy(np.asarray(exposure)[:, iy, ix], energy_true_edges, parameters.aeff_percent)
         if threshold is None:
             warnings.warn(f"obs {observation.obs_id}: no exposure at the safe-mask position: every bin masked (as Gammapy)", stacklevel=2)

@@ -24,7 +24,7 @@ import warnings
 
 import numpy as np
 from astropy import units as u
-from astropy.coordinates import Angle, SkyCoord
+from astropy.coordinates import SkyCoord
 from astropy.time import Time
 from astropy.wcs import WCS
 from astropy.wcs.utils import celestial_frame_to_wcs
@@ -59,9 +59,13 @@ def _frame_name(position: SkyCoord) -> str:
     return position.frame.name
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class _RegionsFinder:
     binsz: u.Quantity = 0.01 * u.deg
+
+    def __post_init__(self):
+        if not u.Quantity(self.binsz).to_value("deg") > 0:
+            raise ValueError(f"binsz = {self.binsz} must be a positive angle")
 
     def reference(self, region, center: SkyCoord):
         """The TAN image the regions are found on: centred on ``center``, in the region's
@@ -95,7 +99,7 @@ class _RegionsFinder:
         return PixCoord(columns, rows)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class ReflectedRegionsFinder(_RegionsFinder):
     """Gammapy's ``ReflectedRegionsFinder``: copies of the ON region rotated about the
     pointing, starting ``min_distance_input`` beyond the region's own angular size, each next
@@ -108,6 +112,7 @@ class ReflectedRegionsFinder(_RegionsFinder):
     max_region_number: int = 10000
 
     def __post_init__(self):
+        super().__post_init__()
         if u.Quantity(self.angle_increment).to_value("rad") <= 0:
             raise ValueError(f"angle_increment = {self.angle_increment} must be positive")
 
@@ -166,12 +171,17 @@ class ReflectedRegionsFinder(_RegionsFinder):
         return float(size)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class WobbleRegionsFinder(_RegionsFinder):
     """Gammapy's ``WobbleRegionsFinder``: ``n_off_regions`` copies of the ON region at equal
     angles about the pointing, less those touching an excluded pixel; none if they overlap."""
 
     n_off_regions: int = 1
+
+    def __post_init__(self):
+        super().__post_init__()
+        if isinstance(self.n_off_regions, bool) or not isinstance(self.n_off_regions, int) or self.n_off_regions < 1:
+            raise ValueError(f"n_off_regions = {self.n_off_regions!r} must be a whole number >= 1")
 
     def find(self, region, center: SkyCoord, exclusion=None):
         """The wobble regions of ``region`` about ``center``, in pixels of the WCS they were
@@ -314,11 +324,15 @@ def spectrum_onoff_file(observation: Observation, on_region, energy_edges: u.Qua
     if unsupported:
         raise ValueError(f"safe-mask methods {unsupported} do not apply to on-off spectra; use some of {list(ONOFF_SAFE_MASK_METHODS)}")
     name = name or f"obs_{observation.obs_id}"
+    if "rad_max" in observation.irf_locations:
+        raise ValueError(f"obs {observation.obs_id}: its IRFs are point-like (RAD_MAX): on-off spectra with an energy-dependent ON "
+                         "region are not supported yet (Gammapy: a PointSkyRegion on_region, no containment correction)")
     pointing = observation.pointing
     finder = ReflectedRegionsFinder() if finder is None else finder
     off_regions, off_wcs = finder.find(on_region, pointing, exclusion)
     if not off_regions:
-        warnings.warn(f"obs {observation.obs_id} left out: no OFF region found outside the exclusion mask (as Gammapy)", stacklevel=2)
+        warnings.warn(f"obs {observation.obs_id} left out: no OFF region found (the ON region holds the pointing, or every copy of "
+                      "it touches the exclusion mask; as Gammapy)", stacklevel=2)
         return None
     energy_edges, energy_true_edges = u.Quantity(energy_edges, "TeV"), u.Quantity(energy_true_edges, "TeV")
     centre_wcs = _tan_wcs(on_region.center, _frame_name(on_region.center), 0.01, 1)  # one pixel, its centre the region's

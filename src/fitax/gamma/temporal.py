@@ -4,8 +4,8 @@ spectrum times ``f(t)``, and a dataset sees ``f`` averaged over its good time in
     norm = sum_i int_{start_i}^{stop_i} f(t) dt / sum_i (stop_i - start_i),
 
 as Gammapy's ``TemporalModel.integral`` summed over the GTIs. Times are MJD [d] in the
-model's ``scale`` (Gammapy's default: ``utc``); the intervals are converted to it where the
-datasets are bound, so the averages here are pure JAX functions of the parameters and the
+model's ``scale`` (Gammapy's default: ``utc``), elapsed from ``t_ref`` as Gammapy's ``Time``
+differences count them; the intervals are converted so where the datasets are bound, so the averages here are pure JAX functions of the parameters and the
 ``(k, 2)`` interval arrays (intervals of zero length, ``start == stop``, pad a stack and add
 nothing). Every model has the closed-form integral Gammapy uses, except
 ``SineTemporalModel``, whose Gammapy integral takes ``sin`` where the antiderivative of
@@ -13,7 +13,6 @@ nothing). Every model has the closed-form integral Gammapy uses, except
 (``tests/test_gamma_temporal.py`` shows the difference against quadrature).
 
 Example:
-    >>> import numpy as np
     >>> model = ExpDecayTemporalModel(t0=2.0, t_ref=53000.0)
     >>> round(float(model.mean(np.array([[53000.0, 53002.0]]))), 6)  # (1 - e^-1) / 2 x 2 / 2
     0.632121
@@ -23,6 +22,7 @@ from __future__ import annotations
 
 import equinox as eqx
 import jax.numpy as jnp
+import numpy as np
 import jax.scipy.special as jsp
 from jaxtyping import Array, Float
 
@@ -184,12 +184,15 @@ TEMPORAL_TAGS = {
 """Gammapy's temporal model tags (type names and short names) fitax has."""
 
 
-def temporal_intervals(source, gtis: list, dataset_names: list[str]):
-    """The good time intervals ``(n, k, 2)`` [MJD in the source's temporal ``scale``] of the
-    datasets a source with a temporal model is bound to (padded with zero-length intervals
-    to the most any dataset has), or ``None`` for a source without one. A dataset the
-    source applies to without good time intervals is an error naming both."""
-    import numpy as np
+def temporal_intervals(source, gtis: list, dataset_names: list[str]) -> np.ndarray | None:
+    """The good time intervals ``(n, k, 2)`` of the datasets a source with a temporal model is
+    bound to, or ``None`` for a source without one: MJD in the model's time ``scale``, counted
+    in elapsed (TT) days from ``t_ref`` so that a leap second between a run and ``t_ref`` is
+    time that passed, as Gammapy's ``Time`` differences count it; padded with zero-length
+    intervals to the most any dataset has. A dataset the source does not apply to and that
+    has no intervals gets one unit interval (its average is then finite, and unused). A
+    dataset the source applies to without good time intervals is an error naming both."""
+    from astropy.time import Time
 
     if source.temporal is None:
         return None
@@ -198,7 +201,11 @@ def temporal_intervals(source, gtis: list, dataset_names: list[str]):
         raise ValueError(f"model {source.name!r} has a temporal model, but datasets {missing} carry no good time intervals (GTI) "
                          "to average it over")
     scale = source.temporal.scale
-    mjds = [np.zeros((1, 2)) if gti is None else np.reshape(getattr(gti, scale).mjd, (-1, 2)) for gti in gtis]
+    t_ref = getattr(source.temporal, "t_ref", None)
+    reference = float(t_ref.value) if t_ref is not None else 51544.0
+    # TT - (the scale) at t_ref [d]: elapsed TT days from t_ref, expressed on the scale's MJD axis
+    shift = Time(reference, format="mjd", scale=scale).tt.mjd - reference
+    mjds = [np.array([[reference, reference + 1.0]]) if gti is None else np.reshape(gti.tt.mjd, (-1, 2)) - shift for gti in gtis]
     k = max(len(m) for m in mjds)
     padded = np.zeros((len(mjds), k, 2))
     for i, m in enumerate(mjds):
