@@ -257,8 +257,9 @@ def test_an_output_that_is_a_file_is_refused_before_any_work(tmp_path, capsys):
 
 @pytest.mark.parametrize("kind", ["1d", "3d"])
 def test_runs_cut_to_obs_time_intervals_as_gammapys_analysis(tmp_path, kind):
-    """``observations.obs_time`` with two intervals: the first cuts run 23523 short (and
-    leaves out 23526, which starts after it), the second holds 23559 whole. Each run's events,
+    """``observations.obs_time`` with two intervals: the first cuts run 23523 at its start,
+    22:10 (and leaves out 23526, which starts after it), the second cuts 23559 at its end,
+    23:30. Each run's events,
     good time, exposure and background are those of its cut, as Gammapy's
     ``Observations.select_time``: counts identical, exposure within 1e-9, background 1e-6."""
     hess = shared_data("gamma", "hess-dl3-dr1")
@@ -267,8 +268,12 @@ def test_runs_cut_to_obs_time_intervals_as_gammapys_analysis(tmp_path, kind):
     if kind == "1d":
         config["datasets"]["background"] = {"method": "reflected"}
     config["observations"]["obs_ids"] = [23523, 23526, 23559]
-    config["observations"]["obs_time"] = {"start": ["2004-12-04 22:10:00", "2004-12-06 22:00:00"],
-                                          "stop": ["2004-12-04 22:50:00", "2004-12-06 23:30:00"]}
+    import datetime
+
+    # YAML timestamps with offsets (23:10 at UTC+1 is 22:10 UTC) as starts, strings as stops
+    starts = [datetime.datetime(2004, 12, 4, 23, 10, tzinfo=datetime.timezone(datetime.timedelta(hours=1))),
+              datetime.datetime(2004, 12, 6, 22, 0, tzinfo=datetime.timezone.utc)]
+    config["observations"]["obs_time"] = {"start": starts, "stop": ["2004-12-04 22:50:00", "2004-12-06 23:30:00"]}
     theirs, ours = _reduce_both(config, tmp_path)
     assert ours.names == ["obs_23523", "obs_23559"] and len(theirs) == 2
     for mine, reference in zip(ours, theirs, strict=True):
@@ -277,7 +282,7 @@ def test_runs_cut_to_obs_time_intervals_as_gammapys_analysis(tmp_path, kind):
         if kind == "3d":
             assert_close_where_large(mine.background.data, reference.background.data, 1e-6)
         assert mine.gti.time_sum.to_value("s") == pytest.approx(reference.gti.time_sum.to_value("s"), abs=1e-5)
-    assert 1400 < ours[0].gti.time_sum.to_value("s") < 1600  # 23523's 1683 s cut at 22:50
+    assert 1400 < ours[0].gti.time_sum.to_value("s") < 1600  # 23523's 1687 s cut at 22:10
 
 
 @pytest.mark.parametrize(("obs_time", "message"), [

@@ -300,6 +300,17 @@ def test_a_wstat_flux_point_of_an_off_less_bin_finds_the_minimum():
     assert result["ts"] == pytest.approx(statistic[0] - statistic.min(), rel=1e-9) and not result["is_ul"]
 
 
+def test_a_cash_flux_point_without_counted_signal_bins_is_not_moved():
+    """Cash is flat-curved only where the source reaches no counted bin (counts 1, 1, 1 where
+    it predicts nothing, none where it does): it falls without bound as the norm goes
+    negative, so there is no minimum to bracket; the solve stops at its start, unsuccessful."""
+    from fitax.gamma.estimators import NORM_SCAN, _bin_result, _CashPiece
+
+    piece = _CashPiece.of([1, 1, 1, 0, 0, 0], [1.0, 1.0, 1.0, 1.0, 1.0, 1.0], [0.0, 0.0, 0.0, 0.5, 0.5, 0.5])
+    result = _bin_result([piece], 1.0, 2.0, NORM_SCAN)
+    assert result["norm"] == 1.0 and not result["success"]
+
+
 def test_point_like_irfs_are_refused_not_used_as_full_enclosure():
     """A MAGIC run with point-like IRFs (RAD_MAX): its effective area already holds the
     energy-dependent directional cut, so counts in a fixed circle would not match it (Gammapy

@@ -209,6 +209,16 @@ def test_a_dataset_without_good_time_is_fine_where_the_temporal_source_does_not_
                          temporal_model=temporal.ExpDecayTemporalModel(t0=0.05, t_ref=53343.9))
     npred = datasets.npred(fg.Models([source]))
     assert np.isfinite(datasets.stat_sum(fg.Models([source]))) and np.all(npred[1] == 0) and npred[0].sum() > 1
+    # a power-law decay is infinite at t_ref and undefined before it: datasets it does not apply to (one without GTIs,
+    # one of runs before t_ref) take no part, nor does their gradient
+    with_gti = fg.Datasets([read[2], read[0], dataclasses.replace(read[1], gti=None)])  # 23559 is two nights after t_ref
+    decay = fg.SkyModel(source.spectral, name="crab", datasets_names=[read[2].name],
+                        temporal_model=temporal.PowerLawTemporalModel(alpha=-1.5, t_ref=53344.5, t0=1.0))
+    assert np.isfinite(with_gti.stat_sum(fg.Models([decay])))
+    from fitax.gamma.fit import fit
+
+    result = fit(with_gti, fg.Models([decay]))
+    assert result.converged and np.isfinite(result.errors["crab.spectral.amplitude"])
     with pytest.raises(ValueError, match="carry no good time intervals"):
         datasets.stat_sum(fg.Models([fg.SkyModel(source.spectral, name="crab", temporal_model=source.temporal)]))
 

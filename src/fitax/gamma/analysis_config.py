@@ -21,6 +21,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import os
 from pathlib import Path
 
@@ -279,10 +280,17 @@ def _time_intervals(section: _Section) -> tuple | None:
     if start is None or stop is None:
         raise ValueError(f"{section.source}: '{section.path}' needs both start and stop")
 
+    def time(v):
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            return Time(v, format="mjd", scale="utc")
+        if isinstance(v, datetime.datetime):  # YAML timestamps; an offset (Z, +01:00) is applied, as Gammapy's Time(v)
+            return Time(v.astimezone(datetime.timezone.utc).replace(tzinfo=None) if v.tzinfo else v, scale="utc")
+        return Time(str(v), scale="utc")
+
     def times(key, value):
         values = value if isinstance(value, list) else [value]
         try:
-            return [Time(v, format="mjd", scale="utc") if isinstance(v, (int, float)) else Time(str(v), scale="utc") for v in values]
+            return [time(v) for v in values]
         except ValueError as error:
             raise ValueError(f"{section.source}: '{section.path}.{key}' = {value!r} is not a time (e.g. '2004-12-04 22:00:00' or an MJD)") from error
 

@@ -198,14 +198,16 @@ class _OnOffPiece:
 def _best_norm(pieces: list) -> tuple[float, float, bool]:
     """The norm minimising the summed statistic, its curvature ``d2 stat / d norm2`` there,
     and whether Newton's method converged (steps halved to keep every piece's prediction
-    valid). Where the statistic is flat-curved (WStat is linear in the norm while an off-less
-    bin's profiled background is 0), the minimum is first bracketed downhill."""
+    valid). Where WStat is flat-curved (linear in the norm while an off-less bin's profiled
+    background is 0), the minimum is first bracketed downhill; Cash is flat-curved only
+    where the source reaches no counted bin, where it has no minimum."""
     norm, curvature = 1.0, np.nan
     bracketed = False
     for _ in range(100):
         gradient, curvature = (sum(values) for values in zip(*(p.derivatives(norm) for p in pieces)))
         if not curvature > 0:
-            if bracketed or gradient == 0:
+            # Cash is flat-curved only where the source reaches no counted bin: unbounded below, no minimum to find
+            if bracketed or gradient == 0 or not all(isinstance(p, _OnOffPiece) for p in pieces):
                 return norm, curvature, False
             norm, bracketed = _downhill_minimum(pieces, norm, -np.sign(gradient)), True
             continue

@@ -78,7 +78,10 @@ def _prior(entry, unit: str | None, target: str | None, where: str):
     names = {"GaussianPrior": ("mu", "sigma"), "UniformPrior": ("min", "max")}
     if kind not in names:
         raise ValueError(f"{where}: prior of type {kind!r} is not supported; fitax has GaussianPrior and UniformPrior")
-    given = {p.get("name"): p for p in entry.get("parameters") or []}
+    entries = entry.get("parameters") or []
+    if not isinstance(entries, list) or not all(isinstance(p, dict) and isinstance(p.get("name"), str) for p in entries):
+        raise ValueError(f"{where}: prior parameters must be a list of mappings with a name, got {entries!r}")
+    given = {p["name"]: p for p in entries}
     unknown = sorted(set(given) - set(names[kind]))
     if unknown:
         raise ValueError(f"{where}: a {kind} has no parameter {unknown[0]!r} (it has {list(names[kind])})")
@@ -172,7 +175,8 @@ def read_models(path) -> Models:
         if tag == "SkyModel":
             if not name:
                 raise ValueError(f"{where}: a SkyModel needs a name")
-            if component.get("apply_irf") not in (None, {}):
+            if component.get("apply_irf") not in (None, {}) and not (isinstance(component["apply_irf"], dict)
+                                                                     and all(v is True for v in component["apply_irf"].values())):
                 raise ValueError(f"{where}: apply_irf = {component['apply_irf']!r} is not supported by fitax yet (every IRF is applied)")
             unknown = sorted(set(component) - {"name", "type", "spectral", "spatial", "temporal", "datasets_names", "psf_mode", "apply_irf"})
             if unknown:

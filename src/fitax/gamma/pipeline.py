@@ -187,20 +187,33 @@ def _fov_background_norms(datasets: list, settings: dict) -> dict:
     return norms
 
 
-def _named_observations(store, runs: list[int], time_intervals) -> list:
+class _NamedObservations:
     """``(name, observation)`` of each run, or, with ``time_intervals``, of each run that
-    overlaps each interval cut to it (Gammapy's ``Observations.select_time``: intervals in
-    order, then runs), named ``obs_<id>``, with the interval's index where a run is cut
-    more than once; none overlapping is an error."""
-    if time_intervals is None:
-        return [(f"obs_{obs_id}", store.observation(obs_id)) for obs_id in runs]
-    whole = {obs_id: store.observation(obs_id) for obs_id in runs}
-    cut = [(k, obs_id, whole[obs_id].select_time(start, stop)) for k, (start, stop) in enumerate(time_intervals)
-           for obs_id in runs if whole[obs_id].overlaps(start, stop)]
-    if not cut:
-        raise ValueError(f"no selected run ({', '.join(map(str, runs))}) has good time within observations.obs_time")
-    repeated = {obs_id for _, obs_id, _ in cut if sum(other == obs_id for _, other, _ in cut) > 1}
-    return [(f"obs_{obs_id}_{k}" if obs_id in repeated else f"obs_{obs_id}", observation) for k, obs_id, observation in cut]
+    overlaps each interval, cut to it (Gammapy's ``Observations.select_time``: intervals in
+    order, then runs), named ``obs_<id>``, with the interval's index where a run is cut more
+    than once; none overlapping is an error. Runs are read as they are reduced, one at a
+    time (the overlaps are found first, each run read and let go)."""
+
+    def __init__(self, store, runs: list[int], time_intervals):
+        self.store, self.time_intervals = store, time_intervals
+        if time_intervals is None:
+            self.cuts = [(None, obs_id) for obs_id in runs]
+            return
+        overlapping = {obs_id: [store.observation(obs_id).overlaps(start, stop) for start, stop in time_intervals] for obs_id in runs}
+        self.cuts = [(k, obs_id) for k in range(len(time_intervals)) for obs_id in runs if overlapping[obs_id][k]]
+        if not self.cuts:
+            raise ValueError(f"no selected run ({', '.join(map(str, runs))}) has good time within observations.obs_time")
+
+    def __len__(self) -> int:
+        return len(self.cuts)
+
+    def __iter__(self):
+        repeated = {obs_id for _, obs_id in self.cuts if sum(other == obs_id for _, other in self.cuts) > 1}
+        for k, obs_id in self.cuts:
+            observation = self.store.observation(obs_id)
+            if k is not None:
+                observation = observation.select_time(*self.time_intervals[k])
+            yield (f"obs_{obs_id}_{k}" if obs_id in repeated else f"obs_{obs_id}"), observation
 
 
 def _reduce_spectra(config, observations: list, progress) -> list:
@@ -275,7 +288,7 @@ def reduce_files(config_path, out, progress: bool | None = None) -> Path:
             runs.append(obs_id)
     if not runs:
         raise ValueError(f"{config_path}: no run selected (of {len(config.obs_ids)} matching the observation selection) has every required IRF")
-    observations = _named_observations(store, runs, config.time_intervals)
+    observations = _NamedObservations(store, runs, config.time_intervals)
     bar = tqdm(total=len(observations), desc="reducing runs", unit="run", disable=not sys.stderr.isatty() if progress is None else not progress)
     if isinstance(config, SpectrumReductionConfig):
         with bar:

@@ -118,7 +118,9 @@ def stacking_geometry(geometry: MapGeometry, datasets: list[MapDatasetFile], lim
     """``geometry``, or, where a stacked dataset on it would exceed ``limit`` bytes (an
     all-sky geometry: ~50 GB of cubes at 0.02 deg, what makes Gammapy's stacking run out of
     memory), the part of it that the runs' cutouts cover, on the same pixel grid (so every
-    stacked value is Gammapy's; the pixels left out would hold nothing), with a warning."""
+    stacked value is Gammapy's; the pixels left out would hold no counts, exposure or
+    background, and only the placeholder diagonal EDisp of pixels no run reaches), with a
+    warning."""
     if stacked_bytes(geometry) <= limit or not datasets:
         return geometry
     wcs, shape = _bounding(geometry.wcs, [(d.wcs, d.counts.shape[1:]) for d in datasets], "stacking")

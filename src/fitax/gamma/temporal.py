@@ -189,8 +189,9 @@ def temporal_intervals(source, gtis: list, dataset_names: list[str]) -> np.ndarr
     bound to, or ``None`` for a source without one: MJD in the model's time ``scale``, counted
     in elapsed (TT) days from ``t_ref`` so that a leap second between a run and ``t_ref`` is
     time that passed, as Gammapy's ``Time`` differences count it; padded with zero-length
-    intervals to the most any dataset has. A dataset the source does not apply to and that
-    has no intervals gets one unit interval (its average is then finite, and unused). A
+    intervals to the most any dataset has. A dataset the source does not apply to gets one
+    unit interval a day after ``t_ref`` instead of its own (its average is unused; where the
+    model is defined, it is finite, so that 0 x average stays 0 and its gradient too). A
     dataset the source applies to without good time intervals is an error naming both."""
     from astropy.time import Time
 
@@ -205,7 +206,9 @@ def temporal_intervals(source, gtis: list, dataset_names: list[str]) -> np.ndarr
     reference = float(t_ref.value) if t_ref is not None else 51544.0
     # TT - (the scale) at t_ref [d]: elapsed TT days from t_ref, expressed on the scale's MJD axis
     shift = Time(reference, format="mjd", scale=scale).tt.mjd - reference
-    mjds = [np.array([[reference, reference + 1.0]]) if gti is None else np.reshape(gti.tt.mjd, (-1, 2)) - shift for gti in gtis]
+    unused = np.array([[reference + 1.0, reference + 2.0]])
+    mjds = [np.reshape(gti.tt.mjd, (-1, 2)) - shift if gti is not None and name and source.applies_to(name) else unused
+            for gti, name in zip(gtis, dataset_names)]
     k = max(len(m) for m in mjds)
     padded = np.zeros((len(mjds), k, 2))
     for i, m in enumerate(mjds):
