@@ -3,8 +3,14 @@ time intervals against Gammapy's ``TemporalModel.integral`` (and quadrature, whe
 sine integral is wrong), the predicted counts of on-off spectra and of a map dataset of
 H.E.S.S. runs on three nights, and a fit with a time-dependent flux.
 
+Light-curve templates: values against Gammapy's at and beyond the nodes, averages against
+quadrature and Gammapy's sum with many points, and predicted counts against a template of a
+straight line given as Gammapy's LinearTemporalModel (Gammapy's own template average is ~1%
+high: shown).
+
 Tolerances: averages within 1e-9 relative (measured 1e-12: closed forms on both sides; MJDs
-of 5e4 d leave ~1e-11 d); statistics within 1e-6 relative; fitted values within 0.05 sigma,
+of 5e4 d leave ~1e-11 d); template values 1e-12, Gammapy's 400001-point template sums 1e-5
+(their bias is 1/400000); statistics within 1e-6 relative; fitted values within 0.05 sigma,
 errors within 1%.
 """
 
@@ -227,9 +233,112 @@ def test_a_temporal_model_needs_good_time_intervals_and_a_known_type(tmp_path):
     model = fg.SkyModel(fg.PowerLawSpectralModel(), name="s", temporal_model=temporal.ExpDecayTemporalModel())
     with pytest.raises(ValueError, match=r"model 's' has a temporal model, but datasets \['run1'\] carry no good time intervals"):
         temporal.temporal_intervals(model, [None], ["run1"])
-    path = _models_file(tmp_path / "bad.yaml", {"type": "LightCurveTemplateTemporalModel", "parameters": []})
-    with pytest.raises(ValueError, match="unknown model type 'LightCurveTemplateTemporalModel'"):
+    path = _models_file(tmp_path / "bad.yaml", {"type": "PhaseCurveTemplateTemporalModel", "parameters": []})
+    with pytest.raises(ValueError, match="unknown model type 'PhaseCurveTemplateTemporalModel'"):
         fg.read_models(path)
     path = _models_file(tmp_path / "bad.yaml", {"type": "ExpDecayTemporalModel", "scale": "gps", "parameters": []})
     with pytest.raises(ValueError, match="scale 'gps'"):
+        fg.read_models(path)
+
+
+def _template_table(path, times, norms, reference: Time):
+    """A light-curve template table as Gammapy writes one (TIME in days after MJDREF)."""
+    from astropy.table import Table
+
+    table = Table({"TIME": np.asarray(times, float) * u.d, "NORM": np.asarray(norms, float)})
+    table.meta.update({"MJDREFI": int(reference.mjd), "MJDREFF": reference.mjd - int(reference.mjd), "TIMESYS": reference.scale})
+    table.write(path)
+    return path
+
+
+def test_light_curve_template_values_and_averages_equal_gammapys(tmp_path):
+    """A template of seven nodes (reference time in TT) read by both: values between, before
+    and after the nodes (extrapolated, clipped at 0) equal Gammapy's; the average over four
+    GTIs, one beyond the last node where the extrapolation is below 0, is the integral
+    (quadrature) and the limit of Gammapy's sum, whose default of 100 points is ~1% high."""
+    from gammapy.modeling.models import LightCurveTemplateTemporalModel
+    from scipy.integrate import quad
+
+    path = _template_table(tmp_path / "lc.fits", [0.3, 0.45, 1.0, 2.4, 2.5, 3.6, 4.0], [1.5, 0.2, 0.7, 2.0, 0.1, 1.2, 0.4],
+                           Time(53343.5, format="mjd", scale="tt"))
+    theirs = LightCurveTemplateTemporalModel.read(path)
+    component = _models_file(tmp_path / "models.yaml", {"type": "LightCurveTemplateTemporalModel", "filename": "lc.fits"})
+    ours = fg.read_models(component)["crab"].temporal
+    assert ours.t_ref.value == theirs.t_ref.value
+    after = np.array([-1.0, 0.1, 0.3, 0.4, 1.7, 2.45, 3.9, 4.1, 4.15, 6.0])
+    expected = theirs(theirs.reference_time + after * u.d).value
+    np.testing.assert_allclose(ours(theirs.t_ref.value + after), expected, rtol=1e-12, atol=1e-12)
+    assert expected[-1] == 0 and expected[0] > 0  # clipped after, extrapolated before
+
+    intervals = temporal.temporal_intervals(fg.SkyModel(fg.PowerLawSpectralModel(), name="s", temporal_model=ours), [GTI], ["d"])[0]
+    average = float(ours.mean(intervals))
+    kinks = list(theirs.t_ref.value + np.array([0.3, 0.45, 1.0, 2.4, 2.5, 3.6, 4.0, 4.2]))
+    integrals = [quad(lambda t: float(ours(t)), a, b, points=[k for k in kinks if a < k < b] or None, epsabs=0, epsrel=1e-13)[0]
+                 for a, b in intervals]
+    assert average == pytest.approx(sum(integrals) / np.sum(intervals[:, 1] - intervals[:, 0]), rel=1e-10)
+    assert integrals[-1] == 0 and average > 0.2
+    # Gammapy sums n points spaced by 1/(n - 1) of each interval; given UTC times (its evaluator passes the GTIs' TT
+    # times, read as UTC: 65 s late) it converges to the integral
+    utc = GTI.utc
+    assert float(np.sum(theirs.integral(utc[:, 0], utc[:, 1], oversampling_factor=400001))) == pytest.approx(average, rel=1e-5)
+    default = float(np.sum(theirs.integral(GTI[:, 0], GTI[:, 1])))
+    assert abs(default / average - 1) > 3e-3
+
+
+def test_predicted_counts_with_a_light_curve_template_equal_the_straight_line_it_samples(tmp_path):
+    """A template sampling ``1.2 - 0.15 (t - t_ref)`` at two nodes predicts, through
+    models.yaml, the counts Gammapy predicts with that LinearTemporalModel (Gammapy's own
+    template is ~1% higher) and fits as the line does; fitax writes the template back where
+    Gammapy reads it."""
+    from gammapy.datasets import Datasets
+    from gammapy.modeling.models import Models
+
+    t_ref = Time(53345.0, format="mjd", scale="utc")
+    (tmp_path / "templates").mkdir()
+    _template_table(tmp_path / "templates" / "line.fits", [-5.0, 5.0], [1.2 + 0.15 * 5, 1.2 - 0.15 * 5], t_ref)
+    datasets_path = _spectra(tmp_path)
+    template = _models_file(tmp_path / "template.yaml", {"type": "LightCurveTemplateTemporalModel", "filename": "templates/line.fits"})
+    line = _models_file(tmp_path / "line.yaml", {"type": "LinearTemporalModel", "parameters": [
+        {"name": "alpha", "value": 1.2, "frozen": True}, {"name": "beta", "value": -0.15, "unit": "d-1", "frozen": True},
+        {"name": "t_ref", "value": 53345.0, "unit": "d"}]})
+    theirs = Datasets.read(datasets_path)
+    theirs.models = Models.read(line)
+    expected = [d.npred_signal().data.ravel() for d in theirs]
+    ours, models = fg.read_datasets(datasets_path), fg.read_models(template)
+    for mine, reference in zip(ours.npred(models), expected, strict=True):
+        np.testing.assert_allclose(mine, reference, rtol=1e-6, atol=1e-9)
+    assert ours.stat_sum(models) == pytest.approx(theirs.stat_sum(), rel=1e-6)
+    fitted, fitted_line = fg.fit(ours, models), fg.fit(ours, fg.read_models(line))
+    assert fitted.converged and fitted.values["crab.spectral.amplitude"] == pytest.approx(fitted_line.values["crab.spectral.amplitude"], rel=1e-6)
+
+    fg.write_models(models, tmp_path / "written.yaml")
+    written = Models.read(tmp_path / "written.yaml")["crab"].temporal_model
+    assert written.tag[0] == "LightCurveTemplateTemporalModel" and written.t_ref.value == pytest.approx(53345.0, abs=1e-9)
+    theirs.models = Models.read(tmp_path / "written.yaml")
+    gammapy_template = [d.npred_signal().data.sum() for d in theirs]
+    assert min(g / e.sum() for g, e in zip(gammapy_template, expected)) > 1.003
+
+
+def test_a_light_curve_template_names_what_is_wrong_with_its_file(tmp_path):
+    reference = Time(53345.0, format="mjd", scale="utc")
+    cases = {
+        "missing.fits": (None, "no such file"),
+        "nonorm.fits": ({"TIME": [0.0, 1.0] * u.d, "FLUX": [1.0, 2.0]}, r"without column\(s\) \['NORM'\]"),
+        "noref.fits": ({"TIME": [0.0, 1.0] * u.d, "NORM": [1.0, 2.0]}, "MJDREFI"),
+        "unsorted.fits": ({"TIME": [1.0, 0.0] * u.d, "NORM": [1.0, 2.0]}, "times must increase strictly"),
+        "nounit.fits": ({"TIME": [0.0, 1.0], "NORM": [1.0, 2.0]}, "no time unit"),
+    }
+    from astropy.table import Table
+
+    for name, (columns, message) in cases.items():
+        if columns is not None:
+            table = Table(columns)
+            if name != "noref.fits":
+                table.meta.update({"MJDREFI": 53345, "MJDREFF": 0.0, "TIMESYS": reference.scale})
+            table.write(tmp_path / name)
+        path = _models_file(tmp_path / "m.yaml", {"type": "LightCurveTemplateTemporalModel", "filename": name})
+        with pytest.raises((ValueError, FileNotFoundError), match=message):
+            fg.read_models(path)
+    path = _models_file(tmp_path / "m.yaml", {"type": "LightCurveTemplateTemporalModel", "filename": "unsorted.fits", "format": "map"})
+    with pytest.raises(ValueError, match="format 'map'"):
         fg.read_models(path)

@@ -10,6 +10,7 @@ Written files are Gammapy-readable and are written atomically, never over an inp
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import astropy.units as u
@@ -23,7 +24,7 @@ from . import spatial as spatial_models
 from . import spectral as spectral_models
 from ._common import gammapy_yaml, load_yaml
 from .models import PSF_MODES, FoVBackgroundModel, Models, SkyModel
-from .temporal import TEMPORAL_TAGS, TIME_SCALES
+from .temporal import TEMPORAL_TAGS, TIME_SCALES, LightCurveTemplateTemporalModel
 from .template import TemplateSpatialModel
 
 __all__ = ["read_models", "write_models", "write_results", "SPECTRAL_TAGS", "SPATIAL_TAGS"]
@@ -199,8 +200,12 @@ def read_models(path) -> Models:
                 scale = temporal_part.get("scale", "utc")
                 if scale not in TIME_SCALES:
                     raise ValueError(f"{where} temporal: scale {scale!r}; expected one of {list(TIME_SCALES)}")
-                temporal = _build(_lookup_class(TEMPORAL_TAGS, temporal_part.get("type"), f"{where} temporal"), temporal_part.get("parameters"),
-                                  f"{where} temporal", links=links, prefix=f"{name}.temporal", scale=scale)
+                temporal_class = _lookup_class(TEMPORAL_TAGS, temporal_part.get("type"), f"{where} temporal")
+                if temporal_class is LightCurveTemplateTemporalModel:
+                    temporal = _read_light_curve_template(temporal_part, path, f"{where} temporal")
+                else:
+                    temporal = _build(temporal_class, temporal_part.get("parameters"), f"{where} temporal", links=links,
+                                      prefix=f"{name}.temporal", scale=scale)
             psf_mode = component.get("psf_mode", "centre")
             if psf_mode not in PSF_MODES:
                 raise ValueError(f"{where}: psf_mode {psf_mode!r}; expected one of {PSF_MODES}")
@@ -240,6 +245,51 @@ def _read_template(spatial_part: dict, path: Path, where: str) -> TemplateSpatia
         if entry.get("name") in ("lon_0", "lat_0") and entry.get("frozen", True) is False:
             raise ValueError(f"{where}: parameter {entry['name']!r}: a template's position cannot be fitted in fitax")
     return model
+
+
+def _read_light_curve_template(temporal_part: dict, path: Path, where: str) -> LightCurveTemplateTemporalModel:
+    """Gammapy's light-curve template from its table (``TIME`` after the reference time
+    ``MJDREFI + MJDREFF`` in ``TIMESYS``, default UTC; ``NORM``): as Gammapy's
+    ``LightCurveTemplateTemporalModel.read``, the file decides ``t_ref`` and the YAML's
+    parameters are not read. A relative ``filename`` is looked up next to the models file,
+    then in the working folder."""
+    from astropy.table import Table
+    from astropy.time import Time
+
+    filename, file_format = temporal_part.get("filename"), temporal_part.get("format", "table")
+    if not filename:
+        raise ValueError(f"{where}: a LightCurveTemplateTemporalModel needs a 'filename'")
+    if file_format != "table":
+        raise ValueError(f"{where}: format {file_format!r} (an energy-dependent template map) is not supported; fitax reads 'table'")
+    location = Path(os.path.expandvars(str(filename)))
+    if not location.is_absolute() and (path.parent / location).exists():
+        location = path.parent / location
+    if not location.exists():
+        raise FileNotFoundError(f"{where}: light-curve template {location}: no such file")
+    try:
+        table = Table.read(location)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{where}: light-curve template {location}: not a readable table ({error})") from error
+    columns = {name.upper(): name for name in table.colnames}
+    missing = [name for name in ("TIME", "NORM") if name not in columns]
+    if missing:
+        raise ValueError(f"{location}: light-curve template without column(s) {missing} (columns: {table.colnames})")
+    meta = {key.upper(): value for key, value in table.meta.items()}
+    time = table[columns["TIME"]]
+    unit = time.unit if time.unit is not None and time.unit.is_equivalent(u.d) else meta.get("TIMEUNIT")
+    if unit is None:
+        raise ValueError(f"{location}: the TIME column has no time unit and the header no TIMEUNIT")
+    norm = table[columns["NORM"]]
+    if norm.unit is not None and not norm.unit.is_equivalent(u.dimensionless_unscaled):
+        raise ValueError(f"{location}: NORM must be a unitless factor, got unit {norm.unit}")
+    try:
+        reference = Time(float(meta["MJDREFI"]), float(meta["MJDREFF"]), format="mjd", scale=str(meta.get("TIMESYS", "utc")).lower())
+        nodes = u.Quantity(np.asarray(time, float), unit).to_value(u.d)
+    except KeyError as error:
+        raise ValueError(f"{location}: header keyword {error.args[0]} (the reference time) missing") from error
+    except ValueError as error:
+        raise ValueError(f"{location}: reference time or time unit: {error}") from error
+    return LightCurveTemplateTemporalModel(nodes, np.asarray(norm, float), reference.utc.mjd, filename=str(location.resolve()))
 
 
 class _BackgroundDefaults:
@@ -303,6 +353,8 @@ def models_to_dict(models: Models, errors: dict[str, float] | None = None) -> di
             if model.temporal is not None:
                 component["temporal"] = {"type": _tag(model.temporal), "scale": model.temporal.scale,
                                          "parameters": _parameter_entries(model.temporal, errors, f"{model.name}.temporal", link_sources)}
+                if isinstance(model.temporal, LightCurveTemplateTemporalModel):
+                    component["temporal"].update({"filename": model.temporal.filename, "format": "table", "unit": ""})
             if model.datasets_names is not None:
                 component["datasets_names"] = list(model.datasets_names)
             if model.psf_mode != "centre":

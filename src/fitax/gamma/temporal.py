@@ -7,10 +7,12 @@ as Gammapy's ``TemporalModel.integral`` summed over the GTIs. Times are MJD [d] 
 model's ``scale`` (Gammapy's default: ``utc``), elapsed from ``t_ref`` as Gammapy's ``Time``
 differences count them; the intervals are converted so where the datasets are bound, so the averages here are pure JAX functions of the parameters and the
 ``(k, 2)`` interval arrays (intervals of zero length, ``start == stop``, pad a stack and add
-nothing). Every model has the closed-form integral Gammapy uses, except
-``SineTemporalModel``, whose Gammapy integral takes ``sin`` where the antiderivative of
-``1 + amp sin(omega (t - t_ref))`` has ``-cos / omega``; fitax integrates it correctly
-(``tests/test_gamma_temporal.py`` shows the difference against quadrature).
+nothing). Every model has the closed-form integral Gammapy uses, except two where
+Gammapy's is wrong and fitax integrates exactly (``tests/test_gamma_temporal.py`` shows each
+difference): ``SineTemporalModel``, whose Gammapy integral takes ``sin`` where the
+antiderivative of ``1 + amp sin(omega (t - t_ref))`` has ``-cos / omega`` (10% off), and
+``LightCurveTemplateTemporalModel``, which Gammapy sums at 100 points with the spacing of 99
+(about 1% high) and at GTI times in TT read as UTC.
 
 Example:
     >>> model = ExpDecayTemporalModel(t0=2.0, t_ref=53000.0)
@@ -29,8 +31,8 @@ from jaxtyping import Array, Float
 from ..parameters import Parameter
 from ._common import parameter
 
-__all__ = ["ConstantTemporalModel", "ExpDecayTemporalModel", "GaussianTemporalModel", "LinearTemporalModel", "PowerLawTemporalModel",
-           "SineTemporalModel", "TEMPORAL_TAGS", "TIME_SCALES", "temporal_intervals"]
+__all__ = ["ConstantTemporalModel", "ExpDecayTemporalModel", "GaussianTemporalModel", "LightCurveTemplateTemporalModel", "LinearTemporalModel",
+           "PowerLawTemporalModel", "SineTemporalModel", "TEMPORAL_TAGS", "TIME_SCALES", "temporal_intervals"]
 
 _T_REF_DEFAULT = 51544.0  # Gammapy's default t_ref, 2000-01-01 00:00 (MJD, UTC)
 TIME_SCALES = ("utc", "tt", "tai", "tcg", "tcb", "tdb", "ut1")
@@ -173,6 +175,72 @@ class SineTemporalModel(_TemporalModel):
         return dt - self.amp.value / self.omega.value * jnp.cos(self.omega.value * dt)
 
 
+def _positive_part_integral(start, slope, x):
+    """``int_0^x max(0, start + slope s) ds`` (negative for ``x < 0``), exact: the line's
+    integral where it stays above 0, nothing where it stays below, and the part above 0
+    where it crosses (then ``slope != 0``)."""
+    end = start + slope * x
+    crossing = (start >= 0) != (end >= 0)
+    safe_slope = jnp.where(crossing, slope, 1.0)
+    crossed = 0.5 * (jnp.maximum(end, 0.0) ** 2 - jnp.maximum(start, 0.0) ** 2) / safe_slope
+    return jnp.where(crossing, crossed, jnp.where(start >= 0, start * x + 0.5 * slope * x**2, 0.0))
+
+
+class LightCurveTemplateTemporalModel(_TemporalModel):
+    """A light curve given as ``norms`` at ``nodes`` [d after ``t_ref``] (Gammapy's
+    ``LightCurveTemplateTemporalModel`` from a table): linear between the nodes, extrapolated
+    linearly from the outer two beyond them, and 0 where that is negative, as Gammapy's
+    ``interp_by_coord`` and clip. Its averages are the exact integrals of that function.
+
+    ``filename`` is the table it was read from (``models.yaml`` names it); energy-dependent
+    templates (Gammapy's map format) are not supported.
+
+    Example:
+        >>> flare = LightCurveTemplateTemporalModel([0.0, 1.0, 2.0], [0.0, 2.0, 0.0], t_ref=53000.0)
+        >>> round(float(flare.mean(np.array([[53000.0, 53002.0]]))), 6)  # a triangle of area 2 over 2 days
+        1.0
+    """
+
+    t_ref: Parameter
+    nodes: Float[Array, " n"]
+    norms: Float[Array, " n"]
+    filename: str = eqx.field(static=True, kw_only=True, default="")
+
+    def __init__(self, nodes, norms, t_ref=_T_REF_DEFAULT, *, filename: str = "", scale: str = "utc"):
+        nodes, norms = np.asarray(nodes, float), np.asarray(norms, float)
+        where = f"light-curve template {filename}".rstrip()
+        if nodes.ndim != 1 or nodes.shape != norms.shape or nodes.size < 2:
+            raise ValueError(f"{where}: expected at least two times and as many norms, got shapes {nodes.shape} and {norms.shape}")
+        if not (np.all(np.isfinite(nodes)) and np.all(np.isfinite(norms))):
+            raise ValueError(f"{where}: times and norms must be finite")
+        if np.any(np.diff(nodes) <= 0):
+            raise ValueError(f"{where}: times must increase strictly")
+        self.t_ref = parameter(t_ref, "d", frozen=True)
+        self.nodes, self.norms = nodes, norms
+        self.filename = str(filename)
+        self.scale = scale
+
+    def _segments(self, time):
+        """Each time's segment: its start node, its value there and its slope."""
+        nodes, norms = jnp.asarray(self.nodes), jnp.asarray(self.norms)
+        after = jnp.asarray(time, float) - self.t_ref.value
+        segment = jnp.clip(jnp.searchsorted(nodes, after, side="right") - 1, 0, nodes.size - 2)
+        slopes = jnp.diff(norms) / jnp.diff(nodes)
+        return after - nodes[segment], norms[segment], slopes[segment], segment
+
+    def __call__(self, time):
+        x, start, slope, _ = self._segments(time)
+        return jnp.maximum(start + slope * x, 0.0)
+
+    def antiderivative(self, time):
+        nodes, norms = jnp.asarray(self.nodes), jnp.asarray(self.norms)
+        widths = jnp.diff(nodes)
+        whole = _positive_part_integral(norms[:-1], jnp.diff(norms) / widths, widths)
+        before = jnp.concatenate([jnp.zeros(1), jnp.cumsum(whole)[:-1]])
+        x, start, slope, segment = self._segments(time)
+        return before[segment] + _positive_part_integral(start, slope, x)
+
+
 TEMPORAL_TAGS = {
     ("ConstantTemporalModel", "const"): ConstantTemporalModel,
     ("LinearTemporalModel", "linear"): LinearTemporalModel,
@@ -180,6 +248,7 @@ TEMPORAL_TAGS = {
     ("GaussianTemporalModel", "gauss"): GaussianTemporalModel,
     ("PowerLawTemporalModel", "powerlaw"): PowerLawTemporalModel,
     ("SineTemporalModel", "sinus"): SineTemporalModel,
+    ("LightCurveTemplateTemporalModel", "template"): LightCurveTemplateTemporalModel,
 }
 """Gammapy's temporal model tags (type names and short names) fitax has."""
 
