@@ -12,6 +12,13 @@ PKS 2155-304 flare reduced likewise (4 x 4 deg, 6 bins 0.4-10 TeV, FoV backgroun
 one flux point 0.7-10 TeV per run, the same optional quantities. The 1D row: the same 4 Crab
 runs reduced to on-off spectra (``type: 1d``, 0.11 deg ON region, reflected regions, 12 bins
 0.7-30 TeV), the Crab's power law (no spatial model), flux points in the same 6 bins (WStat).
+Excess maps (0.1 deg correlation radius, all energies): the 4 Crab runs stacked on the same 5 x
+5 deg grid, with its background template (Cash, FoV norms fitted) and with Gammapy's ring
+background (``RingBackgroundMaker``, 0.5-0.8 deg, the Crab excluded, written as a
+``MapDatasetOnOff``: WStat); each with Gammapy's default quantities on the whole map (fitax
+computes its asymmetric errors and upper limits anyway) and with ``errn-errp`` and ``ul``
+on a 2 x 2 deg cutout (Gammapy finds those roots pixel by pixel, ~3 ms each); both must agree
+where TS > 1.
 
 What is timed, in process: reading the datasets anew (fitax caches IRFs and bindings on its
 dataset objects, so each repeat reads fresh files on both sides) and estimating; median of
@@ -100,6 +107,71 @@ def _reduce_onoff(store: str, folder: Path) -> tuple[Path, Path]:
         {"name": "reference", "value": 1.0, "unit": "TeV"}]}}  # fmt: skip
     (folder / "onoff_models.yaml").write_text(yaml.safe_dump({"components": [crab]}, sort_keys=False))
     return datasets, folder / "onoff_models.yaml"
+
+
+def _stacked_maps(store: str, folder: Path) -> dict:
+    """The 4 Crab runs stacked (Cash: the background template) and with a ring background
+    (WStat), whole and cut out to 2 x 2 deg: ``{kind: (datasets.yaml, models.yaml)}``."""
+    import yaml
+    import astropy.units as u
+    from astropy.coordinates import SkyCoord
+    from gammapy.datasets import Datasets, MapDataset
+    from gammapy.makers import RingBackgroundMaker
+    from regions import CircleSkyRegion
+
+    from fitax.gamma.pipeline import reduce_files
+
+    config = yaml.safe_load((folder / "analysis.yaml").read_text())
+    config["datasets"]["stack"] = True
+    (folder / "stacked.yaml").write_text(yaml.safe_dump(config))
+    stacked_path = reduce_files(folder / "stacked.yaml", folder / "stacked", progress=False)
+    crab = SkyCoord(83.633, 22.014, unit="deg")
+    stacked = MapDataset.read(stacked_path.parent / "stacked.fits")
+    exclusion = ~stacked.counts.geom.to_image().region_mask([CircleSkyRegion(crab, 0.3 * u.deg)])
+    ring = RingBackgroundMaker(r_in="0.5 deg", width="0.3 deg", exclusion_mask=exclusion).run(stacked)
+    stacked_models = folder / "stacked" / "models.yaml"
+    empty = folder / "no_models.yaml"
+    empty.write_text(yaml.safe_dump({"components": []}))
+    files = {"cash": (stacked_path, stacked_models)}
+    for name, dataset in (("cash_cutout", stacked.cutout(crab, 2 * u.deg, name="stacked")), ("wstat", ring),
+                          ("wstat_cutout", ring.cutout(crab, 2 * u.deg, name="ring"))):
+        Datasets([dataset]).write(folder / name / "datasets.yaml")
+        files[name] = (folder / name / "datasets.yaml", stacked_models if name.startswith("cash") else empty)
+    return files
+
+
+def _fitax_excess(datasets: Path, models: Path):
+    import astropy.units as u
+
+    import fitax.gamma as fg
+    from fitax.gamma.estimators import excess_map
+
+    return excess_map(fg.read_datasets(datasets)[0], fg.read_models(models), 0.1 * u.deg).maps
+
+
+def _gammapy_excess(datasets: Path, models: Path, selection):
+    from gammapy.datasets import Datasets
+    from gammapy.estimators import ExcessMapEstimator
+    from gammapy.modeling.models import Models
+
+    read = Datasets.read(datasets, lazy=False)
+    read.models = Models.read(models)
+    return ExcessMapEstimator(correlation_radius="0.1 deg", selection_optional=selection).run(read[0])
+
+
+def _worst_excess(ours, theirs) -> dict:
+    import numpy as np
+
+    significant = np.asarray(theirs["ts"].data) > 1
+    worst = {}
+    for key in ("norm", "norm_err", "norm_errn", "norm_errp", "norm_ul"):
+        if key in theirs.available_quantities:
+            a, b = np.asarray(ours[key], float), np.asarray(theirs[key].data, float)
+            if not np.array_equal(np.isnan(a), np.isnan(b)):
+                return {"norm": float("inf")}
+            worst[key] = float(np.max(np.abs(a[significant] / b[significant] - 1)))
+    worst["ts_abs"] = float(np.max(np.abs(np.asarray(ours["ts"])[significant] - np.asarray(theirs["ts"].data)[significant])))
+    return worst
 
 
 def _reduce_pks(store: str, folder: Path) -> tuple[Path, Path]:
@@ -252,6 +324,15 @@ def main(argv=None) -> int:
         onoff_row = _compared(f"flux points of 1D on-off spectra (WStat), {len(ENERGY_EDGES) - 1} bins, 4 runs, errn-errp, ul, scan "
                               "(read + estimate)", lambda: _fitax(onoff_datasets, onoff_models), lambda: _gammapy(onoff_datasets, onoff_models),
                               _worst, args.repeats)
+        excess_rows = []
+        for kind, (maps_datasets, maps_models) in _stacked_maps(args.data, folder).items():
+            selection = ["errn-errp", "ul"] if kind.endswith("cutout") else None
+            label = {"cash": "Cash, background template", "wstat": "WStat, ring background"}[kind.split("_")[0]]
+            quantities = "2 x 2 deg, errn-errp, ul" if selection else "5 x 5 deg, Gammapy's default quantities"
+            excess_rows.append(_compared(f"excess map, {label}, {quantities} (read + estimate)",
+                                         lambda d=maps_datasets, m=maps_models: _fitax_excess(d, m),
+                                         lambda d=maps_datasets, m=maps_models, s=selection: _gammapy_excess(d, m, s), _worst_excess,
+                                         args.repeats))
         if args.shell:
             commands = {
                 "fitax": [str(Path(sys.executable).parent / "fitax"), "gamma", "estimate", "flux-points", "--datasets", str(datasets),
@@ -267,7 +348,7 @@ def main(argv=None) -> int:
                         shell[name].append(elapsed)
             row.update({"fitax_shell_s": statistics.median(shell["fitax"]), "gammapy_shell_s": statistics.median(shell["gammapy"])})
             row["shell_ratio"] = row["gammapy_shell_s"] / row["fitax_shell_s"]
-    rows = [row, curve_row, onoff_row]
+    rows = [row, curve_row, onoff_row, *excess_rows]
     print_table(
         rows,
         [("task", "task", "s"), ("fitax_s", "fitax s", ".3f"), ("gammapy_s", "Gammapy s", ".2f"), ("ratio", "ratio", ".0f"),

@@ -7,6 +7,7 @@ collection; npred and Cash ``stat_sum`` as Gammapy computes them, as pure JAX fu
 
 from .datasets import Datasets, read_datasets
 from .mapdataset import MapDataset
+from .mapdataset_onoff import MapDatasetOnOff
 from .fit import fit, sample, ts
 from .modelio import read_models, write_models, write_results
 from .geometry import SkyGrid, integrate_spatial
@@ -30,7 +31,7 @@ from .spectral import (
 __all__ = [
     "BrokenPowerLawSpectralModel", "ConstantSpectralModel", "ExpCutoffPowerLawSpectralModel", "LogParabolaSpectralModel",
     "PowerLaw2SpectralModel", "PowerLawSpectralModel", "PowerLawNormSpectralModel", "TemplateSpatialModel", "SmoothBrokenPowerLawSpectralModel",
-    "Datasets", "MapDataset", "SpectrumDataset", "SpectrumDatasetOnOff", "fit", "ts", "sample", "read_datasets", "read_models", "write_models", "write_results", "FoVBackgroundModel", "Models", "SkyModel", "PointSpatialModel",
+    "Datasets", "MapDataset", "MapDatasetOnOff", "SpectrumDataset", "SpectrumDatasetOnOff", "fit", "ts", "sample", "read_datasets", "read_models", "write_models", "write_results", "FoVBackgroundModel", "Models", "SkyModel", "PointSpatialModel",
     "ConstantSpatialModel", "DiskSpatialModel", "GaussianSpatialModel", "ShellSpatialModel", "SkyGrid", "integrate_spatial",
     "PSFKernelMap", "read_psf_kernel_map", "write_psf_kernel_map",
 ]

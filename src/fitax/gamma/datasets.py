@@ -16,12 +16,14 @@ import numpy as np
 from ._common import load_yaml
 from .likelihood import bind, npred, npred_groups, stat_sum, stat_sum_groups
 from .mapdataset import MapDataset
+from .mapdataset_onoff import MapDatasetOnOff
 from .models import Models
 from .spectrum import SpectrumDataset, SpectrumDatasetOnOff
 
 __all__ = ["Datasets", "MapDataset", "read_datasets", "bind", "npred_groups", "stat_sum_groups"]
 
-_KINDS = {"MapDataset": MapDataset, "SpectrumDataset": SpectrumDataset, "SpectrumDatasetOnOff": SpectrumDatasetOnOff}
+_KINDS = {"MapDataset": MapDataset, "MapDatasetOnOff": MapDatasetOnOff, "SpectrumDataset": SpectrumDataset,
+          "SpectrumDatasetOnOff": SpectrumDatasetOnOff}
 
 
 class Datasets(Sequence):
@@ -88,7 +90,7 @@ def read_datasets(path, progress: bool = False) -> Datasets:
         where = f"{path}: dataset {entry.get('name', index)!r}"
         kind = entry.get("type", "MapDataset")
         if kind not in _KINDS:
-            raise ValueError(f"{where}: dataset type {kind!r}; fitax reads MapDataset, SpectrumDataset and SpectrumDatasetOnOff entries")
+            raise ValueError(f"{where}: dataset type {kind!r}; fitax reads {', '.join(_KINDS)} entries")
         if "filename" not in entry:
             raise ValueError(f"{where}: no 'filename'")
         filename = Path(entry["filename"])

@@ -46,7 +46,9 @@ class MapDatasetFile:
     ``gti`` those intervals' starts and stops (astropy ``Time``, ``(n, 2)``) where they are known.
     ``psf_kernel_map`` is an asymmetric PSF (kernels per position, see
     :mod:`fitax.gamma.psf_kernel_map`) where the file has one; it then replaces ``psf``,
-    which stays for Gammapy (a radial approximation).
+    which stays for Gammapy (a radial approximation). ``counts_off``, ``acceptance`` and
+    ``acceptance_off`` ``(energy, y, x)`` are a ``MapDatasetOnOff``'s (Gammapy's ring
+    background), ``None`` in other files.
     """
 
     name: str
@@ -71,6 +73,9 @@ class MapDatasetFile:
     edisp_exposure: np.ndarray | None = None
     gti: Time | None = None
     psf_kernel_map: PSFKernelMap | None = None
+    counts_off: np.ndarray | None = None
+    acceptance: np.ndarray | None = None
+    acceptance_off: np.ndarray | None = None
 
     def __repr__(self) -> str:
         ne, ny, nx = self.counts.shape
@@ -161,6 +166,9 @@ def _irf_map(hdul, name, band_table: Table, axes: tuple[str, str], path, image):
     return data, None
 
 
+_ON_OFF_MAPS = ("COUNTS_OFF", "ACCEPTANCE", "ACCEPTANCE_OFF")
+
+
 def read_map_dataset(path) -> MapDatasetFile:
     """Read a MapDataset written by Gammapy (``MapDataset.write``), checking shapes, units
     and values.
@@ -221,11 +229,19 @@ def read_map_dataset(path) -> MapDatasetFile:
             raise ValueError(f"{path}[EXPOSURE]: unit {unit!r}; expected 'm2 s' or 'cm2 s'")
         if "cm2" in str(unit):
             exposure = exposure * 1e-4
-        for name, array in (("BACKGROUND", background), ("MASK_SAFE", mask_safe), ("MASK_FIT", mask_fit)):
+        # a MapDatasetOnOff's OFF counts and acceptances (RingBackgroundMaker's): all three or none
+        off_maps = {name: image(name, required=False) for name in _ON_OFF_MAPS}
+        present = [name for name, array in off_maps.items() if array is not None]
+        if present and len(present) != len(_ON_OFF_MAPS):
+            raise ValueError(f"{path}: an on-off map dataset needs HDUs {list(_ON_OFF_MAPS)}, found only {present}")
+        for name, array in (("BACKGROUND", background), ("MASK_SAFE", mask_safe), ("MASK_FIT", mask_fit), *off_maps.items()):
             if array is not None and array.shape != counts.shape:
                 raise ValueError(f"{path}[{name}]: shape {array.shape} differs from COUNTS {counts.shape}")
         if background is not None and (not np.all(np.isfinite(background)) or np.any(background < 0)):
             raise ValueError(f"{path}[BACKGROUND]: background must be finite and >= 0")
+        for name, array in off_maps.items():  # made by FFT convolutions (Gammapy's ring): -1e-15 is a zero
+            if array is not None and (not np.all(np.isfinite(array)) or np.any(array < -1e-6 * max(float(np.max(array)), 1.0))):
+                raise ValueError(f"{path}[{name}]: values must be finite and >= 0")
 
         n_true, n_reco = len(energy_true_edges) - 1, len(energy_edges) - 1
         psf = psf_rad = psf_rad_edges = psf_energy_true = psf_wcs = None
@@ -266,6 +282,7 @@ def read_map_dataset(path) -> MapDatasetFile:
         energy_true_edges=energy_true_edges, wcs=wcs, psf=psf, psf_rad=psf_rad, psf_rad_edges=psf_rad_edges,
         psf_energy_true=psf_energy_true, psf_wcs=psf_wcs, edisp=edisp,
         edisp_wcs=edisp_wcs, livetime=livetime, gti=gti, psf_kernel_map=kernel_map,
+        counts_off=off_maps["COUNTS_OFF"], acceptance=off_maps["ACCEPTANCE"], acceptance_off=off_maps["ACCEPTANCE_OFF"],
     )
 
 

@@ -53,6 +53,9 @@ class MapDataset:
 
     @classmethod
     def from_file_contents(cls, contents: MapDatasetFile, name: str | None = None) -> "MapDataset":
+        if contents.counts_off is not None:
+            raise ValueError(f"{contents.path}: an on-off map dataset (COUNTS_OFF, ACCEPTANCE, ACCEPTANCE_OFF); read it as a "
+                             "MapDatasetOnOff (its type in datasets.yaml)")
         mask = np.ones(contents.counts.shape, bool)
         if contents.mask_safe is not None:
             mask &= contents.mask_safe
