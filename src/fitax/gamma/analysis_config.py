@@ -261,7 +261,8 @@ def _on_region(datasets: _Section):
     missing = [key for key in ("lon", "lat", "radius") if section.get(key) is None]
     if missing:
         raise ValueError(f"{section.source}: '{section.path}' needs lon, lat and radius for a 1d analysis; {', '.join(missing)} missing "
-                         "(point-like ON regions of RAD_MAX IRFs are not supported yet)")
+                         "(Gammapy's configuration has no point ON region for point-like RAD_MAX runs: reduce those with "
+                         "fitax.gamma.spectrum_reduce.spectrum_onoff_file, a PointSkyRegion and a WobbleRegionsFinder)")
     frame = section.get("frame", "icrs")
     if frame not in ("icrs", "galactic"):
         raise ValueError(f"{section.source}: '{section.path}.frame' = {frame!r}; expected 'icrs' or 'galactic'")

@@ -2,7 +2,10 @@
 region, off counts in reflected (or wobble) regions, the exposure and energy dispersion at the
 region's centre, the PSF containment correction, safe masks, and stacking (Gammapy's
 ``SpectrumDatasetMaker``, ``ReflectedRegionsBackgroundMaker``, ``SafeMaskMaker`` and
-``Datasets.stack_reduce`` are the references).
+``Datasets.stack_reduce`` are the references). Runs with point-like IRFs (a ``RAD_MAX``
+table, as MAGIC and LST write them) take a point as ON region: an event counts where it lies
+within the cut radius of its energy (Gammapy's ``select_rad_max``), in ON and in wobble OFF
+points alike.
 
 Regions are the ``regions`` package's, as Gammapy's: the reflected regions are found as
 Gammapy's ``ReflectedRegionsFinder`` finds them, rotating the ON region in pixels of a TAN
@@ -35,7 +38,7 @@ from .irf_maps import edisp_kernel_map
 from .reduce import SafeMaskParameters, axis_edges, evaluate_irf, event_energy_bins, exposure_cube, safe_mask
 from .stacking import gti_union
 
-__all__ = ["ReflectedRegionsFinder", "SpectrumOnOffFile", "WobbleRegionsFinder", "psf_containment", "spectrum_onoff_file",
+__all__ = ["ReflectedRegionsFinder", "SpectrumOnOffFile", "WobbleRegionsFinder", "psf_containment", "rad_max_at", "spectrum_onoff_file",
            "stack_spectra"]
 
 _FULL_CIRCLE = 2 * np.pi
@@ -186,14 +189,21 @@ class WobbleRegionsFinder(_RegionsFinder):
     def find(self, region, center: SkyCoord, exclusion=None):
         """The wobble regions of ``region`` about ``center``, in pixels of the WCS they were
         found on, and that WCS."""
+        from regions import PointSkyRegion
+
         wcs, center_pixel, region_pixels = self.reference(region, center)
         excluded = self.excluded_pixels(wcs, exclusion)
+        point = isinstance(region, PointSkyRegion)
         positions = self.n_off_regions + 1
         regions = []
         for step in range(1, positions):
             candidate = region_pixels.rotate(center_pixel, step * _FULL_CIRCLE / positions * u.rad)
-            if exclusion is None or not np.any(candidate.contains(excluded)):
+            if exclusion is None:
                 regions.append(candidate)
+            elif not np.any(excluded.separation(candidate.center) < 1 if point else candidate.contains(excluded)):
+                regions.append(candidate)  # a point is excluded within a pixel of an excluded pixel (Gammapy's test)
+        if point:  # points overlap where their cut radii do: checked with the run's RAD_MAX
+            return regions, wcs
         masks = [r.to_mask().to_image(wcs.array_shape) > 0 for r in regions]
         if any(np.any(a & b) for i, a in enumerate(masks) for b in masks[i + 1:]):
             warnings.warn("wobble OFF regions overlap: none used (use fewer or smaller regions)", stacklevel=2)
@@ -252,10 +262,73 @@ def _region_counts(observation: Observation, regions, wcs, energy_edges: u.Quant
 
 
 def _region_wcs(region) -> WCS:
-    """The TAN WCS of Gammapy's ``RegionGeom`` of a circle (0.1 deg pixels around its centre)."""
+    """The TAN WCS of Gammapy's ``RegionGeom`` of a circle or a point (0.1 deg pixels around
+    its centre)."""
     binsz = 0.1
-    npix = int(np.ceil(2 * region.radius.to_value("deg") / binsz + 1))
+    radius = getattr(region, "radius", 0 * u.deg)
+    npix = int(np.ceil(2 * radius.to_value("deg") / binsz + 1))
     return _tan_wcs(region.center, _frame_name(region.center), binsz, npix)
+
+
+def rad_max_at(rad_max: IRF, energy: u.Quantity, offset: u.Quantity) -> u.Quantity:
+    """The cut radius of a ``RAD_MAX`` table for events of ``energy`` at ``offset``, as
+    Gammapy's ``EventList.select_rad_max`` takes it: the nearest node of each axis (in the
+    axis' scale: log energies), 0 beyond the axes' edges.
+
+    Example:
+        >>> rad_max_at(obs.rad_max, [0.1, 1.0] * u.TeV, 0.4 * u.deg)  # doctest: +SKIP
+        <Quantity [0.224, 0.1] deg>
+    """
+    coords = {"energy": energy, "offset": offset}
+    missing = set(rad_max.axes) - set(coords)
+    if missing:
+        raise ValueError(f"{rad_max.hdu_class}: axes {sorted(missing)}; a RAD_MAX table has energy and offset axes")
+    shape = np.broadcast_shapes(*(np.shape(u.Quantity(c)) for c in coords.values()))
+    index, outside = [], np.zeros(shape, bool)
+    for axis in rad_max.axes.values():
+        value = np.broadcast_to(np.asarray(u.Quantity(coords[axis.name]).to_value(axis.nodes.unit), float), shape)
+        scale = np.log if axis.interp == "log" else np.asarray
+        nodes = scale(axis.nodes.value)
+        middles = 0.5 * (nodes[1:] + nodes[:-1])
+        with np.errstate(divide="ignore", invalid="ignore"):  # non-positive energies: outside, 0 below
+            index.append(np.searchsorted(middles, scale(value)))
+        edges = axis_edges(axis)
+        outside |= (value < edges[0]) | (value > edges[-1])
+    table = rad_max.data.to_value("deg").reshape([len(a.nodes) for a in rad_max.axes.values()])
+    return np.where(outside, 0.0, table[tuple(index)]) * u.deg
+
+
+def _rad_max_counts(observation: Observation, positions: list[SkyCoord], energy_edges: u.Quantity) -> np.ndarray:
+    """Events per energy bin within the cut radius of their energy (at each position's
+    offset) of any of ``positions`` (Gammapy's ``make_counts_rad_max`` and
+    ``make_counts_off_rad_max``: an event near two positions counts for each)."""
+    events = observation.events
+    radec = SkyCoord(events["RA"].quantity, events["DEC"].quantity, frame="icrs")
+    energy = events["ENERGY"].quantity
+    bins = event_energy_bins(observation, energy_edges)
+    n = len(energy_edges) - 1
+    counts = np.zeros(n, int)
+    for position in positions:
+        inside = position.separation(radec) <= rad_max_at(observation.rad_max, energy, position.separation(observation.pointing))
+        keep = inside & (bins >= 0) & (bins < n)
+        counts += np.bincount(bins[keep], minlength=n)
+    return counts
+
+
+def _cut_radii_overlap(observation: Observation, positions: list[SkyCoord], energy_edges: u.Quantity) -> bool:
+    """Whether any two of ``positions`` are closer than twice the cut radius at the first's
+    offset in an energy bin of the table that meets ``energy_edges`` (Gammapy's
+    ``are_regions_overlapping_rad_max``)."""
+    from itertools import combinations
+
+    rad_max = observation.rad_max
+    energy_axis = rad_max.axes["energy"]
+    edges = axis_edges(energy_axis) * energy_axis.nodes.unit
+    low, high = u.Quantity(energy_edges)[[0, -1]]
+    meets = (edges[1:] >= low) & (edges[:-1] <= high)
+    radii = evaluate_irf(rad_max, energy=energy_axis.nodes, offset=positions[0].separation(observation.pointing))[meets]
+    separations = u.Quantity([a.separation(b) for a, b in combinations(positions, 2)])
+    return bool(np.any(separations[None, :] < 2 * radii[:, None]))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -316,25 +389,41 @@ def spectrum_onoff_file(observation: Observation, on_region, energy_edges: u.Qua
         >>> spectrum_onoff_file(obs, on, edges, true_edges, containment_correction=True)  # doctest: +SKIP
         SpectrumOnOffFile(obs_23523: 12 energies, 96 on, 78 off in 12 regions, 10 safe bins)
     """
-    from regions import CircleSkyRegion
+    from regions import CircleSkyRegion, PointSkyRegion
 
-    if not isinstance(on_region, CircleSkyRegion):
-        raise TypeError(f"the ON region must be a circle (regions.CircleSkyRegion), got {type(on_region).__name__}")
+    point_like = "rad_max" in observation.irf_locations
+    if point_like and not isinstance(on_region, PointSkyRegion):
+        raise ValueError(f"obs {observation.obs_id}: its IRFs are point-like (RAD_MAX, an energy-dependent cut radius): the ON region must "
+                         f"be a point (regions.PointSkyRegion), as in Gammapy, got {type(on_region).__name__}; Gammapy's analysis "
+                         "configuration has none: reduce such runs with fitax.gamma.spectrum_reduce.spectrum_onoff_file and a "
+                         "WobbleRegionsFinder")
+    if not point_like and not isinstance(on_region, CircleSkyRegion):
+        raise TypeError(f"the ON region must be a circle (regions.CircleSkyRegion), got {type(on_region).__name__}"
+                        + (f" (a point needs point-like IRFs with a RAD_MAX table; obs {observation.obs_id} has none)"
+                           if isinstance(on_region, PointSkyRegion) else ""))
+    if point_like and containment_correction:
+        raise ValueError(f"obs {observation.obs_id}: no containment correction with point-like IRFs (their effective area holds the cut)")
+    if point_like and not isinstance(finder, WobbleRegionsFinder):
+        raise ValueError(f"obs {observation.obs_id}: a point ON region takes its OFF points from a WobbleRegionsFinder, as in Gammapy's "
+                         "point-like analyses")
     unsupported = sorted(set(safe_mask_methods) - set(ONOFF_SAFE_MASK_METHODS))
     if unsupported:
         raise ValueError(f"safe-mask methods {unsupported} do not apply to on-off spectra; use some of {list(ONOFF_SAFE_MASK_METHODS)}")
     name = name or f"obs_{observation.obs_id}"
-    if "rad_max" in observation.irf_locations:
-        raise ValueError(f"obs {observation.obs_id}: its IRFs are point-like (RAD_MAX): on-off spectra with an energy-dependent ON "
-                         "region are not supported yet (Gammapy: a PointSkyRegion on_region, no containment correction)")
     pointing = observation.pointing
     finder = ReflectedRegionsFinder() if finder is None else finder
     off_regions, off_wcs = finder.find(on_region, pointing, exclusion)
+    energy_edges, energy_true_edges = u.Quantity(energy_edges, "TeV"), u.Quantity(energy_true_edges, "TeV")
+    if point_like and off_regions:
+        off_positions = [r.to_sky(off_wcs).center for r in off_regions]
+        if _cut_radii_overlap(observation, [on_region.center, *off_positions], energy_edges):
+            warnings.warn(f"obs {observation.obs_id}: the ON and OFF points lie within twice the cut radius (RAD_MAX) of each other "
+                          "(use fewer OFF points)", stacklevel=2)
+            off_regions = []
     if not off_regions:
         warnings.warn(f"obs {observation.obs_id} left out: no OFF region found (the ON region holds the pointing, or every copy of "
                       "it touches the exclusion mask; as Gammapy)", stacklevel=2)
         return None
-    energy_edges, energy_true_edges = u.Quantity(energy_edges, "TeV"), u.Quantity(energy_true_edges, "TeV")
     centre_wcs = _tan_wcs(on_region.center, _frame_name(on_region.center), 0.01, 1)  # one pixel, its centre the region's
     exposure = exposure_cube(observation, centre_wcs, (1, 1), energy_true_edges).to_value("m2 s")
     edisp_exposure = exposure[:, None]
@@ -353,9 +442,14 @@ def spectrum_onoff_file(observation: Observation, on_region, energy_edges: u.Qua
                      exposure=exposure, energy_true_edges=energy_true_edges, edisp=edisp, edisp_wcs=centre_wcs)
     n = len(energy_edges) - 1
     on_wcs = _region_wcs(on_region)
+    if point_like:
+        counts = _rad_max_counts(observation, [on_region.center], energy_edges)
+        counts_off = _rad_max_counts(observation, off_positions, energy_edges)
+    else:
+        counts = _region_counts(observation, [on_region.to_pixel(on_wcs)], on_wcs, energy_edges)
+        counts_off = _region_counts(observation, off_regions, off_wcs, energy_edges)
     return SpectrumOnOffFile(
-        name=name, counts=_region_counts(observation, [on_region.to_pixel(on_wcs)], on_wcs, energy_edges),
-        counts_off=_region_counts(observation, off_regions, off_wcs, energy_edges), acceptance=np.ones(n),
+        name=name, counts=counts, counts_off=counts_off, acceptance=np.ones(n),
         acceptance_off=np.full(n, float(len(off_regions))), exposure=exposure[:, 0, 0], edisp=edisp[:, :, 0, 0],
         edisp_exposure=edisp_exposure[:, 0, 0, 0], mask_safe=mask[:, 0, 0], energy_edges=energy_edges.to_value("TeV"),
         energy_true_edges=energy_true_edges.to_value("TeV"), on_region=on_region, on_wcs=on_wcs, off_regions=tuple(off_regions),
