@@ -331,6 +331,14 @@ def test_wstat_excess_map_of_a_ring_background_equals_gammapys(crab_stacked, tmp
         np.testing.assert_array_equal(np.isnan(ours), np.isnan(reference), err_msg=name)
         np.testing.assert_allclose(ours[0][significant], reference[0][significant], rtol=1e-3, err_msg=name)
 
+    # without --models: no sources (nothing to compile), as Gammapy's estimator on the dataset without models
+    assert main(["gamma", "estimate", "excess-map", "--datasets", str(tmp_path / "ring" / "datasets.yaml"), "--out", str(tmp_path / "plain"),
+                 "--no-plots"]) == 0  # fmt: skip
+    plain = ExcessMapEstimator(correlation_radius="0.1 deg").run(Datasets.read(tmp_path / "ring" / "datasets.yaml", lazy=False)[0])
+    ours = Map.read(tmp_path / "plain" / "excess_map.fits", hdu="TS").data
+    significant = np.asarray(plain.ts.data[0]) > 1
+    np.testing.assert_allclose(ours[0][significant], plain.ts.data[0][significant], rtol=1e-3)
+    assert np.nanmax(plain.ts.data) > 1.5 * np.nanmax(theirs.ts.data)  # the source's prediction mattered above
     with pytest.raises(ValueError, match=r"on-off maps \(MapDatasetOnOff\).*does not fit"):
         fg.fit(fg.read_datasets(tmp_path / "ring" / "datasets.yaml"), fg.read_models(tmp_path / "models.yaml"))
     with pytest.raises(ValueError, match="read it as a MapDatasetOnOff"):

@@ -25,7 +25,8 @@ def add_parser(commands) -> None:
     estimate = sub.add_parser("estimate", help="flux points, a light curve, an excess map or a TS map from fitted models (Gammapy's estimators)")
     estimate.add_argument("kind", choices=["flux-points", "light-curve", "excess-map", "ts-map"], help="what to estimate")
     estimate.add_argument("--datasets", required=True, help="Gammapy datasets.yaml")
-    estimate.add_argument("--models", required=True, help="Gammapy models.yaml with the fitted models (fitax gamma fit's DIR/models.yaml)")
+    estimate.add_argument("--models", default=None, help="Gammapy models.yaml with the fitted models (fitax gamma fit's DIR/models.yaml); "
+                                                         "excess maps without it: no sources, background templates as they are")
     estimate.add_argument("--out", required=True, help="output folder: flux_points.fits (Gammapy's gadf-sed) and flux_points.png, "
                                                        "light_curve.fits (Gammapy's lightcurve format) and light_curve.png, "
                                                        "excess_map.fits and excess_map.png, or ts_map.fits (Gammapy's FluxMaps) and ts_map.png")
@@ -96,6 +97,8 @@ def _estimate(args: argparse.Namespace) -> int:
         print(ts_map_files(args.datasets, args.models, args.out, args.kernel, args.index, _angle(args.kernel_width, "--kernel-width"),
                            energy, errors=args.errors, plots=not args.no_plots))
         return 0
+    if args.kind != "excess-map" and args.models is None:
+        raise ValueError(f"{args.kind} needs --models MODELS.yaml (the fitted models)")
     if args.kind == "excess-map":
         energy = None if args.energy_edges is None else _energy_edges(args.energy_edges)
         print(excess_map_files(args.datasets, args.models, args.out, _angle(args.correlation_radius, "--correlation-radius"), energy, plots=not args.no_plots))

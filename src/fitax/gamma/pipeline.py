@@ -160,10 +160,11 @@ def _output_folder(out) -> Path:
 
 def _estimator_inputs(datasets_path, models_path, out, filename: str):
     """The output folder (checked before any work, never one of the inputs' files), the
-    datasets and the models of an estimator job."""
+    datasets and the models of an estimator job (none without ``models_path``)."""
     out = _output_folder(out)
-    check_not_input(out / filename, [datasets_path, models_path])
-    return out, read_datasets(datasets_path, progress=sys.stderr.isatty()), read_models(models_path)
+    check_not_input(out / filename, [datasets_path] + ([] if models_path is None else [models_path]))
+    models = Models([]) if models_path is None else read_models(models_path)
+    return out, read_datasets(datasets_path, progress=sys.stderr.isatty()), models
 
 
 def _fov_background_norms(datasets: list, settings: dict) -> dict:
@@ -380,7 +381,8 @@ def light_curve_files(datasets_path, models_path, out, source: str, energy_edges
 
 def excess_map_files(datasets_path, models_path, out, correlation_radius: float, energy_edges=None, plots: bool = True) -> Path:
     """Excess and significance maps (:func:`fitax.gamma.estimators.excess_map`) of the single
-    (stacked) dataset of Gammapy's files, the background predicted by the models, written to
+    (stacked) dataset of Gammapy's files, the background predicted by the models (``None``: no
+    sources, the background template as it is; an on-off dataset's background is measured), written to
     ``out/excess_map.fits`` with ``out/excess_map.png``; returns the FITS path.
 
     Example:
