@@ -317,10 +317,10 @@ def test_point_like_spectra_with_a_rad_max_cut_equal_gammapys(n_off, tmp_path):
     ON region on the Crab and ``n_off`` wobble OFF points, against Gammapy's
     SpectrumDatasetMaker + ReflectedRegionsBackgroundMaker(WobbleRegionsFinder) +
     SafeMaskMaker: counts, OFF counts, alpha and masks identical, exposure and energy
-    dispersion within 1e-12; the spectra written, read by Gammapy, and fitted jointly (WStat)
-    as Gammapy fits them (0.05 sigma, errors 1%)."""
+    dispersion within 1e-12; the spectra written (``point_like_spectra_files``), read by
+    Gammapy, and fitted jointly (WStat) as Gammapy fits them (0.05 sigma, errors 1%)."""
     from gammapy.data import DataStore as GammapyStore
-    from gammapy.datasets import Datasets, SpectrumDataset, SpectrumDatasetOnOff
+    from gammapy.datasets import Datasets, SpectrumDataset
     from gammapy.makers import ReflectedRegionsBackgroundMaker, SafeMaskMaker, SpectrumDatasetMaker
     from gammapy.makers import WobbleRegionsFinder as GammapyWobble
     from gammapy.maps import MapAxis, RegionGeom
@@ -330,7 +330,7 @@ def test_point_like_spectra_with_a_rad_max_cut_equal_gammapys(n_off, tmp_path):
 
     import fitax.gamma as fg
     from fitax.gamma.dl3 import DataStore
-    from fitax.gamma.io import write_spectrum_onoff
+    from fitax.gamma.pipeline import point_like_spectra_files
     from fitax.gamma.spectrum_reduce import WobbleRegionsFinder, spectrum_onoff_file
 
     path = shared_data("gamma", "magic", "rad_max", "data")
@@ -338,7 +338,6 @@ def test_point_like_spectra_with_a_rad_max_cut_equal_gammapys(n_off, tmp_path):
     energy, energy_true = np.geomspace(0.05, 50, 21) * u.TeV, np.geomspace(0.01, 100, 31) * u.TeV
     methods = ["aeff-default", "aeff-max", "edisp-bias"]
     store, their_store = DataStore.from_dir(path), GammapyStore.from_dir(path)
-    entries, theirs = [], Datasets()
     for obs_id in their_store.obs_ids:
         ours = spectrum_onoff_file(store.observation(obs_id), on, energy, energy_true, methods, finder=WobbleRegionsFinder(n_off_regions=n_off))
         observation = their_store.obs(obs_id, required_irf="point-like")
@@ -352,17 +351,16 @@ def test_point_like_spectra_with_a_rad_max_cut_equal_gammapys(n_off, tmp_path):
         np.testing.assert_allclose(ours.exposure, dataset.exposure.quantity.to_value("m2 s").ravel(), rtol=1e-12)
         np.testing.assert_allclose(ours.edisp, dataset.edisp.edisp_map.data[..., 0, 0], rtol=0, atol=1e-12)
         assert ours.counts.sum() > 700 and ours.counts_off.sum() > 300 * n_off
-        write_spectrum_onoff(ours, tmp_path / f"{ours.name}.fits")
-        theirs.append(SpectrumDatasetOnOff.read(tmp_path / f"{ours.name}.fits", name=ours.name))
-        entries.append({"name": ours.name, "type": "SpectrumDatasetOnOff", "filename": f"{ours.name}.fits"})
-    (tmp_path / "datasets.yaml").write_text(yaml.safe_dump({"datasets": entries}))
+    datasets_path = point_like_spectra_files(path, CRAB, energy, energy_true, tmp_path / "spectra", n_off_regions=n_off,
+                                             safe_mask_methods=methods)
+    theirs = Datasets.read(datasets_path)
     model = {"name": "crab", "type": "SkyModel", "spectral": {"type": "LogParabolaSpectralModel", "parameters": [
         {"name": "amplitude", "value": 4e-11, "unit": "cm-2 s-1 TeV-1"}, {"name": "reference", "value": 1.0, "unit": "TeV"},
         {"name": "alpha", "value": 2.5}, {"name": "beta", "value": 0.1}]}}  # fmt: skip
     (tmp_path / "models.yaml").write_text(yaml.safe_dump({"components": [model]}))
     theirs.models = Models.read(tmp_path / "models.yaml")
     assert Fit().run(theirs).success
-    result = fg.fit(fg.read_datasets(tmp_path / "datasets.yaml"), fg.read_models(tmp_path / "models.yaml"))
+    result = fg.fit(fg.read_datasets(datasets_path), fg.read_models(tmp_path / "models.yaml"))
     assert result.converged
     for parameter in theirs.models.parameters.free_parameters:
         name = f"crab.spectral.{parameter.name}"

@@ -253,6 +253,35 @@ def _write_spectra(spectra: list, out: Path) -> Path:
     return atomic_write(out / "datasets.yaml", lambda tmp: tmp.write_text(text))
 
 
+def point_like_spectra_files(store_path, position, energy_edges, energy_true_edges, out, *, obs_ids=None, n_off_regions: int = 1,
+                             safe_mask_methods=("aeff-default",)) -> Path:
+    """On-off spectra of point-like runs (a ``RAD_MAX`` cut, as MAGIC and LST write them) at
+    ``position`` (a point ON region, ``n_off_regions`` wobble OFF points), written to ``out``
+    as :func:`reduce_files` writes 1D spectra (``pha_<name>.fits``, ``models.yaml``,
+    ``datasets.yaml`` last): what Gammapy's configuration cannot express. ``obs_ids``: default
+    every run of the data store. Runs whose ON and OFF points lie within twice a cut radius
+    are left out with a warning. Returns the ``datasets.yaml`` path.
+
+    Example:
+        >>> point_like_spectra_files("magic/rad_max/data", SkyCoord(83.633, 22.014, unit="deg"),
+        ...                          np.geomspace(0.05, 50, 21) * u.TeV, np.geomspace(0.01, 100, 31) * u.TeV, "magic")  # doctest: +SKIP
+        PosixPath('magic/datasets.yaml')
+    """
+    from regions import PointSkyRegion
+
+    from .dl3 import DataStore
+    from .spectrum_reduce import WobbleRegionsFinder, spectrum_onoff_file
+
+    store = DataStore.from_dir(store_path)
+    finder = WobbleRegionsFinder(n_off_regions=n_off_regions)
+    runs = store.obs_ids if obs_ids is None else list(obs_ids)
+    spectra = [s for obs_id in runs if (s := spectrum_onoff_file(store.observation(obs_id), PointSkyRegion(position), energy_edges,
+                                                                   energy_true_edges, safe_mask_methods, finder=finder)) is not None]
+    if not spectra:
+        raise ValueError(f"{store_path}: no spectrum made (every run's OFF points lie within twice its cut radius of the ON point)")
+    return _write_spectra(spectra, Path(out))
+
+
 def reduce_files(config_path, out, progress: bool | None = None) -> Path:
     """Reduce the runs a Gammapy ``AnalysisConfig`` YAML selects and write them to ``out`` as
     Gammapy's ``Datasets.write(path, filename_models=...)`` does. 3D: one dataset per run cut
