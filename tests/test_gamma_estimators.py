@@ -294,7 +294,8 @@ def test_wstat_excess_map_of_a_ring_background_equals_gammapys(crab_stacked, tmp
     Crab excluded) cut out around the Crab and written as a ``MapDatasetOnOff``: ``fitax gamma estimate excess-map`` with
     a source predicting part of the Crab's counts against Gammapy's ``ExcessMapEstimator``
     (WStat, OFF counts correlated) per pixel where TS > 1, within 1e-3 (measured 6e-5 for
-    upper limits, 4e-6 for the rest: Gammapy's float32 maps); the same NaN pixels. Fitting the
+    upper limits, 4e-6 for the rest: Gammapy's float32 maps); the same NaN pixels, a block of
+    them set by a fit mask. Where no OFF count lies within the radius, no value. Fitting the
     on-off maps is refused by name, and so is reading the file as a plain MapDataset."""
     pytest.importorskip("gammapy", reason="Gammapy (test extra) not installed")
     import astropy.units as u
@@ -313,6 +314,9 @@ def test_wstat_excess_map_of_a_ring_background_equals_gammapys(crab_stacked, tmp
     crab = SkyCoord(83.633, 22.014, unit="deg")
     ring = RingBackgroundMaker(r_in="0.5 deg", width="0.3 deg", exclusion_mask=exclusion).run(stacked)
     on_off = ring.cutout(crab, 1.4 * u.deg, name="ring")  # Gammapy's estimator takes ~3 ms per pixel
+    fit_mask = np.ones(on_off.counts.data.shape, bool)
+    fit_mask[:, 5:12, 20:30] = False  # pixels left out of the estimate (NaN) and out of their neighbours' sums
+    on_off.mask_fit = Map.from_geom(on_off.counts.geom, data=fit_mask)
     Datasets([on_off]).write(tmp_path / "ring" / "datasets.yaml")
     faint = yaml.safe_load(yaml.safe_dump(CRAB))
     faint["spectral"]["parameters"][1]["value"] = 1.5e-11  # a third of the Crab: the rest is excess
@@ -339,7 +343,42 @@ def test_wstat_excess_map_of_a_ring_background_equals_gammapys(crab_stacked, tmp
     significant = np.asarray(plain.ts.data[0]) > 1
     np.testing.assert_allclose(ours[0][significant], plain.ts.data[0][significant], rtol=1e-3)
     assert np.nanmax(plain.ts.data) > 1.5 * np.nanmax(theirs.ts.data)  # the source's prediction mattered above
+    # no OFF count within the radius: no value (Gammapy divides FFT noise by FFT noise there)
+    no_off = on_off.copy(name="no_off")
+    no_off.counts_off.data[:, 20:34, 0:14] = 0
+    Datasets([no_off]).write(tmp_path / "no_off" / "datasets.yaml")
+    assert main(["gamma", "estimate", "excess-map", "--datasets", str(tmp_path / "no_off" / "datasets.yaml"), "--out", str(tmp_path / "no_off"),
+                 "--no-plots"]) == 0  # fmt: skip
+    blank = Map.read(tmp_path / "no_off" / "excess_map.fits", hdu="SQRT_TS").data[0]
+    assert np.all(np.isnan(blank[22:32, 0:12])) and np.isfinite(blank[5:15, 5:15]).all()
     with pytest.raises(ValueError, match=r"on-off maps \(MapDatasetOnOff\).*does not fit"):
         fg.fit(fg.read_datasets(tmp_path / "ring" / "datasets.yaml"), fg.read_models(tmp_path / "models.yaml"))
     with pytest.raises(ValueError, match="read it as a MapDatasetOnOff"):
         fg.MapDataset.read(tmp_path / "ring" / yaml.safe_load((tmp_path / "ring" / "datasets.yaml").read_text())["datasets"][0]["filename"])
+
+
+def test_wstat_pixel_statistics_equal_gammapys_on_a_grid_of_counts():
+    """The per-pixel WStat quantities of on-off excess maps against Gammapy's
+    ``WStatCountsStatistic`` (its brentq roots per element) on a grid that holds what maps
+    rarely do: no ON or no OFF counts, alpha 0 or above 1, large predicted signals. Within
+    1e-5 (measured 1.3e-6, brentq's own tolerance), the same NaN entries (no root in Gammapy's range: errn
+    is then n_on).
+    With no ON counts and alpha >= 1, Newton's steps from the envelope slope crawl; the
+    safeguarded steps still converge."""
+    import itertools
+
+    from gammapy.stats import WStatCountsStatistic
+
+    from fitax.gamma.estimators import _wstat_excess_maps
+
+    grid = itertools.product([0, 1, 2, 5, 30, 400], [0, 1, 3, 10, 100, 5000], [0.0, 0.01, 0.1, 1.0, 5.0], [0.0, 0.5, 3.0, 50.0])
+    n_on, n_off, alpha, mu_sig = (np.array(values, float) for values in zip(*grid))
+    ours = _wstat_excess_maps(n_on, n_off, alpha, mu_sig, 1.0, 2.0)
+    statistic = WStatCountsStatistic(n_on, n_off, alpha, mu_sig)
+    theirs = {"npred_excess": statistic.n_sig, "ts": statistic.ts, "sqrt_ts": statistic.sqrt_ts, "norm_err": statistic.error,
+              "norm_errn": statistic.compute_errn(1.0), "norm_errp": statistic.compute_errp(1.0), "norm_ul": statistic.compute_upper_limit(2.0)}
+    for name, expected in theirs.items():
+        np.testing.assert_array_equal(np.isnan(ours[name]), np.isnan(expected), err_msg=name)
+        finite = ~np.isnan(expected)
+        np.testing.assert_allclose(ours[name][finite], expected[finite], rtol=1e-5, atol=1e-5, err_msg=name)
+    assert np.isnan(theirs["norm_errp"]).any() and (theirs["norm_errn"] == n_on).any()  # the grid reaches the no-root rules

@@ -154,6 +154,15 @@ def _wstat_terms(n_on, n_off, alpha, mu_sig):
     return 2 * (mu_sig + (1 + alpha) * mu_bkg + on + off)
 
 
+def _wstat_slope(n_on, n_off, alpha, mu_sig):
+    """``d wstat / d mu_sig`` per bin by the envelope theorem, ``2 (1 - n_on / mu_on)`` at
+    the profiled background (exact where Gammapy's closed form is the profile's minimum: a
+    non-negative signal)."""
+    mu_bkg, _, _ = _wstat_background(n_on, n_off, alpha, mu_sig)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return 2.0 * (1.0 - np.where(n_on > 0, n_on / (mu_sig + alpha * mu_bkg), 0.0))
+
+
 @dataclasses.dataclass(frozen=True)
 class _OnOffPiece:
     """One on-off spectrum's bins of an energy range under WStat (Gammapy's, with its
@@ -193,7 +202,7 @@ class _OnOffPiece:
             slope = np.where(d > 0, (-(1 + a) + (-(1 + a) * c + 2 * a * (a + 1) * self.n_off) / d) / (2 * a * (a + 1)), 0.0)
             ratio = np.where(self.n_on > 0, self.n_on / mu_on, 0.0)
             curvature = np.where(self.n_on > 0, 2 * ratio / mu_on * (1 + a * slope), 0.0)
-        return float(np.sum(2 * (1 - ratio) * self.signal)), float(np.sum(curvature * self.signal**2))
+        return float(np.sum(_wstat_slope(self.n_on, self.n_off, a, mu_sig) * self.signal)), float(np.sum(curvature * self.signal**2))
 
     def allows(self, norm: float) -> bool:
         return bool(np.isfinite(self.stat(norm)))
@@ -573,29 +582,35 @@ def excess_map(dataset, models: Models, correlation_radius: u.Quantity = 0.1 * u
         low, high = snap_energy_edges(edges, requested[[0, -1]])
         if high <= low:
             raise ValueError(f"excess_map: the energy range {requested[0]}-{requested[-1]} TeV covers no bin of the dataset's axis")
-    mask = on.irfs.mask_safe if on.irfs.mask_safe is not None else np.ones(on.counts.shape, bool)
-    mask = mask[low:high]
-    footprint = mask.any(axis=0)
+    safe = (on.irfs.mask_safe if on.irfs.mask_safe is not None else np.ones(on.counts.shape, bool))[low:high]
+    # Gammapy's estimator mask: pixels with a safe energy (and, with a fit mask, a fitted one) in the range
+    footprint = safe.any(axis=0) & (True if on.irfs.mask_fit is None else on.irfs.mask_fit[low:high].any(axis=0))
+
+    def safe_sum(cube: np.ndarray) -> np.ndarray:  # Gammapy's resample_axis(weights=mask_safe)
+        return np.sum(cube[low:high] * safe, axis=0)
 
     def image(cube: np.ndarray) -> np.ndarray:
-        return np.sum(cube[low:high] * mask, axis=0)
+        return safe_sum(cube) * footprint
 
     if on_off and not models.sky_models:  # nothing to predict: no program to compile
         predicted = np.zeros(on.counts.shape)
     else:
         (predicted,) = Datasets([on]).npred(models)  # on-off: the models' signal (the ON dataset has no background template)
-    reference = image(reco_exposure(on, PowerLawSpectralModel(index=2.0, amplitude=1e-12)))
+    reference = safe_sum(reco_exposure(on, PowerLawSpectralModel(index=2.0, amplitude=1e-12)))  # not cut to the footprint, as Gammapy
 
     pixel = float(np.mean(np.abs(on.wcs.wcs.cdelt)))
     kernel = Tophat2DKernel(u.Quantity(correlation_radius, "deg").value / pixel).array
     kernel = kernel / kernel.max()
 
     def correlate(values: np.ndarray) -> np.ndarray:
-        return _convolve_same(values, kernel)
+        correlated = _convolve_same(values, kernel)
+        # FFT rounding (~1e-12 of the largest value) where nothing was summed is a zero, not a value to divide by
+        correlated[np.abs(correlated) <= 1e-10 * np.max(np.abs(correlated), initial=0.0)] = 0.0
+        return correlated
 
     n_on = np.rint(correlate(image(on.counts)))
     if on_off:
-        n_off, alpha = _correlated_off(dataset, image, footprint, correlate)
+        n_off, alpha = _correlated_off(dataset, image, correlate)
         maps = _wstat_excess_maps(n_on, n_off, alpha, correlate(image(np.nan_to_num(predicted))), n_sigma, n_sigma_ul)
     else:
         maps = _cash_excess_maps(n_on, correlate(image(np.nan_to_num(predicted))), n_sigma, n_sigma_ul)
@@ -622,7 +637,7 @@ def _convolve_same(image: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     return full[(ky - 1) // 2 : (ky - 1) // 2 + image.shape[0], (kx - 1) // 2 : (kx - 1) // 2 + image.shape[1]]
 
 
-def _correlated_off(dataset: MapDatasetOnOff, image, footprint: np.ndarray, correlate) -> tuple[np.ndarray, np.ndarray]:
+def _correlated_off(dataset: MapDatasetOnOff, image, correlate) -> tuple[np.ndarray, np.ndarray]:
     """The correlated OFF counts and ``alpha`` of an on-off map dataset, as Gammapy's
     estimator: the energy bins summed (the acceptances so that ``alpha x counts_off`` sums
     the measured background), then the measured background and the OFF counts correlated
@@ -630,9 +645,10 @@ def _correlated_off(dataset: MapDatasetOnOff, image, footprint: np.ndarray, corr
     counts_off, acceptance, background = image(dataset.counts_off), image(dataset.acceptance), image(dataset.background)
     with np.errstate(invalid="ignore", divide="ignore"):
         acceptance_off = acceptance * counts_off / background
-        measured = np.nan_to_num(acceptance / acceptance_off) * counts_off * footprint
+        measured = np.nan_to_num(acceptance / acceptance_off) * counts_off
         measured[acceptance_off == 0] = 0.0
-        n_off = correlate(counts_off * footprint)
+        n_off = correlate(counts_off)
+        # no OFF count within the radius: alpha is 0/0, NaN, and so is the pixel (Gammapy's is FFT noise over noise)
         return n_off, correlate(measured) / n_off
 
 
@@ -673,9 +689,8 @@ def _wstat_excess_maps(n_on: np.ndarray, n_off: np.ndarray, alpha: np.ndarray, m
         def stat(signal):
             return _wstat_terms(n_on, n_off, alpha, signal + mu_sig)
 
-        def slope(signal):  # the envelope theorem: d WStat / d mu_sig at the profiled background
-            mu_bkg, _, _ = _wstat_background(n_on, n_off, alpha, signal + mu_sig)
-            return 2.0 * (1.0 - np.where(n_on > 0, n_on / (signal + mu_sig + alpha * mu_bkg), 0.0))
+        def slope(signal):
+            return _wstat_slope(n_on, n_off, alpha, signal + mu_sig)
 
         best = stat(excess)
         ts = np.clip(stat(np.zeros_like(excess)) - best, 0, None)
@@ -694,24 +709,31 @@ def _convex_crossing(function, slope, level: np.ndarray, lower: np.ndarray, uppe
     ``upper``, if it is on different sides of it there; NaN elsewhere, as Gammapy's
     ``find_roots`` with one bin. Newton's method from the ``outer`` end, where the function
     is above the level: where the function is convex (WStat of a non-negative signal) it
-    approaches the crossing from that side in a few steps; a step that leaves the shrinking
-    bracket is replaced by bisection (WStat of a negative signal need not be convex)."""
+    approaches the crossing from that side in a few steps. As in Numerical Recipes' ``rtsafe``,
+    a step that would leave the shrinking bracket, or that is not half the one before, is a
+    bisection instead (WStat of a negative signal need not be convex, nor ``slope`` exact
+    there), so every element converges; each stops once its step is below 1e-10 of it (the
+    statistic, ~1e4 with its goodness-of-fit terms, is known to ~1e-12)."""
     f_lower, f_upper = function(lower) - level, function(upper) - level
     with np.errstate(invalid="ignore"):
         found = (np.sign(f_lower) != np.sign(f_upper)) & np.isfinite(f_lower) & np.isfinite(f_upper)
     low, high, sign_low = np.where(found, lower, 0.0), np.where(found, upper, 0.0), np.sign(f_lower)
     x = low if outer == "lower" else high
-    for _ in range(200):
+    previous_step = high - low
+    done = ~found
+    for _ in range(300):
         with np.errstate(invalid="ignore", divide="ignore"):
             value = function(x) - level
-            newton = x - value / slope(x)
+            newton_step = value / slope(x)
         keep_low = np.sign(value) == sign_low
         low, high = np.where(keep_low, x, low), np.where(keep_low, high, x)
-        inside = np.isfinite(newton) & (newton >= low) & (newton <= high)
-        following = np.where(found, np.where(inside, newton, 0.5 * (low + high)), x)
-        # the statistic (~1e4 with its goodness-of-fit terms) is known to ~1e-12: steps below 1e-10 are its rounding
-        converged = np.all(np.abs(following - x) <= 1e-10 * np.maximum(np.abs(following), 1.0))
+        newton = x - newton_step
+        with np.errstate(invalid="ignore"):
+            use_newton = np.isfinite(newton) & (newton >= low) & (newton <= high) & (np.abs(newton_step) <= 0.5 * np.abs(previous_step))
+        following = np.where(done, x, np.where(use_newton, newton, 0.5 * (low + high)))
+        previous_step = following - x
         x = following
-        if converged:
+        done |= np.abs(previous_step) <= 1e-10 * np.maximum(np.abs(x), 1.0)
+        if np.all(done):
             break
-    return np.where(found, x, np.nan)
+    return np.where(found & done, x, np.nan)
