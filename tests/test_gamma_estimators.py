@@ -351,6 +351,10 @@ def test_wstat_excess_map_of_a_ring_background_equals_gammapys(crab_stacked, tmp
                  "--no-plots"]) == 0  # fmt: skip
     blank = Map.read(tmp_path / "no_off" / "excess_map.fits", hdu="SQRT_TS").data[0]
     assert np.all(np.isnan(blank[22:32, 0:12])) and np.isfinite(blank[5:15, 5:15]).all()
+    from fitax.gamma.ts_map import ts_map
+
+    with pytest.raises(ValueError, match="is not a MapDataset"):
+        ts_map(fg.read_datasets(tmp_path / "ring" / "datasets.yaml")[0], fg.Models([]))
     with pytest.raises(ValueError, match=r"on-off maps \(MapDatasetOnOff\).*does not fit"):
         fg.fit(fg.read_datasets(tmp_path / "ring" / "datasets.yaml"), fg.read_models(tmp_path / "models.yaml"))
     with pytest.raises(ValueError, match="read it as a MapDatasetOnOff"):

@@ -405,3 +405,48 @@ def test_point_like_onoff_errors_and_overlapping_cut_radii():
     hess = DataStore.from_dir(shared_data("gamma", "hess-dl3-dr1")).observation(23523)
     with pytest.raises(TypeError, match="a point needs point-like IRFs with a RAD_MAX table"):
         spectrum_onoff_file(hess, point, energy, energy_true, finder=WobbleRegionsFinder())
+    far = PointSkyRegion(SkyCoord(83.633, 22.2, unit="deg"))  # 0.54 deg from the pointing; the cuts are given at 0.39-0.41 deg
+    with pytest.warns(UserWarning, match="outside the offsets of its cut radii"):
+        assert spectrum_onoff_file(observation, far, energy, energy_true, finder=WobbleRegionsFinder()) is None
+
+
+def test_a_point_like_run_without_its_rad_max_table_is_refused(tmp_path):
+    """A MAGIC run whose index lists no RAD_MAX table (a fixed cut in a header, or a lost HDU):
+    its point-like effective area must not be used as full-enclosure with a circle."""
+    import shutil
+
+    from astropy.table import Table
+    from regions import CircleSkyRegion
+
+    from fitax.gamma.dl3 import DataStore
+    from fitax.gamma.spectrum_reduce import spectrum_onoff_file
+
+    source = shared_data("gamma", "magic", "rad_max", "data")
+    for path in source.iterdir():
+        shutil.copy(path, tmp_path / path.name)
+    index = Table.read(tmp_path / "hdu-index.fits.gz")
+    index[[str(t).strip() != "rad_max" for t in index["HDU_TYPE"]]].write(tmp_path / "hdu-index.fits.gz", overwrite=True)
+    store = DataStore.from_dir(tmp_path)
+    with pytest.raises(ValueError, match=r"point-like \(HDUCLAS3 = POINT-LIKE.*without a RAD_MAX table"):
+        spectrum_onoff_file(store.observation(store.obs_ids[0]), CircleSkyRegion(CRAB, 0.1 * u.deg), np.geomspace(0.1, 10, 5) * u.TeV,
+                            np.geomspace(0.05, 20, 9) * u.TeV)
+
+
+def test_cut_radii_are_gammapys_nearest_nodes_and_zero_beyond_the_table():
+    """``rad_max_at`` against Gammapy's ``RadMax2D.evaluate(method="nearest")`` on a MAGIC table
+    (0.01-100 TeV, offsets 0.39-0.41 deg): at energies between, on and beyond the nodes and
+    edges, and offsets inside and outside the table (0 there), identical."""
+    from gammapy.data import DataStore as GammapyStore
+
+    from fitax.gamma.dl3 import DataStore
+    from fitax.gamma.spectrum_reduce import rad_max_at
+
+    path = shared_data("gamma", "magic", "rad_max", "data")
+    obs_id = DataStore.from_dir(path).obs_ids[0]
+    ours = DataStore.from_dir(path).observation(obs_id).rad_max
+    theirs = GammapyStore.from_dir(path).obs(obs_id, required_irf="point-like").rad_max
+    energy = np.concatenate([[0.001, 0.005, 0.01, 100.0, 150.0], np.geomspace(0.0101, 99, 500)]) * u.TeV
+    for offset in (0.0, 0.38, 0.39, 0.4, 0.41, 0.42) * u.deg:
+        expected = theirs.evaluate(method="nearest", energy=energy, offset=offset).to_value("deg")
+        np.testing.assert_array_equal(rad_max_at(ours, energy, offset).to_value("deg"), expected, err_msg=str(offset))
+    assert np.all(rad_max_at(ours, [0.005, 150.0] * u.TeV, 0.4 * u.deg) == 0) and np.all(rad_max_at(ours, energy, 0.42 * u.deg) == 0)

@@ -329,6 +329,30 @@ def test_predicted_counts_with_a_light_curve_template_equal_the_straight_line_it
     assert min(g / e.sum() for g, e in zip(gammapy_template, expected)) > 1.003
 
 
+def test_a_light_curve_template_in_seconds_or_hours_is_read_as_gammapy_reads_it(tmp_path):
+    """TIME in seconds (the column's unit) and in hours (no unit, ``TIMEUNIT``): the same
+    values as Gammapy's reading; a template made in code has no file to write into models.yaml."""
+    from astropy.table import Table
+    from gammapy.modeling.models import LightCurveTemplateTemporalModel
+
+    hours = np.array([0.0, 6.0, 30.0, 50.0])
+    norms = np.array([0.5, 2.0, 1.0, 0.2])
+    seconds = Table({"TIME": hours * 3600 * u.s, "NORM": norms})
+    unitless = Table({"TIME": hours, "NORM": norms})
+    unitless.meta["TIMEUNIT"] = "h"
+    for name, table in (("seconds.fits", seconds), ("hours.fits", unitless)):
+        table.meta.update({"MJDREFI": 53343, "MJDREFF": 0.5, "TIMESYS": "tt"})
+        table.write(tmp_path / name)
+        theirs = LightCurveTemplateTemporalModel.read(tmp_path / name)
+        ours = fg.read_models(_models_file(tmp_path / "m.yaml", {"type": "LightCurveTemplateTemporalModel", "filename": name}))["crab"].temporal
+        after = np.array([0.1, 0.5, 1.5, 2.2])
+        np.testing.assert_allclose(ours(theirs.t_ref.value + after), theirs(theirs.reference_time + after * u.d).value, rtol=1e-12, err_msg=name)
+    made = fg.SkyModel(fg.PowerLawSpectralModel(), name="s", temporal_model=temporal.LightCurveTemplateTemporalModel(hours / 24, norms))
+    with pytest.raises(ValueError, match="made in code, not read from a file"):
+        fg.write_models(fg.Models([made]), tmp_path / "made.yaml")
+    assert not (tmp_path / "made.yaml").exists()
+
+
 def test_a_light_curve_template_names_what_is_wrong_with_its_file(tmp_path):
     reference = Time(53345.0, format="mjd", scale="utc")
     cases = {

@@ -262,7 +262,7 @@ def _on_region(datasets: _Section):
     if missing:
         raise ValueError(f"{section.source}: '{section.path}' needs lon, lat and radius for a 1d analysis; {', '.join(missing)} missing "
                          "(Gammapy's configuration has no point ON region for point-like RAD_MAX runs: reduce those with "
-                         "fitax.gamma.spectrum_reduce.spectrum_onoff_file, a PointSkyRegion and a WobbleRegionsFinder)")
+                         "fitax.gamma.pipeline.point_like_spectra_files)")
     frame = section.get("frame", "icrs")
     if frame not in ("icrs", "galactic"):
         raise ValueError(f"{section.source}: '{section.path}.frame' = {frame!r}; expected 'icrs' or 'galactic'")

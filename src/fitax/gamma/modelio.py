@@ -354,6 +354,9 @@ def models_to_dict(models: Models, errors: dict[str, float] | None = None) -> di
                 component["temporal"] = {"type": _tag(model.temporal), "scale": model.temporal.scale,
                                          "parameters": _parameter_entries(model.temporal, errors, f"{model.name}.temporal", link_sources)}
                 if isinstance(model.temporal, LightCurveTemplateTemporalModel):
+                    if not model.temporal.filename:
+                        raise ValueError(f"model {model.name!r}: its light-curve template was made in code, not read from a file; "
+                                         "give it a filename (the TIME/NORM table models.yaml refers to)")
                     component["temporal"].update({"filename": model.temporal.filename, "format": "table", "unit": ""})
             if model.datasets_names is not None:
                 component["datasets_names"] = list(model.datasets_names)

@@ -317,7 +317,11 @@ def reduce_files(config_path, out, progress: bool | None = None) -> Path:
         else:
             runs.append(obs_id)
     if not runs:
-        raise ValueError(f"{config_path}: no run selected (of {len(config.obs_ids)} matching the observation selection) has every required IRF")
+        point_like = [obs_id for obs_id in config.obs_ids if store.hdu_location(obs_id, "rad_max") is not None]
+        hint = (f"; runs {point_like} have point-like IRFs (RAD_MAX), which Gammapy's configuration cannot reduce: use "
+                "fitax.gamma.pipeline.point_like_spectra_files") if point_like else ""
+        raise ValueError(f"{config_path}: no run selected (of {len(config.obs_ids)} matching the observation selection) has every "
+                         f"required IRF{hint}")
     observations = _NamedObservations(store, runs, config.time_intervals)
     bar = tqdm(total=len(observations), desc="reducing runs", unit="run", disable=not sys.stderr.isatty() if progress is None else not progress)
     if isinstance(config, SpectrumReductionConfig):

@@ -177,7 +177,9 @@ class ReflectedRegionsFinder(_RegionsFinder):
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class WobbleRegionsFinder(_RegionsFinder):
     """Gammapy's ``WobbleRegionsFinder``: ``n_off_regions`` copies of the ON region at equal
-    angles about the pointing, less those touching an excluded pixel; none if they overlap."""
+    angles about the pointing, less those touching an excluded pixel (a point: within a pixel
+    of one); none if they overlap (points: checked with the run's cut radius, RAD_MAX, by
+    :func:`spectrum_onoff_file`)."""
 
     n_off_regions: int = 1
 
@@ -392,11 +394,15 @@ def spectrum_onoff_file(observation: Observation, on_region, energy_edges: u.Qua
     from regions import CircleSkyRegion, PointSkyRegion
 
     point_like = "rad_max" in observation.irf_locations
+    aeff = observation.aeff
+    if not point_like and aeff is not None and str(aeff.header.get("HDUCLAS3", "")).upper() == "POINT-LIKE":
+        raise ValueError(f"obs {observation.obs_id}: its effective area is point-like (HDUCLAS3 = POINT-LIKE, a fixed cut RAD_MAX = "
+                         f"{aeff.header.get('RAD_MAX', '?')} in its header) without a RAD_MAX table; fitax reduces point-like runs with a "
+                         "RAD_MAX table only")
     if point_like and not isinstance(on_region, PointSkyRegion):
         raise ValueError(f"obs {observation.obs_id}: its IRFs are point-like (RAD_MAX, an energy-dependent cut radius): the ON region must "
                          f"be a point (regions.PointSkyRegion), as in Gammapy, got {type(on_region).__name__}; Gammapy's analysis "
-                         "configuration has none: reduce such runs with fitax.gamma.spectrum_reduce.spectrum_onoff_file and a "
-                         "WobbleRegionsFinder")
+                         "configuration has none: reduce such runs with fitax.gamma.pipeline.point_like_spectra_files")
     if not point_like and not isinstance(on_region, CircleSkyRegion):
         raise TypeError(f"the ON region must be a circle (regions.CircleSkyRegion), got {type(on_region).__name__}"
                         + (f" (a point needs point-like IRFs with a RAD_MAX table; obs {observation.obs_id} has none)"
@@ -414,6 +420,15 @@ def spectrum_onoff_file(observation: Observation, on_region, energy_edges: u.Qua
     finder = ReflectedRegionsFinder() if finder is None else finder
     off_regions, off_wcs = finder.find(on_region, pointing, exclusion)
     energy_edges, energy_true_edges = u.Quantity(energy_edges, "TeV"), u.Quantity(energy_true_edges, "TeV")
+    if point_like:
+        offset = on_region.center.separation(pointing)
+        offsets = observation.rad_max.axes["offset"]
+        low, high = axis_edges(offsets)[[0, -1]] * offsets.nodes.unit
+        if not low <= offset <= high:
+            warnings.warn(f"obs {observation.obs_id} left out: the ON point is {offset.to_value('deg'):.3f} deg from the pointing, outside "
+                          f"the offsets of its cut radii (RAD_MAX: {low.to_value('deg'):.3f}-{high.to_value('deg'):.3f} deg), where it "
+                          "has no events and no exposure", stacklevel=2)
+            return None
     if point_like and off_regions:
         off_positions = [r.to_sky(off_wcs).center for r in off_regions]
         if _cut_radii_overlap(observation, [on_region.center, *off_positions], energy_edges):

@@ -175,7 +175,8 @@ def ts_map(datasets, models: Models | None = None, kernel: SkyModel | None = Non
         >>> maps = ts_map(dataset, kernel=kernel_model("gaussian", sigma=0.1), energy_edges=[0.01, 0.5] * u.TeV)  # doctest: +SKIP
         >>> float(np.nanmax(maps.maps["sqrt_ts"]))  # doctest: +SKIP
     """
-    members = [datasets] if isinstance(datasets, MapDataset) else list(datasets)
+    single = not isinstance(datasets, (list, tuple)) and not hasattr(datasets, "names")  # one dataset, not a collection
+    members = [datasets] if single else list(datasets)
     if not members:
         raise ValueError("ts_map: no dataset given")
     for dataset in members:
