@@ -295,7 +295,7 @@ def _energy_flux(spectral, e_min: float, e_max: float) -> float:
 
 
 def flux_points(datasets, models: Models, source: str, energy_edges: u.Quantity, *, n_sigma: float = 1.0, n_sigma_ul: float = 2.0,
-                scan_values: np.ndarray = NORM_SCAN) -> FluxPoints:
+                scan_values: np.ndarray = NORM_SCAN, reoptimize: bool = False) -> FluxPoints:
     """Flux points of ``source`` in the bins of ``energy_edges`` (each snapped to the nearest
     edge of the datasets' reconstructed-energy axis, as Gammapy), with every other parameter
     fixed at its value in ``models`` (Gammapy's default ``reoptimize=False``): the norm of the
@@ -305,13 +305,19 @@ def flux_points(datasets, models: Models, source: str, energy_edges: u.Quantity,
     ``scan_values`` and npred, excess and counts per dataset. All of Gammapy's optional
     quantities are computed (``selection_optional="all"`` but the sensitivity).
 
+    ``reoptimize=True`` (Gammapy's option): in each bin the other models' free parameters
+    (background norms, other sources) are fitted with the norm, and refitted for the TS (norm
+    0), along the profile that gives the asymmetric errors and the upper limit, and at each
+    scan value; the source's own parameters stay frozen.
+
     Example:
         >>> points = flux_points(datasets, models, "crab", [1, 2, 5, 10] * u.TeV)  # doctest: +SKIP
         >>> points.table["norm", "norm_err", "ts"]  # doctest: +SKIP
     """
     datasets, models, requested = _checked(datasets, models, source, energy_edges, "flux_points")
     total, others = _predicted_counts(datasets, models, source, "flux_points")
-    table = _flux_point_table(list(datasets), total, others, models[source], requested, n_sigma, n_sigma_ul, scan_values)
+    reoptimized = (lambda bins: _reoptimized_bin_result(datasets, models, source, bins, n_sigma, n_sigma_ul, scan_values)) if reoptimize else None
+    table = _flux_point_table(list(datasets), total, others, models[source], requested, n_sigma, n_sigma_ul, scan_values, reoptimized)
     table.meta["SOURCE"] = source
     return FluxPoints(table)
 
@@ -328,11 +334,12 @@ def _predicted_counts(datasets: Datasets, models: Models, source: str, where: st
 
 
 def _flux_point_table(datasets: list, total: list, others: list, model, requested: np.ndarray, n_sigma: float, n_sigma_ul: float,
-                      scan_values: np.ndarray) -> Table:
+                      scan_values: np.ndarray, reoptimized=None) -> Table:
     """The flux points of ``model`` in the bins of ``requested`` edges [TeV], each snapped to
     the datasets' nearest reconstructed-energy edges (a bin that snaps to no bin of the axis is
     a row of NaN, at the requested edges, as Gammapy's), from each dataset's predicted counts
-    with (``total``) and without (``others``) the source."""
+    with (``total``) and without (``others``) the source; or ``reoptimized(bins)``, a bin's
+    result with the other models refitted."""
     edges = np.asarray(datasets[0].energy_edges, float)
     rows, e_min, e_max = [], [], []
     for lo, hi in zip(requested[:-1], requested[1:]):
@@ -341,8 +348,11 @@ def _flux_point_table(datasets: list, total: list, others: list, model, requeste
             rows.append(_no_data_result(len(datasets), scan_values))
             e_min.append(lo), e_max.append(hi)
             continue
-        pieces = [_piece(d, t, o, slice(low, high)) for d, t, o in zip(datasets, total, others)]
-        rows.append(_bin_result(pieces, n_sigma, n_sigma_ul, scan_values))
+        if reoptimized is not None:
+            rows.append(reoptimized(slice(low, high)))
+        else:
+            pieces = [_piece(d, t, o, slice(low, high)) for d, t, o in zip(datasets, total, others)]
+            rows.append(_bin_result(pieces, n_sigma, n_sigma_ul, scan_values))
         e_min.append(edges[low]), e_max.append(edges[high])
     table = Table()
     # one contiguous energy axis, as Gammapy's FluxPoints hold them (its axis is made of the
@@ -416,15 +426,74 @@ def _no_data_result(n_datasets: int, scan_values) -> dict:
             "norm_scan": np.asarray(scan_values, float), "stat_scan": np.full(len(scan_values), np.nan)}  # fmt: skip
 
 
+def _no_safe_bin_result(counts: np.ndarray, scan_values) -> dict:
+    """No safe bin in this energy range: Gammapy's values for datasets that do not contribute."""
+    n_datasets = len(counts)
+    return {"norm": np.nan, "norm_err": np.nan, "norm_errp": np.nan, "norm_errn": np.nan, "norm_ul": np.nan, "ts": np.nan,
+            "sqrt_ts": np.nan, "stat": 0.0, "stat_null": 0.0, "npred": np.full(n_datasets, np.nan), "npred_excess": np.zeros(n_datasets),
+            "counts": counts, "success": False, "is_ul": False,
+            "norm_scan": np.asarray(scan_values, float), "stat_scan": np.full(len(scan_values), np.nan)}  # fmt: skip
+
+
+def _energy_slice(dataset, bins: slice):
+    """``dataset`` with its fitted bins cut to the reconstructed energies ``bins`` (Gammapy's
+    ``slice_by_energy``, as a mask)."""
+    keep = np.zeros(dataset.mask.shape[0], bool)
+    keep[bins] = True
+    return dataclasses.replace(dataset, mask=dataset.mask & keep.reshape((-1,) + (1,) * (dataset.mask.ndim - 1)))
+
+
+def _reoptimized_bin_result(datasets: Datasets, models: Models, source: str, bins: slice, n_sigma, n_sigma_ul, scan_values) -> dict:
+    """One flux point with the other models' free parameters fitted along (Gammapy's
+    ``reoptimize=True``): the source's spectrum scaled by a free norm, its own parameters
+    frozen; TS, the profile crossings and the scan refit the others at each fixed norm."""
+    from ..parameters import free_parameter_names, freeze, parameters_dict, set_values
+    from ..profile import confidence_interval, profile
+    from .fit import fit
+    from .likelihood import bind, stat_sum_groups
+    from .spectral import ScaleSpectralModel
+
+    sliced = Datasets([_energy_slice(d, bins) for d in datasets])
+    counts = np.array([int(np.sum(d.counts[d.mask])) for d in sliced], dtype=int)
+    if not any(np.any(d.mask) for d in sliced):
+        return _no_safe_bin_result(counts, scan_values)
+    original = models[source]
+    frozen = freeze(original, *parameters_dict(original))
+    scaled = models.replace(SkyModel(ScaleSpectralModel(frozen.spectral), frozen.spatial, source, original.datasets_names, original.psf_mode,
+                                     frozen.temporal))
+    name = f"{source}.spectral.norm"
+    best = fit(sliced, scaled)
+    groups = bind(sliced, best.params)
+    constant = sum(float(g.data_constant) for g in groups)
+
+    def refitted_stat(params) -> float:
+        if not free_parameter_names(params):
+            return float(stat_sum_groups(params, groups)) + constant
+        return fit(sliced, params).stat
+
+    norm, error = best.values[name], best.errors[name]
+    null = refitted_stat(freeze(set_values(best.params, {name: 0.0}), name))
+    core_best = dataclasses.replace(best, stat=best.stat - constant)  # the profiles' statistic has no data constant
+    errors = confidence_interval(stat_sum_groups, best.params, name, n_sigma=n_sigma, args=groups, result=core_best)
+    limit = confidence_interval(stat_sum_groups, best.params, name, n_sigma=n_sigma_ul, args=groups, result=core_best)
+    scan = profile(stat_sum_groups, best.params, name, np.asarray(scan_values, float), args=groups)
+    total, others = sliced.npred(best.params), sliced.npred(best.params.without(source))
+    pieces = [_piece(d, t, o, bins) for d, t, o in zip(sliced, total, others)]
+    ts = null - best.stat
+    return {
+        "norm": norm, "norm_err": n_sigma * error, "norm_errp": errors.upper - norm, "norm_errn": norm - errors.lower, "norm_ul": limit.upper,
+        "ts": ts, "sqrt_ts": np.sign(norm) * np.sqrt(max(ts, 0.0)), "stat": best.stat, "stat_null": null,
+        "npred": np.array([p.npred(1.0) for p in pieces]), "npred_excess": np.array([p.excess(1.0) for p in pieces]),
+        "counts": counts, "success": bool(best.converged), "is_ul": bool(ts < n_sigma_ul**2),
+        "norm_scan": np.asarray(scan_values, float), "stat_scan": scan.stat + constant,
+    }  # fmt: skip
+
+
 def _bin_result(pieces: list, n_sigma, n_sigma_ul, scan_values) -> dict:
     n_datasets = len(pieces)
     counts = np.array([p.total_counts for p in pieces], dtype=int)
     if sum(p.n_bins for p in pieces) == 0:
-        # no safe bin in this energy range: Gammapy's values for datasets that do not contribute
-        return {"norm": np.nan, "norm_err": np.nan, "norm_errp": np.nan, "norm_errn": np.nan, "norm_ul": np.nan, "ts": np.nan,
-                "sqrt_ts": np.nan, "stat": 0.0, "stat_null": 0.0, "npred": np.full(n_datasets, np.nan), "npred_excess": np.zeros(n_datasets),
-                "counts": counts, "success": False, "is_ul": False,
-                "norm_scan": np.asarray(scan_values, float), "stat_scan": np.full(len(scan_values), np.nan)}  # fmt: skip
+        return _no_safe_bin_result(counts, scan_values)
 
     def stat(x: float) -> float:
         return sum(p.stat(x) for p in pieces)

@@ -360,7 +360,7 @@ def reduce_files(config_path, out, progress: bool | None = None) -> Path:
     return atomic_write(out / "datasets.yaml", lambda tmp: tmp.write_text(text))
 
 
-def flux_points_files(datasets_path, models_path, out, source: str, energy_edges, plots: bool = True) -> Path:
+def flux_points_files(datasets_path, models_path, out, source: str, energy_edges, plots: bool = True, reoptimize: bool = False) -> Path:
     """Flux points of ``source`` (:func:`fitax.gamma.estimators.flux_points`) from Gammapy's
     files, written to ``out/flux_points.fits`` (readable by Gammapy's ``FluxPoints.read``)
     with the SED plot ``out/flux_points.png``; returns the FITS path.
@@ -375,7 +375,7 @@ def flux_points_files(datasets_path, models_path, out, source: str, energy_edges
     from .plots import plot_flux_points
 
     out, datasets, models = _estimator_inputs(datasets_path, models_path, out, "flux_points.fits")
-    points = flux_points(datasets, models, source, u.Quantity(energy_edges, "TeV"))
+    points = flux_points(datasets, models, source, u.Quantity(energy_edges, "TeV"), reoptimize=reoptimize)
     out.mkdir(parents=True, exist_ok=True)
     path = points.write(out / "flux_points.fits")
     if plots:

@@ -27,6 +27,7 @@ from ._common import parameter
 __all__ = [
     "PowerLawSpectralModel", "PowerLaw2SpectralModel", "LogParabolaSpectralModel", "ExpCutoffPowerLawSpectralModel",
     "BrokenPowerLawSpectralModel", "SmoothBrokenPowerLawSpectralModel", "ConstantSpectralModel", "PowerLawNormSpectralModel",
+    "ScaleSpectralModel",
 ]
 
 FLUX_UNIT = "cm-2 s-1 TeV-1"
@@ -217,6 +218,30 @@ class PowerLawNormSpectralModel(_SpectralModel):
     def integral(self, energy_min, energy_max, order: int = 8):
         return _power_law_integral(self.norm.value, self.tilt.value, self.reference.value,
                                    jnp.asarray(energy_min, float), jnp.asarray(energy_max, float))
+
+
+class ScaleSpectralModel(_SpectralModel):
+    """``norm x model``: a spectrum scaled by one dimensionless parameter (Gammapy's
+    ``ScaleSpectralModel``), the norm flux points fit in each energy bin.
+
+    Example:
+        >>> scaled = ScaleSpectralModel(PowerLawSpectralModel(index=2.0, amplitude=1e-12), norm=2.0)
+        >>> float(scaled(1.0))
+        2e-12
+    """
+
+    norm: Parameter
+    model: eqx.Module
+
+    def __init__(self, model, norm=1.0):
+        self.norm = parameter(norm, "")
+        self.model = model
+
+    def __call__(self, energy):
+        return self.norm.value * self.model(energy)
+
+    def integral(self, energy_min, energy_max, order: int = 8):
+        return self.norm.value * self.model.integral(energy_min, energy_max, order)
 
 
 class ConstantSpectralModel(_SpectralModel):
