@@ -119,6 +119,24 @@ def test_reoptimized_flux_points_with_nothing_else_free_are_the_plain_ones(crab_
     np.testing.assert_array_equal(refitted["counts"], plain["counts"])
 
 
+def test_a_reoptimized_light_curve_with_nothing_else_free_is_the_plain_one(pks_files, tmp_path):
+    """Per run of the PKS 2155-304 flare, with every background norm frozen, ``--reoptimize``
+    refits only the norm: the light curve of the one-dimensional solves within 1e-3 (each
+    run's fit sees only its own background model)."""
+    from gammapy.estimators import FluxPoints
+
+    models = _with_background_norms_frozen(pks_files / "models.yaml", tmp_path / "frozen.yaml")
+    arguments = ["gamma", "estimate", "light-curve", "--datasets", str(pks_files / "reduced" / "datasets.yaml"), "--models", str(models),
+                 "--source", "pks2155", "--energy-edges", "0.7,10", "--no-plots"]
+    assert main([*arguments, "--out", str(tmp_path / "plain")]) == 0
+    assert main([*arguments, "--out", str(tmp_path / "refitted"), "--reoptimize"]) == 0
+    plain, refitted = (FluxPoints.read(tmp_path / name / "light_curve.fits", format="lightcurve").to_table(sed_type="likelihood", format="lightcurve")
+                       for name in ("plain", "refitted"))
+    assert len(plain) == len(refitted) >= 3
+    for key in ("norm", "norm_err", "norm_errn", "norm_errp", "norm_ul", "ts"):
+        np.testing.assert_allclose(np.asarray(refitted[key], float), np.asarray(plain[key], float), rtol=1e-3, err_msg=key)
+
+
 @pytest.mark.slow  # Gammapy's refits take ~100 s
 def test_reoptimized_flux_points_equal_gammapys(crab_files, tmp_path):
     """``fitax gamma estimate flux-points --reoptimize`` with the runs' background norms free

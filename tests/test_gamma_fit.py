@@ -334,7 +334,8 @@ def _compiled_hessian_product_kernels(n_obs: int, edit_models) -> tuple[int, int
     return product.lower(v, v).compile().as_text().count(" fusion("), space.size
 
 
-@pytest.mark.parametrize(("edit_models", "added"), [(lambda m: m, 4), (_default_backgrounds_in_reverse, 2)],
+@pytest.mark.parametrize(("edit_models", "added"), [pytest.param(lambda m: m, 4, marks=pytest.mark.slow),  # ~18 s; the budget
+                                                     (_default_backgrounds_in_reverse, 2)],
                          ids=["free tilts, dataset order", "frozen tilts, reverse order"])
 def test_compiled_program_does_not_grow_with_the_datasets(edit_models, added):
     """Each dataset adds a background norm (and tilt, when free). Their slices of the

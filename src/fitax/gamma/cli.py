@@ -40,8 +40,8 @@ def add_parser(commands) -> None:
                           help="comma-separated energy bin edges in TeV, e.g. 1,3,10 (required for flux points; light curves: 1,10)")
     estimate.add_argument("--time-bins", default=None,
                           help="light curves: comma-separated time bin edges [MJD, TT] (default: one bin per run's good time interval)")
-    estimate.add_argument("--reoptimize", action="store_true", help="flux points: refit the other models' free parameters in each "
-                                                                     "energy bin (Gammapy's reoptimize=True)")
+    estimate.add_argument("--reoptimize", action="store_true", help="flux points and light curves: refit the other models' free "
+                                                                     "parameters in each energy bin (Gammapy's reoptimize=True)")
     estimate.add_argument("--no-plots", action="store_true", help="skip the plot")
     fit = sub.add_parser("fit", help="fit models.yaml to the datasets of datasets.yaml (jointly)")
     fit.add_argument("--datasets", required=True, help="Gammapy datasets.yaml (MapDataset, SpectrumDataset or SpectrumDatasetOnOff files)")
@@ -92,8 +92,8 @@ def _fit(args: argparse.Namespace) -> int:
 def _estimate(args: argparse.Namespace) -> int:
     from .pipeline import excess_map_files, flux_points_files, light_curve_files
 
-    if args.reoptimize and args.kind != "flux-points":
-        raise ValueError("--reoptimize is for flux points")
+    if args.reoptimize and args.kind not in ("flux-points", "light-curve"):
+        raise ValueError("--reoptimize is for flux points and light curves")
     if args.kind == "ts-map":
         from .pipeline import ts_map_files
 
@@ -119,7 +119,8 @@ def _estimate(args: argparse.Namespace) -> int:
         return 0
     time_bins = None if args.time_bins is None else _edges(args.time_bins, "--time-bins", "MJD, e.g. 53343.9,53344.0,53344.1")
     energy = _energy_edges(args.energy_edges or "1,10")
-    print(light_curve_files(args.datasets, args.models, args.out, args.source, energy, time_bins, plots=not args.no_plots))
+    print(light_curve_files(args.datasets, args.models, args.out, args.source, energy, time_bins, plots=not args.no_plots,
+                            reoptimize=args.reoptimize))
     return 0
 
 

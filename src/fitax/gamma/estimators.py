@@ -32,7 +32,7 @@ from .mapdataset import MapDataset
 from .mapdataset_onoff import MapDatasetOnOff
 from .spectrum import SpectrumDatasetOnOff
 from .flux_maps import FluxMaps
-from .models import Models, SkyModel
+from .models import FoVBackgroundModel, Models, SkyModel
 from .spectral import PowerLawSpectralModel
 
 __all__ = ["FluxPoints", "LightCurve", "NORM_SCAN", "excess_map", "flux_points", "light_curve", "reco_exposure", "snap_energy_edges"]
@@ -548,13 +548,15 @@ class LightCurve:
 
 def light_curve(datasets, models: Models, source: str, energy_edges: u.Quantity = (1.0, 10.0) * u.TeV,
                 time_intervals: list[tuple[Time, Time]] | None = None, *, n_sigma: float = 1.0, n_sigma_ul: float = 2.0,
-                scan_values: np.ndarray = NORM_SCAN) -> LightCurve:
+                scan_values: np.ndarray = NORM_SCAN, reoptimize: bool = False) -> LightCurve:
     """The light curve of ``source``: its flux points (:func:`flux_points`, every other
     parameter fixed) in ``energy_edges`` for each time interval, from the datasets whose good
     time lies within it (to 1e-6 s), as Gammapy's ``LightCurveEstimator``: by default one
     interval per dataset (per run: from its first good time to its last; a stacked dataset
     is one interval), or the given ``time_intervals``; intervals without a whole dataset are
-    left out, overlapping intervals are an error.
+    left out, overlapping intervals are an error. ``reoptimize=True``: in each interval the
+    free parameters of the models acting on its datasets are refitted per bin, as
+    :func:`flux_points` does.
 
     Example:
         >>> curve = light_curve(datasets, models, "pks2155", [0.7, 10] * u.TeV)  # doctest: +SKIP
@@ -581,8 +583,15 @@ def light_curve(datasets, models: Models, source: str, energy_edges: u.Quantity 
         chosen = [i for i, gti in enumerate(gtis) if gti[0, 0] >= start - tolerance and gti[-1, 1] <= stop + tolerance]
         if not chosen:
             continue
+        reoptimized = None
+        if reoptimize:
+            subset = Datasets([datasets[i] for i in chosen])
+            acting = Models([m for m in models if (m.dataset_name in subset.names if isinstance(m, FoVBackgroundModel)
+                                                   else any(m.applies_to(n) for n in subset.names))])
+            reoptimized = (lambda bins, subset=subset, acting=acting:
+                           _reoptimized_bin_result(subset, acting, source, bins, n_sigma, n_sigma_ul, scan_values))
         table = _flux_point_table([datasets[i] for i in chosen], [total[i] for i in chosen], [others[i] for i in chosen], models[source],
-                                  requested, n_sigma, n_sigma_ul, scan_values)  # fmt: skip
+                                  requested, n_sigma, n_sigma_ul, scan_values, reoptimized)  # fmt: skip
         row = Table({"time_min": [start.tt.mjd], "time_max": [stop.tt.mjd]})
         for column in table.columns:
             values = np.asarray(table[column])

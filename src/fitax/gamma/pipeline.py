@@ -383,7 +383,8 @@ def flux_points_files(datasets_path, models_path, out, source: str, energy_edges
     return path
 
 
-def light_curve_files(datasets_path, models_path, out, source: str, energy_edges, time_bins=None, plots: bool = True) -> Path:
+def light_curve_files(datasets_path, models_path, out, source: str, energy_edges, time_bins=None, plots: bool = True,
+                      reoptimize: bool = False) -> Path:
     """The light curve of ``source`` (:func:`fitax.gamma.estimators.light_curve`) from
     Gammapy's files: per run (each good time interval), or in the contiguous ``time_bins``
     [MJD, TT]; written to ``out/light_curve.fits`` (Gammapy's ``lightcurve`` format) with
@@ -404,7 +405,7 @@ def light_curve_files(datasets_path, models_path, out, source: str, energy_edges
     if time_bins is not None:
         edges = Time(time_bins, format="mjd", scale="tt")
         intervals = list(zip(edges[:-1], edges[1:]))
-    curve = light_curve(datasets, models, source, u.Quantity(energy_edges, "TeV"), intervals)
+    curve = light_curve(datasets, models, source, u.Quantity(energy_edges, "TeV"), intervals, reoptimize=reoptimize)
     out.mkdir(parents=True, exist_ok=True)
     path = curve.write(out / "light_curve.fits")
     if plots:
