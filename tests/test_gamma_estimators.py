@@ -117,6 +117,13 @@ def test_reoptimized_flux_points_with_nothing_else_free_are_the_plain_ones(crab_
     for key in ("ts", "stat", "stat_null", "stat_scan"):
         np.testing.assert_allclose(np.asarray(refitted[key], float), np.asarray(plain[key], float), rtol=1e-6, err_msg=key)
     np.testing.assert_array_equal(refitted["counts"], plain["counts"])
+    # another model tied to the source: the flux points freeze the source, so that is refused by name, not left dangling
+    other = fg.SkyModel(fg.PowerLawSpectralModel(index=2.6, amplitude=1e-13), fg.PointSpatialModel(83.0, 22.5), name="other")
+    from fitax.parameters import tie
+
+    linked = tie(fg.Models([*models, other]), "other.spectral.index", "crab.spectral.index")
+    with pytest.raises(ValueError, match=r"\['other.spectral.index'\] are tied to source 'crab'"):
+        flux_points(datasets, linked, "crab", edges, reoptimize=True)
 
 
 def test_a_reoptimized_light_curve_with_nothing_else_free_is_the_plain_one(pks_files, tmp_path):

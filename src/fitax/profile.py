@@ -12,7 +12,6 @@ import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import equinox as eqx
 import numpy as np
 from jaxtyping import ArrayLike, Float
 from jax.scipy.special import gammaincc, gammaln, ndtri
@@ -93,17 +92,10 @@ class _FixedPoint:
                           "converge, so the profiled statistic there is only an upper bound", RuntimeWarning, stacklevel=3)
 
 
-@eqx.filter_jit
-def _compiled_objective(objective: Callable, params, args):
-    """The objective compiled once per objective and structure (parameter values are array
-    leaves): evaluated op by op, a likelihood's custom derivatives compile anew at every call."""
-    return call_objective(objective, params, args)
-
-
 def fixed_stat(objective: Callable, params, args, errordef: float) -> float:
     """The statistic of a model without free parameters: the objective plus its priors'
     penalty, as :func:`fitax.fit` would minimise it."""
-    stat = _compiled_objective(objective, params, args) + errordef * ParameterSpace.from_params(params).prior_penalty(params)
+    stat = call_objective(objective, params, args) + errordef * ParameterSpace.from_params(params).prior_penalty(params)
     return float(stat)
 
 
