@@ -322,7 +322,8 @@ def flux_points(datasets, models: Models, source: str, energy_edges: u.Quantity,
     """
     datasets, models, requested = _checked(datasets, models, source, energy_edges, "flux_points")
     total, others = _predicted_counts(datasets, models, source, "flux_points")
-    reoptimized = (lambda bins: _reoptimized_bin_result(datasets, models, source, bins, n_sigma, n_sigma_ul, scan_values)) if reoptimize else None
+    reoptimized = (lambda bins: _reoptimized_bin_result(datasets, total, others, models, source, bins, n_sigma, n_sigma_ul, scan_values)) \
+        if reoptimize else None
     table = _flux_point_table(list(datasets), total, others, models[source], requested, n_sigma, n_sigma_ul, scan_values, reoptimized)
     table.meta["SOURCE"] = source
     return FluxPoints(table)
@@ -480,7 +481,8 @@ def _fixed_source(models: Models, source: str) -> SkyModel:
     return SkyModel(ScaleSpectralModel(fixed.spectral), fixed.spatial, source, original.datasets_names, original.psf_mode, fixed.temporal)
 
 
-def _reoptimized_bin_result(datasets: Datasets, models: Models, source: str, bins: slice, n_sigma, n_sigma_ul, scan_values) -> dict:
+def _reoptimized_bin_result(datasets: Datasets, total: list, others: list, models: Models, source: str, bins: slice, n_sigma, n_sigma_ul,
+                            scan_values) -> dict:
     """One flux point with the other models' free parameters fitted along (Gammapy's
     ``reoptimize=True``): the source's spectrum scaled by a free norm, its own parameters
     frozen; TS, the profile crossings and the scan refit the others at each fixed norm. Only
@@ -498,7 +500,7 @@ def _reoptimized_bin_result(datasets: Datasets, models: Models, source: str, bin
     if not len(contributing):
         return _no_safe_bin_result(counts, scan_values)
     scaled = _acting_models(models, contributing.names).replace(_fixed_source(models, source))
-    start = [_piece(d, t, o, bins) for d, t, o in zip(sliced, Datasets(sliced).npred(scaled), Datasets(sliced).npred(scaled.without(source)))]
+    start = [_piece(d, t, o, bins) for d, t, o in zip(sliced, total, others)]  # the given models' counts: the scaled source at norm 1
     signal = np.concatenate([p.signal for p in start])
     if counts.sum() == 0 or not np.any(signal > 0):
         return _bin_result(start, n_sigma, n_sigma_ul, scan_values)
@@ -636,8 +638,9 @@ def light_curve(datasets, models: Models, source: str, energy_edges: u.Quantity 
         reoptimized = None
         if reoptimize:
             subset = Datasets([datasets[i] for i in chosen])
-            reoptimized = (lambda bins, subset=subset:
-                           _reoptimized_bin_result(subset, models, source, bins, n_sigma, n_sigma_ul, scan_values))
+            reoptimized = (lambda bins, subset=subset, chosen=chosen:
+                           _reoptimized_bin_result(subset, [total[i] for i in chosen], [others[i] for i in chosen], models, source, bins,
+                                                   n_sigma, n_sigma_ul, scan_values))
         table = _flux_point_table([datasets[i] for i in chosen], [total[i] for i in chosen], [others[i] for i in chosen], models[source],
                                   requested, n_sigma, n_sigma_ul, scan_values, reoptimized)  # fmt: skip
         row = Table({"time_min": [start.tt.mjd], "time_max": [stop.tt.mjd]})
