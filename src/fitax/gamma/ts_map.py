@@ -11,11 +11,12 @@ Around each pixel the kernel is averaged over the energy bins that the mask keep
 counts. Each pixel's Cash statistic is then a convex function of one amplitude.
 
 Gammapy solves one pixel after another in a Python loop (``brentq`` on the Cash derivative,
-to 1% of the amplitude). Here all pixels are solved together: the counts, background and
-source counts around each pixel are laid out as an ``(entries, pixels)`` array for a block of
-image rows, and a bracketed Halley iteration runs on every pixel of the block at once until
-each amplitude is within 1e-6 of its statistical error (Gammapy's brackets, so the same root);
-the errors and upper limit are the statistic's crossings, found likewise. The blocks have one
+to 1% of the amplitude). Here all pixels of a block of image rows are solved together: a
+bracketed Halley iteration runs on every pixel at once until each amplitude is within 1e-6 of
+its statistical error (Gammapy's brackets, so the same root); the errors and upper limit are
+the statistic's crossings, found likewise. Each iteration sums over every pixel's window in
+one pass, a loop over the window's offsets in which the entries at one offset are a shifted
+slice of the images (no copy of the windows is made). The blocks have one
 shape: a map compiles once per image size, kernel size and number of distinct energy masks
 (rounded up to a power of two).
 
@@ -27,6 +28,8 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -52,7 +55,8 @@ __all__ = ["kernel_model", "ts_map", "ts_map_kernel"]
 _TRUNCATION = 1e-25  # Gammapy's floor of predicted counts inside the logarithm of Cash
 _TOLERANCE = 1e-6  # amplitudes converge to this fraction of their statistical error
 _MAX_ITERATIONS = 60
-_BLOCK_ENTRIES = 400_000  # entries x pixels per block of rows (~3 MB per array; 0.2-0.7 M measured alike on CPU)
+_BLOCK_PIXELS = 16_000  # pixels per block of rows
+_UNROLL = 7  # window offsets per loop iteration
 
 
 def kernel_model(kind: str = "point", index: float = 2.0, sigma: float | None = None) -> SkyModel:
@@ -257,7 +261,7 @@ def _energy_group(members, npreds, exposures, kernels, low: int, high: int, half
     weighted = [np.concatenate([w, np.zeros((n_patterns - w.shape[0],) + w.shape[1:])]) for w in weighted]
     ny, nx = members[0].shape
     size = 2 * half + 1
-    rows = int(max(1, min(ny, _BLOCK_ENTRIES // (len(members) * size * size * nx))))
+    rows = int(max(1, min(ny, _BLOCK_PIXELS // nx)))
     blocks = -(-ny // rows)
 
     def padded(images, fill=0):
@@ -279,6 +283,72 @@ def _energy_group(members, npreds, exposures, kernels, low: int, high: int, half
     return result
 
 
+class Entries(NamedTuple):
+    """The window entries of a set of pixels, as one reduction pass sees them: counts,
+    predicted counts of the kernel at amplitude 1 (``model``), and the background floored at
+    1e-25 as Gammapy's Cash floors it, with its inverse and ``1 / max(background, 1e-3)`` (the
+    weight of the start's linear fit): per image, not per entry, so no pass divides by them.
+    Arrays broadcast against the per-pixel arrays."""
+
+    counts: Array
+    model: Array
+    background: Array
+    inverse_background: Array
+    inverse_floor: Array
+
+
+Reducer = Callable[[Callable[[Entries], tuple], Callable[[tuple, tuple], tuple], tuple], tuple]
+
+
+def _add(left: tuple, right: tuple) -> tuple:
+    return tuple(a + b for a, b in zip(left, right))
+
+
+def dense_reducer(counts: Float[Array, "k *pixels"], model: Float[Array, "k *pixels"], background: Float[Array, "k *pixels"]) -> Reducer:
+    """Reductions over ``k`` entries given per pixel (a few pixels, tests): every term is
+    evaluated on the whole ``(k, *pixels)`` array and combined along the entries."""
+    floored = jnp.maximum(background, _TRUNCATION)
+    entries = Entries(counts, model, floored, 1.0 / floored, 1.0 / jnp.maximum(floored, 1e-3))
+
+    def reduce(term, combine, init):
+        values = term(entries)
+        return jax.lax.reduce(tuple(jnp.broadcast_to(v, counts.shape) for v in values), init, combine, (0,))
+
+    return reduce
+
+
+def _window_reducer(counts, exposures, background, *, kernels, rows: int, nx: int, size: int) -> Reducer:
+    """Reductions over the ``size x size`` window of every pixel of a block of ``rows x nx``
+    pixels, for images padded by ``size // 2`` (``(d, rows + size - 1, nx + size - 1)``;
+    ``exposures`` ``(d, p, ...)``: the exposure where each of ``p`` kernels applies). The
+    entries at one window offset are a slice of each image, so a pass is a loop over the
+    offsets that reads every image in place: no gathered copy of the windows (reading them
+    through a gather cost as much as the arithmetic), and memory that does not grow with the
+    kernel."""
+    floored = jnp.maximum(background, _TRUNCATION)
+    inverse_background = 1.0 / floored
+    inverse_floor = 1.0 / jnp.maximum(floored, 1e-3)
+    n_datasets, n_patterns = exposures.shape[:2]
+
+    def at(image, y, x):
+        return jax.lax.dynamic_slice(image, (y, x), (rows, nx))  # kept 2-D: flattening a slice copies it (2x slower)
+
+    def reduce(term, combine, init):
+        def offset(o, accumulated):
+            y, x = o // size, o % size
+            for d in range(n_datasets):
+                model = sum(kernels[d, k, o] * at(exposures[d, k], y, x) for k in range(n_patterns))
+                values = term(Entries(at(counts[d], y, x), model, at(floored[d], y, x), at(inverse_background[d], y, x),
+                                      at(inverse_floor[d], y, x)))
+                accumulated = combine(accumulated, values)
+            return accumulated
+
+        start = tuple(jnp.full((rows, nx), value) for value in init)
+        return jax.lax.fori_loop(0, size * size, offset, start, unroll=_UNROLL)
+
+    return reduce
+
+
 @programs.cached(name="fitax.gamma.ts_map")
 def _solve(counts: Float[Array, "d py px"], background: Float[Array, "d py px"], exposure: Float[Array, "d py px"],
            patterns: Int[Array, "d py px"], kernels: Float[Array, "d p kk"], n_sigma, n_sigma_ul, *, rows: int, size: int,
@@ -289,39 +359,19 @@ def _solve(counts: Float[Array, "d py px"], background: Float[Array, "d py px"],
     nx = padded_columns - size + 1
     blocks = (padded_rows - size + 1) // rows
     n_patterns = kernels.shape[1]
-    floored = jnp.maximum(background, _TRUNCATION)  # Gammapy's Cash floors predicted counts at 1e-25
-    # what does not depend on the kernel is summed over each pixel's window once (summed-area
-    # tables); per entry, background / model = (background / exposure) x (1 / kernel) needs no division
+    # the exposure where each kernel applies: the model of an entry is kernel x exposure
+    exposures = exposure[:, None] * (patterns[:, None] == jnp.arange(n_patterns)[None, :, None, None])
+    # what does not depend on the kernel is summed over each pixel's window once (summed-area tables)
+    floored = jnp.maximum(background, _TRUNCATION)
     window_background = _window_sums(background.sum(axis=0), size)
     window_counts_log_background = _window_sums(jnp.sum(counts * jnp.log(floored), axis=0), size)
-    per_exposure = jnp.where(exposure > 0, floored / jnp.where(exposure > 0, exposure, 1.0), jnp.inf)
-    inverse_kernels = jnp.where(kernels > 0, 1.0 / jnp.where(kernels > 0, kernels, 1.0), jnp.inf)
-
-    offset_y, offset_x = np.divmod(np.arange(size * size), size)
-    pixel_y, pixel_x = np.divmod(np.arange(rows * nx), nx)
-    flat_index = jnp.asarray((offset_y[:, None] + pixel_y[None]) * padded_columns + offset_x[:, None] + pixel_x[None], jnp.int32)
-
-    def entries(image, start):
-        """The ``size x size`` pixels around each pixel of the block, ``(size^2, rows x nx)``
-        (one gather from the block's rows: slices stacked in a loop cost 3x more, unrolled
-        they compile for tens of seconds)."""
-        return jax.lax.dynamic_slice(image, (start, 0), (rows + size - 1, padded_columns)).reshape(-1)[flat_index]
 
     def block_fit(block):
         start = block * rows
-        c, m, r = [], [], []
-        for d in range(n_datasets):
-            if n_patterns == 1:
-                kernel, inverse = kernels[d, 0][:, None], inverse_kernels[d, 0][:, None]
-            else:
-                index = entries(patterns[d], start) * (size * size) + jnp.arange(size * size)[:, None]
-                kernel, inverse = kernels[d].reshape(-1)[index], inverse_kernels[d].reshape(-1)[index]
-            c.append(entries(counts[d], start))
-            m.append(kernel * entries(exposure[d], start))
-            r.append(entries(per_exposure[d], start) * inverse)
-        window = lambda image: jax.lax.dynamic_slice(image, (start, 0), (rows, nx)).reshape(-1)  # noqa: E731
-        return _pixel_fits(jnp.concatenate(c), jnp.concatenate(m), jnp.concatenate(r), window(window_background),
-                          window(window_counts_log_background), n_sigma, n_sigma_ul, errors)
+        cut = lambda image: jax.lax.dynamic_slice_in_dim(image, start, rows + size - 1, axis=-2)  # noqa: E731
+        window = lambda image: jax.lax.dynamic_slice(image, (start, 0), (rows, nx))  # noqa: E731
+        reduce = _window_reducer(cut(counts), cut(exposures), cut(background), kernels=kernels, rows=rows, nx=nx, size=size)
+        return _pixel_fits(reduce, window(window_background), window(window_counts_log_background), n_sigma, n_sigma_ul, errors)
 
     fitted = jax.lax.map(block_fit, jnp.arange(blocks))
     return {name: value.reshape(blocks * rows, nx) for name, value in fitted.items()}
@@ -333,35 +383,38 @@ def _window_sums(image: Float[Array, "py px"], size: int) -> Float[Array, "ny nx
     return table[size:, size:] - table[:-size, size:] - table[size:, :-size] + table[:-size, :-size]
 
 
-def _sums(*terms):
-    """Sums over the entries (axis 0) of several arrays in one pass: separate sums would each
-    recompute the division they share (measured 4x slower on CPU)."""
-    return jax.lax.reduce(terms, (0.0,) * len(terms), lambda a, b: tuple(x + y for x, y in zip(a, b)), (0,))
+def _largest(left: tuple, right: tuple) -> tuple:
+    return tuple(jnp.maximum(a, b) for a, b in zip(left, right))
 
 
-def _pixel_fits(counts: Float[Array, "k n"], model: Float[Array, "k n"], ratio: Float[Array, "k n"], sum_background: Float[Array, " n"],
-               counts_log_background: Float[Array, " n"], n_sigma, n_sigma_ul, errors: bool) -> dict:
-    """Fit ``counts ~ Poisson(background + norm x model)`` for each of ``n`` pixels, ``k``
-    entries each (Cash statistic), as Gammapy's ``BrentqFluxEstimator`` defines the result.
-    ``ratio`` is ``max(background, 1e-25) / model`` (``inf`` where the model is 0);
+def _pixel_fits(reduce: Reducer, sum_background: Float[Array, "*pixels"], counts_log_background: Float[Array, "*pixels"],
+                n_sigma, n_sigma_ul, errors: bool) -> dict:
+    """Fit ``counts ~ Poisson(background + norm x model)`` for each pixel (Cash statistic),
+    as Gammapy's ``BrentqFluxEstimator`` defines the result. ``reduce`` runs one pass over
+    every pixel's entries (:func:`dense_reducer`, or the windows of a map);
     ``sum_background`` and ``counts_log_background`` are the sums of ``background`` and of
     ``counts x log(max(background, 1e-25))`` over each pixel's entries."""
-    modelled = model > 0
-    # the linear (Gaussian, background-weighted) amplitude is the Newton start
-    background_floor = jnp.where(modelled, jnp.maximum(ratio * model, 1e-3), 1.0)
-    sum_model, sum_counts, guess_top, guess_bottom = _sums(
-        model, counts, jnp.where(modelled, model * counts / background_floor - model * jnp.minimum(ratio * model / background_floor, 1.0), 0.0),
-        jnp.where(modelled, model**2 / background_floor, 0.0))
-    stat_null = 2.0 * (sum_background - counts_log_background)
-    norm_min_total = -jnp.min(ratio, axis=0)  # predicted counts stay >= 0 above
-    # where counts were seen, counts x model / (background + norm x model) = counts / (norm + ratio)
-    ratio_all, ratio = ratio, jnp.where(counts > 0, ratio, jnp.inf)  # every entry's; those with counts
     # Gammapy's bracket of the root (Stewart 2009), from the smallest background-to-model ratio
-    # where counts were seen and its counts (any of equal ratios gives a valid bracket)
-    ratio_min = jnp.min(ratio, axis=0)
-    counts_min = jnp.max(jnp.where(ratio == ratio_min[None], counts, 0.0), axis=0)
+    # where counts were seen and its counts (any of equal ratios gives a valid bracket); above
+    # minus the smallest ratio of all, every predicted count stays >= 0. Model-to-background
+    # ratios are compared: products of what each entry holds, no division per entry.
+    def model_over_background(e):
+        return e.model * e.inverse_background
+
+    largest_seen, largest = reduce(lambda e: (jnp.where(e.counts > 0, model_over_background(e), 0.0), model_over_background(e)),
+                                   _largest, (0.0, 0.0))
+
+    def start_terms(e):
+        at_largest = (e.counts > 0) & (model_over_background(e) == largest_seen)
+        return (e.model, e.counts, e.model * (e.counts - e.background) * e.inverse_floor, e.model**2 * e.inverse_floor,
+                jnp.where(at_largest, e.counts, 0.0))
+
+    sum_model, sum_counts, guess_top, guess_bottom, counts_min = reduce(
+        start_terms, lambda left, right: (*_add(left[:4], right[:4]), jnp.maximum(left[4], right[4])), (0.0,) * 5)
+    stat_null = 2.0 * (sum_background - counts_log_background)
+    ratio_min = 1.0 / largest_seen  # inf where no counts were seen
+    norm_min_total = jnp.where(largest > 0, -1.0 / jnp.where(largest > 0, largest, 1.0), -1e14)
     any_seen = jnp.isfinite(ratio_min)
-    norm_min_total = jnp.where(jnp.isfinite(norm_min_total), norm_min_total, -1e14)
     ratio_min = jnp.where(any_seen, ratio_min, 1e14)
     counts_min = jnp.where(any_seen, counts_min, 1.0)
     safe_sum = jnp.where(sum_model > 0, sum_model, 1.0)
@@ -369,17 +422,31 @@ def _pixel_fits(counts: Float[Array, "k n"], model: Float[Array, "k n"], ratio: 
     high = sum_counts / safe_sum - ratio_min
     solvable = (sum_counts > 0) & (sum_model > 0) & any_seen
 
+    def seen_over_predicted(e, norm):
+        """``counts x model / (background + norm x model)``, 0 where no counts were seen (the
+        predicted counts there may be <= 0 below the best fit)."""
+        seen = e.counts > 0
+        return jnp.where(seen, e.counts * e.model / jnp.where(seen, e.background + norm * e.model, 1.0), 0.0)
+
     def derivatives(norm):
         """Half the Cash derivative (Gammapy's root function over 2) and its next two."""
-        inverse = 1.0 / (norm + ratio)
-        weighted = counts * inverse
-        first, second, third = _sums(weighted, weighted * inverse, weighted * inverse * inverse)
+        def terms(e):
+            # bins without counts may be predicted <= 0 here; they weigh 0 as long as the
+            # division stays finite
+            inverse = e.model / jnp.maximum(e.background + norm * e.model, 1e-300)
+            weighted = e.counts * inverse
+            return weighted, weighted * inverse, weighted * inverse * inverse
+
+        first, second, third = reduce(terms, _add, (0.0,) * 3)
         return sum_model - first, second, -2.0 * third
 
     def halley(state):
         norm, lower, upper, iterations, active, _ = state
         value, slope, curvature = derivatives(norm)
-        moving = active & (jnp.abs(value) > _TOLERANCE * jnp.sqrt(slope))
+        # a root below the smallest norm that keeps every predicted count >= 0 is replaced by
+        # that norm (below): once the function is positive there, the answer is known
+        below_floor = (value > 0) & (norm <= norm_min_total)
+        moving = active & (jnp.abs(value) > _TOLERANCE * jnp.sqrt(slope)) & ~below_floor
         # f is increasing: the root stays bracketed; Halley's step, or bisection when it leaves
         lower = jnp.where(value < 0, norm, lower)
         upper = jnp.where(value > 0, norm, upper)
@@ -387,6 +454,7 @@ def _pixel_fits(counts: Float[Array, "k n"], model: Float[Array, "k n"], ratio: 
         proposal = norm - step
         inside = (proposal > lower) & (proposal < upper) & jnp.isfinite(proposal)
         proposal = jnp.where(inside, proposal, 0.5 * (lower + upper))
+        proposal = jnp.where(norm > norm_min_total, jnp.maximum(proposal, norm_min_total), proposal)
         return jnp.where(moving, proposal, norm), lower, upper, iterations + moving, moving, slope
 
     def unfinished(state):
@@ -394,7 +462,7 @@ def _pixel_fits(counts: Float[Array, "k n"], model: Float[Array, "k n"], ratio: 
 
     guess = guess_top / jnp.maximum(guess_bottom, 1e-300)
     start = jnp.where(solvable, jnp.clip(guess, low, high), low)
-    state = (start, low, high, jnp.zeros(counts.shape[1], jnp.int32), solvable, jnp.zeros(counts.shape[1]))
+    state = (start, low, high, jnp.zeros(sum_model.shape, jnp.int32), solvable, jnp.zeros(sum_model.shape))
     norm, _, _, niter, unconverged, slope = jax.lax.while_loop(unfinished, halley, state)
     success = ~unconverged
     # Gammapy's bracket can reach below the smallest norm that keeps every predicted count
@@ -408,19 +476,25 @@ def _pixel_fits(counts: Float[Array, "k n"], model: Float[Array, "k n"], ratio: 
     def stat_and_slope(norm):
         """Cash at ``norm`` and its derivative, as Gammapy sums it: predicted counts below
         1e-25 count as 1e-25 (below the best fit, bins without counts may go negative)."""
-        shifted = norm + ratio_all  # predicted counts over model
-        positive = modelled & (shifted * model > _TRUNCATION)
-        relative = jnp.where(positive, shifted / jnp.where(modelled, ratio_all, 1.0), _TRUNCATION / jnp.where(modelled, ratio_all * model, 1.0))
-        excess, logs, slope = _sums(
-            jnp.where(modelled, jnp.where(positive, norm * model, _TRUNCATION - ratio_all * model), 0.0),
-            jnp.where(modelled & (counts > 0), counts * jnp.log(relative), 0.0),
-            jnp.where(positive, model - counts / shifted, 0.0))
-        return stat_null + 2.0 * (excess - logs), 2.0 * slope
+        def terms(e):
+            predicted = e.background + norm * e.model
+            positive = (e.model > 0) & (predicted > _TRUNCATION)
+            excess = jnp.where(e.model > 0, jnp.where(positive, norm * e.model, _TRUNCATION - e.background), 0.0)
+            logs = jnp.where(e.counts > 0, e.counts * jnp.log(jnp.maximum(predicted, _TRUNCATION)), 0.0)
+            return excess, logs, jnp.where(positive, e.model - seen_over_predicted(e, norm), 0.0)
+
+        excess, logs, slope = reduce(terms, _add, (0.0,) * 3)
+        return stat_null + 2.0 * (excess - logs + counts_log_background), 2.0 * slope
 
     def stat_and_slope_positive(norm):
         """:func:`stat_and_slope` where every predicted count is positive, by a cheaper formula."""
-        logs, inverse = _sums(counts * jnp.log1p(norm / ratio), counts / (norm + ratio))
-        return stat_null + 2.0 * (norm * sum_model - logs), 2.0 * (sum_model - inverse)
+        def terms(e):
+            seen = e.counts > 0
+            predicted = jnp.where(seen, e.background + norm * e.model, 1.0)
+            return jnp.where(seen, e.counts * jnp.log(predicted), 0.0), jnp.where(seen, e.counts * e.model / predicted, 0.0)
+
+        logs, inverse = reduce(terms, _add, (0.0,) * 2)
+        return stat_null + 2.0 * (norm * sum_model - logs + counts_log_background), 2.0 * (sum_model - inverse)
 
     def stat_and_slope_anywhere(norm):
         return jax.lax.cond(jnp.any(norm <= norm_min_total), stat_and_slope, stat_and_slope_positive, norm)
@@ -452,7 +526,9 @@ def _pixel_fits(counts: Float[Array, "k n"], model: Float[Array, "k n"], ratio: 
                 proposal = x - gap / jnp.where(slope != 0, slope, 1.0)
                 inside = ((proposal - near) * (proposal - far_end) < 0) & jnp.isfinite(proposal)
                 proposal = jnp.where(inside, proposal, 0.5 * (near + far_end))
-                active = reaches & (jnp.abs(gap) > _TOLERANCE * jnp.abs(slope) * sigma)
+                # a Newton step below the tolerance, unless the statistic is steep (next to
+                # a bin predicted zero, where a tiny step can leave it far from the level)
+                active = reaches & (jnp.abs(gap) > _TOLERANCE * jnp.minimum(jnp.abs(slope) * sigma, 1.0))
                 return jnp.where(active, proposal, x), near, far_end, count + 1, jnp.any(active)
 
             def far_enough(state):
