@@ -154,3 +154,44 @@ def test_multi_device_split_gives_the_same_answers():
     stamps, truth, variance, params = _moffat_problem(10)
     single = fitax.fit_batch(_moffat_chi2, params, (stamps, variance))
     np.testing.assert_allclose(eval(fluxes), single.values["flux"], rtol=1e-9)
+
+
+def _bounded_quadratic(p, centre):
+    """chi2 with a correlated pair: minimum at ``centre`` when it lies inside the box."""
+    x, y = p["x"].value, p["y"].value
+    return (x - centre[0]) ** 2 + (y - x - centre[1] + centre[0]) ** 2 + 0.5 * (y - centre[1]) ** 2
+
+
+def test_projected_newton_reaches_a_bound_exactly_with_the_kkt_conditions():
+    """Minima on the lower bound x >= 0 (centres with x < 0): projected Newton ends on the
+    bound exactly, converged, with y at its conditional minimum and error 0 for the bound
+    parameter; damped Newton approaches the bound only geometrically. Interior minima equal
+    damped Newton's, errors included."""
+    centre = np.array([[-1.0, 0.5], [-0.2, -1.0], [0.7, 0.3], [2.0, -1.5]])
+    starts = {"x": fitax.Parameter(np.full(4, 0.5), min=0.0, max=5.0), "y": fitax.Parameter(np.zeros(4))}
+    projected = fitax.fit_batch(_bounded_quadratic, starts, jnp.asarray(centre), tol=1e-12, method="projected")
+    damped = fitax.fit_batch(_bounded_quadratic, starts, jnp.asarray(centre), tol=1e-12)
+    assert projected.converged.all()
+    on_bound = centre[:, 0] < 0
+    assert np.all(projected.values["x"][on_bound] == 0.0)
+    # conditional minimum in y at x = 0: d/dy [(y - c1 + c0)^2 + 0.5 (y - c1)^2] = 0
+    c0, c1 = centre[on_bound, 0], centre[on_bound, 1]
+    np.testing.assert_allclose(projected.values["y"][on_bound], (3 * c1 - 2 * c0) / 3, atol=1e-9)
+    assert np.all(projected.errors["x"][on_bound] == 0.0)
+    np.testing.assert_allclose(projected.errors["y"][on_bound], np.sqrt(2 / 3), rtol=1e-9)  # 1 / sqrt(H_yy / 2)
+    assert np.all(damped.values["x"][on_bound] > 0.0)  # the internal coordinates never reach the bound
+    inside = ~on_bound
+    for name in ("x", "y"):
+        np.testing.assert_allclose(projected.values[name][inside], centre[inside, 0 if name == "x" else 1], atol=1e-9)
+        np.testing.assert_allclose(projected.errors[name][inside], damped.errors[name][inside], rtol=1e-7)
+
+
+def test_projected_newton_says_when_it_does_not_converge():
+    """A step limit too small for the start: not converged, status max_steps_reached."""
+    starts = {"x": fitax.Parameter(np.array([4.0]), min=0.0, max=5.0), "y": fitax.Parameter(np.array([30.0]))}
+    result = fitax.fit_batch(
+        lambda p: jnp.cosh(p["x"].value - 1.0) + jnp.cosh(p["y"].value), starts, tol=1e-14, max_steps=2, method="projected"
+    )
+    assert not result.converged[0] and result.status[0] == 1
+    with pytest.raises(ValueError, match="unknown method 'lbfgs'"):
+        fitax.fit_batch(lambda p: p["y"].value ** 2, starts, method="lbfgs")

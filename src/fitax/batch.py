@@ -147,38 +147,50 @@ class _WithShared:
         return self.objective(params, own, shared)
 
 
-def _solve_one(objective, space: ParameterSpace, errordef, edm_tol, max_steps, shared, problem):
+def _solve_one(objective, space: ParameterSpace, errordef, edm_tol, max_steps, method, shared, problem):
     params, args = problem
     if shared is not None:
         args = (args, shared)
     physical = physical_objective(objective, space, params, errordef)
-    result = _minimize.newton(physical, space, space.values(params), args, errordef=errordef, edm_tol=edm_tol, max_steps=max_steps)
+    v0 = space.values(params)
+    if method == "projected":
+        lower = jnp.asarray([-jnp.inf if lo is None else lo for lo, _ in space.bounds], v0.dtype)
+        upper = jnp.asarray([jnp.inf if hi is None else hi for _, hi in space.bounds], v0.dtype)
+        result = _minimize.projected_newton(
+            physical, v0, lower, upper, args, errordef=errordef, edm_tol=edm_tol, max_steps=max_steps
+        )
+        free = _minimize.free_parameters(result.v, result.grad, lower, upper)
+        hessian = _minimize.free_block(result.hessian, free)
+    else:
+        result = _minimize.newton(physical, space, v0, args, errordef=errordef, edm_tol=edm_tol, max_steps=max_steps)
+        free = jnp.ones(v0.shape, bool)
+        hessian = result.hessian
     v = result.v
-    chol = jnp.linalg.cholesky(result.hessian)
+    chol = jnp.linalg.cholesky(hessian)
     positive_definite = jnp.all(jnp.isfinite(chol))
     inv_chol = jax.scipy.linalg.solve_triangular(chol, jnp.eye(v.shape[0]), lower=True)
-    covariance = 2.0 * errordef * inv_chol.T @ inv_chol
+    covariance = 2.0 * errordef * inv_chol.T @ inv_chol * (free[:, None] & free[None, :])
     return v, result.fun, result.edm, result.status, result.n_iterations, covariance, positive_definite
 
 
-def _solve_all(objective, space, params_batch, args, shared, errordef, edm_tol, max_steps, vectorize, chunk):
-    solve = functools.partial(_solve_one, objective, space, errordef, edm_tol, max_steps, shared)
+def _solve_all(objective, space, params_batch, args, shared, errordef, edm_tol, max_steps, method, vectorize, chunk):
+    solve = functools.partial(_solve_one, objective, space, errordef, edm_tol, max_steps, method, shared)
     if vectorize == "vmap":
         return jax.vmap(solve)((params_batch, args))
     return jax.lax.map(solve, (params_batch, args), batch_size=chunk)
 
 
 @programs.cached(name="fitax.fit_batch")
-def _run_batch(objective, space, params_batch, args, shared, errordef, edm_tol, max_steps, vectorize, chunk):
+def _run_batch(objective, space, params_batch, args, shared, errordef, edm_tol, max_steps, method, vectorize, chunk):
     devices = jax.devices()
     if len(devices) == 1:
-        return _solve_all(objective, space, params_batch, args, shared, errordef, edm_tol, max_steps, vectorize, chunk)
+        return _solve_all(objective, space, params_batch, args, shared, errordef, edm_tol, max_steps, method, vectorize, chunk)
     # Several devices: each solves its slice of the batch (fit_batch pads to a multiple).
     mesh = jax.sharding.Mesh(np.asarray(devices), ("batch",))
     batch_spec = jax.sharding.PartitionSpec("batch")
 
     def local(problems, shared_local):
-        return _solve_all(objective, space, *problems, shared_local, errordef, edm_tol, max_steps, vectorize, chunk)
+        return _solve_all(objective, space, *problems, shared_local, errordef, edm_tol, max_steps, method, vectorize, chunk)
 
     return jax.shard_map(
         local,
@@ -228,6 +240,7 @@ def fit_batch(
     errordef: float = 1.0,
     tol: float = 1e-6,
     max_steps: int = 100,
+    method: Literal["newton", "projected"] = "newton",
 ) -> BatchFitResult:
     """Fit many independent problems of the same structure in one compiled call.
 
@@ -241,6 +254,12 @@ def fit_batch(
         vectorize: ``"map"``, ``"vmap"`` or ``"auto"`` (see module docstring).
         chunk_size: with ``"map"``, vectorise this many problems per loop step.
         errordef, tol, max_steps: as in :func:`fitax.fit`.
+        method: ``"newton"`` (damped Newton in unbounded internal coordinates, robust from
+            poor starts) or ``"projected"`` (Newton in physical coordinates with the bounds
+            as a box, :func:`fitax._minimize.projected_newton`: for starts near the minimum,
+            e.g. pseudo-experiments fitted from the parameters they were drawn at, and
+            minima on a bound, which it reaches exactly instead of geometrically). A
+            parameter held by its bound at the end (its gradient points out) has error 0.
 
     A problem whose start point is invalid (a non-finite value, or one outside the bounds)
     does not stop the batch: it is not fitted and comes back with ``converged=False`` and
@@ -254,6 +273,8 @@ def fit_batch(
         >>> np.unique(np.round(res.values["x"], 3)).tolist(), bool(res.converged.all())
         ([-1.0, 1.0], True)
     """
+    if method not in ("newton", "projected"):
+        raise ValueError(f"unknown method {method!r}; expected 'newton' or 'projected'")
     if vectorize not in ("auto", "map", "vmap"):
         raise ValueError(f"unknown vectorize {vectorize!r}; expected 'auto', 'map' or 'vmap'")
     if vectorize == "auto":
@@ -284,7 +305,7 @@ def fit_batch(
     n_padded = padded_size(n_params, jax.device_count())
     padded = jax.tree_util.tree_map(functools.partial(_repeat_last, extra=n_padded - n_params), (params_batch, args))
     outputs = _run_batch(
-        wrapped, space, *padded, shared, float(errordef), float(tol * errordef), int(max_steps), vectorize, chunk_size
+        wrapped, space, *padded, shared, float(errordef), float(tol * errordef), int(max_steps), method, vectorize, chunk_size
     )
     v, stat, edm, status, n_iter, cov, pd = (np.asarray(a)[:n_params] for a in outputs)
     v = np.where(invalid[:, None], start, v)
