@@ -10,7 +10,8 @@ Tasks, each on the ATLAS sbottom workspace (RegionA, patch 1300_205_60, code4/co
 * ``toys``: a toy-based q~ hypotest with ``--ntoys`` toys per hypothesis (``4 ntoys`` fits);
   for pyhf up to the observed CLs (its expected band needs ``numpy.percentile(interpolation=)``,
   which NumPy 2 removed). ``fits/s`` counts the ``4 ntoys`` fits the test needs; fitax runs
-  ``6 ntoys`` (a conditional fit at the POI bound per toy, see ``ToyCalculator``).
+  ``8 ntoys`` (each fit from two starts, the toy's generating parameters and the initial
+  values, keeping the lower minimum: see ``ToyCalculator.toy_statistics``).
 
 Backends: fitax; pyhf numpy + scipy, jax + scipy, jax + minuit.
 

@@ -115,13 +115,23 @@ def value_gradient_hessian(model, p: Array, data: Array, floor: float) -> tuple[
     value = -2.0 * jnp.sum(jax.scipy.special.xlogy(main, rate) - rate - jax.scipy.special.gammaln(main + 1.0))
     gradient = -2.0 * (jacobian.T @ weight)
     w_cell = weight[bin_of_cell]
-    # sum over cells of w * (second derivatives of nu), as outer products
-    second = (
-        D_hist.T @ (D_norm * (w_cell * EF)[:, None])
-        + D_hist.T @ (D_fact * (w_cell * E)[:, None])
-        + D_norm.T @ (D_fact * (w_cell * A * E)[:, None])
-    )
-    second = second + second.T + D_norm.T @ (D_norm * (w_cell * nu)[:, None])
+    # sum over cells of w * (second derivatives of nu), as outer products. normsys and free
+    # factors are sparse (sbottom: 126 and 114 entries of 54 x 65), so each product with
+    # them runs over their entries (model.normsys_entries, model.factor_entries) instead of
+    # a dense (P + 1) x cells x (P + 1) product: 0.4 instead of 2.4 Mflop for the Hessian.
+    n_slot, n_cell = model.normsys_entries
+    f_slot, f_cell = model.factor_entries
+    n_param, n_value = n_index[n_slot, n_cell], flat(log_1)[n_slot, n_cell]
+    f_param, f_value = f_index[f_slot, f_cell], F_without[f_slot, f_cell]
+
+    def by_normsys(rows, scale):  # (D_norm * scale).T @ rows
+        return jax.ops.segment_sum(rows[n_cell] * (n_value * scale[n_cell])[:, None], n_param, num_segments=n_par + 1)
+
+    def by_factors(rows, scale):  # (D_fact * scale).T @ rows
+        return jax.ops.segment_sum(rows[f_cell] * (f_value * scale[f_cell])[:, None], f_param, num_segments=n_par + 1)
+
+    second = by_normsys(D_hist, w_cell * EF).T + by_factors(D_hist, w_cell * E).T + by_normsys(D_fact, w_cell * A * E)
+    second = second + second.T + by_normsys(D_norm, w_cell * nu)
     diagonal = jnp.zeros(n_par + 1, p.dtype)
     diagonal = diagonal.at[h_index].add(flat(shift_2) * (w_cell * EF))
     diagonal = diagonal.at[n_index].add(flat(log_2) * (w_cell * nu))

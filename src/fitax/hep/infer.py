@@ -39,7 +39,6 @@ from .teststat import (
     HistFitResult,
     TestStatResult,
     fixed_poi_fit,
-    forward_mode_nll,
     mle_fit,
     parameter_labels,
     q0,
@@ -132,7 +131,7 @@ class _Pinned(eqx.Module):
     def __call__(self, params, args):
         data, index, value = args
         vector = self.model.to_vector(params)
-        return forward_mode_nll(self.model, vector.at[index].set(value), data) + (vector[index] - self.anchor[index]) ** 2
+        return self.model.nll(vector.at[index].set(value), data) + (vector[index] - self.anchor[index]) ** 2
 
 
 @dataclasses.dataclass(frozen=True, repr=False)

@@ -20,7 +20,7 @@ from scipy.optimize import brentq
 
 from ..batch import fit_batch
 from .calculators import AsymptoticCalculator, pvalues_and_band
-from .teststat import FIT_TOLERANCE, HistFitResult, forward_mode_nll, mle_fit, with_poi
+from .teststat import FIT_TOLERANCE, HistFitResult, mle_fit, with_poi
 
 __all__ = ["UpperLimit", "upper_limit", "ProfileScan", "profile_scan"]
 
@@ -186,12 +186,12 @@ class ProfileScan:
 
 
 class _ProfiledNLL(eqx.Module):
-    """``-2 log L`` with forward-mode derivatives (:func:`~fitax.hep.teststat.forward_mode_nll`)."""
+    """``-2 log L`` of the model as a function of its parameter pytree."""
 
     model: eqx.Module
 
     def __call__(self, params, data):
-        return forward_mode_nll(self.model, self.model.to_vector(params), data)
+        return self.model.nll(self.model.to_vector(params), data)
 
 
 def profile_scan(data, model, poi_values, init_params=None) -> ProfileScan:

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import gammaln, xlogy
-from jaxtyping import Array, Float
+from jaxtyping import Array, Float, Int
 
 from ..parameters import Parameter, value_of, with_value
 from . import derivatives, interpolation
@@ -68,6 +68,13 @@ def _interpolation_codes(modifier_settings: Mapping | None) -> tuple[str, str]:
     return codes[0], codes[1]
 
 
+def _entries(index: np.ndarray, n_parameters: int) -> Array:
+    """``(slot, cell)`` of the table entries that name a parameter (padding names
+    ``n_parameters``), cells flattened as ``sample * n_bins + bin``."""
+    slots, cells = np.nonzero(index.reshape(index.shape[0], int(np.prod(index.shape[1:]))) < n_parameters)
+    return jax.device_put(np.stack([slots, cells]).astype(np.int32))
+
+
 class Model(eqx.Module):
     """HistFactory model built from a workspace (see :meth:`fitax.hep.Workspace.model`).
 
@@ -94,6 +101,8 @@ class Model(eqx.Module):
     histosys_lo: Array
     histosys_nom: Array
     histosys_hi: Array
+    normsys_entries: Int[Array, "2 normsys_entries"]  # (slot, cell) of each normsys that applies
+    factor_entries: Int[Array, "2 factor_entries"]  # (slot, cell) of each free factor that applies
     gauss_index: Array  # parameter index of each Gaussian-constrained component
     gauss_aux_pos: Array  # its position in the auxiliary data
     gauss_sigma: Array
@@ -175,6 +184,8 @@ class Model(eqx.Module):
             histosys_lo=floats(tables.histosys_lo),
             histosys_nom=floats(tables.histosys_nom),
             histosys_hi=floats(tables.histosys_hi),
+            normsys_entries=_entries(tables.normsys_index, sum(p.size for p in structure.parameter_sets)),
+            factor_entries=_entries(tables.factor_index, sum(p.size for p in structure.parameter_sets)),
             gauss_index=ints(gauss_index),
             gauss_aux_pos=ints(gauss_pos),
             gauss_sigma=floats(gauss_sigma).reshape(-1),

@@ -1,7 +1,7 @@
 """Maximum-likelihood fits and profile-likelihood test statistics of HistFactory models.
 
 Every fit is :func:`fitax.fit` (damped Newton with exact Hessians) of ``-2 log L`` (errordef 1)
-with forward-mode derivatives (:func:`forward_mode_nll`), started, like pyhf's, from the
+with the model's hand-written derivatives (:meth:`fitax.hep.Model.nll`), started, like pyhf's, from the
 model's suggested initial values; free and conditional fits are one compiled program
 (:class:`ConditionalObjective`).
 The test statistics follow pyhf (``pyhf.infer.test_statistics``, arXiv:1007.1727):
@@ -26,7 +26,6 @@ import dataclasses
 from typing import Any
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -41,7 +40,6 @@ __all__ = [
     "mle_fit",
     "fixed_poi_fit",
     "ConditionalObjective",
-    "forward_mode_nll",
     "free_poi_start",
     "saturated_point",
     "test_statistic",
@@ -194,30 +192,6 @@ def _as_data(model, data) -> jnp.ndarray:
     return to_device(data) if host else data
 
 
-@jax.custom_jvp
-def forward_mode_nll(model, vector, data):
-    """``model.nll(vector, data)`` whose derivatives are taken in forward mode only.
-
-    HistFactory likelihoods have few parameters (tens) and gather/scatter-heavy expected
-    yields, where reverse mode is slow on CPU. Measured on the sbottom workspace (64
-    parameters, under load): ``jax.hessian`` (forward over reverse) 7.1 ms, reverse over
-    reverse 1.0 ms, forward over forward 0.23 ms, for a value at 0.16 ms. The JVP rule below
-    gives the gradient by ``jax.jacfwd``; reverse mode transposes that linear map, so a
-    Hessian taken as forward over reverse (what the fitax core does) becomes forward over
-    forward. Derivatives with respect to the data stay exact (one forward pass).
-    """
-    return model.nll(vector, data)
-
-
-@forward_mode_nll.defjvp
-def _forward_mode_nll_jvp(primals, tangents):
-    model, vector, data = primals
-    _, vector_dot, data_dot = tangents
-    value, data_term = jax.jvp(lambda x: model.nll(vector, x), (data,), (data_dot,))
-    gradient = jax.jacfwd(lambda v: model.nll(v, data))(vector)
-    return value, gradient @ vector_dot + data_term
-
-
 class ConditionalObjective(eqx.Module):
     """``-2 log L`` of a free or a conditional fit, so that both share one structure, one
     compiled program (:func:`fitax.fit`) or one batch (:func:`fitax.fit_batch`).
@@ -226,8 +200,7 @@ class ConditionalObjective(eqx.Module):
     evaluated at ``fixed_value`` instead, and ``(mu - anchor)**2`` pins the then flat POI at
     ``anchor`` (its start value, inside its bounds) without touching the minimum: the Hessian
     stays positive definite and the objective at the optimum is exactly the conditional
-    ``-2 log L``. One program instead of two halves what a hypotest compiles. Derivatives
-    are forward mode (:func:`forward_mode_nll`).
+    ``-2 log L``. One program instead of two halves what a hypotest compiles.
     """
 
     model: Any
@@ -238,7 +211,7 @@ class ConditionalObjective(eqx.Module):
         data, fixed_value, conditional = args
         mu = params[self.poi].value
         evaluated = eqx.tree_at(lambda p: p[self.poi].value, params, jnp.where(conditional, fixed_value, mu))
-        nll = forward_mode_nll(self.model, self.model.to_vector(evaluated), data)
+        nll = self.model.nll(self.model.to_vector(evaluated), data)
         return nll + jnp.where(conditional, (mu - self.anchor) ** 2, 0.0)
 
 
