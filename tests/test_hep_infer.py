@@ -515,3 +515,31 @@ def test_a_parameter_thrown_onto_a_bound_is_brought_back():
     _, twice_nll = pyhf.infer.mle.fit(pws.data(pmodel), pmodel, return_fitted_val=True)
     assert fit.twice_nll <= float(twice_nll) + 1e-6
     assert np.all(np.abs(fit.bestfit[[model.par_names.index(n) for n in model.par_names if n.startswith("shapesys")]] - 10.0) > 1.0)
+
+
+def test_stacked_hypotests_equal_one_hypotest_per_point():
+    """Four signal points of one structure (signal yields scaled 0.3x-3x; observed data with
+    mu_hat on its bound and inside), all fits in two batches: CLs_obs, the expected band and
+    every fit's minimum equal `hypotest` point by point within 1e-9; models of different
+    structure are refused by name."""
+    from fitax.hep.stacked import hypotest_stacked
+
+    points = []
+    for scale, obs in ((0.3, (51.0, 48.0)), (1.0, OBS_SIGNAL_LIKE), (2.0, (51.0, 48.0)), (3.0, OBS_SIGNAL_LIKE)):
+        ws = hep.Workspace(simple_spec(obs=obs, signal=(12.0 * scale, 11.0 * scale)))
+        model = ws.model()
+        points.append((ws.data(model), model))
+    stacked = hypotest_stacked(1.0, [d for d, _ in points], [m for _, m in points])
+    mu_hats = []
+    for result, (data, model) in zip(stacked, points):
+        single = infer.hypotest(1.0, data, model)
+        assert result.converged and single.converged
+        assert result.cls_obs == pytest.approx(single.cls_obs, rel=1e-9)
+        np.testing.assert_allclose(result.cls_exp, single.cls_exp, rtol=1e-9)
+        for role, fit in single.fits.items():
+            assert result.fits[role].twice_nll == pytest.approx(fit.twice_nll, abs=1e-9), role
+        mu_hats.append(result.fits["free_data"].bestfit[model.poi_index])
+    assert min(mu_hats) == 0.0 and max(mu_hats) > 0.5
+    other = hep.Workspace(simple_spec(extra_samples=[{"name": "other", "data": [1.0, 1.0], "modifiers": []}]))
+    with pytest.raises(ValueError, match="differ in structure"):
+        hypotest_stacked(1.0, [points[0][0], other.data(other.model())], [points[0][1], other.model()])

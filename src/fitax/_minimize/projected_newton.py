@@ -12,9 +12,10 @@ parameters stay physical:
   Karush-Kuhn-Tucker condition); the Newton step
   ``H_ff d_f = -g_f`` is solved on the others, with the Hessian's positive-definite model
   where a Cholesky factorisation fails;
-* the step is clipped to a trust radius (:data:`STEP_RADIUS` standard errors from the
-  Hessian's diagonal, so a fit does not jump into another valley of a non-convex likelihood),
-  then projected onto the box; a trial that does not decrease the objective halves the step;
+* the step is clipped to a trust radius (at first :data:`STEP_RADIUS` standard errors from
+  the Hessian's diagonal, so a fit does not jump into another valley of a non-convex
+  likelihood; doubled after an accepted clipped step, halved after a rejected one), then
+  projected onto the box; a trial that does not decrease the objective is rejected;
 * convergence: EDM ``0.5 g_f^T H_ff^-1 g_f`` below tolerance at the exact, positive-definite
   Hessian of the free block — the same certificate as :class:`DampedNewton`, with the bounds'
   KKT conditions satisfied exactly.
@@ -42,13 +43,14 @@ from .hessian import value_grad_hessian
 from .results import RESULTS
 
 STEP_RADIUS = 3.0
-"""Largest move of any parameter in one step, in standard errors (``1/sqrt(H_ii / 2)`` for
-``errordef = 1``). Measured on 200 sbottom toys: radius 3 takes a median of 5 iterations and
-ends above the best known minimum in 5 of 400 fits; unclipped Newton steps need more
-iterations (a tail to 25) and end higher in 7."""
+"""Largest move of any parameter in the first step, in standard errors (``1/sqrt(H_ii / 2)``
+for ``errordef = 1``). Measured on 200 sbottom toys: a fixed radius 3 took a median of 5
+iterations and ended above the best known minimum in 5 of 400 fits; unclipped Newton steps
+needed more iterations (a tail to 25) and ended higher in 7; from the initial values, a
+fixed radius took up to 47 iterations, which the doubling removes."""
 
-SMALLEST_FRACTION = 2.0**-30
-"""Fraction of the Newton step below which no trial is attempted (the solve has stalled)."""
+SMALLEST_RADIUS = 1e-10
+"""Trust radius (standard errors) below which no trial is attempted (the solve has stalled)."""
 
 
 def free_parameters(v: Float[Array, " n"], grad: Float[Array, " n"], lower: Float[Array, " n"], upper: Float[Array, " n"]) -> Array:
@@ -70,9 +72,10 @@ class ProjectedState(eqx.Module):
     fun: Float[Array, ""]
     grad: Float[Array, " n"]
     hessian: Float[Array, "n n"]
-    direction: Float[Array, " n"]  # the projected Newton step from ``v``
+    direction: Float[Array, " n"]  # the Newton step on the free block from ``v``
+    size: Float[Array, ""]  # its largest move of a parameter, in standard errors
     edm: Float[Array, ""]  # of the free block; inf where its Hessian is not positive definite
-    fraction: Float[Array, ""]  # of ``direction`` tried next (halved on each rejection)
+    radius: Float[Array, ""]  # trust radius, in standard errors
     start_fun: Float[Array, ""]
     start_grad: Float[Array, " n"]
     n_steps: Int[Array, ""]
@@ -94,8 +97,9 @@ class ProjectedNewton(eqx.Module):
     max_steps: int = eqx.field(static=True)
     errordef: float
 
-    def newton_step(self, v: Array, grad: Array, hessian: Array) -> tuple[Array, Array]:
-        """The Newton step on the free block, clipped to the trust radius, and the EDM."""
+    def newton_step(self, v: Array, grad: Array, hessian: Array) -> tuple[Array, Array, Array]:
+        """The Newton step on the free block, its largest move in standard errors, and the
+        EDM."""
         free = free_parameters(v, grad, self.lower, self.upper)
         g = jnp.where(free, grad, 0.0)
         h = free_block(hessian, free)
@@ -111,25 +115,26 @@ class ProjectedNewton(eqx.Module):
         direction = jax.lax.cond(definite, newton, modified)
         edm = jnp.where(definite, -0.5 * g @ direction, jnp.inf)
         sigma = jnp.sqrt(2.0 * self.errordef / jnp.maximum(jnp.abs(jnp.diagonal(h)), 1e-300))
-        largest = jnp.max(jnp.abs(direction) / sigma)
-        direction = direction * jnp.minimum(1.0, STEP_RADIUS / jnp.maximum(largest, 1e-300))
-        return jnp.where(free, direction, 0.0), edm
+        direction = jnp.where(free, direction, 0.0)
+        return direction, jnp.max(jnp.abs(direction) / sigma), edm
 
     def init(self, fun: Callable, v0: Array, args: Any) -> ProjectedState:
         """The state at the start point (one evaluation)."""
         f, g, h = value_grad_hessian(fun, v0, args)
-        direction, edm = self.newton_step(v0, g, h)
+        direction, size, edm = self.newton_step(v0, g, h)
         return ProjectedState(
-            v=v0, fun=f, grad=g, hessian=h, direction=direction, edm=edm, fraction=jnp.asarray(1.0, v0.dtype),
+            v=v0, fun=f, grad=g, hessian=h, direction=direction, size=size, edm=edm, radius=jnp.asarray(STEP_RADIUS, v0.dtype),
             start_fun=f, start_grad=g, n_steps=jnp.asarray(0),
         )
 
     def step(self, fun: Callable, args: Any, state: ProjectedState) -> ProjectedState:
-        """One trial: the current step's fraction, projected onto the box."""
-        trial = jnp.clip(state.v + state.fraction * state.direction, self.lower, self.upper)
+        """One trial: the Newton step clipped to the trust radius, projected onto the box."""
+        clipped = state.size > state.radius
+        scale = jnp.where(clipped, state.radius / jnp.maximum(state.size, 1e-300), 1.0)
+        trial = jnp.clip(state.v + scale * state.direction, self.lower, self.upper)
         f, g, h = value_grad_hessian(fun, trial, args)
         accept = jnp.isfinite(f) & jnp.all(jnp.isfinite(g)) & jnp.all(jnp.isfinite(h)) & (f <= state.fun)
-        direction, edm = self.newton_step(trial, g, h)
+        direction, size, edm = self.newton_step(trial, g, h)
         pick = lambda new, old: jnp.where(accept, new, old)  # noqa: E731
         return ProjectedState(
             v=pick(trial, state.v),
@@ -137,8 +142,9 @@ class ProjectedNewton(eqx.Module):
             grad=pick(g, state.grad),
             hessian=pick(h, state.hessian),
             direction=pick(direction, state.direction),
+            size=pick(size, state.size),
             edm=pick(edm, state.edm),
-            fraction=jnp.where(accept, 1.0, 0.5 * state.fraction),
+            radius=jnp.where(accept, jnp.where(clipped, 2.0 * state.radius, state.radius), 0.5 * jnp.minimum(state.radius, state.size)),
             start_fun=state.start_fun,
             start_grad=state.start_grad,
             n_steps=state.n_steps + 1,
@@ -148,7 +154,7 @@ class ProjectedNewton(eqx.Module):
         """``(done, result)``: certified, non-finite at the start, stalled or out of steps."""
         finite = jnp.isfinite(state.fun) & jnp.all(jnp.isfinite(state.grad))
         certified = finite & (state.edm < self.edm_tol)
-        stalled = state.fraction < SMALLEST_FRACTION
+        stalled = state.radius < SMALLEST_RADIUS
         out_of_steps = state.n_steps >= self.max_steps
         done = ~finite | certified | stalled | out_of_steps
         result = jnp.where(

@@ -47,6 +47,8 @@ from .teststat import (
 __all__ = [
     "HypotestResult",
     "AsymptoticCalculator",
+    "check_test_stat",
+    "fit_warnings",
     "ToyCalculator",
     "Significance",
     "hypotest",
@@ -122,11 +124,13 @@ class HypotestResult:
         )
 
 
-def _fit_warnings(fits: dict[str, HistFitResult]) -> tuple[str, ...]:
+def fit_warnings(fits: dict[str, HistFitResult]) -> tuple[str, ...]:
+    """Every fit's warnings, each prefixed by the fit's role."""
     return tuple(f"{role}: {w}" for role, fit in fits.items() for w in fit.warnings)
 
 
-def _check_test_stat(test_stat: str) -> None:
+def check_test_stat(test_stat: str) -> None:
+    """Raise a ValueError naming the accepted statistics unless ``test_stat`` is one."""
     if test_stat not in HYPOTEST_STATISTICS:
         raise ValueError(f"unknown test_stat {test_stat!r} for a hypothesis test; expected one of {', '.join(HYPOTEST_STATISTICS)}")
 
@@ -171,7 +175,7 @@ class AsymptoticCalculator:
     """
 
     def __init__(self, data, model, test_stat: str = "qtilde", init_params=None, poi_bounds=None):
-        _check_test_stat(test_stat)
+        check_test_stat(test_stat)
         self.data = jnp.asarray(data, dtype=float)
         self.model = model
         self.test_stat = test_stat
@@ -240,7 +244,7 @@ class AsymptoticCalculator:
             teststat=t,
             fits=fits,
             converged=all(f.converged for f in fits.values()),
-            warnings=_fit_warnings(fits),
+            warnings=fit_warnings(fits),
         )
 
 
@@ -274,7 +278,7 @@ class ToyCalculator:
     """
 
     def __init__(self, data, model, test_stat: str = "qtilde", ntoys: int = 2000, seed: int = 0, init_params=None, poi_bounds=None):
-        _check_test_stat(test_stat)
+        check_test_stat(test_stat)
         if int(ntoys) < 1:
             raise ValueError(f"ntoys must be >= 1, got {ntoys}")
         self.data = jnp.asarray(data, dtype=float)
@@ -361,7 +365,7 @@ class ToyCalculator:
         percentiles = 100 * np.asarray(norm.cdf(-np.asarray(EXPECTED_SIGMAS)))
         fits = {"free_data": free, "fixed_data": signal, "background_generation": background}
         n_failed = int(np.sum(~ok))
-        warnings = _fit_warnings(fits) + ((f"{n_failed} of {2 * self.ntoys} toys have a fit that did not converge",) if n_failed else ())
+        warnings = fit_warnings(fits) + ((f"{n_failed} of {2 * self.ntoys} toys have a fit that did not converge",) if n_failed else ())
         return HypotestResult(
             poi_test=poi_test,
             test_stat=self.test_stat,

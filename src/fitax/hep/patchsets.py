@@ -4,8 +4,9 @@ A patchset (pyhf's format, HEPData's ``patchset.json``) holds one JSON patch per
 of a search, each labelled with the point's coordinates (e.g. two sparticle masses), and the
 digest of the background-only workspace it applies to. :func:`hypotest_patchset` checks the
 digest, applies each patch and runs the same hypotest on every point. Points with the same
-model structure (the usual case: only the signal yields change) share compiled programs, so
-after the first point no fit is traced again; each point costs its fits' arithmetic.
+model structure (the usual case: only the signal yields change) are stacked and tested
+together, every fit of every point in two :func:`fitax.fit_batch` calls
+(:func:`fitax.hep.stacked.hypotest_stacked`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .calculators import HypotestResult, hypotest
+from .calculators import HypotestResult
+from .stacked import hypotest_stacked, same_structure
 from .workspace import Patch, Workspace, patchset_labels, read_patchset
 
 __all__ = ["PatchsetResult", "hypotest_patchset"]
@@ -108,11 +110,14 @@ def hypotest_patchset(
     labels = tuple(labels) if labels is not None else tuple(f"x{i}" for i in range(n_values))
     from tqdm.auto import tqdm
 
-    results = []
-    for patch in tqdm(patches, desc="hypotests", unit="point", disable=not progress):
+    models, data = [], []
+    for patch in tqdm(patches, desc="models", unit="point", disable=not progress):
         patched = workspace.patch(patch)
-        model = patched.model(measurement=measurement, modifier_settings=modifier_settings)
-        data = patched.data(model)
-        results.append(hypotest(poi_test, data, model, test_stat))
+        models.append(patched.model(measurement=measurement, modifier_settings=modifier_settings))
+        data.append(patched.data(models[-1]))
+    results: list[HypotestResult | None] = [None] * len(patches)
+    for group in tqdm(same_structure(models), desc="hypotests", unit="group", disable=not progress):
+        for i, result in zip(group, hypotest_stacked(poi_test, [data[i] for i in group], [models[i] for i in group], test_stat)):
+            results[i] = result
     values = np.array([list(p.values) for p in patches], dtype=float).reshape(len(patches), -1)
     return PatchsetResult(labels=labels, names=[p.name for p in patches], values=values, results=results)

@@ -35,6 +35,7 @@ from ..parameters import Parameter, parameters_dict
 
 __all__ = [
     "HistFitResult",
+    "bound_warnings",
     "TestStatResult",
     "TEST_STATISTICS",
     "mle_fit",
@@ -131,14 +132,15 @@ def with_poi(params, poi: str, value=None, *, frozen: bool, bounds=None):
     return {**params, poi: new}
 
 
-def _bound_warnings(result: FitResult, params, expected_at_bound: tuple[str, ...] = ()) -> tuple[str, ...]:
-    """Free parameters within 1% of their error (or 1e-6 absolute) of a bound, except those
-    expected there (the POI of a tilde statistic at 0)."""
+def bound_warnings(values, errors, params, expected_at_bound: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """Free parameters of ``params`` whose fitted value (``values``, by dotted name) lies
+    within 1% of its error (``errors``) or 1e-6 absolute of a bound, except those expected
+    there (the POI of a tilde statistic at 0)."""
     out = []
     for name, p in parameters_dict(params).items():
         if p.frozen or p.tied_to is not None or name in expected_at_bound:
             continue
-        value, error = result.values[name], result.errors[name]
+        value, error = values[name], errors[name]
         tol = max(0.01 * error, 1e-6) if np.isfinite(error) else 1e-6
         for bound, side in ((p.min, "lower"), (p.max, "upper")):
             if bound is not None and abs(value - bound) <= tol:
@@ -157,7 +159,7 @@ with yields of ~1e5 events the rounding of ``-2 log L`` (~1e-11) stops every ste
 def _summarise(model, result: FitResult, expected_at_bound=()) -> HistFitResult:
     params = result.params
     names = dotted_names(model)
-    warnings = _bound_warnings(result, params, expected_at_bound)
+    warnings = bound_warnings(result.values, result.errors, params, expected_at_bound)
     converged = bool(result.converged)
     if not converged and np.isfinite(result.edm) and result.edm < PRECISION_EDM and np.all(np.isfinite(result.covariance)):
         converged = True
