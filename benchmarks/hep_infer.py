@@ -7,6 +7,10 @@ Tasks, each on the ATLAS sbottom workspace (RegionA, patch 1300_205_60, code4/co
 * ``hypotest``: one asymptotic q~ CLs test at mu = 1 with the expected band;
 * ``limit``: observed + expected upper limits (pyhf ``upper_limit`` with its toms748 scan at
   its default rtol 1e-4; fitax ``upper_limit``, Brent at 1e-8);
+* ``patchset``: the q~ hypotest at mu = 1 of every point of a 20-point patchset (the signal
+  yields of the workspace's patch scaled by 0.25-4, histosys and staterror data with them), the
+  patched models built inside the timing on both sides (fitax ``hypotest_patchset``, its
+  points stacked; pyhf one ``hypotest`` per patched model, as its users loop);
 * ``toys``: a toy-based q~ hypotest with ``--ntoys`` toys per hypothesis (``4 ntoys`` fits);
   for pyhf up to the observed CLs (its expected band needs ``numpy.percentile(interpolation=)``,
   which NumPy 2 removed). ``fits/s`` counts the ``4 ntoys`` fits the test needs; fitax runs
@@ -46,7 +50,8 @@ from _common import machine_summary, print_table, write_json  # noqa: E402
 
 DATA = Path(os.environ.get("FITAX_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")) / "hep"
 CODE4 = {"normsys": {"interpcode": "code4"}, "histosys": {"interpcode": "code4p"}}
-TASKS = ("fit", "hypotest", "limit", "toys")
+TASKS = ("fit", "hypotest", "limit", "patchset", "toys")
+PATCHSET_SCALES = tuple(float(x) for x in __import__("numpy").geomspace(0.25, 4.0, 20))
 BACKENDS = ("fitax", "numpy+scipy", "jax+scipy", "jax+minuit")
 
 
@@ -64,6 +69,26 @@ def simple_spec() -> dict:
     }
 
 
+def _scaled(value, scale: float):
+    """``value`` (a patch operation's value) with yields and absolute uncertainties scaled."""
+    if isinstance(value, dict):
+        return {k: [x * scale for x in v] if k in ("data", "hi_data", "lo_data") and isinstance(v, list) else _scaled(v, scale)
+                for k, v in value.items()}
+    if isinstance(value, list):
+        return [_scaled(v, scale) for v in value]
+    return value
+
+
+def patchset_points(name: str) -> list[tuple[str, tuple[float], list]]:
+    """``(name, values, operations)`` of each point of the benchmark's patchset."""
+    if name == "sbottom":
+        base = json.loads((DATA / "sbottom_RegionA_patch_1300_205_60.json").read_text())
+    else:
+        base = [{"op": "replace", "path": "/channels/0/samples/0/data", "value": simple_spec()["channels"][0]["samples"][0]["data"]}]
+    return [(f"point_{i}", (scale,), [{**op, "value": _scaled(op.get("value"), scale)} if "value" in op else op for op in base])
+            for i, scale in enumerate(PATCHSET_SCALES)]
+
+
 def workspace_spec(name: str) -> tuple[dict, list]:
     if name == "sbottom":
         spec = json.loads((DATA / "sbottom_RegionA_BkgOnly.json").read_text())
@@ -75,12 +100,17 @@ def workspace_spec(name: str) -> tuple[dict, list]:
 def fitax_runner(workspace: str, ntoys: int):
     import fitax.hep as hep
     from fitax.hep import infer
+    from fitax.hep.patchsets import hypotest_patchset
+    from fitax.hep.workspace import Patch
 
     spec, patches = workspace_spec(workspace)
-    ws = hep.Workspace(spec)
+    background_only = hep.Workspace(spec)
+    points = [Patch(*point) for point in patchset_points(workspace)]
+    ws = background_only
     for patch in patches:
         ws = ws.patch(patch)
-    model = ws.model(modifier_settings=CODE4)
+    settings = CODE4
+    model = ws.model(modifier_settings=settings)
     data = ws.data(model)
 
     def run(task):
@@ -93,6 +123,9 @@ def fitax_runner(workspace: str, ntoys: int):
         if task == "limit":
             result = infer.upper_limit(data, model)
             return {"value": result.observed, "converged": result.converged}
+        if task == "patchset":
+            result = hypotest_patchset(background_only, points, modifier_settings=settings, progress=False)
+            return {"value": float(result.cls_obs.sum()), "converged": bool(result.converged.all())}
         result = infer.hypotest(1.0, data, model, calctype="toybased", ntoys=ntoys)
         return {"value": result.cls_obs, "converged": result.converged}
 
@@ -106,7 +139,8 @@ def pyhf_runner(workspace: str, backend: str, ntoys: int):
     pyhf.set_backend(tensorlib, pyhf.optimize.minuit_optimizer() if optimizer == "minuit" else pyhf.optimize.scipy_optimizer())
     spec, patches = workspace_spec(workspace)
     ws = pyhf.Workspace(spec)
-    model = ws.model(patches=patches, modifier_settings=CODE4)
+    settings = CODE4
+    model = ws.model(patches=patches, modifier_settings=settings)
     data = ws.data(model)
 
     def run(task):
@@ -119,6 +153,13 @@ def pyhf_runner(workspace: str, backend: str, ntoys: int):
         if task == "limit":
             obs, _ = pyhf.infer.intervals.upper_limits.upper_limit(data, model)
             return {"value": float(obs), "converged": None}
+        if task == "patchset":
+            total = 0.0
+            for _, _, operations in patchset_points(workspace):
+                point = ws.model(patches=[operations], modifier_settings=settings)
+                obs, _ = pyhf.infer.hypotest(1.0, ws.data(point), point, test_stat="qtilde", return_expected_set=True)
+                total += float(obs)
+            return {"value": total, "converged": None}
         # pyhf 0.7.6's toy expected band calls numpy.percentile(interpolation=...), gone in
         # NumPy 2: time what its hypotest does up to the observed CLs (all toy fits).
         calculator = pyhf.infer.utils.create_calculator("toybased", data, model, ntoys=ntoys, track_progress=False)

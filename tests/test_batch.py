@@ -164,9 +164,10 @@ def _bounded_quadratic(p, centre):
 
 def test_projected_newton_reaches_a_bound_exactly_with_the_kkt_conditions():
     """Minima on the lower bound x >= 0 (centres with x < 0): projected Newton ends on the
-    bound exactly, converged, with y at its conditional minimum and error 0 for the bound
-    parameter; damped Newton approaches the bound only geometrically. Interior minima equal
-    damped Newton's, errors included."""
+    bound exactly, converged, with y at its conditional minimum; damped Newton approaches the
+    bound only geometrically. Errors come from the whole (positive-definite) Hessian, as
+    damped Newton's (not the smaller ones conditional on x held at its bound). Interior
+    minima equal damped Newton's."""
     centre = np.array([[-1.0, 0.5], [-0.2, -1.0], [0.7, 0.3], [2.0, -1.5]])
     starts = {"x": fitax.Parameter(np.full(4, 0.5), min=0.0, max=5.0), "y": fitax.Parameter(np.zeros(4))}
     projected = fitax.fit_batch(_bounded_quadratic, starts, jnp.asarray(centre), tol=1e-12, method="projected")
@@ -177,13 +178,22 @@ def test_projected_newton_reaches_a_bound_exactly_with_the_kkt_conditions():
     # conditional minimum in y at x = 0: d/dy [(y - c1 + c0)^2 + 0.5 (y - c1)^2] = 0
     c0, c1 = centre[on_bound, 0], centre[on_bound, 1]
     np.testing.assert_allclose(projected.values["y"][on_bound], (3 * c1 - 2 * c0) / 3, atol=1e-9)
-    assert np.all(projected.errors["x"][on_bound] == 0.0)
-    np.testing.assert_allclose(projected.errors["y"][on_bound], np.sqrt(2 / 3), rtol=1e-9)  # 1 / sqrt(H_yy / 2)
     assert np.all(damped.values["x"][on_bound] > 0.0)  # the internal coordinates never reach the bound
+    # H = [[4, -2], [-2, 3]] everywhere: covariance 2 H^-1 = [[0.75, 0.5], [0.5, 1]]
+    np.testing.assert_allclose(projected.errors["x"], np.sqrt(0.75), rtol=1e-9)
+    np.testing.assert_allclose(projected.errors["y"], 1.0, rtol=1e-9)  # conditional on x it would be sqrt(2/3)
     inside = ~on_bound
     for name in ("x", "y"):
         np.testing.assert_allclose(projected.values[name][inside], centre[inside, 0 if name == "x" else 1], atol=1e-9)
-        np.testing.assert_allclose(projected.errors[name][inside], damped.errors[name][inside], rtol=1e-7)
+        np.testing.assert_allclose(projected.errors[name], damped.errors[name], rtol=1e-7)
+
+
+def test_projected_newton_stops_at_a_stationary_point_that_is_no_minimum():
+    """A saddle (x^2 - y^2 from the origin): the Newton step is zero; the solve stops at once
+    as no progress, never converged, instead of spending every step."""
+    starts = {"x": fitax.Parameter(np.array([0.0])), "y": fitax.Parameter(np.array([0.0]), min=-1.0, max=1.0)}
+    result = fitax.fit_batch(lambda p: p["x"].value ** 2 - p["y"].value ** 2, starts, method="projected")
+    assert not result.converged[0] and result.status[0] == 2 and result.n_iterations[0] <= 2
 
 
 def test_projected_newton_says_when_it_does_not_converge():

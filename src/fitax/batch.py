@@ -147,6 +147,13 @@ class _WithShared:
         return self.objective(params, own, shared)
 
 
+def _covariance(hessian, errordef):
+    """``2 errordef H^-1`` and whether ``H`` is positive definite."""
+    chol = jnp.linalg.cholesky(hessian)
+    inv_chol = jax.scipy.linalg.solve_triangular(chol, jnp.eye(hessian.shape[0]), lower=True)
+    return 2.0 * errordef * inv_chol.T @ inv_chol, jnp.all(jnp.isfinite(chol))
+
+
 def _solve_one(objective, space: ParameterSpace, errordef, edm_tol, max_steps, method, shared, problem):
     params, args = problem
     if shared is not None:
@@ -160,16 +167,15 @@ def _solve_one(objective, space: ParameterSpace, errordef, edm_tol, max_steps, m
             physical, v0, lower, upper, args, errordef=errordef, edm_tol=edm_tol, max_steps=max_steps
         )
         free = _minimize.free_parameters(result.v, result.grad, lower, upper)
-        hessian = _minimize.free_block(result.hessian, free)
+        covariance, full = _covariance(result.hessian, errordef)
+        conditional, certified = _covariance(_minimize.free_block(result.hessian, free), errordef)
+        held = ~(free[:, None] & free[None, :])
+        covariance = jnp.where(full, covariance, jnp.where(held, jnp.nan, conditional))
+        positive_definite = certified
     else:
         result = _minimize.newton(physical, space, v0, args, errordef=errordef, edm_tol=edm_tol, max_steps=max_steps)
-        free = jnp.ones(v0.shape, bool)
-        hessian = result.hessian
+        covariance, positive_definite = _covariance(result.hessian, errordef)
     v = result.v
-    chol = jnp.linalg.cholesky(hessian)
-    positive_definite = jnp.all(jnp.isfinite(chol))
-    inv_chol = jax.scipy.linalg.solve_triangular(chol, jnp.eye(v.shape[0]), lower=True)
-    covariance = 2.0 * errordef * inv_chol.T @ inv_chol * (free[:, None] & free[None, :])
     return v, result.fun, result.edm, result.status, result.n_iterations, covariance, positive_definite
 
 
@@ -258,8 +264,10 @@ def fit_batch(
             poor starts) or ``"projected"`` (Newton in physical coordinates with the bounds
             as a box, :func:`fitax._minimize.projected_newton`: for starts near the minimum,
             e.g. pseudo-experiments fitted from the parameters they were drawn at, and
-            minima on a bound, which it reaches exactly instead of geometrically). A
-            parameter held by its bound at the end (its gradient points out) has error 0.
+            minima on a bound, which it reaches exactly instead of geometrically). Errors
+            come from the whole Hessian where it is positive definite (as damped Newton
+            reports them next to a bound); otherwise from the block of the parameters not
+            held by a bound (conditional on those), and the held ones get NaN.
 
     A problem whose start point is invalid (a non-finite value, or one outside the bounds)
     does not stop the batch: it is not fitted and comes back with ``converged=False`` and

@@ -144,7 +144,12 @@ class ProjectedNewton(eqx.Module):
             direction=pick(direction, state.direction),
             size=pick(size, state.size),
             edm=pick(edm, state.edm),
-            radius=jnp.where(accept, jnp.where(clipped, 2.0 * state.radius, state.radius), 0.5 * jnp.minimum(state.radius, state.size)),
+            radius=jnp.where(
+                accept,
+                # a step that moves nothing (a stationary point that is no minimum) ends the solve
+                jnp.where(jnp.any(trial != state.v), jnp.where(clipped, 2.0 * state.radius, state.radius), 0.0),
+                0.5 * jnp.minimum(state.radius, state.size),
+            ),
             start_fun=state.start_fun,
             start_grad=state.start_grad,
             n_steps=state.n_steps + 1,
