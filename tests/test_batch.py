@@ -203,5 +203,9 @@ def test_projected_newton_says_when_it_does_not_converge():
         lambda p: jnp.cosh(p["x"].value - 1.0) + jnp.cosh(p["y"].value), starts, tol=1e-14, max_steps=2, method="projected"
     )
     assert not result.converged[0] and result.status[0] == 1
-    with pytest.raises(ValueError, match="unknown method 'lbfgs'"):
+
+
+def test_bad_method_is_refused_by_name():
+    starts = {"y": fitax.Parameter(np.array([30.0]))}
+    with pytest.raises(ValueError, match="unknown method 'lbfgs'; expected 'newton' or 'projected'"):
         fitax.fit_batch(lambda p: p["y"].value ** 2, starts, method="lbfgs")
