@@ -161,17 +161,20 @@ def _solve_one(objective, space: ParameterSpace, errordef, edm_tol, max_steps, m
     physical = physical_objective(objective, space, params, errordef)
     v0 = space.values(params)
     if method == "projected":
-        lower = jnp.asarray([-jnp.inf if lo is None else lo for lo, _ in space.bounds], v0.dtype)
-        upper = jnp.asarray([jnp.inf if hi is None else hi for _, hi in space.bounds], v0.dtype)
+        lower, upper = (jnp.asarray(x, v0.dtype) for x in space.limits)
         result = _minimize.projected_newton(
             physical, v0, lower, upper, args, errordef=errordef, edm_tol=edm_tol, max_steps=max_steps
         )
-        free = _minimize.free_parameters(result.v, result.grad, lower, upper)
-        covariance, full = _covariance(result.hessian, errordef)
-        conditional, certified = _covariance(_minimize.free_block(result.hessian, free), errordef)
-        held = ~(free[:, None] & free[None, :])
-        covariance = jnp.where(full, covariance, jnp.where(held, jnp.nan, conditional))
-        positive_definite = certified
+        full, full_definite = _covariance(result.hessian, errordef)
+
+        def conditional():
+            free = _minimize.free_parameters(result.v, result.grad, lower, upper)
+            covariance, _ = _covariance(_minimize.free_block(result.hessian, free), errordef)
+            return jnp.where(free[:, None] & free[None, :], covariance, jnp.nan)
+
+        covariance = jax.lax.cond(full_definite, lambda: full, conditional)
+        # the solver's EDM is finite only at a positive-definite free block
+        positive_definite = jnp.isfinite(result.edm)
     else:
         result = _minimize.newton(physical, space, v0, args, errordef=errordef, edm_tol=edm_tol, max_steps=max_steps)
         covariance, positive_definite = _covariance(result.hessian, errordef)
@@ -211,8 +214,7 @@ def start_errors(space: ParameterSpace, start: np.ndarray) -> list[str]:
     """Why each row of ``start`` (``n_problems x n_free`` physical values) cannot start a
     fit: the first free parameter that is non-finite or outside its bounds, ``""`` where
     the row is valid. Vectorised over problems; messages are built for the bad rows only."""
-    lower = np.array([-np.inf if lo is None else lo for lo, _ in space.bounds])
-    upper = np.array([np.inf if hi is None else hi for _, hi in space.bounds])
+    lower, upper = space.limits
     bad = ~np.isfinite(start) | (start < lower) | (start > upper)
     errors = [""] * start.shape[0]
     for row in np.nonzero(bad.any(axis=1))[0]:

@@ -326,8 +326,7 @@ def _stuck_at_bounds(space: ParameterSpace, result, edm_tol: float) -> np.ndarra
     v, grad, hessian = np.asarray(result.v), np.asarray(result.grad), np.asarray(result.hessian)
     if not (np.all(np.isfinite(v)) and np.all(np.isfinite(grad))):
         return np.zeros(n, bool)
-    lower = np.array([-np.inf if lo is None else lo for lo, _ in space.bounds])
-    upper = np.array([np.inf if hi is None else hi for _, hi in space.bounds])
+    lower, upper = space.limits
     span = np.where(np.isfinite(upper - lower), upper - lower, np.maximum(np.abs(v), 1.0))
     curvature = np.abs(np.diagonal(hessian)) if hessian.shape == (n, n) else np.ones(n)
     significant = grad**2 > 2.0 * edm_tol * np.where(np.isfinite(curvature) & (curvature > 0), curvature, np.inf)

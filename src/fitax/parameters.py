@@ -474,6 +474,12 @@ class ParameterSpace:
         """``(min, max)`` of each free parameter, ``None`` where unbounded."""
         return [(lo if np.isfinite(lo) else None, hi if np.isfinite(hi) else None) for lo, hi in zip(self._mins, self._maxs)]
 
+    @property
+    def limits(self) -> tuple[np.ndarray, np.ndarray]:
+        """Lower and upper bounds of the free parameters as arrays, ``-inf``/``inf`` where
+        unbounded."""
+        return np.array(self._mins, dtype=float), np.array(self._maxs, dtype=float)
+
     def at_bound(self, v: Float[ArrayLike, " n_free"], errors: Float[ArrayLike, " n_free"]) -> list[str]:
         """Names of free parameters closer to a bound than 1% of their error."""
         out = []

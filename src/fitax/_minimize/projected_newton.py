@@ -20,8 +20,8 @@ parameters stay physical:
   Hessian of the free block — the same certificate as :class:`DampedNewton`, with the bounds'
   KKT conditions satisfied exactly.
 
-The covariance of such a fit is the inverse of the free block, with no variance for the
-parameters held by their bounds (:func:`free_parameters`).
+:func:`fitax.fit_batch` takes the covariance from the whole Hessian where it is positive
+definite, else from the block of the parameters not held by a bound (:func:`free_parameters`).
 
 Each iteration is one evaluation of value, gradient and exact Hessian. The solver has no
 internal scaling to learn, so it suits starts already near the minimum (a toy fitted from the
@@ -46,8 +46,8 @@ STEP_RADIUS = 3.0
 """Largest move of any parameter in the first step, in standard errors (``1/sqrt(H_ii / 2)``
 for ``errordef = 1``). Measured on 200 sbottom toys: a fixed radius 3 took a median of 5
 iterations and ended above the best known minimum in 5 of 400 fits; unclipped Newton steps
-needed more iterations (a tail to 25) and ended higher in 7; from the initial values, a
-fixed radius took up to 47 iterations, which the doubling removes."""
+needed more iterations (a tail to 25) and ended higher in 7. From the initial values (48
+sbottom data fits) a fixed radius took up to 47 iterations, the doubling up to 37."""
 
 SMALLEST_RADIUS = 1e-10
 """Trust radius (standard errors) below which no trial is attempted (the solve has stalled)."""

@@ -339,7 +339,7 @@ class ToyCalculator:
         if retry.size:
             cold = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (retry.size,) + jnp.shape(x)), start)
             again = fit_batch(objective, cold, jax.tree_util.tree_map(lambda x: x[retry], args), tol=TOY_FIT_TOLERANCE)
-            better = again.converged | (np.isfinite(again.stat) & ~(again.stat >= nll[retry]))
+            better = again.converged | (again.stat < np.nan_to_num(nll[retry], nan=np.inf))
             nll[retry] = np.where(better, again.stat, nll[retry])
             mu[retry] = np.where(better, again.values[poi], mu[retry])
             ok[retry] = again.converged

@@ -143,6 +143,7 @@ class Model(eqx.Module):
         _check_normsys(channels, normsys_code)
         coefficients = tables.normsys_coefficients() if normsys_code == "code4" else np.zeros((6,) + tables.normsys_lo.shape)
 
+        inits = [v for p in structure.parameter_sets for v in p.inits]
         gauss_index, gauss_pos, gauss_sigma, poisson_index, poisson_pos, poisson_factor, auxdata = ([] for _ in range(7))
         start = 0
         for pset in structure.parameter_sets:
@@ -184,8 +185,8 @@ class Model(eqx.Module):
             histosys_lo=floats(tables.histosys_lo),
             histosys_nom=floats(tables.histosys_nom),
             histosys_hi=floats(tables.histosys_hi),
-            normsys_entries=_entries(tables.normsys_index, sum(p.size for p in structure.parameter_sets)),
-            factor_entries=_entries(tables.factor_index, sum(p.size for p in structure.parameter_sets)),
+            normsys_entries=_entries(tables.normsys_index, len(inits)),
+            factor_entries=_entries(tables.factor_index, len(inits)),
             gauss_index=ints(gauss_index),
             gauss_aux_pos=ints(gauss_pos),
             gauss_sigma=floats(gauss_sigma).reshape(-1),
@@ -193,7 +194,7 @@ class Model(eqx.Module):
             poisson_aux_pos=ints(poisson_pos),
             poisson_factor=floats(poisson_factor).reshape(-1),
             auxdata=floats(auxdata).reshape(-1),
-            inits=floats([v for p in structure.parameter_sets for v in p.inits]).reshape(-1),
+            inits=floats(inits).reshape(-1),
             bounds=floats([b for p in structure.parameter_sets for b in p.bounds]).reshape(-1, 2),
         )
 

@@ -40,6 +40,7 @@ from .teststat import (
     bound_warnings,
     dotted_names,
     free_poi_start,
+    saturated_point,
     statistic_value,
     with_poi,
 )
@@ -169,7 +170,10 @@ def hypotest_stacked(poi_test: float, data: Sequence, models: Sequence, test_sta
     # Asimov data: each model's expectation at its generating fit, the POI at asimov_mu
     generating = np.stack([g.bestfit for g in generation])
     asimov = jax.vmap(lambda m, v: m.expected_data(v, include_auxdata=True))(stacked, jnp.asarray(generating))
-    saturated = np.asarray(jax.vmap(lambda m, v, d: m.nll(v, d))(stacked, jnp.asarray(generating), asimov))
+    free_asimov = [
+        saturated_point(models[i], with_poi(generation[i].params, poi, asimov_mu, frozen=False, bounds=(lower, upper)), asimov[i])
+        for i in range(n)
+    ]
 
     # round 2: conditional at poi_test on the Asimov data
     args = (stacked, asimov, jnp.full(n, poi_test), jnp.ones(n, bool))
@@ -179,16 +183,13 @@ def hypotest_stacked(poi_test: float, data: Sequence, models: Sequence, test_sta
     position = model.poi_index
     mu_hat = np.array([f.bestfit[position] for f in free])
     q = statistic_value(test_stat, poi_test, mu_hat, np.array([f.twice_nll for f in fixed]), np.array([f.twice_nll for f in free]))
-    q_asimov = statistic_value(test_stat, poi_test, asimov_mu, np.array([f.twice_nll for f in fixed_asimov]), saturated)
+    q_asimov = statistic_value(
+        test_stat, poi_test, asimov_mu, np.array([f.twice_nll for f in fixed_asimov]), np.array([f.twice_nll for f in free_asimov])
+    )
     results = []
     for i in range(n):
-        free_asimov = HistFitResult(
-            bestfit=generating[i], uncertainty=np.zeros(generating.shape[1]), twice_nll=float(saturated[i]), converged=True,
-            warnings=(), params=with_poi(generation[i].params, poi, asimov_mu, frozen=False, bounds=(start[poi].min, start[poi].max)),
-            fit=None,
-        )
         point_fits = {
-            "free_data": free[i], "fixed_data": fixed[i], "asimov_generation": generation[i], "free_asimov": free_asimov,
+            "free_data": free[i], "fixed_data": fixed[i], "asimov_generation": generation[i], "free_asimov": free_asimov[i],
             "fixed_asimov": fixed_asimov[i],
         }
         if not all(f.converged for f in point_fits.values()):

@@ -88,7 +88,8 @@ class HistFitResult:
         warnings: parameters at a bound they should not be at, and similar caveats.
         params: the fitted parameter pytree.
         fit: the underlying :class:`fitax.FitResult` (``None`` for a point known exactly,
-            see :func:`saturated_point`).
+            see :func:`saturated_point`, and for a row of a batched fit,
+            :mod:`fitax.hep.stacked`).
     """
 
     bestfit: np.ndarray
