@@ -109,6 +109,67 @@ def test_a_fit_that_does_not_converge_is_flagged(tmp_path, capsys):
     assert "did not converge" in err
 
 
+
+def small_signal_spec() -> dict:
+    """A signal of 1e-4..3e-4 events per unit of mu over a fixed ttbar background and four
+    small samples with shapesys (yields 0.004-0.02): mu's natural scale is thousands, and
+    -2 ln L's slope in mu at pyhf's start mu = 1 is 4e-4."""
+    rng = np.random.default_rng(0)
+    signal = 2e-4 * np.linspace(0.5, 1.5, 6)
+    ttbar = np.linspace(20.0, 2.0, 6)
+    samples = [{"name": "signal", "data": list(signal), "modifiers": [{"name": "mu", "type": "normfactor", "data": None}]}]
+    total = ttbar.copy()
+    for i in range(4):
+        yields = rng.uniform(0.004, 0.02, 6)
+        samples.append({"name": f"minor{i}", "data": list(yields),
+                        "modifiers": [{"name": f"shapesys_{i}", "type": "shapesys", "data": list(0.8 * yields)}]})
+        total += yields
+    samples.append({"name": "ttbar", "data": list(ttbar), "modifiers": [
+        {"name": "ttbar_norm", "type": "normfactor", "data": None}, {"name": "lumi", "type": "lumi", "data": None}]})
+    parameters = [{"name": "lumi", "auxdata": [1.0], "sigmas": [0.02], "bounds": [[0.9, 1.1]], "inits": [1.0], "fixed": True},
+                  {"name": "ttbar_norm", "fixed": True}, {"name": "mu", "bounds": [[0.0, 5e4]]}]
+    return {"channels": [{"name": "SR", "samples": samples}],
+            "observations": [{"name": "SR", "data": list(np.round(total + 3000.0 * signal))}],
+            "measurements": [{"name": "meas", "config": {"poi": "mu", "parameters": parameters}}], "version": "1.0.0"}
+
+
+def test_where_pyhfs_default_fit_returns_its_start_fitax_finds_the_minimum(tmp_path, capsys):
+    """pyhf's default fit (numpy + SLSQP) stops at its start here and reports success: SLSQP's
+    first quasi-Newton model is the identity, so a step of the gradient's size (1e-3) changes
+    -2 ln L by less than its tolerance. ``pyhf cls --test-poi 6000`` then prints CLs_obs 0.475
+    where the true value is 0.332 (pyhf with Minuit, tolerance 1e-8, strategy 2).
+    ``fitax hep cls`` gives the true value within 1e-6, its free fit is 0.44 lower in
+    -2 ln L than pyhf's, and it reports every fit converged."""
+    path = tmp_path / "small_signal.json"
+    spec = small_signal_spec()
+    path.write_text(json.dumps(spec))
+    pyhf.set_backend("numpy", pyhf.optimize.scipy_optimizer())
+    pws = pyhf.Workspace(spec)
+    pmodel = pws.model(modifier_settings=fitax_cli.PYHF_CLI_MODIFIER_SETTINGS)
+    pdata = pws.data(pmodel)
+    start = np.asarray(pmodel.config.suggested_init())
+    slsqp_best, slsqp_twice_nll = pyhf.infer.mle.fit(pdata, pmodel, return_fitted_val=True)
+    assert np.max(np.abs(slsqp_best - start)) < 0.01
+    default = CliRunner().invoke(pyhf_cls, [str(path), "--test-poi", "6000"])
+    assert default.exit_code == 0, default.output
+
+    status, out, _ = run_fitax(capsys, ["hep", "cls", str(path), "--test-poi", "6000"])
+    result = json.loads(out)
+    assert status == 0 and result["converged"] is True and result["warnings"] == []
+    assert result["twice_nll"]["free_data"] < float(slsqp_twice_nll) - 0.4
+
+    pyhf.set_backend("numpy", pyhf.optimize.minuit_optimizer(tolerance=1e-8, strategy=2))
+    try:
+        minuit_best, minuit_twice_nll = pyhf.infer.mle.fit(pdata, pmodel, return_fitted_val=True)
+        obs, exp = pyhf.infer.hypotest(6000.0, pdata, pmodel, return_expected_set=True)
+    finally:
+        pyhf.set_backend("numpy", pyhf.optimize.scipy_optimizer())
+    assert minuit_best[pmodel.config.poi_index] > 2000.0
+    assert result["twice_nll"]["free_data"] == pytest.approx(float(minuit_twice_nll), abs=1e-6)
+    assert result["CLs_obs"] == pytest.approx(float(obs), rel=1e-6)
+    np.testing.assert_allclose(result["CLs_exp"], np.asarray(exp, float), rtol=1e-6)
+    assert json.loads(default.output)["CLs_obs"] > float(obs) + 0.1
+
 def test_bad_inputs_name_the_problem(workspace, tmp_path, capsys):
     path, _ = workspace
     status, _, err = run_fitax(capsys, ["hep", "cls", str(tmp_path / "missing.json")])
