@@ -35,7 +35,7 @@ def _one_cpu_device_per_core() -> None:
 _one_cpu_device_per_core()
 
 from . import integrate, stats  # noqa: E402
-from .batch import BatchFitResult, fit_batch  # noqa: E402
+from .batch import BatchFitResult, TracedFit, fit_batch, fit_traced  # noqa: E402
 from .fit import FitResult, fit  # noqa: E402
 from .implicit import implicit_minimum  # noqa: E402
 from .mapsum import ItemSum, map_sum  # noqa: E402

@@ -21,18 +21,19 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Array
 
 from . import _minimize, programs
 from .device import on_host
 from .fit import physical_objective
 from .parameters import ParameterSpace, is_parameter
 
-__all__ = ["fit_batch", "BatchFitResult"]
+__all__ = ["fit_batch", "BatchFitResult", "fit_traced", "TracedFit"]
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
@@ -154,17 +155,60 @@ def _covariance(hessian, errordef):
     return 2.0 * errordef * inv_chol.T @ inv_chol, jnp.all(jnp.isfinite(chol))
 
 
-def _solve_one(objective, space: ParameterSpace, errordef, edm_tol, max_steps, method, shared, problem):
-    params, args = problem
-    if shared is not None:
-        args = (args, shared)
+class TracedFit(NamedTuple):
+    """What :func:`fit_traced` returns: arrays, so it can be chained inside a program.
+
+    ``v`` holds the free parameters' physical values (``ParameterSpace.names`` order),
+    ``stat`` the objective there, ``status`` a :class:`fitax._minimize.RESULTS` code and
+    ``covariance`` ``2 errordef H^-1`` (see :func:`fit_batch`'s ``method``).
+    ``converged``: status converged at a positive-definite Hessian.
+    """
+
+    v: Array
+    stat: Array
+    edm: Array
+    status: Array
+    n_iterations: Array
+    covariance: Array
+    positive_definite: Array
+
+    @property
+    def converged(self) -> Array:
+        return (self.status == _minimize.RESULTS.converged) & self.positive_definite
+
+
+def fit_traced(
+    objective: Callable,
+    space: ParameterSpace,
+    params,
+    args: Any = None,
+    *,
+    errordef: float = 1.0,
+    tol: float = 1e-6,
+    max_steps: int = 100,
+    method: Literal["newton", "projected"] = "projected",
+) -> TracedFit:
+    """One fit of ``objective(params, args)`` over the free parameters of ``space``, started
+    at ``params``, as a traceable function: for programs that chain fits and the
+    computations between them inside one ``jit`` (a hypothesis test's fits and the Asimov
+    data made from one of them), where each :func:`fitax.fit` call would pay its own
+    dispatch and Python. ``method``, ``errordef``, ``tol`` and ``max_steps`` as in
+    :func:`fit_batch`; no start checks (do them on the host).
+
+    Example:
+        >>> import jax, jax.numpy as jnp, fitax
+        >>> params = {"x": fitax.Parameter(1.0, min=0.0)}
+        >>> objective = lambda p, target: (p["x"].value - target) ** 2
+        >>> space = fitax.ParameterSpace.from_params(params)
+        >>> jax.jit(lambda t: fitax.fit_traced(objective, space, params, t).v)(jnp.asarray(-2.0))
+        Array([0.], dtype=float64)
+    """
     physical = physical_objective(objective, space, params, errordef)
     v0 = space.values(params)
+    edm_tol = tol * errordef
     if method == "projected":
         lower, upper = (jnp.asarray(x, v0.dtype) for x in space.limits)
-        result = _minimize.projected_newton(
-            physical, v0, lower, upper, args, errordef=errordef, edm_tol=edm_tol, max_steps=max_steps
-        )
+        result = _minimize.projected_newton(physical, v0, lower, upper, args, errordef=errordef, edm_tol=edm_tol, max_steps=max_steps)
         full, full_definite = _covariance(result.hessian, errordef)
 
         def conditional():
@@ -178,8 +222,14 @@ def _solve_one(objective, space: ParameterSpace, errordef, edm_tol, max_steps, m
     else:
         result = _minimize.newton(physical, space, v0, args, errordef=errordef, edm_tol=edm_tol, max_steps=max_steps)
         covariance, positive_definite = _covariance(result.hessian, errordef)
-    v = result.v
-    return v, result.fun, result.edm, result.status, result.n_iterations, covariance, positive_definite
+    return TracedFit(result.v, result.fun, result.edm, result.status, result.n_iterations, covariance, positive_definite)
+
+
+def _solve_one(objective, space: ParameterSpace, errordef, edm_tol, max_steps, method, shared, problem):
+    params, args = problem
+    if shared is not None:
+        args = (args, shared)
+    return tuple(fit_traced(objective, space, params, args, errordef=errordef, tol=edm_tol / errordef, max_steps=max_steps, method=method))
 
 
 def _solve_all(objective, space, params_batch, args, shared, errordef, edm_tol, max_steps, method, vectorize, chunk):
