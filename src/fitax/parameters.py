@@ -183,9 +183,10 @@ def with_value(parameter: Parameter, value) -> Parameter:
     """``parameter`` with another value and the same (already validated) metadata; without
     re-running ``__init__``, which costs ~100 us per Parameter in equinox."""
     new = object.__new__(type(parameter))
-    for field in dataclasses.fields(parameter):
-        object.__setattr__(new, field.name, getattr(parameter, field.name))
-    object.__setattr__(new, "value", _as_value(value))
+    # the instance dict holds exactly the dataclass fields (equinox Modules have no slots);
+    # copying it is ~10x cheaper than a getattr/setattr per field through Module's hooks
+    new.__dict__.update(parameter.__dict__)
+    new.__dict__["value"] = _as_value(value)
     return new
 
 

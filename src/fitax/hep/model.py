@@ -33,6 +33,7 @@ import numpy as np
 from jax.scipy.special import gammaln, xlogy
 from jaxtyping import Array, Float, Int
 
+from ..device import to_device
 from ..parameters import Parameter, value_of, with_value
 from . import derivatives, interpolation
 from .modifiers import ParameterLayout, build_structure
@@ -315,8 +316,12 @@ class Model(eqx.Module):
             components = [entry] if pset.is_scalar else list(entry)
             if len(components) != pset.size:
                 raise ValueError(f"parameter {pset.name!r} has {len(components)} components, expected {pset.size}")
-            values += [jnp.asarray(value_of(c), dtype=float) for c in components]
-        return jnp.stack(jnp.broadcast_arrays(*values), axis=-1)
+            values += [value_of(c) for c in components]
+        if not any(isinstance(v, jax.core.Tracer) for v in values):
+            # concrete values: one host stack and one copy to the device (an eager jnp.stack
+            # of 64 scalars costs ~3 ms, mostly dtype promotion)
+            return to_device(np.stack(np.broadcast_arrays(*(np.asarray(v, dtype=float) for v in values)), axis=-1))
+        return jnp.stack(jnp.broadcast_arrays(*(jnp.asarray(v, dtype=float) for v in values)), axis=-1)
 
     # --------------------------------------------------------------------------- yields
     @eqx.filter_jit
