@@ -556,7 +556,7 @@ def test_a_parameter_thrown_onto_a_bound_is_brought_back():
 
 def test_stacked_hypotests_equal_one_hypotest_per_point():
     """Four signal points of one structure (signal yields scaled 0.3x-3x; observed data with
-    mu_hat on its bound and inside), all fits in two batches: CLs_obs, the expected band and
+    mu_hat on its bound and inside), all points in one program: CLs_obs, the expected band and
     every fit's minimum equal `hypotest` point by point within 1e-9; models of different
     structure are refused by name."""
     from fitax.hep.stacked import hypotest_stacked

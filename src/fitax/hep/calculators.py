@@ -33,10 +33,18 @@ from jax.scipy.special import ndtri
 from jax.scipy.stats import norm
 
 from ..batch import fit_batch
+from ..device import to_device
+from ..parameters import ParameterSpace
+from .asymptotic_fits import ROLES, asymptotic_fits
 from .teststat import (
+    FIT_TOLERANCE,
     ConditionalObjective,
     HistFitResult,
+    bound_warnings,
+    checked_data,
+    dotted_names,
     fixed_poi_fit,
+    free_fit_or_bound_fit,
     free_poi_start,
     mle_fit,
     saturated_point,
@@ -47,7 +55,10 @@ from .teststat import (
 __all__ = [
     "HypotestResult",
     "AsymptoticCalculator",
+    "asymptotic_result",
     "check_test_stat",
+    "hypotest_from_fits",
+    "one_program_hypotest",
     "fit_warnings",
     "ToyCalculator",
     "Significance",
@@ -224,8 +235,6 @@ class AsymptoticCalculator:
         sqrt_q, fixed = self.sqrt_q(poi_test)
         sqrt_qa, fixed_asimov = self.sqrt_qa(poi_test)
         generation, _, free_asimov = self.asimov
-        pvalues, band = pvalues_and_band(self.test_stat, sqrt_q, sqrt_qa)
-        t, clsb, clb, cls = (float(x) for x in pvalues)
         fits = {
             "free_data": self.free_fit,
             "fixed_data": fixed,
@@ -233,19 +242,86 @@ class AsymptoticCalculator:
             "free_asimov": free_asimov,
             "fixed_asimov": fixed_asimov,
         }
-        return HypotestResult(
-            poi_test=poi_test,
-            test_stat=self.test_stat,
-            calctype="asymptotics",
-            cls_obs=clsb if self.test_stat == "q0" else cls,
-            cls_exp=np.asarray(band),
-            clsb_obs=clsb,
-            clb_obs=clb,
-            teststat=t,
-            fits=fits,
-            converged=all(f.converged for f in fits.values()),
-            warnings=fit_warnings(fits),
+        return asymptotic_result(self.test_stat, poi_test, sqrt_q, sqrt_qa, fits)
+
+
+def asymptotic_result(test_stat: str, poi_test: float, sqrt_q: float, sqrt_qa: float, fits: dict[str, HistFitResult]) -> HypotestResult:
+    """The :class:`HypotestResult` of an asymptotic test from ``sqrt(q)``, ``sqrt(q_A)`` and
+    its fits by role."""
+    pvalues, band = pvalues_and_band(test_stat, float(sqrt_q), float(sqrt_qa))
+    t, clsb, clb, cls = (float(x) for x in pvalues)
+    return HypotestResult(
+        poi_test=poi_test,
+        test_stat=test_stat,
+        calctype="asymptotics",
+        cls_obs=clsb if test_stat == "q0" else cls,
+        cls_exp=np.asarray(band),
+        clsb_obs=clsb,
+        clb_obs=clb,
+        teststat=t,
+        fits=fits,
+        converged=all(f.converged for f in fits.values()),
+        warnings=fit_warnings(fits),
+    )
+
+
+def one_program_hypotest(poi_test: float, data, model, test_stat: str = "qtilde", init_params=None, poi_bounds=None) -> HypotestResult | None:
+    """The asymptotic test with its four fits in one compiled program
+    (:func:`fitax.hep.asymptotic_fits.asymptotic_fits`), or ``None`` if any of them did not
+    converge (:func:`hypotest` then makes them one at a time, with their own fallbacks and
+    diagnostics). The numbers are those of :class:`AsymptoticCalculator` where both reach
+    the same minima. Conditional fits report the POI fixed; the fits carry no
+    :class:`fitax.FitResult` (``fit`` is ``None``)."""
+    check_test_stat(test_stat)
+    poi_test = 0.0 if test_stat == "q0" else float(poi_test)
+    asimov_mu = 1.0 if test_stat == "q0" else 0.0
+    data = checked_data(model, data)
+    start = free_poi_start(model, model.init_params() if init_params is None else init_params, poi_bounds)
+    space = ParameterSpace.from_params(start)
+    objective = ConditionalObjective(model, model.poi_name, float(start[model.poi_name].value))
+    arrays = asymptotic_fits(objective, space, start, data, to_device(poi_test), to_device(asimov_mu), FIT_TOLERANCE)
+    return hypotest_from_fits(jax.tree_util.tree_map(np.asarray, arrays), model, start, space, poi_test, test_stat)
+
+
+def hypotest_from_fits(arrays, model, start, space, poi_test: float, test_stat: str) -> HypotestResult | None:
+    """The :class:`HypotestResult` of one point's :class:`~fitax.hep.asymptotic_fits.AsymptoticFits`
+    (host arrays) started at ``start`` over ``space``; ``None`` if a fit did not converge."""
+    if not arrays.converged.all():
+        return None
+    asimov_mu = 1.0 if test_stat == "q0" else 0.0
+    poi, position = model.poi_name, model.poi_index
+    names = dotted_names(model)
+    free_positions = [names.index(name) for name in space.names]
+    start_vector = np.asarray(model.to_vector(start), float)
+    fits = {}
+    for i, (role, fixed_value) in enumerate(zip(ROLES, (None, poi_test, asimov_mu, poi_test))):
+        bestfit, uncertainty = start_vector.copy(), np.zeros_like(start_vector)
+        bestfit[free_positions], uncertainty[free_positions] = arrays.v[i], arrays.errors[i]
+        params = model.from_vector(bestfit, template=start)
+        warnings = bound_warnings(
+            dict(zip(space.names, arrays.v[i])), dict(zip(space.names, arrays.errors[i])), params, expected_at_bound=(poi,)
         )
+        if fixed_value is not None:
+            bestfit[position], uncertainty[position] = fixed_value, 0.0
+            params = with_poi(params, poi, fixed_value, frozen=True)
+        fits[role] = HistFitResult(
+            bestfit=bestfit, uncertainty=uncertainty, twice_nll=float(arrays.twice_nll[i]), converged=True,
+            warnings=warnings, params=params, fit=None,
+        )
+    lower, upper = start[poi].min, start[poi].max
+    if lower == asimov_mu:
+        fits["free_data"] = free_fit_or_bound_fit(fits["free_data"], fits["asimov_generation"], model, lower, upper)
+    generation = fits["asimov_generation"]
+    fits["free_asimov"] = HistFitResult(
+        bestfit=np.where(np.arange(start_vector.size) == position, asimov_mu, generation.bestfit),
+        uncertainty=np.zeros_like(start_vector), twice_nll=float(arrays.free_asimov_twice_nll), converged=True, warnings=(),
+        params=with_poi(generation.params, poi, asimov_mu, frozen=False, bounds=(lower, upper)), fit=None,
+    )
+    free, fixed, fixed_asimov = fits["free_data"], fits["fixed_data"], fits["fixed_asimov"]
+    q = statistic_value(test_stat, poi_test, free.bestfit[position], fixed.twice_nll, free.twice_nll)
+    q_asimov = statistic_value(test_stat, poi_test, asimov_mu, fixed_asimov.twice_nll, fits["free_asimov"].twice_nll)
+    order = ("free_data", "fixed_data", "asimov_generation", "free_asimov", "fixed_asimov")
+    return asymptotic_result(test_stat, poi_test, np.sqrt(q), np.sqrt(q_asimov), {role: fits[role] for role in order})
 
 
 # ------------------------------------------------------------------------------------ toys
@@ -411,7 +487,8 @@ def hypotest(
         >>> result.cls_obs, result.cls_exp, result.converged  # doctest: +SKIP
     """
     if calctype == "asymptotics":
-        return AsymptoticCalculator(data, model, test_stat, init_params, poi_bounds).hypotest(poi_test)
+        result = one_program_hypotest(poi_test, data, model, test_stat, init_params, poi_bounds)
+        return result if result is not None else AsymptoticCalculator(data, model, test_stat, init_params, poi_bounds).hypotest(poi_test)
     if calctype == "toybased":
         return ToyCalculator(data, model, test_stat, ntoys, seed, init_params, poi_bounds).hypotest(poi_test)
     raise ValueError(f"unknown calctype {calctype!r}; expected 'asymptotics' or 'toybased'")
