@@ -109,7 +109,6 @@ def test_a_fit_that_does_not_converge_is_flagged(tmp_path, capsys):
     assert "did not converge" in err
 
 
-
 def small_signal_spec() -> dict:
     """A signal of 1e-4..3e-4 events per unit of mu over a fixed ttbar background and four
     small samples with shapesys (yields 0.004-0.02): mu's natural scale is thousands, and
@@ -169,6 +168,7 @@ def test_where_pyhfs_default_fit_returns_its_start_fitax_finds_the_minimum(tmp_p
     assert result["CLs_obs"] == pytest.approx(float(obs), rel=1e-6)
     np.testing.assert_allclose(result["CLs_exp"], np.asarray(exp, float), rtol=1e-6)
     assert json.loads(default.output)["CLs_obs"] > float(obs) + 0.1
+
 
 def test_bad_inputs_name_the_problem(workspace, tmp_path, capsys):
     path, _ = workspace

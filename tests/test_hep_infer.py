@@ -580,3 +580,16 @@ def test_stacked_hypotests_equal_one_hypotest_per_point():
     other = hep.Workspace(simple_spec(extra_samples=[{"name": "other", "data": [1.0, 1.0], "modifiers": []}]))
     with pytest.raises(ValueError, match="differ in structure"):
         hypotest_stacked(1.0, [points[0][0], other.data(other.model())], [points[0][1], other.model()])
+
+
+def test_hypotest_with_a_bad_start_is_refused_by_name():
+    """A start outside a parameter's bounds is an error naming it, not a start projected into
+    the box by the one-program hypotest."""
+    from fitax.parameters import with_value
+
+    model = hep.Workspace(simple_spec()).model()
+    params = model.init_params()
+    gammas = params["uncorr_bkguncrt"]
+    params["uncorr_bkguncrt"] = (with_value(gammas[0], 11.0),) + tuple(gammas[1:])  # past the constructor's check
+    with pytest.raises(ValueError, match="uncorr_bkguncrt"):
+        infer.hypotest(1.0, hep.Workspace(simple_spec()).data(model), model, init_params=params)

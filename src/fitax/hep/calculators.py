@@ -278,6 +278,7 @@ def one_program_hypotest(poi_test: float, data, model, test_stat: str = "qtilde"
     data = checked_data(model, data)
     start = free_poi_start(model, model.init_params() if init_params is None else init_params, poi_bounds)
     space = ParameterSpace.from_params(start)
+    space.check_start(start)
     objective = ConditionalObjective(model, model.poi_name, float(start[model.poi_name].value))
     arrays = asymptotic_fits(objective, space, start, data, to_device(poi_test), to_device(asimov_mu), FIT_TOLERANCE)
     return hypotest_from_fits(jax.tree_util.tree_map(np.asarray, arrays), model, start, space, poi_test, test_stat)

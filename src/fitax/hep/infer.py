@@ -239,7 +239,10 @@ def yields(model, fit: HistFitResult | None = None, data=None) -> dict:
         params = fit.params
         positions = _free_positions(model, params)
         if fit.fit is None or not np.all(np.isfinite(fit.fit.covariance)):
-            raise ValueError("the fit has no covariance (not converged, or not a fit): post-fit uncertainties are undefined")
+            raise ValueError(
+                "the fit has no covariance (not converged, not a fit, or a fit of a one-program hypotest: "
+                "use mle_fit): post-fit uncertainties are undefined"
+            )
         covariance = _covariance_in_pyhf_order(model, fit, positions)
     vector = model.to_vector(params)
     index = jnp.asarray(positions)

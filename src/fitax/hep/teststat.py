@@ -90,8 +90,8 @@ class HistFitResult:
         warnings: parameters at a bound they should not be at, and similar caveats.
         params: the fitted parameter pytree.
         fit: the underlying :class:`fitax.FitResult` (``None`` for a point known exactly,
-            see :func:`saturated_point`, and for a row of a batched fit,
-            :mod:`fitax.hep.stacked`).
+            see :func:`saturated_point`, and for the fits of a hypotest made in one program,
+            :mod:`fitax.hep.asymptotic_fits`: refit with :func:`mle_fit` for a covariance).
     """
 
     bestfit: np.ndarray
