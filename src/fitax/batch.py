@@ -225,31 +225,31 @@ def fit_traced(
     return TracedFit(result.v, result.fun, result.edm, result.status, result.n_iterations, covariance, positive_definite)
 
 
-def _solve_one(objective, space: ParameterSpace, errordef, edm_tol, max_steps, method, shared, problem):
+def _solve_one(objective, space: ParameterSpace, errordef, tol, max_steps, method, shared, problem):
     params, args = problem
     if shared is not None:
         args = (args, shared)
-    return tuple(fit_traced(objective, space, params, args, errordef=errordef, tol=edm_tol / errordef, max_steps=max_steps, method=method))
+    return tuple(fit_traced(objective, space, params, args, errordef=errordef, tol=tol, max_steps=max_steps, method=method))
 
 
-def _solve_all(objective, space, params_batch, args, shared, errordef, edm_tol, max_steps, method, vectorize, chunk):
-    solve = functools.partial(_solve_one, objective, space, errordef, edm_tol, max_steps, method, shared)
+def _solve_all(objective, space, params_batch, args, shared, errordef, tol, max_steps, method, vectorize, chunk):
+    solve = functools.partial(_solve_one, objective, space, errordef, tol, max_steps, method, shared)
     if vectorize == "vmap":
         return jax.vmap(solve)((params_batch, args))
     return jax.lax.map(solve, (params_batch, args), batch_size=chunk)
 
 
 @programs.cached(name="fitax.fit_batch")
-def _run_batch(objective, space, params_batch, args, shared, errordef, edm_tol, max_steps, method, vectorize, chunk):
+def _run_batch(objective, space, params_batch, args, shared, errordef, tol, max_steps, method, vectorize, chunk):
     devices = jax.devices()
     if len(devices) == 1:
-        return _solve_all(objective, space, params_batch, args, shared, errordef, edm_tol, max_steps, method, vectorize, chunk)
+        return _solve_all(objective, space, params_batch, args, shared, errordef, tol, max_steps, method, vectorize, chunk)
     # Several devices: each solves its slice of the batch (fit_batch pads to a multiple).
     mesh = jax.sharding.Mesh(np.asarray(devices), ("batch",))
     batch_spec = jax.sharding.PartitionSpec("batch")
 
     def local(problems, shared_local):
-        return _solve_all(objective, space, *problems, shared_local, errordef, edm_tol, max_steps, method, vectorize, chunk)
+        return _solve_all(objective, space, *problems, shared_local, errordef, tol, max_steps, method, vectorize, chunk)
 
     return jax.shard_map(
         local,
@@ -365,7 +365,7 @@ def fit_batch(
     n_padded = padded_size(n_params, jax.device_count())
     padded = jax.tree_util.tree_map(functools.partial(_repeat_last, extra=n_padded - n_params), (params_batch, args))
     outputs = _run_batch(
-        wrapped, space, *padded, shared, float(errordef), float(tol * errordef), int(max_steps), method, vectorize, chunk_size
+        wrapped, space, *padded, shared, float(errordef), float(tol), int(max_steps), method, vectorize, chunk_size
     )
     v, stat, edm, status, n_iter, cov, pd = (np.asarray(a)[:n_params] for a in outputs)
     v = np.where(invalid[:, None], start, v)

@@ -6,8 +6,9 @@ axis, and :func:`fitax.hep.asymptotic_fits.stacked_asymptotic_fits` runs every p
 fits (the program :func:`~fitax.hep.calculators.hypotest` runs for one point) one point
 after the other in one call. The numbers are :func:`~fitax.hep.calculators.hypotest`'s; what
 the stacking saves is the dispatch and the Python around each point's program. A point any
-of whose fits did not converge is tested again by ``hypotest`` itself, so its result carries
-the single fits' fallbacks and diagnostics.
+of whose fits did not converge is tested again one fit at a time
+(:class:`~fitax.hep.calculators.AsymptoticCalculator`), so its result carries the single
+fits' fallbacks and diagnostics.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import numpy as np
 from ..device import on_host, to_device
 from ..parameters import ParameterSpace
 from .asymptotic_fits import stacked_asymptotic_fits
-from .calculators import HypotestResult, check_test_stat, hypotest, hypotest_from_fits
+from .calculators import AsymptoticCalculator, HypotestResult, check_test_stat, hypotest_from_fits
 from .teststat import FIT_TOLERANCE, checked_data, free_poi_start
 
 __all__ = ["hypotest_stacked", "same_structure"]
@@ -57,7 +58,7 @@ def hypotest_stacked(poi_test: float, data: Sequence, models: Sequence, test_sta
     structure (:func:`same_structure`), in one compiled call.
 
     Equal to :func:`~fitax.hep.calculators.hypotest` on each point; a point with an
-    unconverged fit is redone by it.
+    unconverged fit is redone one fit at a time, as ``hypotest`` redoes it.
     """
     check_test_stat(test_stat)
     if len(same_structure(models)) != 1:
@@ -78,5 +79,6 @@ def hypotest_stacked(poi_test: float, data: Sequence, models: Sequence, test_sta
     for i, (point_model, start) in enumerate(zip(models, starts)):
         point = jax.tree_util.tree_map(lambda x: x[i], arrays)
         result = hypotest_from_fits(point, point_model, start, space, poi_test, test_stat)
-        results.append(result if result is not None else hypotest(poi_test, data[i], point_model, test_stat))
+        # the single fits, with their fallbacks (not hypotest, which would rerun this program first)
+        results.append(result if result is not None else AsymptoticCalculator(data[i], point_model, test_stat).hypotest(poi_test))
     return results
